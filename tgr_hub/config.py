@@ -1,0 +1,360 @@
+"""One dataclass tree for a whole tgr-hub run.
+
+A :class:`RunConfig` is built from a named preset, optionally a YAML/JSON file, and
+``section.key=value`` overrides, in that order. It is validated in ``__post_init__``
+and saved with every run and every meta-model (``tgr_config.json``).
+
+    cfg = load_config(preset="quick", path="my.yaml", overrides=["train.beta=0"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class DataConfig:
+    """Where few-shot episodes come from (meta-validation and meta-test)."""
+
+    dataset: str = "glyphs"  # "glyphs", a local imagefolder / save_to_disk folder, or a Hub dataset id
+    image_size: int = 32
+    cache_dir: str | None = None  # default: ~/.cache/tgr_hub
+    seed: int = 0  # seeds the class-disjoint split of non-glyph datasets
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
+
+
+@dataclass
+class PoolBuildConfig:
+    """How `tgr-hub make-pool` trains its teachers."""
+
+    domains: list[str] = field(default_factory=lambda: ["latin", "greek", "symbols"])
+    archs: list[str] = field(default_factory=lambda: ["conv4", "resnet10t"])
+    teachers: int = 6
+    way: int = 5
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        _check(self.teachers >= 1, "pool.teachers must be >= 1")
+        _check(self.way >= 2, "pool.way must be >= 2")
+        _check(self.epochs >= 1, "pool.epochs must be >= 1")
+        _check(len(self.domains) >= 1 and len(self.archs) >= 1, "pool.domains and pool.archs must be non-empty")
+
+
+@dataclass
+class RecoverConfig:
+    """Model inversion (ALGORITHM.md stage 1); defaults are the reference's."""
+
+    steps: int = 200
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    latent_dim: int = 256
+    images_per_class: int = 30
+    bn_weight: float = 1.0
+    bank_size: int = 20  # recoveries kept per (teacher, class), overwritten cyclically
+    recoveries_per_teacher: int = 1  # recoveries run up front for each teacher
+    max_way: int = 5  # many-class teachers: a pseudo-task is an N-way subset of their labels
+    reuse_generator: bool = False
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        _check(self.steps >= 1, "recover.steps must be >= 1")
+        _check(self.images_per_class >= 2, "recover.images_per_class must be >= 2")
+        _check(self.bank_size >= 1, "recover.bank_size must be >= 1")
+        _check(self.bn_weight >= 0, "recover.bn_weight must be >= 0")
+
+
+@dataclass
+class EmbedConfig:
+    """Fisher task embeddings (ALGORITHM.md stage 2)."""
+
+    method: Literal["task2vec", "reference"] = "task2vec"
+    probe: str | None = None  # None: the meta-model backbone at initialisation; else a timm name
+    probe_pretrained: bool = False
+    head_steps: int = 50  # Task2Vec: fit the probe's head on the task first
+    max_samples: int = 100  # images per teacher used for the Fisher
+    epsilon: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _check(self.method in ("task2vec", "reference"), f"embed.method must be task2vec or reference, got {self.method!r}")
+
+
+@dataclass
+class GroupConfig:
+    """Spectral grouping of dissimilar teachers."""
+
+    num_groups: int = 5
+    n_init: int = 30
+    strategy: Literal["spectral", "random", "none"] = "spectral"
+
+    def __post_init__(self) -> None:
+        _check(self.num_groups >= 1, "group.num_groups must be >= 1")
+        _check(self.strategy in ("spectral", "random", "none"), f"unknown group.strategy {self.strategy!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training with IGR and replay (ALGORITHM.md stage 3)."""
+
+    arch: str = "conv4"
+    learner: Literal["protonet", "maml"] = "protonet"
+    maml_first_order: bool = True
+    iterations: int = 2000
+    teachers_per_step: int = 4  # m
+    beta: float = 1e-3
+    igr_order: Literal["first", "second"] = "first"
+    lr: float = 1e-3
+    task_loss: Literal["distill", "episodic"] = "distill"
+    distill_temperature: float = 4.0
+    replay: bool = True
+    replay_way: int = 5
+    replay_shot: int = 5
+    replay_query: int = 15
+    replay_batch: int = 16
+    inner_steps: int = 5
+    inner_lr: float = 0.01
+    eval_every: int = 200
+    val_episodes: int = 100
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: int = 0  # 0: never
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.learner in ("protonet", "maml"), f"train.learner must be protonet or maml, got {self.learner!r}")
+        _check(self.task_loss in ("distill", "episodic"), f"train.task_loss must be distill or episodic, got {self.task_loss!r}")
+        _check(self.igr_order in ("first", "second"), f"train.igr_order must be first or second, got {self.igr_order!r}")
+        _check(self.iterations >= 0, "train.iterations must be >= 0")
+        _check(self.teachers_per_step >= 1, "train.teachers_per_step must be >= 1")
+        _check(self.beta >= 0, "train.beta must be >= 0")
+        _check(self.eval_every >= 1, "train.eval_every must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Few-shot evaluation on real episodes."""
+
+    split: Literal["train", "val", "test"] = "test"
+    way: int = 5
+    shots: list[int] = field(default_factory=lambda: [1, 5])
+    query: int = 15
+    episodes: int = 600
+    method: Literal["auto", "protonet", "finetune"] = "auto"
+    inner_steps: int = 10
+    inner_lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check(self.way >= 2, "eval.way must be >= 2")
+        _check(all(s >= 1 for s in self.shots) and self.shots, "eval.shots must be positive")
+        _check(self.episodes >= 1, "eval.episodes must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as ``tgr_config.json`` beside the meta-model."""
+
+    seed: int = 0
+    preset: str = "quick"
+    data: DataConfig = field(default_factory=DataConfig)
+    pool: PoolBuildConfig = field(default_factory=PoolBuildConfig)
+    recover: RecoverConfig = field(default_factory=RecoverConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# --- presets -----------------------------------------------------------------------------
+
+# Each preset is a set of overrides on the defaults (the defaults are the reference values).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # seconds: for tests
+    "smoke": {
+        "pool": {"teachers": 4, "epochs": 2, "domains": ["latin", "greek"], "archs": ["conv4"]},
+        "recover": {"steps": 10, "images_per_class": 6, "bank_size": 2},
+        "embed": {"head_steps": 5, "max_samples": 20},
+        "group": {"num_groups": 2, "n_init": 5},
+        "train": {"iterations": 4, "teachers_per_step": 2, "replay_batch": 2, "replay_shot": 1,
+                  "replay_query": 2, "eval_every": 2, "val_episodes": 4, "inner_steps": 1},
+        "eval": {"episodes": 10, "query": 5},
+    },
+    # minutes on a laptop CPU
+    "quick": {
+        "pool": {"teachers": 12, "epochs": 6},
+        "recover": {"steps": 60, "images_per_class": 20, "bank_size": 4, "reuse_generator": True},
+        "embed": {"head_steps": 30, "max_samples": 60},
+        "group": {"num_groups": 3, "n_init": 10},
+        "train": {"iterations": 300, "replay_batch": 4, "eval_every": 100, "val_episodes": 100},
+        "eval": {"episodes": 600},
+    },
+    # the reference settings of ALGORITHM.md
+    "paper": {
+        "pool": {"teachers": 100, "epochs": 30},
+        "train": {"learner": "maml", "iterations": 60000, "eval_every": 2000, "val_episodes": 600},
+    },
+}
+
+
+# --- building a config -------------------------------------------------------------------
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML/JSON or a ``--set`` string) to the type of a field."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _build(annotation, value, where)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        last_error: Exception | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as error:
+                last_error = error
+        raise last_error or ConfigError(f"{where}: cannot use {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        item_type = args[0] if args else Any
+        items = [_coerce(v, item_type, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if annotation in (int, float):
+        kind = "an integer" if annotation is int else "a number"
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be {kind}, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be {kind}, got {value!r}") from None
+        if annotation is int:
+            if number != int(number):
+                raise ConfigError(f"{where} must be {kind}, got {value!r}")
+            return int(number)
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {where or 'config'}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    dotted, raw = text.split("=", 1)
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a nested dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def load_config(
+    preset: str | None = None,
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Build a validated :class:`RunConfig`: defaults < preset < file < values < overrides.
+
+    Args:
+        preset: one of :data:`PRESETS` (``smoke``, ``quick``, ``paper``); default ``quick``
+            unless the file names one.
+        path: a YAML or JSON file (e.g. a saved ``tgr_config.json``).
+        overrides: ``section.key=value`` strings, values parsed as YAML scalars.
+        values: a nested dict applied after the file (used by CLI flags).
+    """
+    file_values = read_config_file(path) if path is not None else {}
+    for extra in ("pool_members", "groups", "metrics", "tgr_hub_version"):
+        file_values.pop(extra, None)  # a saved tgr_config.json carries run results too
+    name = preset or file_values.get("preset") or "quick"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    merged: dict[str, Any] = _merge(PRESETS[name], file_values)
+    merged["preset"] = name
+    if values:
+        merged = _merge(merged, values)
+    for text in overrides or []:
+        merged = _merge(merged, _parse_override(text))
+    return _build(RunConfig, merged, "")
