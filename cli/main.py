@@ -16,7 +16,7 @@ import sys
 from tgr_hub.errors import TgrHubError
 
 # Subcommand modules in the order `tgr-hub --help` lists them.
-COMMANDS = ["make_pool", "inspect", "train", "evaluate", "quickstart", "push", "demo"]
+COMMANDS = ["quickstart", "make_pool", "inspect", "train", "evaluate", "push", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

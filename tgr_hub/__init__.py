@@ -6,3 +6,4 @@ It imports neither gradio nor the CLI, and touches no network.
 """
 
 __version__ = "0.1.0"
+from . import models  # noqa: E402,F401  (registers the Conv4 backbone with timm)

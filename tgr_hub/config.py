@@ -346,7 +346,7 @@ def load_config(
         values: a nested dict applied after the file (used by CLI flags).
     """
     file_values = read_config_file(path) if path is not None else {}
-    for extra in ("pool_members", "groups", "metrics", "tgr_hub_version"):
+    for extra in ("pool_members", "groups", "metrics", "history", "timings_s", "tgr_hub_version"):
         file_values.pop(extra, None)  # a saved tgr_config.json carries run results too
     name = preset or file_values.get("preset") or "quick"
     if name not in PRESETS:

@@ -1,0 +1,77 @@
+"""The config tree: presets, files, overrides, validation."""
+
+import json
+
+import pytest
+
+from tgr_hub.config import PRESETS, RunConfig, load_config
+from tgr_hub.errors import ConfigError
+
+
+def test_defaults_are_the_reference_values():
+    cfg = RunConfig()
+    assert cfg.recover.steps == 200 and cfg.recover.lr == 1e-3 and cfg.recover.betas == (0.5, 0.999)
+    assert cfg.recover.latent_dim == 256 and cfg.recover.images_per_class == 30 and cfg.recover.bank_size == 20
+    assert cfg.train.beta == 1e-3 and cfg.train.teachers_per_step == 4 and cfg.train.lr == 1e-3
+    assert cfg.group.num_groups == 5 and cfg.group.n_init == 30
+    assert cfg.eval.episodes == 600 and cfg.eval.query == 15 and cfg.eval.inner_steps == 10
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds(name):
+    cfg = load_config(name)
+    assert cfg.preset == name
+    for section, values in PRESETS[name].items():
+        for key, value in values.items():
+            got = getattr(getattr(cfg, section), key)
+            assert list(got) == list(value) if isinstance(value, list) else got == value
+
+
+def test_precedence_preset_file_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  beta: 0.5\n  iterations: 7\nrecover:\n  steps: 3\n")
+    cfg = load_config("smoke", path, overrides=["train.beta=0", "pool.archs=conv4,resnet10t"])
+    assert cfg.train.beta == 0.0  # override beats file
+    assert cfg.train.iterations == 7  # file beats preset (smoke has 4)
+    assert cfg.recover.steps == 3
+    assert cfg.pool.archs == ["conv4", "resnet10t"]
+    assert cfg.eval.episodes == PRESETS["smoke"]["eval"]["episodes"]  # preset beats default
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config("quick", overrides=["seed=3", "train.learner=maml", "data.cache_dir=/tmp/x"])
+    path = tmp_path / "tgr_config.json"
+    data = cfg.to_dict() | {"metrics": {"test": {}}, "pool_members": [], "groups": []}
+    path.write_text(json.dumps(data))
+    again = load_config(path=path)
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.nope=1", "unknown key(s) nope in train"),
+        ("train.iterations=abc", "train.iterations must be an integer"),
+        ("train.iterations=1.5", "train.iterations must be an integer"),
+        ("train.learner=svm", "train.learner must be one of protonet, maml"),
+        ("train.beta=-1", "train.beta must be >= 0"),
+        ("train.replay=maybe", "train.replay must be true or false"),
+        ("nonsense", "--set expects section.key=value"),
+    ],
+)
+def test_bad_overrides_raise_config_error(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config("smoke", overrides=[override])
+    assert fragment in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(path=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(path=bad)

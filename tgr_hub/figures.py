@@ -1,0 +1,69 @@
+"""Figures saved with every run: the dissimilarity heatmap with its groups, and training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_dissimilarity(
+    dissimilarity: np.ndarray,
+    names: Sequence[str],
+    groups: Sequence[Sequence[int]],
+    path: str | Path,
+    title: str = "Teacher dissimilarity (Fisher task embeddings)",
+) -> None:
+    """Heatmap of the [N, N] dissimilarity matrix, teachers ordered by group, groups outlined."""
+    order = [i for group in groups for i in group]
+    matrix = np.asarray(dissimilarity)[np.ix_(order, order)]
+    size = max(4.0, 0.35 * len(order) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(float(matrix.max()), 1e-12))
+    ax.set_xticks(range(len(order)), [names[i] for i in order], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(order)), [names[i] for i in order], fontsize=7)
+    start = 0
+    for index, group in enumerate(groups):
+        ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(group), len(group),
+                                   fill=False, edgecolor="white", linewidth=2))
+        ax.text(start + len(group) / 2 - 0.5, start - 0.7, f"G{index}", color="black",
+                ha="center", va="bottom", fontsize=8)
+        start += len(group)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="1 - normalised cosine")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
+    """One panel per metric family: losses (log scale) and validation accuracy, against step."""
+    losses = {k: v for k, v in history.items() if "loss" in k and v}
+    accuracies = {k: v for k, v in history.items() if "acc" in k and v}
+    panels = [p for p in (losses, accuracies) if p]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for name, points in panel.items():
+            steps, values = zip(*points)
+            ax.plot(steps, values, label=name, marker="o" if len(points) < 30 else None, markersize=3)
+        ax.set_xlabel("meta-training step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if panels and losses:
+        axes[0][0].set_yscale("log")
+        axes[0][0].set_title("losses")
+    if accuracies:
+        axes[0][-1].set_title("meta-validation accuracy")
+    _save(fig, path)

@@ -1,0 +1,756 @@
+"""Stage 1 of TGR: recover pseudo-tasks from teachers by model inversion, and keep them in a bank.
+
+For one teacher ``T`` and a set of its classes ``y``, a :class:`~tgr_hub.models.generator.Generator`
+``G`` and latent codes ``Z`` are optimised together (Adam) so that the images ``X̂ = G(Z)``
+
+* are classified by ``T`` as ``y``  (cross-entropy on augmented images), and
+* look, to every BatchNorm layer of ``T``, like its training data: the batch mean and variance of
+  the input of BN layer ``l`` match that layer's running statistics,
+
+    L = CE(T(norm(aug(X̂))), y) + bn_weight · Σ_l ( ‖μ_l(X̂) − μ_l^BN‖₂ + ‖σ²_l(X̂) − σ²_l^BN‖₂ ).
+
+``aug`` is a random crop with zero padding + horizontal flip. The reference pads by 4 pixels at
+32×32; for other input sizes the padding is scaled with the image (``round(4·s/32)``, at least 1),
+so the augmentation shifts by the same *fraction* of the image whatever the teacher's resolution.
+``norm`` is the teacher's own normalisation (:meth:`PoolMember.normalize`). The iterate with the
+lowest loss is kept (its images, not just its loss).
+
+Recovered images go into a :class:`MemoryBank` keyed by ``(teacher, class)``. The bank stores
+images as ``uint8`` (value ``round(255·x)``): a quarter of float32 memory, exactly what an 8-bit
+image would hold, and an error of at most 1/510 per pixel, far below what changes a teacher's
+prediction. A bank saves to / loads from a folder (``bank.safetensors`` + ``bank.json``), so a
+resumed run reuses its recoveries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import RecoverConfig
+from .errors import EpisodeError, RunFolderError, TgrHubError
+from .models.generator import Generator
+
+if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
+    from .pool import PoolMember
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BankEpisode",
+    "MemoryBank",
+    "MemoryBankError",
+    "RecoverError",
+    "RecoveredTask",
+    "bn_layers",
+    "crop_padding_for",
+    "random_crop_flip",
+    "recover_task",
+    "recover_teachers",
+    "sample_task_classes",
+]
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_BANK_FORMAT = "tgr-hub-memory-bank"
+_BANK_VERSION = 1
+BANK_TENSORS = "bank.safetensors"
+BANK_INDEX = "bank.json"
+
+
+class RecoverError(TgrHubError, ValueError):
+    """A recovery was asked for something the teacher cannot give (bad classes, bad generator...)."""
+
+
+class MemoryBankError(TgrHubError, ValueError):
+    """A memory bank lookup or a saved bank is invalid (unknown teacher/class, mismatched files...)."""
+
+
+@dataclass
+class RecoveredTask:
+    """One teacher's pseudo-task, as recovered by :func:`recover_task`.
+
+    Attributes:
+        images: ``[n, 3, H, W]`` float32 in [0, 1], ``(H, W)`` = the teacher's input size; the
+            images of each class are contiguous, in the order of ``classes``.
+        labels: ``[n]`` int64 teacher class ids (not re-indexed).
+        teacher: the teacher's name.
+        loss: the lowest total loss reached (that of the kept images).
+        ce_history: cross-entropy at every step.
+        bn_history: BN-statistics loss (unweighted) at every step; zeros for a teacher without BN.
+        classes: the teacher class ids of the task, in order.
+        class_names: the teacher's label names of ``classes`` (empty strings when unknown).
+        best_step: the step whose images were kept.
+        generator: the generator after optimisation when it is meant to be reused
+            (``cfg.reuse_generator`` or a generator was passed in); otherwise ``None``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    teacher: str
+    loss: float
+    ce_history: list[float] = field(default_factory=list)
+    bn_history: list[float] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    best_step: int = 0
+    generator: Generator | None = field(default=None, repr=False)
+
+
+# --- pieces of the loss ------------------------------------------------------------------
+
+
+def crop_padding_for(size: int) -> int:
+    """Zero padding of the random crop for a ``size``-pixel image: 4 at 32, scaled with the size."""
+    return max(1, int(round(4 * size / 32)))
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, rng: torch.Generator) -> torch.Tensor:
+    """Batched, differentiable random crop (zero padding) + random horizontal flip.
+
+    Each image gets its own offset in ``[0, 2·padding]²`` and its own coin for the flip, as
+    torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()`` would, but for the
+    whole batch in one ``gather`` (whose backward is a scatter-add, so gradients reach ``images``).
+
+    Args:
+        images: ``[B, C, H, W]``.
+        padding: pixels of zero padding on every side.
+        rng: a CPU ``torch.Generator`` that draws the offsets and flips.
+
+    Returns:
+        ``[B, C, H, W]``, same dtype and device.
+    """
+    b, c, h, w = images.shape
+    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=rng)
+    flips = torch.rand(b, generator=rng) < 0.5
+    device = images.device
+    offsets, flips = offsets.to(device), flips.to(device)
+    padded = F.pad(images, (padding, padding, padding, padding))
+    wp = w + 2 * padding
+    rows = offsets[:, :1] + torch.arange(h, device=device)  # [B, H] rows of the padded image
+    base = torch.arange(w, device=device)
+    cols = offsets[:, 1:] + torch.where(flips[:, None], w - 1 - base, base)  # [B, W]; flip = read right to left
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, -1).gather(2, flat).reshape(b, c, h, w)
+
+
+def bn_layers(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model`` that carry running statistics (1d, 2d, 3d, sync; timm's
+    ``BatchNormAct2d`` is a ``BatchNorm2d``)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, _BN_TYPES) and m.running_mean is not None and m.running_var is not None
+    ]
+
+
+class _BNStatisticsLoss:
+    """Forward hooks that compare the batch statistics of each BN layer's input with its running ones.
+
+    Use as a context manager; the hooks are removed on exit, also when an error is raised.
+    After each forward pass, :meth:`pop` returns Σ_l ‖μ_l − μ_l^BN‖₂ + ‖σ²_l − σ²_l^BN‖₂.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = bn_layers(model)
+        self._terms: list[torch.Tensor] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x = inputs[0]
+        dims = [d for d in range(x.dim()) if d != 1]  # every dim but channels: [N,C], [N,C,L], [N,C,H,W]...
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, correction=0)  # biased, as BN normalises with
+        self._terms.append(
+            torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var)
+        )
+
+    def __enter__(self) -> _BNStatisticsLoss:
+        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._terms = []
+
+    def pop(self, like: torch.Tensor) -> torch.Tensor:
+        terms, self._terms = self._terms, []
+        return torch.stack(terms).sum() if terms else like.new_zeros(())
+
+
+# --- recovery ----------------------------------------------------------------------------
+
+
+def sample_task_classes(member: PoolMember, max_way: int, rng: np.random.Generator) -> list[int]:
+    """Pick the classes of one pseudo-task of ``member``.
+
+    Args:
+        member: the teacher.
+        max_way: the largest task; teachers with at most this many classes give all of them.
+        rng: draws the subset for many-class teachers.
+
+    Returns:
+        Sorted teacher class ids (``N = min(num_classes, max_way)`` of them).
+    """
+    if max_way < 1:
+        raise RecoverError(f"max_way must be >= 1, got {max_way}")
+    n = int(member.num_classes)
+    if n <= max_way:
+        return list(range(n))
+    return sorted(int(c) for c in rng.choice(n, size=max_way, replace=False))
+
+
+def _check_classes(member: PoolMember, classes: Sequence[int]) -> list[int]:
+    classes = [int(c) for c in classes]
+    if not classes:
+        raise RecoverError(f"no classes given to recover from teacher {member.name!r}")
+    if len(set(classes)) != len(classes):
+        raise RecoverError(f"classes to recover from teacher {member.name!r} repeat: {classes}")
+    bad = [c for c in classes if not 0 <= c < member.num_classes]
+    if bad:
+        raise RecoverError(
+            f"teacher {member.name!r} has {member.num_classes} classes (ids 0..{member.num_classes - 1}); "
+            f"cannot recover class(es) {bad}"
+        )
+    return classes
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def recover_task(
+    member: PoolMember,
+    classes: Sequence[int],
+    cfg: RecoverConfig,
+    *,
+    seed: int,
+    generator: Generator | None = None,
+    progress: bool = False,
+    padding: int | None = None,
+) -> RecoveredTask:
+    """Synthesise a pseudo-task of ``member`` by model inversion (see the module doc for the loss).
+
+    ``cfg.images_per_class`` images are generated per class; ``G`` and ``Z`` are optimised with
+    ``Adam(cfg.lr, cfg.betas)`` for ``cfg.steps`` steps, and the images of the lowest-loss step
+    are returned. The teacher is used in eval mode with its parameters frozen (both restored
+    afterwards); its BN hooks are removed afterwards, also on error. A teacher without BatchNorm
+    layers gives a warning and is inverted with the cross-entropy alone.
+
+    Args:
+        member: the teacher (a :class:`~tgr_hub.pool.PoolMember` or anything with ``name``,
+            ``model``, ``num_classes``, ``label_names``, ``input_size`` and ``normalize``).
+        classes: teacher class ids to recover (see :func:`sample_task_classes`).
+        cfg: the recovery settings.
+        seed: seeds the generator's initialisation, the latent codes and the augmentation.
+        generator: a generator to continue optimising (per-teacher reuse); it is updated in place
+            and returned in ``RecoveredTask.generator``. ``None``: a fresh one from ``seed``.
+        progress: show a tqdm bar over the steps.
+        padding: crop padding in pixels; default :func:`crop_padding_for` of the input size.
+
+    Returns:
+        The :class:`RecoveredTask` (images on CPU).
+    """
+    classes = _check_classes(member, classes)
+    _, height, width = (int(v) for v in member.input_size)
+    device = _device_of(member.model)
+    gen_seed, z_seed, aug_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(3))
+
+    if generator is None:
+        generator = Generator(cfg.latent_dim, (height, width), channels=3, seed=gen_seed)
+        keep_generator = cfg.reuse_generator
+    else:
+        if not isinstance(generator, Generator):
+            raise RecoverError(f"generator must be a tgr_hub Generator, got {type(generator).__name__}")
+        if generator.latent_dim != cfg.latent_dim or generator.image_size != (height, width):
+            raise RecoverError(
+                f"the generator passed in makes {generator.image_size} images from {generator.latent_dim}-d codes, "
+                f"but teacher {member.name!r} needs {(height, width)} images and recover.latent_dim is {cfg.latent_dim}",
+                hint="reuse a generator only with the teacher it was made for",
+            )
+        keep_generator = True
+    generator = generator.to(device).train()
+
+    per_class = cfg.images_per_class
+    n = per_class * len(classes)
+    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(per_class)
+    z_rng = torch.Generator(device="cpu").manual_seed(z_seed)
+    z = torch.randn(n, cfg.latent_dim, generator=z_rng).to(device).requires_grad_(True)
+    aug_rng = torch.Generator(device="cpu").manual_seed(aug_seed)
+    pad = crop_padding_for(min(height, width)) if padding is None else int(padding)
+    target = labels.to(device)
+    optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+
+    model = member.model
+    was_training = model.training
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    bn_loss = _BNStatisticsLoss(model)
+    if not bn_loss.layers:
+        logger.warning(
+            "teacher %r has no BatchNorm layers: no BN-statistics prior, recovering with the cross-entropy only",
+            member.name,
+        )
+
+    ce_history: list[float] = []
+    bn_history: list[float] = []
+    best_loss = math.inf
+    best_images: torch.Tensor | None = None
+    best_step = 0
+    start = time.perf_counter()
+    try:
+        model.eval()  # BN normalises with running statistics and does not update them
+        for p in model.parameters():
+            p.requires_grad_(False)  # gradients flow to the images only
+        with bn_loss:
+            bar = tqdm(range(cfg.steps), desc=f"recover {member.name}", disable=not progress, leave=False)
+            for step in bar:
+                images = generator(z)
+                logits = model(member.normalize(random_crop_flip(images, pad, aug_rng)))
+                ce = F.cross_entropy(logits, target)
+                bn = bn_loss.pop(ce)
+                loss = ce + cfg.bn_weight * bn
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+                value = float(loss.detach())
+                ce_history.append(float(ce.detach()))
+                bn_history.append(float(bn.detach()))
+                if value < best_loss:
+                    best_loss, best_step = value, step
+                    best_images = images.detach().clone()  # the images that produced this loss
+                if progress and step % 10 == 0:
+                    bar.set_postfix(ce=f"{ce_history[-1]:.3f}", bn=f"{bn_history[-1]:.3f}")
+    finally:
+        for p, flag in zip(model.parameters(), grad_flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+    if best_images is None:  # only when every loss was NaN
+        raise RecoverError(
+            f"recovery from teacher {member.name!r} gave a NaN loss at every step",
+            hint="check that the teacher's outputs are finite; try a lower recover.lr",
+        )
+    logger.debug(
+        "recovered %d images of %d classes from %r in %.1fs: best loss %.4f at step %d (ce %.4f, bn %.4f)",
+        n, len(classes), member.name, time.perf_counter() - start, best_loss, best_step,
+        ce_history[best_step], bn_history[best_step],
+    )
+    names = list(getattr(member, "label_names", None) or [])
+    class_names = [str(names[c]) if c < len(names) else "" for c in classes]
+    return RecoveredTask(
+        images=best_images.float().cpu(),
+        labels=labels,
+        teacher=member.name,
+        loss=best_loss,
+        ce_history=ce_history,
+        bn_history=bn_history,
+        classes=classes,
+        class_names=class_names,
+        best_step=best_step,
+        generator=generator if keep_generator else None,
+    )
+
+
+def recover_teachers(
+    members: Sequence[PoolMember],
+    cfg: RecoverConfig,
+    bank: MemoryBank,
+    *,
+    seed: int,
+    recoveries: int | None = None,
+    generators: dict[str, Generator] | None = None,
+    progress: bool = False,
+    on_task: Callable[[RecoveredTask], None] | None = None,
+) -> dict[str, Generator]:
+    """Run ``recoveries`` (default ``cfg.recoveries_per_teacher``) recoveries per teacher into ``bank``.
+
+    Recovery ``r`` of teacher ``i`` is seeded by ``(seed, i, r)`` and its classes are drawn with
+    :func:`sample_task_classes` from the same seed, so the result does not depend on what ran before.
+
+    Args:
+        members: the teachers.
+        cfg: the recovery settings.
+        bank: receives every recovered task.
+        seed: the run's seed.
+        recoveries: recoveries per teacher.
+        generators: per-teacher generators to continue from (with ``cfg.reuse_generator``).
+        progress: a tqdm bar over all recoveries.
+        on_task: called with each task after it is added (e.g. to save the bank periodically).
+
+    Returns:
+        The per-teacher generators when ``cfg.reuse_generator`` (else an empty dict).
+    """
+    count = cfg.recoveries_per_teacher if recoveries is None else int(recoveries)
+    kept: dict[str, Generator] = dict(generators or {})
+    bar = tqdm(total=count * len(members), desc="recover", disable=not progress)
+    try:
+        for r in range(count):
+            for i, member in enumerate(members):
+                seq = np.random.SeedSequence([int(seed), i, r])
+                class_rng = np.random.default_rng(seq.spawn(1)[0])
+                task_seed = int(seq.generate_state(1)[0])
+                classes = sample_task_classes(member, cfg.max_way, class_rng)
+                task = recover_task(
+                    member, classes, cfg, seed=task_seed,
+                    generator=kept.get(member.name) if cfg.reuse_generator else None,
+                )
+                if cfg.reuse_generator and task.generator is not None:
+                    kept[member.name] = task.generator
+                task.generator = None  # the bank keeps images only
+                bank.add(task)
+                if on_task is not None:
+                    on_task(task)
+                bar.update(1)
+    finally:
+        bar.close()
+    return kept if cfg.reuse_generator else {}
+
+
+# --- memory bank -------------------------------------------------------------------------
+
+
+class BankEpisode(NamedTuple):
+    """An N-way K-shot episode drawn from a :class:`MemoryBank` (same fields as ``data.Episode``).
+
+    ``classes[i]`` is the ``(teacher, teacher class id)`` behind episode label ``i``.
+    """
+
+    support_x: torch.Tensor  # [way*shot, 3, S, S] float32 in [0, 1]
+    support_y: torch.Tensor  # [way*shot] int64 in 0..way-1
+    query_x: torch.Tensor  # [way*query, 3, S, S]
+    query_y: torch.Tensor  # [way*query]
+    classes: list[tuple[str, int]]
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-2:] == (size, size):
+        return images
+    # antialias: a bank image may be larger than the episode size (e.g. an 84-px teacher into 32-px episodes)
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+class MemoryBank:
+    """Recovered images keyed by ``(teacher, class)``, at most ``bank_size`` recoveries per key.
+
+    Each :meth:`add` of a task stores, for every class of the task, that recovery's images of the
+    class as one *slot*; once a key holds ``bank_size`` slots the oldest is overwritten (cyclic
+    buffer, as the reference). Images are kept as ``uint8`` tensors on CPU at the teacher's
+    resolution.
+
+    ``len(bank)`` is the number of images stored.
+    """
+
+    def __init__(self, bank_size: int = 20) -> None:
+        if int(bank_size) < 1:
+            raise MemoryBankError(f"bank_size must be >= 1, got {bank_size}")
+        self.bank_size = int(bank_size)
+        self._slots: dict[tuple[str, int], list[torch.Tensor]] = {}  # uint8 [k, 3, H, W] per recovery
+        self._written: dict[tuple[str, int], int] = {}  # recoveries ever added (cursor = written % bank_size)
+        self._names: dict[tuple[str, int], str] = {}
+
+    # -- content ------------------------------------------------------------------------
+
+    def add(self, task: RecoveredTask) -> None:
+        """Store ``task``'s images, one slot per class (overwriting the oldest slot when full)."""
+        images, labels = task.images, task.labels
+        if images.dim() != 4 or images.shape[0] != labels.shape[0]:
+            raise MemoryBankError(
+                f"task of {task.teacher!r} has images {tuple(images.shape)} and labels {tuple(labels.shape)}; "
+                "expected [n, C, H, W] and [n]"
+            )
+        classes = task.classes or sorted(int(c) for c in labels.unique())
+        names = dict(zip(classes, task.class_names)) if task.class_names else {}
+        for c in classes:
+            chosen = images[labels == c]
+            if chosen.shape[0] == 0:
+                continue
+            key = (task.teacher, int(c))
+            slot = _to_uint8(chosen)
+            slots = self._slots.setdefault(key, [])
+            if slots and slots[0].shape[1:] != slot.shape[1:]:
+                raise MemoryBankError(
+                    f"bank images of {key} are {tuple(slots[0].shape[1:])}, the new ones {tuple(slot.shape[1:])}",
+                    hint="a teacher's recoveries must all have its input size",
+                )
+            self._add_slot(key, slot)
+            if names.get(c):
+                self._names[key] = str(names[c])
+
+    def teachers(self) -> list[str]:
+        """Teacher names, in the order they were first added."""
+        return list(dict.fromkeys(t for t, _ in self._slots))
+
+    def classes_of(self, teacher: str) -> list[int]:
+        """Sorted class ids of ``teacher`` held in the bank (empty for an unknown teacher)."""
+        return sorted(c for t, c in self._slots if t == teacher)
+
+    def keys(self) -> list[tuple[str, int]]:
+        """All ``(teacher, class)`` keys, in insertion order."""
+        return list(self._slots)
+
+    def class_name(self, teacher: str, cls: int) -> str:
+        """The teacher's label name of ``cls`` ('' when unknown)."""
+        return self._names.get((teacher, int(cls)), "")
+
+    def recoveries(self, teacher: str, cls: int) -> int:
+        """Number of slots (recoveries) currently held for ``(teacher, cls)``."""
+        return len(self._slots.get((teacher, int(cls)), []))
+
+    def images_of(self, teacher: str, cls: int) -> torch.Tensor:
+        """All stored images of ``(teacher, cls)`` as ``uint8 [m, 3, H, W]`` (slot order)."""
+        key = (teacher, int(cls))
+        if key not in self._slots:
+            raise MemoryBankError(f"the memory bank holds no images of class {cls} of teacher {teacher!r}")
+        return torch.cat(self._slots[key])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of ``(teacher, class)`` keys."""
+        return len(self._slots)
+
+    def __len__(self) -> int:
+        return sum(s.shape[0] for slots in self._slots.values() for s in slots)
+
+    def __repr__(self) -> str:
+        return f"MemoryBank(teachers={len(self.teachers())}, classes={self.num_classes}, images={len(self)}, bank_size={self.bank_size})"
+
+    # -- sampling -----------------------------------------------------------------------
+
+    def task_for(
+        self,
+        teacher: str,
+        classes: Sequence[int] | None,
+        per_class: int | None,
+        rng: np.random.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pseudo-task of one teacher from the bank.
+
+        Args:
+            teacher: the teacher's name.
+            classes: its class ids to include; ``None``: every class it has in the bank.
+            per_class: images per class, drawn without replacement; ``None``: all stored images.
+            rng: draws the images.
+
+        Returns:
+            ``images [n, 3, H, W]`` float32 in [0, 1] (grouped by class, in ``classes`` order) and
+            ``labels [n]`` int64 teacher class ids.
+        """
+        if teacher not in self.teachers():
+            raise MemoryBankError(f"the memory bank holds nothing of teacher {teacher!r}; it has {self.teachers()}")
+        chosen = self.classes_of(teacher) if classes is None else [int(c) for c in classes]
+        xs, ys = [], []
+        for c in chosen:
+            stored = self.images_of(teacher, c)
+            if per_class is not None:
+                if per_class > stored.shape[0]:
+                    raise EpisodeError(
+                        f"class {c} of teacher {teacher!r} has {stored.shape[0]} images in the memory bank, "
+                        f"{per_class} were asked for"
+                    )
+                stored = stored[torch.from_numpy(rng.choice(stored.shape[0], size=per_class, replace=False))]
+            xs.append(stored)
+            ys.append(torch.full((stored.shape[0],), c, dtype=torch.int64))
+        if not xs:
+            raise MemoryBankError(f"no classes asked for from teacher {teacher!r}")
+        return _to_float(torch.cat(xs)), torch.cat(ys)
+
+    def sample_episode(
+        self,
+        way: int,
+        shot: int,
+        query: int,
+        rng: np.random.Generator,
+        resize_to: int,
+        *,
+        distinct_names: bool = True,
+    ) -> BankEpisode:
+        """An N-way K-shot episode whose classes are ``(teacher, class)`` keys from across the bank.
+
+        The ``way`` classes are drawn uniformly among the keys holding at least ``shot + query``
+        images, so an episode mixes teachers; two keys with the same label name (two teachers
+        that share a class) never appear in one episode, since they are one class.
+
+        Args:
+            way, shot, query: classes, support and query images per class.
+            rng: draws the classes and images.
+            resize_to: side of the episode's images (teachers' input sizes may differ).
+            distinct_names: skip keys whose label name is already in the episode.
+
+        Returns:
+            A :class:`BankEpisode`; support/query grouped by class, labels ``0..way-1``.
+        """
+        if way < 1 or shot < 1 or query < 0:
+            raise EpisodeError(f"way and shot must be >= 1 and query >= 0, got way={way}, shot={shot}, query={query}")
+        need = shot + query
+        candidates = [k for k, slots in self._slots.items() if sum(s.shape[0] for s in slots) >= need]
+        chosen: list[tuple[str, int]] = []
+        seen: set[str] = set()
+        for index in rng.permutation(len(candidates)):
+            key = candidates[int(index)]
+            name = self._names.get(key, "")
+            if distinct_names and name:
+                if name in seen:
+                    continue
+                seen.add(name)
+            chosen.append(key)
+            if len(chosen) == way:
+                break
+        if len(chosen) < way:
+            raise EpisodeError(
+                f"the memory bank has {len(chosen)} distinct classes with at least {need} images; "
+                f"a {way}-way {shot}-shot episode with {query} queries needs {way}",
+                hint="recover more teachers/classes or lower the episode size",
+            )
+        sx, qx = [], []
+        for key in chosen:
+            stored = self.images_of(*key)
+            pick = torch.from_numpy(rng.choice(stored.shape[0], size=need, replace=False))
+            images = _resize(_to_float(stored[pick]), resize_to)
+            sx.append(images[:shot])
+            qx.append(images[shot:])
+        labels = torch.arange(way, dtype=torch.int64)
+        return BankEpisode(
+            support_x=torch.cat(sx),
+            support_y=labels.repeat_interleave(shot),
+            query_x=torch.cat(qx),
+            query_y=labels.repeat_interleave(query),
+            classes=chosen,
+        )
+
+    # -- persistence --------------------------------------------------------------------
+
+    def _chronological(self, key: tuple[str, int]) -> list[torch.Tensor]:
+        slots, written = self._slots[key], self._written[key]
+        if written <= self.bank_size:
+            return list(slots)
+        start = written % self.bank_size  # the oldest slot is the next one to be overwritten
+        return slots[start:] + slots[:start]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the bank into folder ``path`` (``bank.safetensors`` + ``bank.json``), atomically.
+
+        Each file is written under a temporary name and renamed; both carry the same random
+        ``generation`` token, and :meth:`load` refuses a pair whose tokens differ (a save that
+        stopped between the two renames).
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        generation = secrets.token_hex(8)
+        tensors: dict[str, torch.Tensor] = {}
+        entries = []
+        for i, key in enumerate(self._slots):
+            slots = self._slots[key]
+            for j, slot in enumerate(slots):
+                tensors[f"k{i}.s{j}"] = slot.contiguous()
+            entries.append({
+                "teacher": key[0],
+                "class": key[1],
+                "name": self._names.get(key, ""),
+                "written": self._written[key],
+                "slots": len(slots),
+                "images": [int(s.shape[0]) for s in slots],
+                "shape": list(slots[0].shape[1:]),
+            })
+        index = {
+            "format": _BANK_FORMAT,
+            "version": _BANK_VERSION,
+            "generation": generation,
+            "bank_size": self.bank_size,
+            "storage": "uint8 (value = round(255 * x), x in [0, 1])",
+            "num_images": len(self),
+            "entries": entries,
+        }
+        tmp_tensors = folder / (BANK_TENSORS + ".tmp")
+        save_file(tensors, str(tmp_tensors), metadata={"format": _BANK_FORMAT, "generation": generation})
+        os.replace(tmp_tensors, folder / BANK_TENSORS)
+        tmp_index = folder / (BANK_INDEX + ".tmp")
+        tmp_index.write_text(json.dumps(index, indent=2) + "\n")
+        os.replace(tmp_index, folder / BANK_INDEX)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, bank_size: int | None = None) -> MemoryBank:
+        """Read a bank written by :meth:`save`.
+
+        Args:
+            path: the folder.
+            bank_size: a new cap; ``None`` keeps the saved one. When smaller, the most recent
+                recoveries of each key are kept.
+        """
+        folder = Path(path)
+        index_path, tensors_path = folder / BANK_INDEX, folder / BANK_TENSORS
+        for needed in (index_path, tensors_path):
+            if not needed.is_file():
+                raise RunFolderError(f"memory bank file {needed} does not exist", hint="was the bank saved with MemoryBank.save?")
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as error:
+            raise MemoryBankError(f"{index_path} is not valid JSON: {error}") from None
+        if not isinstance(index, dict) or index.get("format") != _BANK_FORMAT:
+            raise MemoryBankError(f"{index_path} is not a tgr-hub memory bank index")
+        if index.get("version") != _BANK_VERSION:
+            raise MemoryBankError(f"{index_path} has bank format version {index.get('version')}; this tgr-hub reads {_BANK_VERSION}")
+        with safe_open(str(tensors_path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("generation") != index.get("generation"):
+                raise MemoryBankError(
+                    f"{tensors_path} and {index_path} come from different saves",
+                    hint="the save was interrupted; delete the bank folder to recover again",
+                )
+            saved = cls(int(index["bank_size"]))
+            for i, entry in enumerate(index["entries"]):
+                key = (str(entry["teacher"]), int(entry["class"]))
+                slots = [handle.get_tensor(f"k{i}.s{j}") for j in range(int(entry["slots"]))]
+                if any(s.dtype != torch.uint8 or list(s.shape[1:]) != list(entry["shape"]) for s in slots):
+                    raise MemoryBankError(f"{tensors_path}: tensors of {key} do not match the index")
+                saved._slots[key] = slots
+                saved._written[key] = int(entry["written"])
+                if entry.get("name"):
+                    saved._names[key] = str(entry["name"])
+        if bank_size is None or int(bank_size) == saved.bank_size:
+            return saved
+        resized = cls(int(bank_size))
+        for key in saved._slots:
+            for slot in saved._chronological(key):  # re-add oldest first: the newest survive a smaller cap
+                resized._add_slot(key, slot)
+            if key in saved._names:
+                resized._names[key] = saved._names[key]
+        return resized
+
+    def _add_slot(self, key: tuple[str, int], slot: torch.Tensor) -> None:
+        slots = self._slots.setdefault(key, [])
+        written = self._written.get(key, 0)
+        if written < self.bank_size:
+            slots.append(slot)
+        else:
+            slots[written % self.bank_size] = slot
+        self._written[key] = written + 1
