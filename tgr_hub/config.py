@@ -33,7 +33,7 @@ class DataConfig:
     dataset: str = "glyphs"  # "glyphs", a local imagefolder / save_to_disk folder, or a Hub dataset id
     image_size: int = 32
     cache_dir: str | None = None  # default: ~/.cache/tgr_hub
-    seed: int = 0  # seeds the class-disjoint split of non-glyph datasets
+    seed: int = 0  # seeds the class-disjoint split (and, for glyphs, the rendering augmentations)
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")

@@ -48,7 +48,8 @@ def split_classes(num_classes: int, seed: int, fractions: tuple[float, float, fl
 
     The classes are shuffled with ``numpy.random.default_rng(seed)``; val and test get
     ``round(fraction * num_classes)`` classes each (at least one each once there are 3
-    classes), train gets the rest. Each list is sorted.
+    classes), train gets the rest: train is the first part of the permutation, then val,
+    then test. Each list is sorted.
 
     Args:
         num_classes: number of classes to split.
@@ -65,10 +66,7 @@ def split_classes(num_classes: int, seed: int, fractions: tuple[float, float, fl
     if num_classes >= 3:  # every split gets at least one class
         n_val, n_test = max(n_val, 1), max(n_test, 1)
     n_train = num_classes - n_val - n_test
-    if n_train < 0:  # tiny class counts: fill test first, then val
-        n_test = min(n_test, num_classes)
-        n_val = num_classes - n_test
-        n_train = 0
+    assert n_train >= 0, "val and test fractions must leave room for train"
     order = np.random.default_rng(seed).permutation(num_classes)
     return {
         "train": sorted(int(c) for c in order[:n_train]),
