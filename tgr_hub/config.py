@@ -66,6 +66,7 @@ class RecoverConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
     latent_dim: int = 256
+    generator_width: int = 128  # channels of the generator's first conv block (reference 128)
     images_per_class: int = 30
     bn_weight: float = 1.0
     bank_size: int = 20  # recoveries kept per (teacher, class), overwritten cyclically
@@ -193,7 +194,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # seconds: for tests
     "smoke": {
         "pool": {"teachers": 4, "epochs": 2, "domains": ["latin", "greek"], "archs": ["conv4"]},
-        "recover": {"steps": 10, "images_per_class": 6, "bank_size": 2},
+        "recover": {"steps": 8, "images_per_class": 6, "bank_size": 2, "generator_width": 16},
         "embed": {"head_steps": 5, "max_samples": 20},
         "group": {"num_groups": 2, "n_init": 5},
         "train": {"iterations": 4, "teachers_per_step": 2, "replay_batch": 2, "replay_shot": 1,
@@ -203,7 +204,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # minutes on a laptop CPU
     "quick": {
         "pool": {"teachers": 12, "epochs": 6},
-        "recover": {"steps": 60, "images_per_class": 20, "bank_size": 4, "reuse_generator": True},
+        "recover": {"steps": 60, "images_per_class": 20, "bank_size": 4, "generator_width": 64, "bn_weight": 0.02},
         "embed": {"head_steps": 30, "max_samples": 60},
         "group": {"num_groups": 3, "n_init": 10},
         "train": {"iterations": 300, "replay_batch": 4, "eval_every": 100, "val_episodes": 100},

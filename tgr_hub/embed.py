@@ -220,23 +220,32 @@ def _prepare(
     images = images.to(device=first.device, dtype=first.dtype)
     buffers = {name: b.detach() for name, b in probe.named_buffers()}
     feats = _probe_features(probe, images, chunk_size)
-    head = _init_head(num_classes, feats.shape[1], seed=seed, dtype=feats.dtype, device=feats.device)
+    if not torch.isfinite(feats).all():
+        raise EmbeddingError("the probe's features are not finite on this task", hint="check the probe's weights")
+    # The head is fitted, and labels sampled, on the CPU in float64: a small convex problem
+    # that L-BFGS solves with many host syncs (slow on a GPU), and the same seed then gives
+    # the same head and labels on any device.
+    feats64 = feats.detach().double().cpu()
+    head64 = _init_head(num_classes, feats.shape[1], seed=seed, dtype=torch.float64, device=torch.device("cpu"))
+
+    def on_device(h: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(device=feats.device, dtype=feats.dtype) for k, v in h.items()}
 
     if method == "reference":
         assert labels is not None  # checked above
         targets = labels.to(device=images.device, dtype=torch.long)
-        return _Prepared(params, buffers, head, images, targets, include_head)
+        return _Prepared(params, buffers, on_device(head64), images, targets, include_head)
 
     if labels is not None:
-        head = _fit_head(feats, labels.to(device=feats.device, dtype=torch.long), head, steps=head_steps, l2=head_l2)
+        head64 = _fit_head(feats64, labels.cpu().long(), head64, steps=head_steps, l2=head_l2)
     else:
         # No labels: nothing to fit; the Fisher is taken under the seeded random head.
         logger.info("no labels given: the probe head is not fitted (random head, seed %d)", seed)
     with torch.no_grad():
-        probs = torch.softmax(feats @ head["weight"].T + head["bias"], dim=1).double().cpu()
-    # Sampling on CPU with a seeded generator: the same seed gives the same labels on any device.
+        probs = torch.softmax(feats64 @ head64["weight"].T + head64["bias"], dim=1)
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     sampled = torch.multinomial(probs, mc_samples, replacement=True, generator=gen)  # [N, S]
+    head = on_device(head64)
     targets = sampled.reshape(-1).to(images.device)
     if mc_samples > 1:
         images = images.repeat_interleave(mc_samples, dim=0)
@@ -345,7 +354,9 @@ def fisher_diagonal(
             with ``ndim >= 2`` (one value per filter / output channel).
         seed: Seeds the head initialisation and the label sampling.
         chunk_size: Samples per vmapped chunk (bounds memory: one chunk holds
-            ``chunk_size`` copies of the gradient); the batch size of ``"reference"``.
+            ``chunk_size`` copies of the gradient); also the batch size of the feature pass,
+            and the batch of ``"reference"``. On a GPU larger chunks are faster
+            (bench/bench_fisher.py: 100 samples in one chunk ~9x faster than a loop).
         mc_samples: Labels sampled per image (``"task2vec"``).
         include_head: Also return ``head.weight`` / ``head.bias`` Fisher entries.
         head_l2: L2 penalty on the head weight while fitting.
@@ -406,9 +417,12 @@ def fisher_diagonal_loop(
 ) -> dict[str, Tensor]:
     """Reference implementation of :func:`fisher_diagonal`: one autograd call per sample.
 
-    Same arguments, same head fit and the same sampled labels (same ``seed``), so the result
-    equals :func:`fisher_diagonal` up to floating-point summation order. Slow; for tests and
-    benchmarks. ``"reference"`` is batch-level by definition and shares its implementation.
+    Same arguments, same head fit and the same sampled labels (same ``seed`` and
+    ``chunk_size``: the probe features are computed in chunks of ``chunk_size``, and batching
+    can change them by rounding, which can flip a sampled label), so the result equals
+    :func:`fisher_diagonal` up to floating-point rounding (about 1e-7 relative in float32 on
+    the CPU; about 1e-3 on a GPU, where cuDNN convolutions may run in TF32). Slow; for tests
+    and benchmarks. ``"reference"`` is batch-level by definition and shares its implementation.
     """
     with _EvalMode(probe):
         prep = _prepare(probe, images, labels, method=method, num_classes=num_classes, head_steps=head_steps,

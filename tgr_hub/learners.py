@@ -436,11 +436,21 @@ class MAML:
             Scalar loss.
         """
         sx, sy, qx, qy = _unpack_episode(support_x, support_y, query_x, query_y)
-        way = _infer_way(sy)
-        fast = self.clone(model, way, params)
+        return F.cross_entropy(self.logits(model, sx, sy, qx, params), qy)
+
+    def logits(
+        self,
+        model: nn.Module,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        params: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Differentiable query logits ``[Q, way]`` after the inner loop on the support set."""
+        fast = self.clone(model, _infer_way(support_y), params)
         with torch.enable_grad():
-            fast = self.adapt_fast(model, fast, sx, sy, create_graph=not self.first_order)
-            return F.cross_entropy(self.fast_logits(model, fast, qx), qy)
+            fast = self.adapt_fast(model, fast, support_x, support_y, create_graph=not self.first_order)
+            return self.fast_logits(model, fast, query_x)
 
 
 def make_learner(name: str, **kwargs: Any) -> ProtoNet | MAML:

@@ -37,7 +37,7 @@ from .figures import plot_dissimilarity, plot_training_curves
 from .group import group_teachers
 from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
-from .recover import MemoryBank, recover_task, sample_task_classes
+from .recover import MemoryBank, recover_teachers
 from .train import meta_train
 
 logger = logging.getLogger(__name__)
@@ -71,24 +71,15 @@ def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
 def recover_pool(members: list[PoolMember], cfg: RunConfig, bank_path: Path, *, progress: bool = True) -> MemoryBank:
     """Recover pseudo-tasks for every teacher not yet in the bank at ``bank_path``.
 
-    The bank is saved after each teacher, so an interrupted recovery loses at most one.
+    Each recovery is seeded by (run seed, teacher index, recovery index), so a resumed
+    recovery gives the same bank as an uninterrupted one; the bank is saved after every task.
     """
-    bank = MemoryBank.load(bank_path) if bank_path.with_suffix(".json").exists() else MemoryBank(cfg.recover.bank_size)
-    done = set(bank.teachers())
-    todo = [(i, m) for i, m in enumerate(members) if m.name not in done]
-    if not todo:
-        logger.info("recover: all %d teachers already in %s", len(members), bank_path)
-        return bank
-    for index, member in tqdm(todo, desc="recover", disable=not progress, dynamic_ncols=True):
-        rng = np.random.default_rng([cfg.seed, index, 1])
-        generator = None
-        for recovery in range(cfg.recover.recoveries_per_teacher):
-            classes = sample_task_classes(list(range(member.num_classes)), cfg.recover.max_way, rng)
-            task = recover_task(member, classes, cfg.recover, seed=int(rng.integers(2**31)), generator=generator)
-            if cfg.recover.reuse_generator:
-                generator = task.generator
-            bank.add(task)
-        bank.save(bank_path)
+    if bank_path.exists():
+        bank = MemoryBank.load(bank_path, bank_size=cfg.recover.bank_size)
+    else:
+        bank = MemoryBank(cfg.recover.bank_size)
+    recover_teachers(members, cfg.recover, bank, seed=cfg.seed, progress=progress,
+                     on_task=lambda task: bank.save(bank_path))
     return bank
 
 
@@ -107,7 +98,8 @@ def embed_pool(
     for index, member in enumerate(tqdm(members, desc="embed", disable=not progress, dynamic_ncols=True)):
         rng = np.random.default_rng([cfg.seed, index, 2])
         classes = bank.classes_of(member.name)
-        images, labels = bank.task_for(member.name, classes, cfg.embed.max_samples // max(1, len(classes)) or 1, rng)
+        per_class = max(1, cfg.embed.max_samples // len(classes))
+        images, labels = bank.task_for(member.name, classes, per_class, rng, allow_fewer=True)
         remap = {c: i for i, c in enumerate(classes)}
         task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
         embeddings.append(

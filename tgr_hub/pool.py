@@ -303,8 +303,20 @@ def _located(error: PoolError, entry: PoolEntry) -> PoolError:
     return located
 
 
-def load_member(entry: PoolEntry, *, allow_pickle: bool = False, name: str | None = None) -> PoolMember:
+def load_member(
+    entry: PoolEntry,
+    *,
+    allow_pickle: bool = False,
+    name: str | None = None,
+    resolved: tuple[Path, str] | None = None,
+) -> PoolMember:
     """Resolve and load one entry (local folder, or Hub repo via :mod:`tgr_hub.hub`).
+
+    Args:
+        entry: the entry.
+        allow_pickle: accept pickle-only weights.
+        name: display name (default: folder or repo name).
+        resolved: for a Hub entry, its ``(snapshot folder, commit sha)`` if already resolved.
 
     Raises:
         PoolError subclasses whose message starts with ``LIST_FILE:LINE:``.
@@ -319,15 +331,37 @@ def load_member(entry: PoolEntry, *, allow_pickle: bool = False, name: str | Non
                 )
             return member_from_folder(folder, name=name, source=entry.source, allow_pickle=allow_pickle)
         assert entry.kind == "hub", entry.kind
-        from .hub import resolve_hub_entry  # lazily: the Hub client is only needed for Hub entries
+        if resolved is None:
+            from .hub import resolve_hub_entry  # lazily: the Hub client is only needed for Hub entries
 
-        folder, sha = resolve_hub_entry(entry, allow_pickle=allow_pickle)
+            resolved = resolve_hub_entry(entry, allow_pickle=allow_pickle)
+        folder, sha = resolved
         return member_from_folder(
             Path(folder), name=name or entry.target.split("/")[-1], source=entry.source, revision=sha,
             allow_pickle=allow_pickle,
         )
     except PoolError as error:
         raise _located(error, entry) from None
+
+
+def _resolve_hub_entries(entries: list[PoolEntry], allow_pickle: bool, progress: bool) -> dict[int, tuple[Path, str]]:
+    """Resolve all Hub entries up front, concurrently when :mod:`tgr_hub.hub` offers it."""
+    hub_entries = [e for e in entries if e.kind == "hub"]
+    if len(hub_entries) < 2:
+        return {}  # load_member resolves a single entry itself
+    from . import hub
+
+    resolve_many = getattr(hub, "resolve_many", None)
+    if resolve_many is None:
+        return {}
+    try:
+        results = resolve_many(hub_entries, allow_pickle=allow_pickle, progress=progress)
+    except PoolError as error:
+        if error.line is None:  # name the first entry of that repo, at least
+            culprit = next((e for e in hub_entries if e.target in str(error)), hub_entries[0])
+            raise _located(error, culprit) from None
+        raise
+    return {id(e): (Path(folder), sha) for e, (folder, sha) in zip(hub_entries, results)}
 
 
 def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = False) -> list[PoolMember]:
@@ -360,6 +394,7 @@ def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = 
         seen.setdefault(key, entry.line)
     from tqdm.auto import tqdm
 
+    resolved = _resolve_hub_entries(entries, allow_pickle, progress)
     members: list[PoolMember] = []
     names: set[str] = set()
     for entry in tqdm(entries, desc="loading pool", unit="teacher", disable=not progress):
@@ -369,7 +404,7 @@ def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = 
             k += 1
             name = f"{base}-{k}"
         names.add(name)
-        member = load_member(entry, allow_pickle=allow_pickle, name=name)
+        member = load_member(entry, allow_pickle=allow_pickle, name=name, resolved=resolved.get(id(entry)))
         _logger.debug("%s: loaded %s (%s, %d classes)", entry.where, member.name, member.architecture, member.num_classes)
         members.append(member)
     _logger.info("loaded %d teachers from %s", len(members), path)

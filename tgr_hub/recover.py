@@ -18,8 +18,9 @@ lowest loss is kept (its images, not just its loss).
 Recovered images go into a :class:`MemoryBank` keyed by ``(teacher, class)``. The bank stores
 images as ``uint8`` (value ``round(255·x)``): a quarter of float32 memory, exactly what an 8-bit
 image would hold, and an error of at most 1/510 per pixel, far below what changes a teacher's
-prediction. A bank saves to / loads from a folder (``bank.safetensors`` + ``bank.json``), so a
-resumed run reuses its recoveries.
+prediction. A bank saves to / loads from ``X.safetensors`` + ``X.json`` (or a folder holding
+``bank.safetensors`` + ``bank.json``), and counts the tasks recovered per teacher, so a resumed
+run reuses its recoveries and :func:`recover_teachers` continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -58,6 +59,7 @@ __all__ = [
     "MemoryBankError",
     "RecoverError",
     "RecoveredTask",
+    "bank_files",
     "bn_layers",
     "crop_padding_for",
     "random_crop_flip",
@@ -174,8 +176,7 @@ class _BNStatisticsLoss:
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         x = inputs[0]
         dims = [d for d in range(x.dim()) if d != 1]  # every dim but channels: [N,C], [N,C,L], [N,C,H,W]...
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, correction=0)  # biased, as BN normalises with
+        var, mean = torch.var_mean(x, dim=dims, correction=0)  # biased variance, as BN normalises with
         self._terms.append(
             torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var)
         )
@@ -278,7 +279,7 @@ def recover_task(
     gen_seed, z_seed, aug_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(3))
 
     if generator is None:
-        generator = Generator(cfg.latent_dim, (height, width), channels=3, seed=gen_seed)
+        generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=gen_seed)
         keep_generator = cfg.reuse_generator
     else:
         if not isinstance(generator, Generator):
@@ -312,11 +313,12 @@ def recover_task(
             member.name,
         )
 
-    ce_history: list[float] = []
-    bn_history: list[float] = []
-    best_loss = math.inf
+    # Bookkeeping stays on the device (no .item() per step), so a GPU never waits for the host.
+    ce_values: list[torch.Tensor] = []
+    bn_values: list[torch.Tensor] = []
+    best_loss_t = torch.full((), math.inf, device=device)
+    best_step_t = torch.zeros((), dtype=torch.int64, device=device)
     best_images: torch.Tensor | None = None
-    best_step = 0
     start = time.perf_counter()
     try:
         model.eval()  # BN normalises with running statistics and does not update them
@@ -334,20 +336,27 @@ def recover_task(
                 loss.backward()
                 optimizer.step()
 
-                value = float(loss.detach())
-                ce_history.append(float(ce.detach()))
-                bn_history.append(float(bn.detach()))
-                if value < best_loss:
-                    best_loss, best_step = value, step
-                    best_images = images.detach().clone()  # the images that produced this loss
+                with torch.no_grad():
+                    ce_values.append(ce.detach())
+                    bn_values.append(bn.detach())
+                    better = loss.detach() < best_loss_t  # False for NaN: a NaN step is never kept
+                    best_loss_t = torch.where(better, loss.detach(), best_loss_t)
+                    best_step_t = torch.where(better, step, best_step_t)
+                    # the images that produced this loss (before the update just made)
+                    images = images.detach()
+                    best_images = images.clone() if best_images is None else torch.where(better, images, best_images)
                 if progress and step % 10 == 0:
-                    bar.set_postfix(ce=f"{ce_history[-1]:.3f}", bn=f"{bn_history[-1]:.3f}")
+                    bar.set_postfix(ce=f"{float(ce):.3f}", bn=f"{float(bn):.3f}")
     finally:
         for p, flag in zip(model.parameters(), grad_flags):
             p.requires_grad_(flag)
         model.train(was_training)
 
-    if best_images is None:  # only when every loss was NaN
+    ce_history = torch.stack(ce_values).float().cpu().tolist()
+    bn_history = torch.stack(bn_values).float().cpu().tolist()
+    best_loss, best_step = float(best_loss_t), int(best_step_t)
+    assert best_images is not None  # cfg.steps >= 1
+    if not math.isfinite(best_loss):  # only when every loss was NaN (or infinite)
         raise RecoverError(
             f"recovery from teacher {member.name!r} gave a NaN loss at every step",
             hint="check that the teacher's outputs are finite; try a lower recover.lr",
@@ -380,55 +389,77 @@ def recover_teachers(
     *,
     seed: int,
     recoveries: int | None = None,
+    skip: Collection[str] = (),
     generators: dict[str, Generator] | None = None,
+    return_generators: bool = False,
     progress: bool = False,
     on_task: Callable[[RecoveredTask], None] | None = None,
 ) -> dict[str, Generator]:
-    """Run ``recoveries`` (default ``cfg.recoveries_per_teacher``) recoveries per teacher into ``bank``.
+    """Bring every teacher to ``recoveries`` (default ``cfg.recoveries_per_teacher``) recoveries in ``bank``.
 
-    Recovery ``r`` of teacher ``i`` is seeded by ``(seed, i, r)`` and its classes are drawn with
-    :func:`sample_task_classes` from the same seed, so the result does not depend on what ran before.
+    Teachers are done one after the other. Recovery ``r`` of teacher ``i`` (its index in
+    ``members``) is seeded by ``(seed, i, r)``, and its classes are drawn with
+    :func:`sample_task_classes` from the same seed. Recoveries the bank already counts for a
+    teacher (:meth:`MemoryBank.tasks_of`) are not redone, so calling this again on a bank saved
+    by ``on_task`` resumes an interrupted run and gives the same bank as an uninterrupted one
+    (with ``cfg.reuse_generator``, a teacher interrupted midway continues with a fresh generator).
 
     Args:
         members: the teachers.
         cfg: the recovery settings.
         bank: receives every recovered task.
         seed: the run's seed.
-        recoveries: recoveries per teacher.
+        recoveries: recoveries each teacher should have in the bank.
+        skip: names of teachers to leave alone.
         generators: per-teacher generators to continue from (with ``cfg.reuse_generator``).
-        progress: a tqdm bar over all recoveries.
-        on_task: called with each task after it is added (e.g. to save the bank periodically).
+        return_generators: return each teacher's generator (with ``cfg.reuse_generator``);
+            otherwise each is dropped once its teacher is done, to bound memory.
+        progress: a tqdm bar over the recoveries to run.
+        on_task: called with each task after it is added (e.g. to save the bank).
 
     Returns:
-        The per-teacher generators when ``cfg.reuse_generator`` (else an empty dict).
+        The per-teacher generators if ``return_generators`` and ``cfg.reuse_generator``, else ``{}``.
     """
     count = cfg.recoveries_per_teacher if recoveries is None else int(recoveries)
-    kept: dict[str, Generator] = dict(generators or {})
-    bar = tqdm(total=count * len(members), desc="recover", disable=not progress)
+    skipped = set(skip)
+    plan = [(i, m, r) for i, m in enumerate(members) if m.name not in skipped
+            for r in range(bank.tasks_of(m.name), count)]
+    given = dict(generators or {})
+    kept: dict[str, Generator] = {}
+    bar = tqdm(total=len(plan), desc="recover", disable=not progress)
     try:
-        for r in range(count):
-            for i, member in enumerate(members):
-                seq = np.random.SeedSequence([int(seed), i, r])
-                class_rng = np.random.default_rng(seq.spawn(1)[0])
-                task_seed = int(seq.generate_state(1)[0])
-                classes = sample_task_classes(member, cfg.max_way, class_rng)
-                task = recover_task(
-                    member, classes, cfg, seed=task_seed,
-                    generator=kept.get(member.name) if cfg.reuse_generator else None,
-                )
-                if cfg.reuse_generator and task.generator is not None:
-                    kept[member.name] = task.generator
-                task.generator = None  # the bank keeps images only
-                bank.add(task)
-                if on_task is not None:
-                    on_task(task)
-                bar.update(1)
+        for i, member, r in plan:
+            seq = np.random.SeedSequence([int(seed), i, r])
+            class_rng = np.random.default_rng(seq.spawn(1)[0])
+            task_seed = int(seq.generate_state(1)[0])
+            classes = sample_task_classes(member, cfg.max_way, class_rng)
+            generator = None
+            if cfg.reuse_generator:
+                generator = kept.get(member.name, given.get(member.name))
+                if not return_generators:
+                    kept.clear()  # the previous teacher is done: let its generator go
+            task = recover_task(member, classes, cfg, seed=task_seed, generator=generator)
+            if cfg.reuse_generator and task.generator is not None:
+                kept[member.name] = task.generator
+            task.generator = None  # the bank keeps images only
+            bank.add(task)
+            if on_task is not None:
+                on_task(task)
+            bar.update(1)
     finally:
         bar.close()
-    return kept if cfg.reuse_generator else {}
+    return kept if (cfg.reuse_generator and return_generators) else {}
 
 
 # --- memory bank -------------------------------------------------------------------------
+
+
+def bank_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(tensors, index)`` paths of a bank saved at ``path`` (a ``.safetensors`` file or a folder)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    return path / BANK_TENSORS, path / BANK_INDEX
 
 
 class BankEpisode(NamedTuple):
@@ -477,6 +508,7 @@ class MemoryBank:
         self._slots: dict[tuple[str, int], list[torch.Tensor]] = {}  # uint8 [k, 3, H, W] per recovery
         self._written: dict[tuple[str, int], int] = {}  # recoveries ever added (cursor = written % bank_size)
         self._names: dict[tuple[str, int], str] = {}
+        self._tasks: dict[str, int] = {}  # tasks ever added per teacher (what recover_teachers resumes from)
 
     # -- content ------------------------------------------------------------------------
 
@@ -505,6 +537,7 @@ class MemoryBank:
             self._add_slot(key, slot)
             if names.get(c):
                 self._names[key] = str(names[c])
+        self._tasks[task.teacher] = self._tasks.get(task.teacher, 0) + 1
 
     def teachers(self) -> list[str]:
         """Teacher names, in the order they were first added."""
@@ -513,6 +546,10 @@ class MemoryBank:
     def classes_of(self, teacher: str) -> list[int]:
         """Sorted class ids of ``teacher`` held in the bank (empty for an unknown teacher)."""
         return sorted(c for t, c in self._slots if t == teacher)
+
+    def tasks_of(self, teacher: str) -> int:
+        """How many recovered tasks of ``teacher`` were ever added (also those since overwritten)."""
+        return self._tasks.get(teacher, 0)
 
     def keys(self) -> list[tuple[str, int]]:
         """All ``(teacher, class)`` keys, in insertion order."""
@@ -552,6 +589,8 @@ class MemoryBank:
         classes: Sequence[int] | None,
         per_class: int | None,
         rng: np.random.Generator,
+        *,
+        allow_fewer: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A pseudo-task of one teacher from the bank.
 
@@ -560,6 +599,8 @@ class MemoryBank:
             classes: its class ids to include; ``None``: every class it has in the bank.
             per_class: images per class, drawn without replacement; ``None``: all stored images.
             rng: draws the images.
+            allow_fewer: a class with fewer than ``per_class`` images gives all it has, instead of
+                raising :class:`~tgr_hub.errors.EpisodeError`.
 
         Returns:
             ``images [n, 3, H, W]`` float32 in [0, 1] (grouped by class, in ``classes`` order) and
@@ -572,12 +613,13 @@ class MemoryBank:
         for c in chosen:
             stored = self.images_of(teacher, c)
             if per_class is not None:
-                if per_class > stored.shape[0]:
+                if per_class > stored.shape[0] and not allow_fewer:
                     raise EpisodeError(
                         f"class {c} of teacher {teacher!r} has {stored.shape[0]} images in the memory bank, "
                         f"{per_class} were asked for"
                     )
-                stored = stored[torch.from_numpy(rng.choice(stored.shape[0], size=per_class, replace=False))]
+                take = min(per_class, stored.shape[0])
+                stored = stored[torch.from_numpy(rng.choice(stored.shape[0], size=take, replace=False))]
             xs.append(stored)
             ys.append(torch.full((stored.shape[0],), c, dtype=torch.int64))
         if not xs:
@@ -657,14 +699,17 @@ class MemoryBank:
         return slots[start:] + slots[:start]
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the bank into folder ``path`` (``bank.safetensors`` + ``bank.json``), atomically.
+        """Write the bank to ``path``, atomically.
+
+        ``path`` is either a ``.safetensors`` file (the index goes beside it, same name with
+        ``.json``) or a folder (``bank.safetensors`` + ``bank.json`` inside it).
 
         Each file is written under a temporary name and renamed; both carry the same random
         ``generation`` token, and :meth:`load` refuses a pair whose tokens differ (a save that
         stopped between the two renames).
         """
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+        tensors_path, index_path = bank_files(path)
+        tensors_path.parent.mkdir(parents=True, exist_ok=True)
         generation = secrets.token_hex(8)
         tensors: dict[str, torch.Tensor] = {}
         entries = []
@@ -688,26 +733,26 @@ class MemoryBank:
             "bank_size": self.bank_size,
             "storage": "uint8 (value = round(255 * x), x in [0, 1])",
             "num_images": len(self),
+            "tasks": dict(self._tasks),
             "entries": entries,
         }
-        tmp_tensors = folder / (BANK_TENSORS + ".tmp")
+        tmp_tensors = tensors_path.with_name(tensors_path.name + ".tmp")
         save_file(tensors, str(tmp_tensors), metadata={"format": _BANK_FORMAT, "generation": generation})
-        os.replace(tmp_tensors, folder / BANK_TENSORS)
-        tmp_index = folder / (BANK_INDEX + ".tmp")
+        os.replace(tmp_tensors, tensors_path)
+        tmp_index = index_path.with_name(index_path.name + ".tmp")
         tmp_index.write_text(json.dumps(index, indent=2) + "\n")
-        os.replace(tmp_index, folder / BANK_INDEX)
+        os.replace(tmp_index, index_path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, bank_size: int | None = None) -> MemoryBank:
         """Read a bank written by :meth:`save`.
 
         Args:
-            path: the folder.
+            path: the ``.safetensors`` file or the folder given to :meth:`save`.
             bank_size: a new cap; ``None`` keeps the saved one. When smaller, the most recent
                 recoveries of each key are kept.
         """
-        folder = Path(path)
-        index_path, tensors_path = folder / BANK_INDEX, folder / BANK_TENSORS
+        tensors_path, index_path = bank_files(path)
         for needed in (index_path, tensors_path):
             if not needed.is_file():
                 raise RunFolderError(f"memory bank file {needed} does not exist", hint="was the bank saved with MemoryBank.save?")
@@ -724,9 +769,10 @@ class MemoryBank:
             if metadata.get("generation") != index.get("generation"):
                 raise MemoryBankError(
                     f"{tensors_path} and {index_path} come from different saves",
-                    hint="the save was interrupted; delete the bank folder to recover again",
+                    hint="the save was interrupted; delete both files to recover again",
                 )
             saved = cls(int(index["bank_size"]))
+            saved._tasks = {str(t): int(n) for t, n in (index.get("tasks") or {}).items()}
             for i, entry in enumerate(index["entries"]):
                 key = (str(entry["teacher"]), int(entry["class"]))
                 slots = [handle.get_tensor(f"k{i}.s{j}") for j in range(int(entry["slots"]))]
@@ -739,6 +785,7 @@ class MemoryBank:
         if bank_size is None or int(bank_size) == saved.bank_size:
             return saved
         resized = cls(int(bank_size))
+        resized._tasks = dict(saved._tasks)
         for key in saved._slots:
             for slot in saved._chronological(key):  # re-add oldest first: the newest survive a smaller cap
                 resized._add_slot(key, slot)

@@ -32,7 +32,7 @@ from .igr import igr_direction
 from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
-from .recover import MemoryBank, sample_task_classes
+from .recover import MemoryBank
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def make_pseudo_task(
     5-way teacher); each class gives ``shot`` support and up to ``query`` query images.
     """
     available = bank.classes_of(member.name)
-    classes = sample_task_classes(available, way, rng)
-    images, labels = bank.task_for(member.name, classes, shot + query, rng)
+    classes = available if len(available) <= way else sorted(int(c) for c in rng.choice(available, way, replace=False))
+    images, labels = bank.task_for(member.name, classes, shot + query, rng, allow_fewer=True)
     support_idx, query_idx = [], []
     for position, cls in enumerate(classes):
         idx = (labels == cls).nonzero().flatten().tolist()
@@ -115,7 +115,7 @@ def pseudo_task_loss(
     support split). ``distill`` (the reference): that CE plus the KL divergence from the
     teacher's softened predictions to the adapted meta-model's, scaled by T².
     """
-    logits = learner.query_logits(model, task.support_x, task.support_y, task.query_x, params=params)
+    logits = learner.logits(model, task.support_x, task.support_y, task.query_x, params=params)
     loss = F.cross_entropy(logits, task.query_y)
     if kind == "distill":
         log_student = F.log_softmax(logits / temperature, dim=-1)

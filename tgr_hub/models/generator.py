@@ -61,6 +61,13 @@ class Generator(nn.Module):
         self.work_size: tuple[int, int] = (_round_up4(height), _round_up4(wide))
         self.init_size: tuple[int, int] = (self.work_size[0] // 4, self.work_size[1] // 4)
 
+        # Layers draw their default init from the global RNG; fork it so that building a generator
+        # leaves the caller's random state alone (the real init comes from ``seed`` below).
+        with torch.random.fork_rng(devices=[]):
+            self._build(latent_dim, width, channels)
+        self.reset_parameters(seed)
+
+    def _build(self, latent_dim: int, width: int, channels: int) -> None:
         self.fc = nn.Linear(latent_dim, width * self.init_size[0] * self.init_size[1])
         self.blocks = nn.Sequential(
             nn.BatchNorm2d(width),
@@ -75,7 +82,6 @@ class Generator(nn.Module):
             nn.Conv2d(width // 2, channels, 3, stride=1, padding=1),
             nn.Sigmoid(),
         )
-        self.reset_parameters(seed)
 
     @torch.no_grad()
     def reset_parameters(self, seed: int = 0) -> None:

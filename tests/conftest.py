@@ -1,0 +1,161 @@
+"""Shared fixtures of the test suite.
+
+The Hub test server
+-------------------
+``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``
+once, when it is first imported (``huggingface_hub.constants``; the module-level ``HfApi`` that
+timm uses keeps that endpoint too). pytest imports this file before any test module, so the
+Hub-compatible test server (``tests/hub_server.py``) is started *here*, on 127.0.0.1 with a free
+port, and the environment is pointed at it before anything imports ``huggingface_hub``:
+
+- ``HF_ENDPOINT`` = the server's URL: the real client, timm's ``hf-hub:`` loading and every
+  subprocess (the CLI) talk to the test server; no test can reach the real Hub;
+- ``HF_HOME`` = a temporary folder (so the cache, stored tokens and the token file are the
+  suite's own), telemetry and update checks off, no ``HF_TOKEN`` and no offline mode inherited.
+
+Tokens: :data:`WRITE_TOKEN` authenticates as user ``me`` (member of the organisations ``tgr-org``
+and ``timm``, write access); :data:`OTHER_TOKEN` as ``stranger``. Tests that need a token use the
+``hf_token`` fixture (sets ``HF_TOKEN``); by default there is none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hub_server import HubServer  # noqa: E402
+
+WRITE_TOKEN = "hf_TgrHubTestWriteToken4f9c2a71"
+OTHER_TOKEN = "hf_TgrHubTestOtherToken8d13e05b"
+
+if "huggingface_hub" in sys.modules:  # pragma: no cover - a plugin imported it before us
+    raise RuntimeError("huggingface_hub was imported before tests/conftest.py could point it at the test Hub")
+
+_HF_HOME = tempfile.mkdtemp(prefix="tgr-hub-tests-hf-")
+HUB = HubServer().start()
+HUB.add_token(WRITE_TOKEN, "me", orgs=("tgr-org", "timm"))
+HUB.add_token(OTHER_TOKEN, "stranger")
+
+for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+              "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+    os.environ.pop(_name, None)
+os.environ.update({
+    "HF_ENDPOINT": HUB.url,
+    "HF_HOME": _HF_HOME,
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "TGR_HUB_RETRY_WAIT": "0.05",  # keep retry tests fast; the library default is 1 s
+})
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    HUB.stop()
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub_server() -> HubServer:
+    """The running Hub test server (``.url``; helpers to inspect repos and inject faults)."""
+    return HUB
+
+
+@pytest.fixture
+def hub(hub_server: HubServer) -> Iterator[HubServer]:
+    """The Hub test server, with injected faults cleared after the test."""
+    yield hub_server
+    hub_server.clear_faults()
+
+
+@pytest.fixture
+def hf_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Set ``HF_TOKEN`` to the write token of user ``me``; return it."""
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    return WRITE_TOKEN
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty Hub cache for this test (in-process and for subprocesses)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def make_fake_run(folder: Path, *, seed: int = 0, pool_members: list[dict] | None = None, nested: bool = False) -> Path:
+    """A run folder as ``tgr-hub train`` writes it (``tgr_hub.pipeline.run_tgr``), with a tiny
+    untrained Conv4 meta-model.
+
+    ``folder`` holds config.json, model.safetensors and tgr_config.json (smoke config, a pool of
+    two Hub teachers and one local one, two groups of teacher names, test metrics as
+    ``evaluate_model`` returns them, val metrics as the training loop records them), and the
+    figures ``dissimilarity.png`` and ``training_curve.png``. ``nested=True`` puts the meta-model
+    files in ``folder/meta_model/`` instead (the other layout tgr-hub accepts).
+    """
+    import numpy as np
+
+    from tgr_hub.config import load_config
+    from tgr_hub.figures import plot_dissimilarity, plot_training_curves
+    from tgr_hub.metamodel import create_meta_model, save_meta_model
+
+    members = pool_members if pool_members is not None else [
+        {"name": "teacher-a", "source": "tgr-org/teacher-a", "revision": "a" * 40, "architecture": "conv4",
+         "num_classes": 5, "label_names": [f"latin/{c}" for c in "ABCDE"], "input_size": [3, 32, 32]},
+        {"name": "resnet18.a1_in1k", "source": "hf-hub:timm/resnet18.a1_in1k@" + "b" * 40, "revision": "b" * 40,
+         "architecture": "resnet18", "num_classes": 1000, "label_names": [f"n{i:08d}" for i in range(1000)],
+         "input_size": [3, 224, 224]},
+        {"name": "t02", "source": "./pool/t02", "revision": None, "architecture": "resnet10t", "num_classes": 5,
+         "label_names": [f"greek/{c}" for c in "abgde"], "input_size": [3, 32, 32]},
+    ]
+    names = [m["name"] for m in members]
+    groups = [names[::2], names[1::2]] if len(names) > 1 else [names]
+    config = load_config(preset="smoke", values={"seed": seed}).to_dict()
+    shot = {"way": 5, "query": 5, "episodes": 10, "method": "protonet"}
+    tgr_config = {
+        **config,
+        "tgr_hub_version": "0.1.0",
+        "pool_members": members,
+        "groups": groups,
+        "metrics": {
+            "val": {"best_step": 4, "1shot": 0.40},
+            "test": {"1shot": {"mean": 0.4123, "ci95": 0.0215, "std": 0.1, "shot": 1, **shot},
+                     "5shot": {"mean": 0.5871, "ci95": 0.0188, "std": 0.09, "shot": 5, **shot}},
+        },
+        "history": {"task_loss": [[0, 1.0], [2, 0.8], [4, 0.7]], "val_acc": [[2, 0.38], [4, 0.40]]},
+        "timings_s": {"recover": 1.0, "meta-train": 2.0},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    model = create_meta_model("conv4", image_size=32, seed=seed).eval()
+    save_meta_model(model, folder / "meta_model" if nested else folder, tgr_config=tgr_config)
+    rng = np.random.default_rng(seed)
+    dissimilarity = rng.random((len(names), len(names)))
+    dissimilarity = (dissimilarity + dissimilarity.T) / 2
+    np.fill_diagonal(dissimilarity, 0.0)
+    index_groups = [[names.index(n) for n in group] for group in groups]
+    plot_dissimilarity(dissimilarity, names, index_groups, folder / "dissimilarity.png")
+    plot_training_curves({"task_loss": [(0, 1.0), (2, 0.8), (4, 0.7)], "val_acc": [(2, 0.38), (4, 0.40)]},
+                         folder / "training_curve.png")
+    return folder
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path) -> Path:
+    """A fabricated run folder (see :func:`make_fake_run`)."""
+    return make_fake_run(tmp_path / "runs" / "fake")
+
+
+@pytest.fixture
+def fake_run_factory() -> Callable[..., Path]:
+    """:func:`make_fake_run` itself, for tests that need several runs or the nested layout."""
+    return make_fake_run
