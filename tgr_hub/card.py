@@ -127,6 +127,24 @@ probabilities = classifier.predict_proba(query_x)           # [Q, N]
 Or from the command line: `tgr-hub demo {{ repo_id }}` starts the few-shot demo locally.
 {{ space_line }}
 
+### The demo's `classify` API
+
+The demo app (a Space, or `tgr-hub demo`) has a named endpoint `classify` that adapts to
+labelled support images and classifies query images in one stateless call:
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("OWNER/SPACE")  # or the local URL printed by `tgr-hub demo {{ repo_id }}`
+result = client.predict(
+    [handle_file("a1.png"), handle_file("a2.png"), handle_file("b1.png")],  # support images
+    "a, a, b",                                                             # one label per support image
+    [handle_file("query.png")],                                            # images to classify
+    api_name="/classify",
+)
+# {"classes": [...], "predictions": [{"image", "label", "confidence", "probabilities": {...}}], "notes": [...]}
+```
+
 ## Limitations
 
 - The meta-model learned only from what its {{ pool_count }} teachers knew, through synthetic

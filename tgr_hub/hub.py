@@ -699,6 +699,17 @@ def _space_files(app_dir: Path) -> dict[str, Path]:
     return files
 
 
+def _library_files() -> dict[str, Path]:
+    """The tgr_hub package's sources, shipped inside the Space so that the app imports them
+    without tgr-hub being on a package index (the Space's requirements.txt lists its dependencies)."""
+    package = Path(__file__).resolve().parent
+    return {
+        f"tgr_hub/{path.relative_to(package).as_posix()}": path
+        for path in sorted(package.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    }
+
+
 def push_space(
     space_id: str,
     model_id: str,
@@ -727,6 +738,7 @@ def push_space(
                         hint="pass the folder holding app.py and requirements.txt (space_app_dir=...)")
     api = _api(token)
     files: dict[str, Path | bytes] = dict(_space_files(folder))
+    files.update(_library_files())
     files["README.md"] = build_space_readme(folder, space_id, model_id, license=license).encode()
     files["tgr_model_id.txt"] = (model_id + "\n").encode()
     _check_no_token(files, token)
