@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train N-way teacher classifiers and save them in timm's Hub layout with a repo-list.txt",
         description="Train a pool of teachers, each an N-way classifier on N meta-train classes of one domain, "
         "spread over the given architectures and domains; save each in timm's Hub layout and write "
-        "OUT/repo-list.txt and OUT/pool.json. Teachers already trained with the same recipe are reused.",
+        "OUT/repo-list.txt and OUT/pool.json. Teachers already trained with the same recipe are reused. "
+        "Flags left out take their value from --config / --preset (section pool, and data for the dataset).",
     )
     parser.add_argument("--out", required=True, help="pool folder (teachers t00, t01, ... and repo-list.txt)")
     parser.add_argument("--dataset", default=None, help="glyphs (built in), a local image folder, or a Hub dataset id")
@@ -36,9 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
     parser.add_argument("--data-seed", type=int, default=None, help="seed of the class split of non-glyph datasets")
     parser.add_argument("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/tgr_hub)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads while training (default: torch's; 1 is fastest for small models on a busy CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads while training (default 1: fastest for small teachers, even on a busy CPU; "
+                        "0 keeps torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--push-org", metavar="ORG",
+                        help="also push each teacher to the Hub as ORG/<pool>-tNN and write OUT/repo-list-hub.txt")
+    parser.add_argument("--private", action="store_true", help="with --push-org: create private repositories")
     add_config_args(parser)
     parser.set_defaults(func=run)
 
@@ -65,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         out, dataset=cfg.data.dataset, domains=cfg.pool.domains, archs=cfg.pool.archs, teachers=cfg.pool.teachers,
         way=cfg.pool.way, epochs=cfg.pool.epochs, seed=cfg.seed, batch_size=cfg.pool.batch_size, lr=cfg.pool.lr,
         data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, image_size=cfg.data.image_size,
-        num_threads=args.threads, progress=not args.no_progress,
+        num_threads=args.threads or None, progress=not args.no_progress,
     )
     elapsed = time.perf_counter() - started
     say(format_table(reports))
@@ -75,4 +80,9 @@ def run(args: argparse.Namespace) -> int:
     say(f"{len(reports)} teachers ({trained} trained, {len(reports) - trained} reused) in {elapsed:.1f}s; "
         f"lowest held-out accuracy {100 * worst:.1f}%")
     say(f"pool list: {out / 'repo-list.txt'}")
+    if args.push_org:
+        from tgr_hub.hub import push_pool
+
+        entries = push_pool(out, args.push_org, private=args.private, progress=not args.no_progress)
+        say(f"pushed {len(entries)} teachers to {args.push_org}; Hub pool list: {out / 'repo-list-hub.txt'}")
     return 0

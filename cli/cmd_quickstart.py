@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                        learner=cfg.train.learner, seed=cfg.seed)
     rows = {
         "Random": evaluate_model(random_baseline(cfg.train.arch, cfg.data.image_size, seed=cfg.seed), test, **eval_kwargs),
-        "Average": evaluate_model(average_baseline(load_pool(repo_list), image_size=cfg.data.image_size), test, **eval_kwargs),
+        "Average": evaluate_model(average_baseline(load_pool(repo_list)), test, **eval_kwargs),
         "ERM": erm.metrics[cfg.eval.split],
         "TGR": tgr.metrics[cfg.eval.split],
     }

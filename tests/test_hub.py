@@ -483,6 +483,25 @@ def test_push_pool_pins_each_teacher(hub, hf_token, hub_cache, tmp_path: Path) -
             torch.testing.assert_close(member.logits(images), models[name](member.normalize(images)))
 
 
+def test_cli_make_pool_push_org(hub, hf_token, hub_cache, tmp_path: Path) -> None:
+    pool = tmp_path / "cli-pool"
+    done = _cli("make-pool", "--dataset", "glyphs", "--domains", "latin", "--archs", "conv4", "--teachers", "2",
+                "--way", "3", "--epochs", "1", "--seed", "0", "--out", str(pool), "--no-progress",
+                "--push-org", "tgr-org")
+    assert done.returncode == 0, done.stderr
+    assert "repo-list-hub.txt" in done.stdout and WRITE_TOKEN not in done.stdout + done.stderr
+    lines = (pool / "repo-list-hub.txt").read_text().splitlines()
+    entries = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    assert [e.split("@")[0] for e in entries] == ["tgr-org/cli-pool-t00", "tgr-org/cli-pool-t01"]
+    members = load_pool(pool / "repo-list-hub.txt")
+    local = load_pool(pool / "repo-list.txt")
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    for remote_member, local_member in zip(members, local):
+        assert remote_member.revision == entries[members.index(remote_member)].split("@")[1]
+        with torch.no_grad():
+            torch.testing.assert_close(remote_member.logits(images), local_member.logits(images), rtol=0, atol=0)
+
+
 def test_private_push_needs_a_token_to_read(hub, hf_token, hub_cache, tmp_path: Path, monkeypatch) -> None:
     from tgr_hub.models.hub_layout import save_timm_folder
 
@@ -599,7 +618,10 @@ def test_end_to_end_teachers_train_push_and_load(hub, hf_token, hub_cache, tmp_p
     card = ModelCard.load("me/e2e-meta")
     assert card.data.library_name == "timm" and card.data.base_model == [f"tgr-org/e2e-{n}" for n in ("t00", "t01", "t02")]
     assert card.data.eval_results and {"few-shot", "tgr"} <= set(card.data.tags)
-    assert {"app.py", "requirements.txt", "README.md"} <= set(hub.files("me/e2e-meta-demo", repo_type="space"))
+    space_files = set(hub.files("me/e2e-meta-demo", repo_type="space"))
+    assert {"app.py", "requirements.txt", "README.md", "tgr_model_id.txt"} <= space_files
+    # the library travels with the app (tgr-hub is not on a package index)
+    assert {"tgr_hub/__init__.py", "tgr_hub/fewshot_app.py", "tgr_hub/metamodel.py"} <= space_files
     recorded = json.loads((run / "tgr_config.json").read_text())["pool_members"]
     assert all(len(m["revision"]) == 40 for m in recorded)
     offline = subprocess.run(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import tgr_hub  # noqa: F401
 import timm
-from tgr_hub.errors import DatasetError, UnknownArchitectureError
+from tgr_hub.errors import ConfigError, DatasetError, UnknownArchitectureError
 from tgr_hub.teachers import (TeacherSpec, _augment, format_table, make_pool, plan_teachers, split_heldout,
                               torch_threads, train_teacher)
 
@@ -115,6 +115,10 @@ def test_unknown_architecture_is_refused(tmp_path):
     with pytest.raises(UnknownArchitectureError, match="unknown architecture 'resnet_nope'"):
         make_pool(tmp_path, domains=["latin"], archs=["conv4", "resnet_nope"], teachers=2, way=3, epochs=1, seed=0,
                   progress=False)
+    with pytest.raises(ConfigError, match="cannot build a conv4 teacher for 40px images"):
+        make_pool(tmp_path, domains=["latin"], archs=["conv4"], teachers=1, way=3, epochs=1, seed=0, image_size=40,
+                  progress=False)
+    assert not (tmp_path / "repo-list.txt").exists()
 
 
 # --- end to end on the glyph benchmark ----------------------------------------------------

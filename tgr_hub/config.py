@@ -47,8 +47,8 @@ class PoolBuildConfig:
     archs: list[str] = field(default_factory=lambda: ["conv4", "resnet10t"])
     teachers: int = 6
     way: int = 5
-    epochs: int = 8
-    batch_size: int = 64
+    epochs: int = 30
+    batch_size: int = 16  # a teacher sees ~120 images: small batches give enough optimiser steps
     lr: float = 3e-3
 
     def __post_init__(self) -> None:
@@ -134,8 +134,9 @@ class TrainConfig:
     eval_every: int = 200
     val_episodes: int = 100
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    checkpoint_every: int = 0  # 0: never
-    keep_checkpoints: int = 2
+    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (and at the end); 0: never
+    keep_checkpoints: int = 2  # newest checkpoints kept in runs/NAME/checkpoints/
+    sync_check_every: int = 100  # several processes: verify every N steps that all hold the same model; 0: never
 
     def __post_init__(self) -> None:
         _check(self.learner in ("protonet", "maml"), f"train.learner must be protonet or maml, got {self.learner!r}")
@@ -145,6 +146,11 @@ class TrainConfig:
         _check(self.teachers_per_step >= 1, "train.teachers_per_step must be >= 1")
         _check(self.beta >= 0, "train.beta must be >= 0")
         _check(self.eval_every >= 1, "train.eval_every must be >= 1")
+        _check(self.mixed_precision in ("no", "fp16", "bf16"),
+               f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: no checkpoints)")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+        _check(self.sync_check_every >= 0, "train.sync_check_every must be >= 0 (0: never)")
 
 
 @dataclass
@@ -203,7 +209,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # minutes on a laptop CPU
     "quick": {
-        "pool": {"teachers": 12, "epochs": 6},
+        "pool": {"teachers": 12},
         "recover": {"steps": 60, "images_per_class": 20, "bank_size": 4, "generator_width": 64, "bn_weight": 0.02},
         "embed": {"head_steps": 30, "max_samples": 60},
         "group": {"num_groups": 3, "n_init": 10},

@@ -1,7 +1,8 @@
 """A whole TGR run: pool ─► recover ─► embed ─► group ─► meta-train ─► evaluate, in a run folder.
 
 Each stage writes its artefact into the run folder and is skipped when that artefact
-already exists, so rerunning a stopped run resumes it:
+already exists, so rerunning a stopped run resumes it (meta-training resumes from its
+newest checkpoint with ``resume=True`` / ``tgr-hub train --resume``):
 
     runs/NAME/
       pool.json                 the resolved pool (sources, pinned revisions, labels)
@@ -9,44 +10,67 @@ already exists, so rerunning a stopped run resumes it:
       embeddings.safetensors    diagonal Fisher per teacher
       dissimilarity.json        [N, N] teacher dissimilarity
       groups.json               teacher groups
+      checkpoints/step-NNNNNN/  meta-training checkpoints (train.checkpoint_every > 0)
       config.json, model.safetensors            the meta-model (timm Hub layout, num_classes 0)
       tgr_config.json           full config + pool + groups + metrics
       dissimilarity.png, training_curve.png
+
+Several processes (``accelerate launch -m tgr_hub.cli train ...`` or ``tgr-hub train
+--num-processes N``): every stage shares its work out by index, ``i % world == rank``:
+recovery and Fisher embedding by teacher, meta-training by task and replay episode, evaluation
+by episode. Each process writes what it computed as one file per item (``recovered/parts/``,
+``embeddings-parts/``; these also make an interrupted stage resume where it stopped), the main
+process merges them into the artefacts above in teacher order, and everyone reads the merged
+artefact back. Each item is seeded by its index alone (recovery by (seed, teacher, recovery),
+embedding by (seed, teacher)), so the artefacts do not depend on the number of processes.
+Every file in the run folder is written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import __version__
 from .config import RunConfig
 from .data import load_split
+from .distributed import Distributed, check_run_folder_shared, make_accelerator, write_json_atomic
 from .embed import dissimilarity_matrix, fisher_diagonal
-from .evaluate import evaluate_model
 from .figures import plot_dissimilarity, plot_training_curves
 from .group import group_teachers
 from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
-from .recover import MemoryBank, recover_teachers
-from .train import meta_train
+from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
+from .train import evaluate_sharded, meta_train
 
 logger = logging.getLogger(__name__)
 
+RECOVER_PARTS = "parts"  # inside recovered/
+EMBED_PARTS = "embeddings-parts"
+CHECKPOINTS = "checkpoints"
+
 
 def _write_json(path: Path, data: Any) -> None:
+    write_json_atomic(path, data)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
 
 
 def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
@@ -65,52 +89,152 @@ def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
     ]
 
 
+def _default_dist(cfg: RunConfig, dist: Distributed | None) -> Distributed:
+    return dist if dist is not None else Distributed(make_accelerator(cfg.train.mixed_precision))
+
+
 # --- stage 1: recover -------------------------------------------------------------------
 
 
-def recover_pool(members: list[PoolMember], cfg: RunConfig, bank_path: Path, *, progress: bool = True) -> MemoryBank:
+def _part_name(index: int, recovery: int) -> str:
+    return f"t{index:05d}-r{recovery:04d}.safetensors"
+
+
+def _save_task_part(task: RecoveredTask, path: Path) -> None:
+    """One recovered task as safetensors (images as the bank stores them: uint8 = round(255·x))."""
+    images = (task.images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    metadata = {"teacher": task.teacher, "classes": json.dumps([int(c) for c in task.classes]),
+                "class_names": json.dumps(list(task.class_names)), "loss": repr(float(task.loss)),
+                "best_step": str(int(task.best_step))}
+    _save_safetensors({"images": images, "labels": task.labels.to(torch.int64)}, path, metadata)
+
+
+def _load_task_part(path: Path) -> RecoveredTask:
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        meta = handle.metadata() or {}
+        images, labels = handle.get_tensor("images"), handle.get_tensor("labels")
+    return RecoveredTask(images=images.float() / 255, labels=labels, teacher=meta["teacher"],
+                         loss=float(meta["loss"]), classes=json.loads(meta["classes"]),
+                         class_names=json.loads(meta["class_names"]), best_step=int(meta["best_step"]))
+
+
+def recover_pool(
+    members: list[PoolMember],
+    cfg: RunConfig,
+    bank_path: Path,
+    *,
+    progress: bool = True,
+    dist: Distributed | None = None,
+) -> MemoryBank:
     """Recover pseudo-tasks for every teacher not yet in the bank at ``bank_path``.
 
-    Each recovery is seeded by (run seed, teacher index, recovery index), so a resumed
-    recovery gives the same bank as an uninterrupted one; the bank is saved after every task.
+    Each recovery is seeded by (run seed, teacher index, recovery index). Process ``r``
+    recovers the teachers ``i`` with ``i % world == r`` and saves each task as it finishes
+    (``parts/`` beside the bank); the main process then adds the tasks to the bank in
+    (teacher, recovery) order, as one process would have, and saves it. A stopped recovery
+    resumes from the saved parts, with any number of processes.
     """
-    if bank_path.exists():
-        bank = MemoryBank.load(bank_path, bank_size=cfg.recover.bank_size)
-    else:
-        bank = MemoryBank(cfg.recover.bank_size)
-    recover_teachers(members, cfg.recover, bank, seed=cfg.seed, progress=progress,
-                     on_task=lambda task: bank.save(bank_path))
-    return bank
+    dist = _default_dist(cfg, dist)
+    count = cfg.recover.recoveries_per_teacher
+    parts = bank_path.parent / RECOVER_PARTS
+
+    def base() -> MemoryBank:
+        if bank_path.exists():
+            return MemoryBank.load(bank_path, bank_size=cfg.recover.bank_size)
+        return MemoryBank(cfg.recover.bank_size)
+
+    bank = base()
+    missing = [(i, r) for i, m in enumerate(members) for r in range(bank.tasks_of(m.name), count)]
+    if not missing:
+        if dist.is_main and parts.is_dir():  # stopped between saving the bank and deleting its parts
+            shutil.rmtree(parts)
+        return bank
+    mine = set(dist.shard(len(members)))
+    local = bank
+    for i, r in missing:  # parts this process saved before it was stopped
+        if i in mine and r == local.tasks_of(members[i].name) and (parts / _part_name(i, r)).is_file():
+            local.add(_load_task_part(parts / _part_name(i, r)))
+    if dist.is_main:
+        parts.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    index_of = {m.name: i for i, m in enumerate(members)}
+    for i in mine:
+        members[i].to(dist.device)
+
+    def save_part(task: RecoveredTask) -> None:
+        i = index_of[task.teacher]
+        _save_task_part(task, parts / _part_name(i, local.tasks_of(task.teacher) - 1))
+
+    recover_teachers(members, cfg.recover, local, seed=cfg.seed, progress=progress,
+                     skip={m.name for i, m in enumerate(members) if i not in mine}, on_task=save_part)
+    dist.barrier()
+    if dist.is_main:
+        merged = base()
+        for i, r in missing:
+            merged.add(_load_task_part(parts / _part_name(i, r)))
+        merged.save(bank_path)
+        shutil.rmtree(parts)
+    dist.barrier()
+    return MemoryBank.load(bank_path, bank_size=cfg.recover.bank_size)
 
 
 # --- stage 2: embed + group -------------------------------------------------------------
 
 
+def _embed_one(probe: torch.nn.Module, member: PoolMember, index: int, bank: MemoryBank,
+               cfg: RunConfig) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng([cfg.seed, index, 2])
+    classes = bank.classes_of(member.name)
+    if not classes:
+        raise MemoryBankError(f"the memory bank holds nothing of teacher {member.name!r}",
+                              hint="delete the run folder's recovered/ to recover again")
+    per_class = max(1, cfg.embed.max_samples // len(classes))
+    images, labels = bank.task_for(member.name, classes, per_class, rng, allow_fewer=True)
+    remap = {c: i for i, c in enumerate(classes)}
+    task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
+    embedding = fisher_diagonal(probe, images, task_labels, num_classes=len(classes), method=cfg.embed.method,
+                                head_steps=cfg.embed.head_steps, seed=cfg.seed + index)
+    return {k: v.detach().cpu() for k, v in embedding.items()}
+
+
 def embed_pool(
-    members: list[PoolMember], bank: MemoryBank, cfg: RunConfig, path: Path, *, progress: bool = True
+    members: list[PoolMember],
+    bank: MemoryBank,
+    cfg: RunConfig,
+    path: Path,
+    *,
+    progress: bool = True,
+    dist: Distributed | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Diagonal Fisher embedding of every teacher's pseudo-task through one shared probe."""
-    if path.exists():
-        flat = load_file(str(path))
-        return [{k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == m.name} for m in members]
-    probe = make_probe(cfg)
-    embeddings = []
-    for index, member in enumerate(tqdm(members, desc="embed", disable=not progress, dynamic_ncols=True)):
-        rng = np.random.default_rng([cfg.seed, index, 2])
-        classes = bank.classes_of(member.name)
-        per_class = max(1, cfg.embed.max_samples // len(classes))
-        images, labels = bank.task_for(member.name, classes, per_class, rng, allow_fewer=True)
-        remap = {c: i for i, c in enumerate(classes)}
-        task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
-        embeddings.append(
-            fisher_diagonal(probe, images, task_labels, num_classes=len(classes), method=cfg.embed.method,
-                            head_steps=cfg.embed.head_steps, seed=cfg.seed + index)
-        )
-    flat = {f"{m.name}/{k}": v.contiguous() for m, e in zip(members, embeddings) for k, v in e.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp))
-    tmp.replace(path)
-    return embeddings
+    """Diagonal Fisher embedding of every teacher's pseudo-task through one shared probe.
+
+    Teacher ``i`` is embedded by process ``i % world`` (seeded by (seed, i)) and saved as a
+    part; the main process merges the parts into ``path``.
+    """
+    dist = _default_dist(cfg, dist)
+    parts = path.parent / EMBED_PARTS
+    if path.exists() and dist.is_main and parts.is_dir():  # stopped between the merge and the clean-up
+        shutil.rmtree(parts)
+    if not path.exists():
+        if dist.is_main:
+            parts.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        todo = [i for i in dist.shard(len(members)) if not (parts / f"t{i:05d}.safetensors").is_file()]
+        if todo:
+            probe = make_probe(cfg).to(dist.device)
+            for i in tqdm(todo, desc="embed", disable=not progress, dynamic_ncols=True):
+                _save_safetensors(_embed_one(probe, members[i], i, bank, cfg), parts / f"t{i:05d}.safetensors")
+        dist.barrier()
+        if dist.is_main:
+            flat = {}
+            for i, member in enumerate(members):
+                for key, value in load_file(str(parts / f"t{i:05d}.safetensors")).items():
+                    flat[f"{member.name}/{key}"] = value
+            _save_safetensors(flat, path)
+            shutil.rmtree(parts)
+        dist.barrier()
+    flat = load_file(str(path))
+    return [{k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == m.name} for m in members]
 
 
 def make_probe(cfg: RunConfig) -> torch.nn.Module:
@@ -145,30 +269,52 @@ class PreparedPool:
 
 
 def prepare_pool(
-    pool_path: str | Path, out: str | Path, cfg: RunConfig, *, allow_pickle: bool = False, progress: bool = True
+    pool_path: str | Path,
+    out: str | Path,
+    cfg: RunConfig,
+    *,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    dist: Distributed | None = None,
 ) -> PreparedPool:
-    """Resolve the pool, recover pseudo-tasks, embed and group the teachers, into ``out``."""
+    """Resolve the pool, recover pseudo-tasks, embed and group the teachers, into ``out``.
+
+    On several processes, call it on every process; the artefacts are written by the main
+    process and every process returns the same :class:`PreparedPool`.
+    """
+    dist = _default_dist(cfg, dist)
+    progress = progress and dist.is_main
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    check_run_folder_shared(dist, out)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    members = load_pool(pool_path, allow_pickle=allow_pickle)
-    _write_json(out / "pool.json", describe_pool(members))
+    with dist.local_main_first():  # the first process per machine downloads, the others read its cache
+        members = load_pool(pool_path, allow_pickle=allow_pickle)
+    if dist.is_main:
+        _write_json(out / "pool.json", describe_pool(members))
     timings["pool"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    (out / "recovered").mkdir(exist_ok=True)
-    bank = recover_pool(members, cfg, out / "recovered" / "bank.safetensors", progress=progress)
+    if dist.is_main:
+        (out / "recovered").mkdir(exist_ok=True)
+    dist.barrier()
+    bank = recover_pool(members, cfg, out / "recovered" / "bank.safetensors", progress=progress, dist=dist)
     timings["recover"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    embeddings = embed_pool(members, bank, cfg, out / "embeddings.safetensors", progress=progress)
-    dissimilarity = dissimilarity_matrix(embeddings, eps=cfg.embed.epsilon).cpu().numpy()
+    embeddings = embed_pool(members, bank, cfg, out / "embeddings.safetensors", progress=progress, dist=dist)
     names = [m.name for m in members]
-    _write_json(out / "dissimilarity.json", {"names": names, "matrix": dissimilarity.tolist()})
-    groups = group_pool(dissimilarity, cfg, out / "groups.json")
-    plot_dissimilarity(dissimilarity, names, groups, out / "dissimilarity.png")
+    if dist.is_main:  # one process decides (clustering may differ across machines), the others read it
+        dissimilarity = dissimilarity_matrix(embeddings, eps=cfg.embed.epsilon).cpu().numpy()
+        _write_json(out / "dissimilarity.json", {"names": names, "matrix": dissimilarity.tolist()})
+        groups = group_pool(dissimilarity, cfg, out / "groups.json")
+        plot_dissimilarity(dissimilarity, names, groups, out / "dissimilarity.png")
+    dist.barrier()
+    dissimilarity = np.asarray(json.loads((out / "dissimilarity.json").read_text())["matrix"], dtype=np.float64)
+    groups = json.loads((out / "groups.json").read_text())["groups"]
     timings["embed+group"] = time.perf_counter() - start
     return PreparedPool(members, bank, dissimilarity, groups, timings)
 
@@ -182,6 +328,7 @@ class RunResult:
     groups: list[list[int]]
     metrics: dict[str, Any]
     timings: dict[str, float]
+    is_main: bool = True  # False on the other processes of a multi-process run (they write nothing)
 
 
 def run_tgr(
@@ -192,21 +339,44 @@ def run_tgr(
     allow_pickle: bool = False,
     evaluate_test: bool = True,
     progress: bool = True,
+    resume: bool = False,
+    log_with: Sequence[str] | None = None,
+    dist: Distributed | None = None,
 ) -> RunResult:
-    """Run every TGR stage for the pool list at ``pool_path``, writing into the run folder ``out``."""
+    """Run every TGR stage for the pool list at ``pool_path``, writing into the run folder ``out``.
+
+    Runs on however many processes it was launched with (``accelerate launch``); call it on
+    every process. Device and mixed precision (``cfg.train.mixed_precision``) are Accelerate's.
+
+    Args:
+        pool_path: the repo-list file.
+        out: the run folder.
+        cfg: the run config.
+        allow_pickle: accept pickled teacher weights.
+        evaluate_test: evaluate the meta-model on ``cfg.eval.split`` at the end.
+        progress: progress bars (main process only).
+        resume: continue meta-training from the newest checkpoint in ``out/checkpoints``.
+        log_with: experiment trackers (e.g. ``["tensorboard"]``), logging into ``out/logs``.
+        dist: the processes; default: from the environment (``make_accelerator``).
+    """
     out = Path(out)
+    dist = dist if dist is not None else Distributed(
+        make_accelerator(cfg.train.mixed_precision, log_with=log_with, project_dir=out / "logs"))
     torch.manual_seed(cfg.seed)
-    prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress)
+    prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress, dist=dist)
     members, groups, timings = prepared.members, prepared.groups, prepared.timings
+    progress = progress and dist.is_main
 
     start = time.perf_counter()
-    val_split = load_split(cfg.data.dataset, "val", image_size=cfg.data.image_size, seed=cfg.data.seed,
-                           cache_dir=cfg.data.cache_dir)
+    with dist.local_main_first():
+        val_split = load_split(cfg.data.dataset, "val", image_size=cfg.data.image_size, seed=cfg.data.seed,
+                               cache_dir=cfg.data.cache_dir)
+    if log_with:
+        dist.accelerator.init_trackers("tgr-hub", config=_flat_config(cfg.to_dict()))
     model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
     result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=cfg.seed,
-                        progress=progress)
+                        progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume)
     model.load_state_dict(result.best_state)
-    plot_training_curves(result.history, out / "training_curve.png")
     timings["meta-train"] = time.perf_counter() - start
 
     metrics: dict[str, Any] = {
@@ -214,22 +384,44 @@ def run_tgr(
     }
     if evaluate_test:
         start = time.perf_counter()
-        test_split = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size,
-                                seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
-        metrics[cfg.eval.split] = evaluate_model(
+        with dist.local_main_first():
+            test_split = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size,
+                                    seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
+        model.eval()
+        metrics[cfg.eval.split] = evaluate_sharded(
             model, test_split, way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query,
-            episodes=cfg.eval.episodes, learner=cfg.train.learner, seed=cfg.seed, progress=progress,
+            episodes=cfg.eval.episodes, learner=cfg.train.learner, seed=cfg.seed, dist=dist, progress=progress,
         )
         timings["evaluate"] = time.perf_counter() - start
 
-    tgr_config = {
-        **cfg.to_dict(),
-        "tgr_hub_version": __version__,
-        "pool_members": describe_pool(members),
-        "groups": [[members[i].name for i in group] for group in groups],
-        "metrics": metrics,
-        "history": result.history,
-        "timings_s": timings,
-    }
-    save_meta_model(model, out, tgr_config=tgr_config)
-    return RunResult(out, model, groups, metrics, timings)
+    model = model.to("cpu")
+    if dist.is_main:
+        plot_training_curves(result.history, out / "training_curve.png")
+        tgr_config = {
+            **cfg.to_dict(),
+            "tgr_hub_version": __version__,
+            "pool_members": describe_pool(members),
+            "groups": [[members[i].name for i in group] for group in groups],
+            "metrics": metrics,
+            "history": result.history,
+            "timings_s": timings,
+        }
+        save_meta_model(model, out, tgr_config=tgr_config)
+    dist.barrier()
+    if log_with:
+        dist.accelerator.end_training()
+    return RunResult(out, model, groups, metrics, timings, is_main=dist.is_main)
+
+
+def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train/beta": 0.001, ...}``: trackers take flat scalar hyper-parameters."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{name}/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

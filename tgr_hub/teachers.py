@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DatasetError, UnknownArchitectureError
+from .errors import ConfigError, DatasetError, UnknownArchitectureError
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, save_timm_folder
 
 __all__ = ["torch_threads", "TeacherSpec", "TeacherReport", "plan_teachers", "train_teacher", "make_pool", "format_table",
@@ -237,7 +237,10 @@ def create_teacher_model(architecture: str, num_classes: int, image_size: int, s
         kwargs["img_size"] = image_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
+        try:
+            return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise ConfigError(f"cannot build a {architecture} teacher for {image_size}px images: {error}") from None
 
 
 @torch.no_grad()
@@ -279,7 +282,12 @@ def train_teacher(
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=spec.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=total, pct_start=0.2)
+    if total >= 4:
+        # one-cycle needs at least one warm-up step: 20% of the steps, but never less than 1.5 of them
+        warmup = max(0.2, 1.5 / total)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=total, pct_start=warmup)
+    else:  # too few steps for a schedule: constant learning rate
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model.train()
     bar = tqdm(total=total, desc=f"{spec.name} {spec.architecture}", unit="step", leave=False, disable=not progress)
     for _ in range(spec.epochs):
@@ -353,12 +361,12 @@ def make_pool(
     way: int,
     epochs: int,
     seed: int,
-    batch_size: int = 64,
+    batch_size: int = 16,
     lr: float = 3e-3,
     data_seed: int = 0,
     cache_dir: str | None = None,
     image_size: int = 32,
-    num_threads: int | None = None,
+    num_threads: int | None = 1,
     progress: bool = True,
 ) -> list[TeacherReport]:
     """Train ``teachers`` teachers and write the pool folder.
@@ -379,7 +387,10 @@ def make_pool(
         epochs, batch_size, lr: training (AdamW, one-cycle schedule, random translations).
         seed: seeds classes, held-out images, initialisation and batches of every teacher.
         data_seed, cache_dir, image_size: passed to :func:`tgr_hub.data.load_split`.
-        num_threads: torch CPU threads while training (None: leave torch's setting); restored after.
+        num_threads: torch CPU threads while training, restored afterwards (None: leave torch's
+            setting). Teachers are small: on a 2-core CPU one thread trains them about as fast as
+            two when the machine is idle, and several times faster when it is busy (OpenMP
+            threads spin waiting for each other).
         progress: show tqdm bars.
 
     Returns:
@@ -400,6 +411,8 @@ def make_pool(
         if not timm.is_model(arch):
             raise UnknownArchitectureError(
                 f"unknown architecture {arch!r}", hint="use conv4 or any timm model name (see timm.list_models())")
+    for arch in archs:  # fail before any training if an architecture cannot take the images
+        create_teacher_model(arch, way, image_size, seed=0)
     from .data import load_split
 
     out = Path(out)
@@ -444,6 +457,8 @@ def make_pool(
             seconds=round(seconds, 2), folder=str(folder), spec=asdict(spec),
         )
         recorded = {k: v for k, v in asdict(report).items() if k not in ("spec", "folder", "reused", "reload_exact")}
+        # a stale config must never vouch for new weights, should we stop between the two writes
+        (folder / CONFIG_NAME).unlink(missing_ok=True)
         save_timm_folder(
             model, folder, architecture=spec.architecture, num_classes=len(spec.classes), label_names=spec.label_names,
             pretrained_cfg={"input_size": (3, split.image_size, split.image_size), "mean": mean, "std": std,

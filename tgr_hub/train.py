@@ -1,6 +1,6 @@
 """Meta-training with implicit gradient regularisation inside teacher groups (ALGORITHM.md stage 3).
 
-One iteration:
+One iteration (step ``s``):
 
     group  ─► m teachers ─► one pseudo-task each (from the memory bank)
            ─► per-task losses L_i(θ) ─► IGR direction ─► Adam step
@@ -9,32 +9,99 @@ One iteration:
 Every ``eval_every`` steps the meta-model is evaluated on real episodes of the
 meta-*validation* split and the best state is kept. β = 0 with a single group of all
 teachers is the ERM baseline.
+
+Several processes (Accelerate)
+------------------------------
+The same code runs on 1 or N processes and gives the same meta-model (see
+:mod:`tgr_hub.distributed`):
+
+* **Randomness is counter-based.** The group, teachers and images of step ``s`` come from
+  ``numpy.random.default_rng([seed, 3, s, ...])`` streams, one per choice / task / replay
+  episode, so every process can draw any task without drawing the others first, nothing
+  depends on the number of processes, and resuming needs only the step number. Validation
+  episodes come from their own seeded sampler and never touch the training streams.
+* **Tasks are split across processes.** Task ``i`` of a step is computed by process
+  ``i % world``. Its gradient ``g_i`` is exchanged exactly (:meth:`Distributed.gather_rows`),
+  every process forms ``ḡ`` in task order, displaces its own tasks ``θ_i' = θ + β(g_i − ḡ)``,
+  and the displaced gradients are exchanged the same way: the IGR direction is bitwise the one
+  a single process computes with :func:`tgr_hub.igr.igr_direction`. β = 0 skips the second
+  pass (the direction is exactly ḡ). Replay episodes are shared out the same way. The
+  second-order variant couples all tasks through ḡ's graph, so it is computed by the main
+  process and broadcast.
+* **BatchNorm running statistics** (buffers, not trained; the learners evaluate with batch
+  statistics, but the demo's single-image mode reads them) are updated as the *mean over the
+  step's tasks* of the statistics each task's forward passes give from the step's starting
+  value, and likewise over replay episodes. Each task runs on copies of the buffers, so the
+  displaced (IGR) pass does not touch them, and the mean is formed in task order after the
+  exact exchange: the buffers too are bitwise independent of the number of processes.
+  ``num_batches_tracked`` counts these updates (one per IGR step and one per replay step).
+* **Checkpoints** (``train.checkpoint_every``): Accelerate's ``save_state`` (model, optimiser,
+  RNG states) plus ``trainer_state.json`` (step, history, best step, settings) and
+  ``best_model.safetensors``; see :func:`meta_train`'s ``resume``.
+
+Mixed precision (``train.mixed_precision``): the meta-model's forward runs under Accelerate's
+autocast; with fp16 the losses are scaled by the accelerator's gradient scaler (and the IGR
+displacement unscaled), and a step whose gradients overflow is skipped by the scaler.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import ImageSplit
-from .evaluate import evaluate_model
-from .igr import igr_direction
+from .data.fewshot import EpisodeSampler
+from .distributed import (
+    TRAINER_STATE,
+    Distributed,
+    clean_checkpoint_leftovers,
+    flatten,
+    latest_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    unflatten,
+)
+from .errors import ConfigError, RunFolderError
+from .evaluate import confidence_interval, resolve_learner
+from .igr import displaced_params, igr_direction, mean_gradient, task_gradients
 from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
 from .recover import MemoryBank
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PseudoTask",
+    "StepInfo",
+    "TrainResult",
+    "evaluate_sharded",
+    "make_pseudo_task",
+    "meta_train",
+    "pseudo_task_loss",
+    "step_rng",
+]
+
+_TRAIN_STREAM = 3  # SeedSequence key of meta-training (recovery uses [seed, i, r], embedding [seed, i, 2])
+_CHOICE, _TASK, _REPLAY = 0, 1, 2
+_STATE_FORMAT = "tgr-hub-trainer-state"
+BEST_MODEL = "best_model.safetensors"
+# settings that may change between a checkpoint and its resumption without changing the result
+_RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "sync_check_every"}
 
 
 @dataclass
@@ -56,6 +123,10 @@ class PseudoTask:
     query_y: Tensor
     teacher_probs: Tensor
 
+    def to(self, device: torch.device) -> PseudoTask:
+        return PseudoTask(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y,
+                                                     self.teacher_probs)))
+
 
 @dataclass
 class TrainResult:
@@ -65,6 +136,38 @@ class TrainResult:
     best_step: int
     best_val_accuracy: float
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    resumed_from: int = 0  # the checkpoint step training continued from (0: from scratch)
+
+
+@dataclass
+class StepInfo:
+    """Passed to ``meta_train``'s ``on_step`` after every step (on every process).
+
+    Attributes:
+        step: steps done (1-based).
+        model: the meta-model after the step.
+        optimizer: the (Accelerate-wrapped) optimiser.
+        direction: the IGR direction applied at this step ``{name: tensor}`` (before any
+            mixed-precision unscaling).
+        replay_direction: the replay gradient applied after it (``None`` without replay).
+        task_losses: ``[m]`` the tasks' losses at θ, in task order.
+    """
+
+    step: int
+    model: MetaModel
+    optimizer: torch.optim.Optimizer
+    direction: dict[str, Tensor]
+    replay_direction: dict[str, Tensor] | None
+    task_losses: list[float]
+
+
+def step_rng(seed: int, step: int, *key: int) -> np.random.Generator:
+    """The random stream of one choice of meta-training step ``step`` (0-based).
+
+    ``key`` is ``(0,)`` for the group/teacher choice, ``(1, i)`` for task ``i`` and ``(2, e)``
+    for replay episode ``e``: a pure function of its arguments (see the module docstring).
+    """
+    return np.random.default_rng([int(seed), _TRAIN_STREAM, int(step), *(int(k) for k in key)])
 
 
 def make_pseudo_task(
@@ -80,7 +183,8 @@ def make_pseudo_task(
     """Draw a ``way``-way pseudo-task of one teacher from the memory bank.
 
     The classes are an N-way subset of the teacher's recovered classes (all of them for a
-    5-way teacher); each class gives ``shot`` support and up to ``query`` query images.
+    5-way teacher); each class gives ``shot`` support and up to ``query`` query images. The
+    teacher's predictions are computed on the teacher's device; tensors come back there.
     """
     available = bank.classes_of(member.name)
     classes = available if len(available) <= way else sorted(int(c) for c in rng.choice(available, way, replace=False))
@@ -93,11 +197,13 @@ def make_pseudo_task(
     remap = {cls: position for position, cls in enumerate(classes)}
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
     support_idx_t, query_idx_t = torch.tensor(support_idx), torch.tensor(query_idx)
-    query_x = images[query_idx_t]
+    device = next(iter(member.model.parameters()), torch.empty(0)).device
+    query_x = images[query_idx_t].to(device)
     with torch.no_grad():
         teacher_logits = member.logits(query_x)[:, classes]
-        teacher_probs = F.softmax(teacher_logits / temperature, dim=-1)
-    return PseudoTask(images[support_idx_t], task_labels[support_idx_t], query_x, task_labels[query_idx_t], teacher_probs)
+        teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return PseudoTask(images[support_idx_t].to(device), task_labels[support_idx_t].to(device), query_x,
+                      task_labels[query_idx_t].to(device), teacher_probs)
 
 
 def pseudo_task_loss(
@@ -115,7 +221,7 @@ def pseudo_task_loss(
     support split). ``distill`` (the reference): that CE plus the KL divergence from the
     teacher's softened predictions to the adapted meta-model's, scaled by T².
     """
-    logits = learner.logits(model, task.support_x, task.support_y, task.query_x, params=params)
+    logits = learner.logits(model, task.support_x, task.support_y, task.query_x, params=params).float()
     loss = F.cross_entropy(logits, task.query_y)
     if kind == "distill":
         log_student = F.log_softmax(logits / temperature, dim=-1)
@@ -129,6 +235,242 @@ def _choose_teachers(groups: list[list[int]], m: int, rng: np.random.Generator) 
     return [int(i) for i in rng.choice(group, size=size, replace=False)]
 
 
+# --- BatchNorm running statistics ------------------------------------------------------------
+
+
+def _bn_buffer_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """``(float names, counter names)`` of the running-statistics buffers of every BatchNorm."""
+    floats, counters = [], []
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is None:
+                    continue
+                full = f"{prefix}.{name}" if prefix else name
+                (floats if buffer.is_floating_point() else counters).append(full)
+    return floats, counters
+
+
+def _has_randomness(model: nn.Module) -> bool:
+    """Whether the forward pass draws random numbers in train mode (dropout, drop-path)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        if float(getattr(module, "drop_prob", 0.0) or 0.0) > 0:
+            return True
+    return False
+
+
+class _ItemLoss:
+    """One task's (or replay episode's) loss as a function of the meta-model's parameters.
+
+    Every call runs on fresh copies of the BatchNorm buffers (``start``); the copies of the
+    first call (the pass at θ) are kept in ``buffers_after`` for the running-statistics update,
+    later calls (the displaced pass) leave no trace. With a stochastic model (dropout), every
+    call draws from the item's own torch seed, so the item is the same function at θ and θ'
+    and on whichever process computes it.
+    """
+
+    def __init__(self, compute: Callable[[dict[str, Tensor]], Tensor], start: Mapping[str, Tensor],
+                 scale: float, torch_seed: int | None, device: torch.device) -> None:
+        self.compute = compute
+        self.start = start
+        self.scale = scale
+        self.torch_seed = torch_seed
+        self.device = device
+        self.buffers_after: dict[str, Tensor] | None = None
+
+    def __call__(self, params: dict[str, Tensor]) -> Tensor:
+        copies = {k: b.clone() for k, b in self.start.items()}
+        if self.torch_seed is None:
+            loss = self.compute({**params, **copies})
+        else:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.torch_seed)
+                loss = self.compute({**params, **copies})
+        if self.buffers_after is None:
+            self.buffers_after = copies
+        return loss * self.scale if self.scale != 1.0 else loss
+
+
+@dataclass
+class _Combined:
+    direction: dict[str, Tensor]
+    losses: list[float]
+    buffers: dict[str, Tensor]  # mean over items of the BN buffers after each item's θ pass
+
+
+class _Combiner:
+    """Forms mean (IGR) gradients of items computed on different processes, exactly."""
+
+    def __init__(self, dist: Distributed, params: Mapping[str, Tensor], bn_floats: Sequence[str],
+                 buffers: Mapping[str, Tensor]) -> None:
+        self.dist = dist
+        self.keys = list(params)
+        self.params = params
+        self.bn_keys = list(bn_floats)
+        self.buffers = buffers
+        self.dtype = next(iter(params.values())).dtype
+        self.grad_size = sum(p.numel() for p in params.values())
+        self.bn_size = sum(buffers[k].numel() for k in self.bn_keys)
+
+    def _exchange_losses(self, own: Sequence[int], losses: Sequence[float], n: int) -> list[float]:
+        rows = {i: torch.tensor([loss], dtype=torch.float64) for i, loss in zip(own, losses)}
+        return self.dist.gather_rows(rows, n, 1, torch.float64)[:, 0].tolist()
+
+    def combine(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
+        """First-order IGR (β > 0) or the plain mean (β = 0) over ``n`` items, ``items`` being this process's.
+
+        Identical, operation for operation, to :func:`igr_direction` (order "first") on one process.
+        """
+        own = sorted(items)
+        params = {k: self.params[k] for k in self.keys}
+        losses, grads = task_gradients([items[i] for i in own], params) if own else ([], [])
+        rows = {}
+        for i, g in zip(own, grads):
+            bn = flatten(items[i].buffers_after or {}, self.bn_keys, self.dtype)
+            rows[i] = torch.cat([flatten(g, self.keys, self.dtype), bn.to(self.dist.device)])
+        table = self.dist.gather_rows(rows, n, self.grad_size + self.bn_size, self.dtype)
+        all_grads = [unflatten(table[i, :self.grad_size], params, self.keys) for i in range(n)]
+        all_bn = [unflatten(table[i, self.grad_size:], self.buffers, self.bn_keys) for i in range(n)]
+        mean = mean_gradient(all_grads)
+        if beta == 0:
+            direction = mean
+        else:
+            # θ_i' = θ + β (g_i − ḡ) with the true (unscaled) gradients
+            unscaled = 1.0 / scale
+            own_grads = [{k: all_grads[i][k] * unscaled for k in self.keys} for i in own] if scale != 1.0 \
+                else [all_grads[i] for i in own]
+            own_mean = {k: v * unscaled for k, v in mean.items()} if scale != 1.0 else mean
+            displaced = displaced_params(params, own_grads, own_mean, beta)
+            rows = {}
+            for i, theta in zip(own, displaced):
+                _, (grad,) = task_gradients([items[i]], theta)
+                rows[i] = flatten(grad, self.keys, self.dtype)
+            table = self.dist.gather_rows(rows, n, self.grad_size, self.dtype)
+            direction = mean_gradient([unflatten(table[i], params, self.keys) for i in range(n)])
+        buffers = mean_gradient(all_bn) if self.bn_keys else {}
+        all_losses = self._exchange_losses(own, [v / scale for v in losses], n)
+        return _Combined(direction, all_losses, buffers)
+
+    def second_order(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
+        """The authors' second-order IGR: computed on the main process (``items`` = all n) and broadcast.
+
+        With a loss scale S the closures return S·L_i, so the displacement uses β / S.
+        """
+        params = {k: self.params[k] for k in self.keys}
+        rows: dict[int, Tensor] = {}
+        if self.dist.is_main:
+            result = igr_direction([items[i] for i in range(n)], params, beta / scale, order="second")
+            bns = [flatten(items[i].buffers_after or {}, self.bn_keys, self.dtype) for i in range(n)]
+            rows[0] = torch.cat([flatten(result.direction, self.keys, self.dtype),
+                                 torch.tensor(result.losses, dtype=self.dtype, device=self.dist.device),
+                                 *[b.to(self.dist.device) for b in bns]])
+        size = self.grad_size + n + n * self.bn_size
+        row = self.dist.gather_rows(rows, 1, size, self.dtype)[0]
+        direction = unflatten(row[:self.grad_size], params, self.keys)
+        losses = (row[self.grad_size:self.grad_size + n].double() / scale).tolist()
+        start = self.grad_size + n
+        all_bn = [unflatten(row[start + i * self.bn_size:start + (i + 1) * self.bn_size], self.buffers, self.bn_keys)
+                  for i in range(n)]
+        return _Combined(direction, losses, mean_gradient(all_bn) if self.bn_keys else {})
+
+
+# --- evaluation on several processes ---------------------------------------------------------
+
+
+def evaluate_sharded(
+    model: MetaModel,
+    split: ImageSplit,
+    *,
+    way: int,
+    shots: Sequence[int],
+    query: int,
+    episodes: int,
+    learner: str,
+    seed: int,
+    dist: Distributed | None = None,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> dict[str, dict[str, Any]]:
+    """:func:`tgr_hub.evaluate.evaluate_model` with the episodes shared out over the processes.
+
+    Episode ``j`` is scored by process ``j % world``; the accuracies are exchanged exactly, so
+    every process returns the same dict, equal to what ``evaluate_model`` returns on one
+    process (same episodes, same adaptation, same statistics).
+    """
+    adapt_with, method = resolve_learner(learner, model)
+    device = next(model.parameters()).device
+    results: dict[str, dict[str, Any]] = {}
+    world_rank = (dist.world, dist.rank) if dist is not None else (1, 0)
+    mine = list(range(world_rank[1], episodes, world_rank[0]))
+    bar = tqdm(total=len(mine) * len(shots), desc=f"{desc} {way}-way ({method})", disable=not progress,
+               unit="ep", leave=False)
+    try:
+        for shot in shots:
+            sampler = EpisodeSampler(split, way, int(shot), query, seed=seed)
+            rows = {}
+            for index in mine:
+                episode = sampler.episode(index)
+                classifier = adapt_with.adapt(model, episode.support_x.to(device), episode.support_y.to(device))
+                predicted = classifier.predict(episode.query_x.to(device))
+                rows[index] = torch.tensor([float((predicted.cpu() == episode.query_y).double().mean())],
+                                           dtype=torch.float64)
+                bar.update(1)
+            if dist is not None:
+                table = dist.gather_rows(rows, episodes, 1, torch.float64)[:, 0].cpu().numpy()
+            else:
+                table = torch.cat([rows[i] for i in range(episodes)]).numpy()
+            accuracies = np.asarray(table, dtype=np.float64)
+            mean, ci95 = confidence_interval(accuracies)
+            results[f"{int(shot)}shot"] = {
+                "mean": mean, "ci95": ci95, "std": float(accuracies.std()), "episodes": episodes,
+                "way": way, "shot": int(shot), "query": query, "method": method,
+            }
+    finally:
+        bar.close()
+    return results
+
+
+# --- checkpoint state ----------------------------------------------------------------------------
+
+
+def _settings(cfg: TrainConfig, seed: int) -> dict[str, Any]:
+    """What must match between a checkpoint and the run resuming it."""
+    return {"seed": int(seed), **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}}
+
+
+def _bank_summary(bank: MemoryBank) -> dict[str, int]:
+    return {"images": len(bank), "classes": bank.num_classes, "teachers": len(bank.teachers())}
+
+
+def _read_trainer_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"checkpoint {path} has no readable {TRAINER_STATE}: {error}") from None
+    if state.get("format") != _STATE_FORMAT:
+        raise RunFolderError(f"{path / TRAINER_STATE} is not a tgr-hub trainer state")
+    return state
+
+
+def _check_resumable(state: dict[str, Any], cfg: TrainConfig, seed: int, bank: MemoryBank, path: Path) -> None:
+    saved, now = state.get("settings", {}), json.loads(json.dumps(_settings(cfg, seed)))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ConfigError(f"cannot resume from {path}: the settings changed ({detail})",
+                          hint="resume with the interrupted run's settings, or delete the checkpoints to start over")
+    if state.get("bank") != _bank_summary(bank):
+        raise ConfigError(f"cannot resume from {path}: the memory bank changed since it was saved "
+                          f"({state.get('bank')} -> {_bank_summary(bank)})",
+                          hint="delete the checkpoints to start meta-training over")
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
 def meta_train(
     model: MetaModel,
     members: list[PoolMember],
@@ -139,79 +481,198 @@ def meta_train(
     val_split: ImageSplit,
     seed: int,
     progress: bool = True,
-    on_step: Callable[[int, MetaModel, torch.optim.Optimizer], None] | None = None,
+    dist: Distributed | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[StepInfo], None] | None = None,
 ) -> TrainResult:
     """Meta-train ``model`` in place with IGR inside teacher groups, then replay episodes.
 
+    Call it on every process of a run with the same arguments; the processes share out the
+    tasks and end with identical models (see the module docstring).
+
     Args:
-        model: the meta-model (features [B, D]); trained in place, best state returned.
-        members: the teacher pool, indexed by ``groups``.
+        model: the meta-model (features [B, D]); trained in place (moved to the accelerator's
+            device), best state returned.
+        members: the teacher pool, indexed by ``groups`` (moved to the accelerator's device).
         bank: recovered pseudo-tasks keyed by (teacher name, class).
         groups: teacher indices per group (one group of all teachers for ERM).
         cfg: the ``train`` section of the run config.
         val_split: real meta-validation images for checkpoint selection.
         seed: seeds teacher/task/episode choice.
-        on_step: called after every step (checkpointing).
+        progress: show a progress bar (on the main process).
+        dist: the processes (default: a fresh single-process view with ``cfg.mixed_precision``).
+            With checkpoints, give each ``meta_train`` call its own accelerator: ``save_state``
+            saves every model prepared with it.
+        checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go (required for those).
+        resume: continue from the newest complete checkpoint in ``checkpoint_dir``, if any.
+            Without ``resume``, an existing checkpoint is an error (nothing is overwritten).
+        on_step: called with a :class:`StepInfo` after every step, on every process.
+
+    Raises:
+        ConfigError: checkpointing without ``checkpoint_dir``, or resuming with other settings.
+        RunFolderError: checkpoints exist and ``resume`` is False.
     """
+    dist = dist or Distributed(make_accelerator(cfg.mixed_precision))
+    accelerator = dist.accelerator
+    progress = progress and dist.is_main
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if cfg.checkpoint_every > 0 and checkpoint_dir is None:
+        raise ConfigError("train.checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
     learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
                            first_order=cfg.maml_first_order)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    rng = np.random.default_rng(seed)
+
+    # No DDP: prepare_model(evaluation_mode=True) only places the model and adds autocast;
+    # gradients are combined explicitly (functional_call would bypass DDP's hooks anyway).
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    optimizer = accelerator.prepare_optimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr))
+    for member in members:
+        member.to(dist.device)
+    dist.broadcast_module(model)  # identical start on every process, whatever each one built
+
     history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
-    best_state = copy.deepcopy(model.state_dict())
-    best_step, best_acc = 0, -math.inf
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_step, best_acc, start = 0, -math.inf, 0
     val_shot = cfg.replay_shot
+
+    if checkpoint_dir is not None:
+        if dist.is_main:
+            clean_checkpoint_leftovers(checkpoint_dir)
+        dist.barrier()
+        found = latest_checkpoint(checkpoint_dir)
+        if found is not None and not resume:
+            raise RunFolderError(
+                f"{checkpoint_dir} holds checkpoints of an earlier meta-training (newest: {found.name})",
+                hint="pass --resume to continue it, or delete that folder to start over",
+            )
+        if found is not None:
+            state = _read_trainer_state(found)
+            _check_resumable(state, cfg, seed, bank, found)
+            load_checkpoint(dist, found)
+            start = int(state["step"])
+            history = {k: [(int(s), float(v)) for s, v in values] for k, values in state["history"].items()}
+            best_step, best_acc = int(state["best_step"]), float(state["best_val_accuracy"])
+            best_state = {k: v.to(dist.device) for k, v in load_file(str(found / BEST_MODEL)).items()}
+            logger.info("resuming meta-training from %s (step %d of %d)", found.name, start, cfg.iterations)
+        elif resume:
+            logger.info("no checkpoint in %s: meta-training starts from step 0", checkpoint_dir)
 
     def validate(step: int) -> None:
         nonlocal best_state, best_step, best_acc
-        metrics = evaluate_model(model, val_split, way=cfg.replay_way, shots=[val_shot], query=cfg.replay_query,
-                                 episodes=cfg.val_episodes, learner=cfg.learner, seed=seed + 1, progress=False)
+        metrics = evaluate_sharded(model, val_split, way=cfg.replay_way, shots=[val_shot], query=cfg.replay_query,
+                                   episodes=cfg.val_episodes, learner=cfg.learner, seed=seed + 1, dist=dist,
+                                   progress=False)
         accuracy = metrics[f"{val_shot}shot"]["mean"]
         history["val_acc"].append((step, accuracy))
         if accuracy > best_acc:
             best_acc, best_step = accuracy, step
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        accelerator.log({"val_acc": accuracy}, step=step)
         logger.info("step %d: meta-val %d-way %d-shot accuracy %.2f%% (best %.2f%% at step %d)",
                     step, cfg.replay_way, val_shot, 100 * accuracy, 100 * best_acc, best_step)
 
-    validate(0)
-    bar = tqdm(range(cfg.iterations), desc="meta-train", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        model.train()
-        chosen = _choose_teachers(groups, cfg.teachers_per_step, rng)
-        tasks = [make_pseudo_task(members[i], bank, way=cfg.replay_way, shot=cfg.replay_shot,
-                                  query=cfg.replay_query, temperature=cfg.distill_temperature, rng=rng)
-                 for i in chosen]
-        params = dict(model.named_parameters())
-        loss_fns = [
-            (lambda p, t=task: pseudo_task_loss(learner, model, t, p, kind=cfg.task_loss,
-                                                temperature=cfg.distill_temperature))
-            for task in tasks
-        ]
-        result = igr_direction(loss_fns, params, beta=cfg.beta, order=cfg.igr_order)
+    def write_state(folder: Path, step: int) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(folder / BEST_MODEL))
+        state = {
+            "format": _STATE_FORMAT, "version": 1, "step": step, "iterations": cfg.iterations,
+            "world_size": dist.world, "settings": _settings(cfg, seed), "bank": _bank_summary(bank),
+            "sampling": "counter-based: numpy default_rng([seed, 3, step, ...]); the step is the position",
+            "best_step": best_step, "best_val_accuracy": best_acc, "history": history,
+        }
+        (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")  # inside the temp folder
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(dist, checkpoint_dir, step, lambda folder: write_state(folder, step), keep=cfg.keep_checkpoints)
+
+    if start == 0:
+        validate(0)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    bn_floats, bn_counters = _bn_buffer_names(model)
+    combiner = _Combiner(dist, params, bn_floats, buffers)
+    torch_seeded = _has_randomness(model)
+    m = cfg.teachers_per_step
+
+    def item(compute: Callable[[dict[str, Tensor]], Tensor], scale: float, *key: int) -> _ItemLoss:
+        start_buffers = {k: buffers[k].detach() for k in (*bn_floats, *bn_counters)}
+        torch_seed = None
+        if torch_seeded:
+            torch_seed = int(np.random.SeedSequence([seed, _TRAIN_STREAM, *key]).generate_state(1)[0])
+        return _ItemLoss(compute, start_buffers, scale, torch_seed, dist.device)
+
+    def apply(direction: dict[str, Tensor], bn_mean: dict[str, Tensor]) -> None:
         optimizer.zero_grad(set_to_none=True)
         for name, parameter in params.items():
-            parameter.grad = result.direction[name].detach().clone()
+            parameter.grad = direction[name].detach().clone()
         optimizer.step()
-        task_loss = float(np.mean(result.losses))
-        history["task_loss"].append((step + 1, task_loss))
+        with torch.no_grad():
+            for name, value in bn_mean.items():
+                buffers[name].copy_(value)
+            for name in bn_counters:
+                buffers[name].add_(1)
 
+    bar = tqdm(range(start, cfg.iterations), desc="meta-train", disable=not progress, dynamic_ncols=True,
+               initial=start, total=cfg.iterations)
+    for step in bar:
+        model.train()
+        scale = float(accelerator.scaler.get_scale()) if accelerator.scaler is not None else 1.0
+        chosen = _choose_teachers(groups, m, step_rng(seed, step, _CHOICE))
+        n = len(chosen)
+        second = cfg.igr_order == "second" and cfg.beta != 0
+        mine = range(n) if second else dist.shard(n)
+        items = {}
+        for i in mine:
+            if second and not dist.is_main:
+                break
+            task = make_pseudo_task(members[chosen[i]], bank, way=cfg.replay_way, shot=cfg.replay_shot,
+                                    query=cfg.replay_query, temperature=cfg.distill_temperature,
+                                    rng=step_rng(seed, step, _TASK, i)).to(dist.device)
+            items[i] = item(lambda p, t=task: pseudo_task_loss(learner, model, t, p, kind=cfg.task_loss,
+                                                               temperature=cfg.distill_temperature),
+                            scale, step, _TASK, i)
+        if second:
+            combined = combiner.second_order(items, n, beta=cfg.beta, scale=scale)
+        else:
+            combined = combiner.combine(items, n, beta=cfg.beta, scale=scale)
+        apply(combined.direction, combined.buffers)
+        task_loss = float(np.mean(combined.losses))
+        history["task_loss"].append((step + 1, task_loss))
+        logs: dict[str, float] = {"task_loss": task_loss}
+
+        replay = None
         if cfg.replay and cfg.replay_batch > 0:
-            optimizer.zero_grad(set_to_none=True)
-            replay_loss = 0.0
-            for _ in range(cfg.replay_batch):
-                episode = bank.sample_episode(cfg.replay_way, cfg.replay_shot, cfg.replay_query, rng,
-                                              resize_to=model.input_size[-1])
-                loss = learner.episode_loss(model, episode.support_x, episode.support_y,
-                                            episode.query_x, episode.query_y) / cfg.replay_batch
-                loss.backward()
-                replay_loss += float(loss)
-            optimizer.step()
+            scale = float(accelerator.scaler.get_scale()) if accelerator.scaler is not None else 1.0
+            episodes = {}
+            for e in dist.shard(cfg.replay_batch):
+                ep = bank.sample_episode(cfg.replay_way, cfg.replay_shot, cfg.replay_query,
+                                         step_rng(seed, step, _REPLAY, e), resize_to=model.input_size[-1])
+                ep = [t.to(dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
+                episodes[e] = item(lambda p, ep=ep: learner.episode_loss(model, *ep, params=p).float(),
+                                   scale, step, _REPLAY, e)
+            replayed = combiner.combine(episodes, cfg.replay_batch, beta=0.0, scale=scale)
+            apply(replayed.direction, replayed.buffers)
+            replay = replayed.direction
+            replay_loss = float(np.mean(replayed.losses))
             history["replay_loss"].append((step + 1, replay_loss))
+            logs["replay_loss"] = replay_loss
+        accelerator.log(logs, step=step + 1)
 
         bar.set_postfix(task_loss=f"{task_loss:.3f}", best_val=f"{100 * max(best_acc, 0):.1f}%")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.iterations:
-            validate(step + 1)
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.iterations:
+            validate(done)
+        if dist.world > 1 and cfg.sync_check_every > 0 and (done % cfg.sync_check_every == 0 or done == cfg.iterations):
+            dist.check_in_sync({**model.state_dict(), **{f"direction/{k}": v for k, v in combined.direction.items()}},
+                               f"the meta-model after step {done}")
+        if checkpoint_dir is not None and cfg.checkpoint_every > 0 and (
+                done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            checkpoint(done)
         if on_step is not None:
-            on_step(step + 1, model, optimizer)
-    return TrainResult(best_state, best_step, best_acc, history)
+            on_step(StepInfo(done, model, optimizer, combined.direction, replay, combined.losses))
+    bar.close()
+
+    if best_acc == -math.inf:  # no validation ran (resumed from a finished run that never validated)
+        best_acc = float("nan")
+    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    assert unwrapped is model or isinstance(unwrapped, MetaModel)
+    return TrainResult(best_state, best_step, best_acc, history, resumed_from=start)

@@ -1,0 +1,252 @@
+"""``tgr-hub train --preset smoke`` end to end, and the meta-training loop's pieces.
+
+* The CLI run writes every artefact, and its meta-model loads with plain timm
+  (``timm.create_model("local-dir:...")`` after ``import tgr_hub``) and computes the features
+  :func:`tgr_hub.metamodel.load_meta_model` computes.
+* The loop's IGR direction (tasks exchanged through :class:`Distributed`, here one process) is
+  bitwise :func:`tgr_hub.igr.igr_direction`'s; β = 0 is exactly the mean gradient.
+* BatchNorm running statistics become the mean over tasks of what each task's passes at θ give;
+  the displaced pass leaves no trace.
+* Sharded evaluation equals :func:`tgr_hub.evaluate.evaluate_model`; mixed precision (bf16 on
+  the CPU) trains; bad settings are typed errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tgr_hub.config import load_config
+from tgr_hub.distributed import Distributed, make_accelerator
+from tgr_hub.errors import ConfigError
+from tgr_hub.igr import igr_direction
+from tgr_hub.learners import make_learner
+from tgr_hub.metamodel import create_meta_model
+from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss, evaluate_sharded, meta_train, step_rng
+
+REPO = Path(__file__).resolve().parent.parent
+ARTEFACTS = ["pool.json", "recovered/bank.safetensors", "recovered/bank.json", "embeddings.safetensors",
+             "dissimilarity.json", "dissimilarity.png", "groups.json", "config.json", "model.safetensors",
+             "tgr_config.json", "training_curve.png"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    from tgr_hub.teachers import make_pool
+
+    root = tmp_path_factory.mktemp("train")
+    make_pool(root / "pool", domains=["latin", "greek"], archs=["conv4"], teachers=4, way=5, epochs=1, seed=0,
+              progress=False, num_threads=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "tgr_hub.cli", "train", "--pool", str(root / "pool" / "repo-list.txt"),
+                           "--out", str(root / "run"), "--preset", "smoke"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    return root / "pool" / "repo-list.txt", root / "run", done
+
+
+def test_smoke_train_writes_a_meta_model_plain_timm_loads(smoke_run) -> None:
+    import timm
+
+    import tgr_hub  # noqa: F401  (registers conv4 with timm)
+    from tgr_hub.metamodel import load_meta_model
+
+    _, run, done = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "meta-model written to" in done.stdout and "test 5shot:" in done.stdout
+    for name in ARTEFACTS:
+        assert (run / name).is_file(), name
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
+    config = json.loads((run / "config.json").read_text())
+    assert config["architecture"] == "conv4" and config["num_classes"] == 0
+    tgr_config = json.loads((run / "tgr_config.json").read_text())
+    assert tgr_config["train"]["iterations"] == 4 and set(tgr_config["metrics"]["test"]) == {"1shot", "5shot"}
+    assert [s for s, _ in tgr_config["history"]["task_loss"]] == [1, 2, 3, 4]
+    assert [s for s, _ in tgr_config["history"]["val_acc"]] == [0, 2, 4]
+    assert len(tgr_config["groups"]) == 2 and sorted(sum(tgr_config["groups"], [])) == ["t00", "t01", "t02", "t03"]
+    # the saved weights are the best-on-val state the history reports
+    best = max(tgr_config["history"]["val_acc"], key=lambda sv: (sv[1], -sv[0]))
+    assert tgr_config["metrics"]["val"]["best_step"] == best[0]
+
+    backbone = timm.create_model(f"local-dir:{run}", pretrained=True).eval()
+    meta = load_meta_model(run)
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(meta.normalize(images)), meta(images), rtol=0, atol=0)
+    assert backbone(meta.normalize(images)).shape == (6, meta.feature_dim)
+    weights = load_file(str(run / "model.safetensors"))
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+
+
+# --- the loop's pieces ------------------------------------------------------------------------------
+
+
+def _tasks(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        sx = torch.rand(6, 3, 16, 16, generator=gen)
+        qx = torch.rand(9, 3, 16, 16, generator=gen)
+        out.append((sx, torch.arange(3).repeat_interleave(2), qx, torch.arange(3).repeat_interleave(3)))
+    return out
+
+
+def _setup(learner_name: str = "protonet"):
+    model = create_meta_model("conv4", image_size=16, seed=0).train()
+    learner = make_learner(learner_name, inner_steps=1, inner_lr=0.01)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    floats, counters = _bn_buffer_names(model)
+    start = {k: buffers[k].detach().clone() for k in (*floats, *counters)}
+    return model, learner, params, buffers, floats, start
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+@pytest.mark.parametrize("learner_name", ["protonet", "maml"])
+def test_exchanged_direction_is_igr_direction(beta: float, learner_name: str) -> None:
+    model, learner, params, buffers, floats, start = _setup(learner_name)
+    tasks = _tasks(3)
+
+    def loss_of(t):
+        return lambda p: learner.episode_loss(model, *t, params=p)
+
+    reference = igr_direction([loss_of(t) for t in tasks], params, beta, fuse_tasks=False)
+    dist = Distributed(make_accelerator("no"))
+    items = {i: _ItemLoss(loss_of(t), start, 1.0, None, dist.device) for i, t in enumerate(tasks)}
+    combined = _Combiner(dist, params, floats, buffers).combine(items, 3, beta=beta, scale=1.0)
+    assert combined.direction.keys() == reference.direction.keys()
+    for name, value in reference.direction.items():
+        assert torch.equal(combined.direction[name], value), name  # bitwise, not just close
+    assert combined.losses == pytest.approx(reference.losses, rel=0, abs=0)
+    if beta == 0:
+        from tgr_hub.igr import mean_gradient, task_gradients
+
+        _, grads = task_gradients([loss_of(t) for t in tasks], params, fuse=False)
+        mean = mean_gradient(grads)
+        assert all(torch.equal(combined.direction[k], mean[k]) for k in mean)
+
+
+def test_batchnorm_statistics_are_the_mean_over_tasks() -> None:
+    model, learner, params, buffers, floats, start = _setup()
+    tasks = _tasks(3, seed=1)
+    before = {k: v.clone() for k, v in buffers.items()}
+    dist = Distributed(make_accelerator("no"))
+    items = {i: _ItemLoss(lambda p, t=t: learner.episode_loss(model, *t, params=p), start, 1.0, None, dist.device)
+             for i, t in enumerate(tasks)}
+    combined = _Combiner(dist, params, floats, buffers).combine(items, 3, beta=0.1, scale=1.0)
+    # the model's own buffers were not touched by any pass (θ or displaced)
+    assert all(torch.equal(buffers[k], before[k]) for k in buffers)
+    # by hand: each task's two forward passes (support, query) from the start statistics, momentum 0.1
+    expected = {k: [] for k in floats}
+    with torch.no_grad():
+        for sx, sy, qx, qy in tasks:
+            copies = {k: v.clone() for k, v in start.items()}
+            torch.func.functional_call(model, {**params, **copies}, (sx,), strict=False)
+            torch.func.functional_call(model, {**params, **copies}, (qx,), strict=False)
+            for k in floats:
+                expected[k].append(copies[k])
+    for k in floats:
+        torch.testing.assert_close(combined.buffers[k], torch.stack(expected[k]).mean(0), rtol=1e-6, atol=1e-7)
+        assert not torch.equal(combined.buffers[k], start[k])
+
+
+def test_step_streams_are_pure_functions() -> None:
+    a = step_rng(0, 5, 1, 2).integers(1 << 30, size=4)
+    assert np.array_equal(a, step_rng(0, 5, 1, 2).integers(1 << 30, size=4))
+    assert not np.array_equal(a, step_rng(0, 5, 1, 3).integers(1 << 30, size=4))
+    assert not np.array_equal(a, step_rng(0, 6, 1, 2).integers(1 << 30, size=4))
+
+
+def test_sharded_evaluation_equals_evaluate_model() -> None:
+    from tgr_hub.data import load_split
+    from tgr_hub.evaluate import evaluate_model
+
+    split = load_split("glyphs", "val", image_size=32, seed=0)
+    model = create_meta_model("conv4", image_size=32, seed=3)
+    kwargs = dict(way=5, shots=[1, 2], query=3, episodes=5, learner="protonet", seed=7)
+    ours = evaluate_sharded(model, split, dist=Distributed(make_accelerator("no")), **kwargs)
+    assert ours == evaluate_model(model, split, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def prepared(smoke_run):
+    from tgr_hub.data import load_split
+    from tgr_hub.pipeline import prepare_pool
+
+    pool, run, done = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = load_config(preset="smoke", overrides=["train.iterations=2", "train.val_episodes=2"])
+    return cfg, prepare_pool(pool, run, cfg, progress=False), load_split("glyphs", "val", image_size=32, seed=0)
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(prepared) -> None:
+    cfg, pool, val = prepared
+    cfg.train.mixed_precision = "bf16"
+    dist = Distributed(make_accelerator("bf16"))
+    assert dist.accelerator.mixed_precision == "bf16"
+    model = create_meta_model("conv4", 32, seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    result = meta_train(model, pool.members, pool.bank, pool.groups, cfg.train, val_split=val, seed=0, progress=False,
+                        dist=dist, on_step=lambda info: seen.append(info))
+    assert [info.step for info in seen] == [1, 2]
+    assert all(np.isfinite(info.task_losses).all() for info in seen)
+    assert all(v.dtype == torch.float32 for v in model.parameters())  # autocast, weights stay float32
+    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    assert [s for s, _ in result.history["val_acc"]] == [0, 2]
+    make_accelerator("no")  # the next in-process run starts from full precision again
+
+
+def test_bad_settings_are_typed_errors(prepared, tmp_path: Path) -> None:
+    cfg, pool, val = prepared
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="fp16 mixed precision needs a GPU"):
+            make_accelerator("fp16")
+    make_accelerator("no")
+    cfg.train.checkpoint_every = 1
+    with pytest.raises(ConfigError, match="checkpoint folder"):
+        meta_train(create_meta_model("conv4", 32), pool.members, pool.bank, pool.groups, cfg.train, val_split=val,
+                   seed=0, progress=False)
+    cfg.train.checkpoint_every = 0
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        load_config(preset="smoke", overrides=["train.keep_checkpoints=0"])
+    from accelerate.tracking import get_available_trackers
+
+    if "tensorboard" not in {str(getattr(t, "value", t)) for t in get_available_trackers()}:
+        with pytest.raises(ConfigError, match="tracker 'tensorboard' is not installed"):
+            make_accelerator("no", log_with=["tensorboard"], project_dir=tmp_path)
+
+
+def test_launched_processes_get_the_same_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tgr_hub.cli import cmd_train
+    from tgr_hub.cli.main import build_parser
+
+    args = build_parser().parse_args([
+        "--debug", "train", "--pool", "p.txt", "--out", "runs/x", "--num-processes", "2", "--resume", "--no-test",
+        "--preset", "smoke", "--set", "train.beta=0", "--set", "train.checkpoint_every=5", "--seed", "3",
+        "--log-with", "tensorboard", "--mixed-precision", "bf16", "--push", "me/m", "--space", "me/s", "--private"])
+    child = cmd_train.child_arguments(args)
+    assert "--num-processes" not in child
+    assert vars(build_parser().parse_args(child)) == {**vars(args), "num_processes": None}
+    # accelerate launch --mixed_precision X is honoured unless the flag or --set says otherwise
+    plain = build_parser().parse_args(["train", "--pool", "p.txt", "--out", "runs/x"])
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert cmd_train._mixed_precision_values(plain) == {"train": {"mixed_precision": "bf16"}}
+    assert cmd_train._mixed_precision_values(args) == {"train": {"mixed_precision": "bf16"}}
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert cmd_train._mixed_precision_values(plain) == {}
