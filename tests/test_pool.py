@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+
+import tgr_hub
 import torch.nn.functional as F
 from torch import nn
 
@@ -174,6 +176,8 @@ def test_hub_entries_go_through_resolve_hub_entry(tmp_path, monkeypatch):
     fake = types.ModuleType("tgr_hub.hub")
     fake.resolve_hub_entry = resolve_hub_entry
     monkeypatch.setitem(sys.modules, "tgr_hub.hub", fake)
+    # `from . import hub` reads the package attribute, set if the real module was imported earlier
+    monkeypatch.setattr(tgr_hub, "hub", fake, raising=False)
     members = load_pool(write_list(tmp_path / "l.txt", "me/teacher@main"), allow_pickle=True)
     assert calls == [("me/teacher", "main", True)]
     assert members[0].name == "teacher" and members[0].revision == "a" * 40 and members[0].source == "me/teacher@main"
@@ -189,7 +193,7 @@ def test_hub_entries_go_through_resolve_hub_entry(tmp_path, monkeypatch):
     with pytest.raises(TeacherNotFoundError, match=rf"^{listing}:2: repo me/teacher has no config.json"):
         load_pool(listing)
 
-    # several Hub entries: resolved together (concurrently) by resolve_many when the module has it
+    # several Hub entries: resolved together (concurrently) by resolve_many
     batches = []
 
     def resolve_many(entries, allow_pickle=False, *, progress=True):

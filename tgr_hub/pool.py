@@ -345,15 +345,12 @@ def load_member(
 
 
 def _resolve_hub_entries(entries: list[PoolEntry], allow_pickle: bool, progress: bool) -> dict[int, tuple[Path, str]]:
-    """Resolve all Hub entries up front, concurrently when :mod:`tgr_hub.hub` offers it."""
+    """Resolve all Hub entries up front, concurrently (:func:`tgr_hub.hub.resolve_many`)."""
     hub_entries = [e for e in entries if e.kind == "hub"]
     if len(hub_entries) < 2:
         return {}  # load_member resolves a single entry itself
-    from . import hub
+    from .hub import resolve_many  # lazily: the Hub client is only needed for Hub entries
 
-    resolve_many = getattr(hub, "resolve_many", None)
-    if resolve_many is None:
-        return {}
     try:
         results = resolve_many(hub_entries, allow_pickle=allow_pickle, progress=progress)
     except PoolError as error:
