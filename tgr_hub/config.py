@@ -210,10 +210,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # minutes on a laptop CPU
     "quick": {
         "pool": {"teachers": 12},
-        "recover": {"steps": 60, "images_per_class": 20, "bank_size": 4, "generator_width": 64, "bn_weight": 0.02},
+        "recover": {"steps": 40, "images_per_class": 12, "bank_size": 4, "generator_width": 64, "bn_weight": 0.02},
         "embed": {"head_steps": 30, "max_samples": 60},
         "group": {"num_groups": 3, "n_init": 10},
-        "train": {"iterations": 300, "replay_batch": 4, "eval_every": 100, "val_episodes": 100},
+        "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 100},
         "eval": {"episodes": 600},
     },
     # the reference settings of ALGORITHM.md

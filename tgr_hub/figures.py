@@ -40,8 +40,8 @@ def plot_dissimilarity(
     for index, group in enumerate(groups):
         ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(group), len(group),
                                    fill=False, edgecolor="white", linewidth=2))
-        ax.text(start + len(group) / 2 - 0.5, start - 0.7, f"G{index}", color="black",
-                ha="center", va="bottom", fontsize=8)
+        ax.text(start - 0.4, start - 0.4, f"G{index}", color="white", ha="left", va="top", fontsize=8,
+                fontweight="bold")
         start += len(group)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="1 - normalised cosine")
     ax.set_title(title, fontsize=10)
