@@ -159,3 +159,25 @@ def fake_run(tmp_path: Path) -> Path:
 def fake_run_factory() -> Callable[..., Path]:
     """:func:`make_fake_run` itself, for tests that need several runs or the nested layout."""
     return make_fake_run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """In-process work on one torch thread: the 2-core box also runs subprocesses, and more threads thrash."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-teacher conv4 glyph pool (latin, greek; 1 epoch each): its repo-list.txt."""
+    from tgr_hub.teachers import make_pool
+
+    folder = tmp_path_factory.mktemp("tiny-pool")
+    make_pool(folder, domains=["latin", "greek"], archs=["conv4"], teachers=4, way=5, epochs=1, seed=0,
+              progress=False, num_threads=1)
+    return folder / "repo-list.txt"

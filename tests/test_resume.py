@@ -67,22 +67,13 @@ def _leftovers(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """In-process work on one thread: the 2-core box also runs the subprocesses (and more threads thrash)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tgr_hub.teachers import make_pool
-
-    folder = tmp_path_factory.mktemp("resume-pool")
-    make_pool(folder, domains=["latin", "greek"], archs=["conv4"], teachers=4, way=5, epochs=1, seed=0,
-              progress=False, num_threads=1)
-    return folder / "repo-list.txt"
+def pool(tiny_pool: Path) -> Path:
+    return tiny_pool
 
 
 @pytest.fixture(scope="module")

@@ -39,25 +39,18 @@ ARTEFACTS = ["pool.json", "recovered/bank.safetensors", "recovered/bank.json", "
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    from tgr_hub.teachers import make_pool
-
+def smoke_run(tiny_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("train")
-    make_pool(root / "pool", domains=["latin", "greek"], archs=["conv4"], teachers=4, way=5, epochs=1, seed=0,
-              progress=False, num_threads=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, "-m", "tgr_hub.cli", "train", "--pool", str(root / "pool" / "repo-list.txt"),
+    done = subprocess.run([sys.executable, "-m", "tgr_hub.cli", "train", "--pool", str(tiny_pool),
                            "--out", str(root / "run"), "--preset", "smoke"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    return root / "pool" / "repo-list.txt", root / "run", done
+    return tiny_pool, root / "run", done
 
 
 def test_smoke_train_writes_a_meta_model_plain_timm_loads(smoke_run) -> None:
