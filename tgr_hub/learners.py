@@ -220,7 +220,51 @@ class FinetunedClassifier(AdaptedClassifier):
 # --- learners ---------------------------------------------------------------------------------
 
 
-class ProtoNet:
+class EpisodicLearner:
+    """What both learners share: the episode loss is cross-entropy of the query logits.
+
+    Subclasses implement ``logits(model, support_x, support_y, query_x, params=None) -> [Q, way]``,
+    differentiable w.r.t. ``params``.
+    """
+
+    def logits(
+        self,
+        model: nn.Module,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        params: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def episode_loss(
+        self,
+        model: nn.Module,
+        support_x: Tensor | Any,
+        support_y: Tensor | None = None,
+        query_x: Tensor | None = None,
+        query_y: Tensor | None = None,
+        params: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Cross-entropy of the queries after adapting on the support set (meta-training loss).
+
+        Args:
+            model: the meta-model, in the mode the caller chose (train mode in meta-training).
+            support_x: ``[S, 3, H, W]`` (or an Episode, with the next three arguments omitted).
+            support_y: ``[S]``.
+            query_x: ``[Q, 3, H, W]``.
+            query_y: ``[Q]``.
+            params: meta-model parameters to differentiate w.r.t. (default: the model's own);
+                buffers may be included.
+
+        Returns:
+            Scalar loss.
+        """
+        sx, sy, qx, qy = _unpack_episode(support_x, support_y, query_x, query_y)
+        return F.cross_entropy(self.logits(model, sx, sy, qx, params), qy)
+
+
+class ProtoNet(EpisodicLearner):
     """Prototypical networks (Snell et al., 2017).
 
     Prototypes are the class means of the support features; logits are negative squared
@@ -263,33 +307,8 @@ class ProtoNet:
         protos = _prototypes(features(model, support_x, params), support_y, way)
         return -squared_distances(features(model, query_x, params), protos)
 
-    def episode_loss(
-        self,
-        model: nn.Module,
-        support_x: Tensor | Any,
-        support_y: Tensor | None = None,
-        query_x: Tensor | None = None,
-        query_y: Tensor | None = None,
-        params: dict[str, Tensor] | None = None,
-    ) -> Tensor:
-        """Cross-entropy of the queries under the prototype classifier.
 
-        Args:
-            model: feature extractor, in the mode the caller chose (train mode in meta-training).
-            support_x: ``[S, 3, H, W]`` (or an Episode, with the next three arguments omitted).
-            support_y: ``[S]``.
-            query_x: ``[Q, 3, H, W]``.
-            query_y: ``[Q]``.
-            params: meta-model parameters to differentiate w.r.t. (default: the model's own).
-
-        Returns:
-            Scalar loss.
-        """
-        sx, sy, qx, qy = _unpack_episode(support_x, support_y, query_x, query_y)
-        return F.cross_entropy(self.logits(model, sx, sy, qx, params), qy)
-
-
-class MAML:
+class MAML(EpisodicLearner):
     """Model-agnostic meta-learning (Finn et al., 2017), first- or second-order.
 
     A linear head ``[way, D]`` on top of the meta-model's features is zero-initialised for
@@ -410,33 +429,6 @@ class MAML:
                 fast_with_buffers = {k: v.detach().requires_grad_(v.requires_grad) for k, v in fast_with_buffers.items()}
         adapted = {k: fast_with_buffers[k].detach() for k in fast}
         return FinetunedClassifier(model, adapted, self.bn)
-
-    def episode_loss(
-        self,
-        model: nn.Module,
-        support_x: Tensor | Any,
-        support_y: Tensor | None = None,
-        query_x: Tensor | None = None,
-        query_y: Tensor | None = None,
-        params: dict[str, Tensor] | None = None,
-    ) -> Tensor:
-        """Query cross-entropy after ``inner_steps`` SGD steps on the support set.
-
-        Differentiable w.r.t. ``params``; second order unless ``first_order``.
-
-        Args:
-            model: the meta-model, in the mode the caller chose.
-            support_x: ``[S, 3, H, W]`` (or an Episode, with the next three arguments omitted).
-            support_y: ``[S]``.
-            query_x: ``[Q, 3, H, W]``.
-            query_y: ``[Q]``.
-            params: meta-model parameters (default: the model's own); buffers may be included.
-
-        Returns:
-            Scalar loss.
-        """
-        sx, sy, qx, qy = _unpack_episode(support_x, support_y, query_x, query_y)
-        return F.cross_entropy(self.logits(model, sx, sy, qx, params), qy)
 
     def logits(
         self,
