@@ -739,17 +739,6 @@ def _resolve_folder(model_id: str, revision: str | None) -> tuple[Path, str | No
     return Path(hub.download_meta_model(repo_id, revision or inline)), repo_id
 
 
-def _hub_figure(repo_id: str, folder: Path, filename: str) -> Path | None:
-    """A figure of a Hub meta-model (same commit as its weights), or None if it has none."""
-    from huggingface_hub import hf_hub_download
-
-    try:  # the snapshot folder is named by the commit the weights were downloaded at
-        return Path(hf_hub_download(repo_id, filename, revision=folder.name if len(folder.name) == 40 else None))
-    except Exception as error:  # optional: the panel works without the figure
-        logger.info("no %s for %s (%s)", filename, repo_id, type(error).__name__)
-        return None
-
-
 def _get(config: Mapping[str, Any], *paths: str, default: Any = None) -> Any:
     """First value found at a dotted path (the config may be nested under ``config``)."""
     for dotted in paths:
@@ -797,7 +786,8 @@ def load_app_model(model_id: str, *, revision: str | None = None) -> AppModel:
         from .hub import hub_endpoint
 
         card_url = f"{hub_endpoint()}/{repo_id}"
-        heatmap = _hub_figure(repo_id, folder, "dissimilarity.png")
+        # hub.download_meta_model fetched the figures into the snapshot, at the weights' commit
+        heatmap = folder / "dissimilarity.png" if (folder / "dissimilarity.png").is_file() else None
     else:
         places = [folder, folder / "figures"] + ([folder.parent] if folder.name == "meta_model" else [])  # run layout
         heatmap = next((p / "dissimilarity.png" for p in places if (p / "dissimilarity.png").is_file()), None)

@@ -451,10 +451,14 @@ def resolve_repo(
     return ResolvedRepo(repo_id, revision, sha, folder, weights)
 
 
+FIGURES = ("dissimilarity.png", "training_curve.png")  # what a run folder shows besides the weights
+
+
 def download_meta_model(repo_id: str, revision: str | None = None, *, token: str | None = None) -> Path:
     """Download a meta-model repository pinned to a commit; return its cache snapshot folder.
 
-    Fetches ``config.json``, ``model.safetensors`` and (when present) ``tgr_config.json`` at the
+    Fetches ``config.json``, ``model.safetensors`` and (when present) ``tgr_config.json`` and the
+    figures (:data:`FIGURES`) at the
     commit ``revision`` resolves to; honours ``HF_HUB_OFFLINE`` like :func:`resolve_repo`.
     ``repo_id`` may carry ``hf-hub:`` and ``@REVISION``.
 
@@ -482,7 +486,8 @@ def download_meta_model(repo_id: str, revision: str | None = None, *, token: str
             raise RunFolderError(f"{label} is not a tgr-hub meta-model (it has no {' or '.join(missing)})",
                                  hint="pass the id of a repository pushed by tgr-hub push")
         folder = Path()
-        for name in [CONFIG_FILE, SAFE_WEIGHTS] + (["tgr_config.json"] if "tgr_config.json" in files else []):
+        optional = [name for name in ("tgr_config.json", *FIGURES) if name in files]
+        for name in [CONFIG_FILE, SAFE_WEIGHTS, *optional]:
             folder = _download_at(repo_id, name, sha, token, quiet=False).parent
     except TgrHubError:
         raise
