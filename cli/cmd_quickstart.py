@@ -8,6 +8,7 @@ meta-test table of Random, Average, ERM and TGR with 95% confidence intervals.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tgr_hub.config import load_config
     from tgr_hub.data import load_split
     from tgr_hub.evaluate import average_baseline, evaluate_model, random_baseline
     from tgr_hub.pipeline import run_tgr
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     # ERM: β = 0 and no grouping, on the very same recovered tasks.
     start = time.perf_counter()
-    erm_cfg = load_config(values={**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "beta": 0.0},
-                                  "group": {**cfg.to_dict()["group"], "strategy": "none"}})
+    erm_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, beta=0.0),
+                                  group=dataclasses.replace(cfg.group, strategy="none"))
     erm_dir = out / "erm"
     erm_dir.mkdir(parents=True, exist_ok=True)
     for name in ("recovered", "embeddings.safetensors"):
