@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -24,54 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from common import conv4, timed
+
 from tgr_hub.igr import igr_direction
 
 TARGET = 2.3
 
 
-class LocalConv4(nn.Module):
-    """Fallback Conv4: 4 x [Conv3x3, BN, ReLU, MaxPool2], flattened features, linear head."""
-
-    def __init__(self, num_classes: int = 5, width: int = 32) -> None:
-        super().__init__()
-        blocks, chans = [], 3
-        for _ in range(4):
-            blocks += [nn.Conv2d(chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
-            chans = width
-        self.features = nn.Sequential(*blocks, nn.Flatten())
-        self.fc = nn.Linear(width * 4, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
-
-
 def make_model(num_classes: int) -> tuple[nn.Module, str]:
-    try:
-        import timm
-
-        import tgr_hub  # noqa: F401  (registers conv4)
-        import tgr_hub.models  # noqa: F401
-
-        if timm.is_model("conv4"):
-            return timm.create_model("conv4", num_classes=num_classes), "timm conv4"
-    except ImportError:
-        pass
-    return LocalConv4(num_classes), "local Conv4"
-
-
-def timed(fn: Callable[[], None], device: torch.device, warmup: int, reps: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return out
+    return conv4(num_classes=num_classes), "timm conv4"
 
 
 def main() -> None:

@@ -38,38 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import conv4
+
 from tgr_hub.config import RecoverConfig
 from tgr_hub.models.generator import Generator
 from tgr_hub.pool import PoolMember
 from tgr_hub.recover import _BNStatisticsLoss, crop_padding_for, random_crop_flip, recover_task
 
 
-class LocalConv4(nn.Module):
-    """Fallback Conv4: 4 × [Conv3x3, BN, ReLU, MaxPool2], flattened features, linear head."""
-
-    def __init__(self, num_classes: int = 5, width: int = 32, size: int = 32) -> None:
-        super().__init__()
-        blocks, chans = [], 3
-        for _ in range(4):
-            blocks += [nn.Conv2d(chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
-            chans = width
-        self.features = nn.Sequential(*blocks, nn.Flatten())
-        self.fc = nn.Linear(width * (size // 16) ** 2, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
-
-
 def make_teacher(way: int, size: int, device: str) -> tuple[PoolMember, str]:
     torch.manual_seed(0)
-    try:
-        import timm
-
-        import tgr_hub  # noqa: F401  (registers conv4)
-
-        model, arch = timm.create_model("conv4", num_classes=way, img_size=size), "timm conv4"
-    except Exception:  # noqa: BLE001 - benchmark fallback
-        model, arch = LocalConv4(way, size=size), "local Conv4"
+    model, arch = conv4(num_classes=way, img_size=size), "timm conv4"
     # non-trivial running statistics, as a trained teacher would have
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
