@@ -181,3 +181,19 @@ def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_pool(folder, domains=["latin", "greek"], archs=["conv4"], teachers=4, way=5, epochs=1, seed=0,
               progress=False, num_threads=1)
     return folder / "repo-list.txt"
+
+
+@pytest.fixture(scope="session")
+def space_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Space tests' Conv4 ProtoNet meta-model, trained once per session (see test_space.train_meta_model)."""
+    from test_space import train_meta_model
+
+    return train_meta_model(tmp_path_factory.getbasetemp() / "space-meta-model")
+
+
+@pytest.fixture(scope="session")
+def glyph_test():
+    """The glyph benchmark's meta-test split."""
+    from tgr_hub.data import load_split
+
+    return load_split("glyphs", "test")

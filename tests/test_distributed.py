@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 
 from tgr_hub.distributed import Distributed, flatten, launch_command, make_accelerator, tensor_digest, unflatten
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process work on one thread
+
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-5
 
@@ -45,11 +47,6 @@ def _tgr_hub(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()), default=0.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,8 @@ from tgr_hub.distributed import (
     save_checkpoint,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process work on one thread
+
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-6
 ITERATIONS = 12
@@ -64,11 +66,6 @@ def _leftovers(folder: Path) -> list[Path]:
     """Anything that looks half-written: temporary names, or per-item parts of a stage."""
     return [p for p in folder.rglob("*")
             if p.name.endswith(".tmp") or p.name.startswith(".tmp") or p.name in ("parts", "embeddings-parts")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -105,18 +105,6 @@ def train_meta_model(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def space_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_meta_model(tmp_path_factory.getbasetemp() / "space-meta-model")
-
-
-@pytest.fixture(scope="session")
-def glyph_test():
-    from tgr_hub.data import load_split
-
-    return load_split("glyphs", "test")
-
-
 def save_png(image: torch.Tensor, path: Path) -> Path:
     """Save a ``[3, H, W]`` image in [0, 1] (from uint8 data) losslessly as PNG."""
     array = (image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)

@@ -17,25 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from test_space import ROOT, AppServer, call_classify, episode_files, free_port, start_app, train_meta_model
+from test_space import ROOT, AppServer, call_classify, episode_files, free_port, start_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 ARTIFACTS = Path(os.environ.get("TGR_SPACE_SCREENSHOT_DIR") or ROOT / "tests" / "artifacts")
-
-
-@pytest.fixture(scope="session")
-def space_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The meta-model of test_space.py (trained once per session, shared through the session's temp folder)."""
-    return train_meta_model(tmp_path_factory.getbasetemp() / "space-meta-model")
-
-
-@pytest.fixture(scope="session")
-def glyph_test():
-    from tgr_hub.data import load_split
-
-    return load_split("glyphs", "test")
 
 
 @pytest.fixture(scope="module")

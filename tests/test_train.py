@@ -32,15 +32,12 @@ from tgr_hub.learners import make_learner
 from tgr_hub.metamodel import create_meta_model
 from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss, evaluate_sharded, meta_train, step_rng
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process work on one thread
+
 REPO = Path(__file__).resolve().parent.parent
 ARTEFACTS = ["pool.json", "recovered/bank.safetensors", "recovered/bank.json", "embeddings.safetensors",
              "dissimilarity.json", "dissimilarity.png", "groups.json", "config.json", "model.safetensors",
              "tgr_config.json", "training_curve.png"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    yield
 
 
 @pytest.fixture(scope="module")
