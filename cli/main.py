@@ -18,6 +18,16 @@ from tgr_hub.errors import TgrHubError
 # Subcommand modules in the order `tgr-hub --help` lists them.
 COMMANDS = ["quickstart", "make_pool", "inspect", "train", "evaluate", "push", "demo"]
 
+# What to do after Ctrl-C, by subcommand: every stage saves its finished work as it goes.
+RESUME_HINTS = {
+    "train": "rerun it with --resume: finished stages are kept, and meta-training continues from its "
+             "newest checkpoint (train.checkpoint_every > 0)",
+    "quickstart": "rerun the same command: the teachers and the recovered tasks that were finished are kept",
+    "make-pool": "rerun the same command: the teachers that were finished are kept",
+    "inspect": "rerun the same command: the recovered tasks and embeddings that were finished are kept",
+    "push": "rerun the same command: an interrupted push leaves the repository as it was",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -27,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"tgr_hub.cli.cmd_{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"tgr_hub.cli.cmd_{name}":
-                continue  # command not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"tgr_hub.cli.cmd_{name}").register(subparsers)
     return parser
 
 
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tgr-hub: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tgr-hub: interrupted; rerun the same command to resume", file=sys.stderr)
+        hint = RESUME_HINTS.get(args.command)
+        print(f"tgr-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
     return int(result or 0)
 

@@ -219,7 +219,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the reference settings of ALGORITHM.md
     "paper": {
         "pool": {"teachers": 100, "epochs": 30},
-        "train": {"learner": "maml", "iterations": 60000, "eval_every": 2000, "val_episodes": 600},
+        # hours of meta-training: a resumable checkpoint at every meta-validation
+        "train": {"learner": "maml", "iterations": 60000, "eval_every": 2000, "val_episodes": 600,
+                  "checkpoint_every": 2000},
     },
 }
 
