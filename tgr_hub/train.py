@@ -471,6 +471,180 @@ def _check_resumable(state: dict[str, Any], cfg: TrainConfig, seed: int, bank: M
 # --- the loop ------------------------------------------------------------------------------------
 
 
+class _MetaTrainer:
+    """The state of one meta-training run and its phases; :func:`meta_train` drives it.
+
+    Holds the prepared model and optimiser, the best-on-val state and the history (what a
+    checkpoint saves besides Accelerate's state), and the gradient combiner.
+    """
+
+    def __init__(self, model: MetaModel, members: list[PoolMember], bank: MemoryBank, groups: list[list[int]],
+                 cfg: TrainConfig, *, val_split: ImageSplit, seed: int, dist: Distributed,
+                 checkpoint_dir: Path | None) -> None:
+        self.members, self.bank, self.groups, self.cfg = members, bank, groups, cfg
+        self.val_split, self.seed, self.dist, self.checkpoint_dir = val_split, seed, dist, checkpoint_dir
+        self.accelerator = dist.accelerator
+        self.learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
+                                    first_order=cfg.maml_first_order)
+        # No DDP: prepare_model(evaluation_mode=True) only places the model and adds autocast;
+        # gradients are combined explicitly (functional_call would bypass DDP's hooks anyway).
+        self.model = self.accelerator.prepare_model(model, evaluation_mode=True)
+        self.optimizer = self.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.lr))
+        for member in members:
+            member.to(dist.device)
+        dist.broadcast_module(self.model)  # identical start on every process, whatever each one built
+
+        self.history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_step, self.best_acc = 0, -math.inf
+
+        self.params = dict(self.model.named_parameters())
+        self.buffers = dict(self.model.named_buffers())
+        self.bn_floats, self.bn_counters = _bn_buffer_names(self.model)
+        self.combiner = _Combiner(dist, self.params, self.bn_floats, self.buffers)
+        self.torch_seeded = _has_randomness(self.model)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def restore(self, resume: bool) -> int:
+        """Load the newest checkpoint when resuming; returns the step to start from."""
+        folder, dist = self.checkpoint_dir, self.dist
+        if folder is None:
+            return 0
+        if dist.is_main:
+            clean_checkpoint_leftovers(folder)
+        dist.barrier()
+        found = latest_checkpoint(folder)
+        if found is not None and not resume:
+            raise RunFolderError(
+                f"{folder} holds checkpoints of an earlier meta-training (newest: {found.name})",
+                hint="pass --resume to continue it, or delete that folder to start over",
+            )
+        if found is None:
+            if resume:
+                logger.info("no checkpoint in %s: meta-training starts from step 0", folder)
+            return 0
+        state = _read_trainer_state(found)
+        _check_resumable(state, self.cfg, self.seed, self.bank, found)
+        load_checkpoint(dist, found)
+        start = int(state["step"])
+        self.history = {k: [(int(s), float(v)) for s, v in values] for k, values in state["history"].items()}
+        self.best_step, self.best_acc = int(state["best_step"]), float(state["best_val_accuracy"])
+        self.best_state = {k: v.to(dist.device) for k, v in load_file(str(found / BEST_MODEL)).items()}
+        logger.info("resuming meta-training from %s (step %d of %d)", found.name, start, self.cfg.iterations)
+        return start
+
+    def checkpoint(self, step: int) -> None:
+        assert self.checkpoint_dir is not None  # meta_train checks it
+        save_checkpoint(self.dist, self.checkpoint_dir, step, lambda folder: self._write_state(folder, step),
+                        keep=self.cfg.keep_checkpoints)
+
+    def _write_state(self, folder: Path, step: int) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.best_state.items()}, str(folder / BEST_MODEL))
+        state = {
+            "format": _STATE_FORMAT, "version": 1, "step": step, "iterations": self.cfg.iterations,
+            "world_size": self.dist.world, "settings": _settings(self.cfg, self.seed), "bank": _bank_summary(self.bank),
+            "sampling": "counter-based: numpy default_rng([seed, 3, step, ...]); the step is the position",
+            "best_step": self.best_step, "best_val_accuracy": self.best_acc, "history": self.history,
+        }
+        (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")  # inside the temp folder
+
+    # --- one step --------------------------------------------------------------------------------
+
+    def validate(self, step: int) -> None:
+        """Meta-validation accuracy on real episodes; keeps the best state."""
+        cfg, shot = self.cfg, self.cfg.replay_shot
+        metrics = evaluate_sharded(self.model, self.val_split, way=cfg.replay_way, shots=[shot], query=cfg.replay_query,
+                                   episodes=cfg.val_episodes, learner=cfg.learner, seed=self.seed + 1, dist=self.dist,
+                                   progress=False)
+        accuracy = metrics[f"{shot}shot"]["mean"]
+        self.history["val_acc"].append((step, accuracy))
+        if accuracy > self.best_acc:
+            self.best_acc, self.best_step = accuracy, step
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.accelerator.log({"val_acc": accuracy}, step=step)
+        logger.info("step %d: meta-val %d-way %d-shot accuracy %.2f%% (best %.2f%% at step %d)",
+                    step, cfg.replay_way, shot, 100 * accuracy, 100 * self.best_acc, self.best_step)
+
+    def task_step(self, step: int) -> _Combined:
+        """The IGR step: one pseudo-task per chosen teacher, their combined direction applied."""
+        cfg, dist = self.cfg, self.dist
+        self.model.train()
+        scale = self._loss_scale()
+        chosen = _choose_teachers(self.groups, cfg.teachers_per_step, step_rng(self.seed, step, _CHOICE))
+        n = len(chosen)
+        second = cfg.igr_order == "second" and cfg.beta != 0
+        # second order couples all tasks through ḡ's graph: the main process computes them all
+        mine = (range(n) if dist.is_main else range(0)) if second else dist.shard(n)
+        items = {}
+        for i in mine:
+            task = make_pseudo_task(self.members[chosen[i]], self.bank, way=cfg.replay_way, shot=cfg.replay_shot,
+                                    query=cfg.replay_query, temperature=cfg.distill_temperature,
+                                    rng=step_rng(self.seed, step, _TASK, i)).to(dist.device)
+            items[i] = self._item(lambda p, t=task: pseudo_task_loss(self.learner, self.model, t, p, kind=cfg.task_loss,
+                                                                     temperature=cfg.distill_temperature),
+                                  scale, step, _TASK, i)
+        if second:
+            combined = self.combiner.second_order(items, n, beta=cfg.beta, scale=scale)
+        else:
+            combined = self.combiner.combine(items, n, beta=cfg.beta, scale=scale)
+        self._apply(combined)
+        return combined
+
+    def replay_step(self, step: int) -> _Combined | None:
+        """The replay step: episodes mixing classes across teachers, their mean gradient applied."""
+        cfg = self.cfg
+        if not (cfg.replay and cfg.replay_batch > 0):
+            return None
+        scale = self._loss_scale()
+        episodes = {}
+        for e in self.dist.shard(cfg.replay_batch):
+            ep = self.bank.sample_episode(cfg.replay_way, cfg.replay_shot, cfg.replay_query,
+                                          step_rng(self.seed, step, _REPLAY, e), resize_to=self.model.input_size[-1])
+            ep = [t.to(self.dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
+            episodes[e] = self._item(lambda p, ep=ep: self.learner.episode_loss(self.model, *ep, params=p).float(),
+                                     scale, step, _REPLAY, e)
+        replayed = self.combiner.combine(episodes, cfg.replay_batch, beta=0.0, scale=scale)
+        self._apply(replayed)
+        return replayed
+
+    def record(self, step: int, losses: dict[str, float]) -> None:
+        for name, value in losses.items():
+            self.history[name].append((step, value))
+        self.accelerator.log(losses, step=step)
+
+    def _loss_scale(self) -> float:
+        scaler = self.accelerator.scaler
+        return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def _item(self, compute: Callable[[dict[str, Tensor]], Tensor], scale: float, *key: int) -> _ItemLoss:
+        start_buffers = {k: self.buffers[k].detach() for k in (*self.bn_floats, *self.bn_counters)}
+        torch_seed = None
+        if self.torch_seeded:
+            torch_seed = int(np.random.SeedSequence([self.seed, _TRAIN_STREAM, *key]).generate_state(1)[0])
+        return _ItemLoss(compute, start_buffers, scale, torch_seed, self.dist.device)
+
+    def _apply(self, combined: _Combined) -> None:
+        """An optimiser step along the combined direction; BatchNorm buffers to the items' mean."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for name, parameter in self.params.items():
+            parameter.grad = combined.direction[name].detach().clone()
+        self.optimizer.step()
+        with torch.no_grad():
+            for name, value in combined.buffers.items():
+                self.buffers[name].copy_(value)
+            for name in self.bn_counters:
+                self.buffers[name].add_(1)
+
+    def result(self, resumed_from: int) -> TrainResult:
+        best_acc = self.best_acc
+        if best_acc == -math.inf:  # no validation ran (resumed from a finished run that never validated)
+            best_acc = float("nan")
+        unwrapped = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+        assert unwrapped is self.model or isinstance(unwrapped, MetaModel)
+        return TrainResult(self.best_state, self.best_step, best_acc, self.history, resumed_from=resumed_from)
+
+
 def meta_train(
     model: MetaModel,
     members: list[PoolMember],
@@ -514,165 +688,39 @@ def meta_train(
         RunFolderError: checkpoints exist and ``resume`` is False.
     """
     dist = dist or Distributed(make_accelerator(cfg.mixed_precision))
-    accelerator = dist.accelerator
     progress = progress and dist.is_main
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if cfg.checkpoint_every > 0 and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
-    learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-                           first_order=cfg.maml_first_order)
-
-    # No DDP: prepare_model(evaluation_mode=True) only places the model and adds autocast;
-    # gradients are combined explicitly (functional_call would bypass DDP's hooks anyway).
-    model = accelerator.prepare_model(model, evaluation_mode=True)
-    optimizer = accelerator.prepare_optimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr))
-    for member in members:
-        member.to(dist.device)
-    dist.broadcast_module(model)  # identical start on every process, whatever each one built
-
-    history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_step, best_acc, start = 0, -math.inf, 0
-    val_shot = cfg.replay_shot
-
-    if checkpoint_dir is not None:
-        if dist.is_main:
-            clean_checkpoint_leftovers(checkpoint_dir)
-        dist.barrier()
-        found = latest_checkpoint(checkpoint_dir)
-        if found is not None and not resume:
-            raise RunFolderError(
-                f"{checkpoint_dir} holds checkpoints of an earlier meta-training (newest: {found.name})",
-                hint="pass --resume to continue it, or delete that folder to start over",
-            )
-        if found is not None:
-            state = _read_trainer_state(found)
-            _check_resumable(state, cfg, seed, bank, found)
-            load_checkpoint(dist, found)
-            start = int(state["step"])
-            history = {k: [(int(s), float(v)) for s, v in values] for k, values in state["history"].items()}
-            best_step, best_acc = int(state["best_step"]), float(state["best_val_accuracy"])
-            best_state = {k: v.to(dist.device) for k, v in load_file(str(found / BEST_MODEL)).items()}
-            logger.info("resuming meta-training from %s (step %d of %d)", found.name, start, cfg.iterations)
-        elif resume:
-            logger.info("no checkpoint in %s: meta-training starts from step 0", checkpoint_dir)
-
-    def validate(step: int) -> None:
-        nonlocal best_state, best_step, best_acc
-        metrics = evaluate_sharded(model, val_split, way=cfg.replay_way, shots=[val_shot], query=cfg.replay_query,
-                                   episodes=cfg.val_episodes, learner=cfg.learner, seed=seed + 1, dist=dist,
-                                   progress=False)
-        accuracy = metrics[f"{val_shot}shot"]["mean"]
-        history["val_acc"].append((step, accuracy))
-        if accuracy > best_acc:
-            best_acc, best_step = accuracy, step
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        accelerator.log({"val_acc": accuracy}, step=step)
-        logger.info("step %d: meta-val %d-way %d-shot accuracy %.2f%% (best %.2f%% at step %d)",
-                    step, cfg.replay_way, val_shot, 100 * accuracy, 100 * best_acc, best_step)
-
-    def write_state(folder: Path, step: int) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(folder / BEST_MODEL))
-        state = {
-            "format": _STATE_FORMAT, "version": 1, "step": step, "iterations": cfg.iterations,
-            "world_size": dist.world, "settings": _settings(cfg, seed), "bank": _bank_summary(bank),
-            "sampling": "counter-based: numpy default_rng([seed, 3, step, ...]); the step is the position",
-            "best_step": best_step, "best_val_accuracy": best_acc, "history": history,
-        }
-        (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")  # inside the temp folder
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(dist, checkpoint_dir, step, lambda folder: write_state(folder, step), keep=cfg.keep_checkpoints)
-
+    trainer = _MetaTrainer(model, members, bank, groups, cfg, val_split=val_split, seed=seed, dist=dist,
+                           checkpoint_dir=checkpoint_dir)
+    start = trainer.restore(resume)
     if start == 0:
-        validate(0)
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    bn_floats, bn_counters = _bn_buffer_names(model)
-    combiner = _Combiner(dist, params, bn_floats, buffers)
-    torch_seeded = _has_randomness(model)
-    m = cfg.teachers_per_step
-
-    def item(compute: Callable[[dict[str, Tensor]], Tensor], scale: float, *key: int) -> _ItemLoss:
-        start_buffers = {k: buffers[k].detach() for k in (*bn_floats, *bn_counters)}
-        torch_seed = None
-        if torch_seeded:
-            torch_seed = int(np.random.SeedSequence([seed, _TRAIN_STREAM, *key]).generate_state(1)[0])
-        return _ItemLoss(compute, start_buffers, scale, torch_seed, dist.device)
-
-    def apply(direction: dict[str, Tensor], bn_mean: dict[str, Tensor]) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        for name, parameter in params.items():
-            parameter.grad = direction[name].detach().clone()
-        optimizer.step()
-        with torch.no_grad():
-            for name, value in bn_mean.items():
-                buffers[name].copy_(value)
-            for name in bn_counters:
-                buffers[name].add_(1)
+        trainer.validate(0)
 
     bar = tqdm(range(start, cfg.iterations), desc="meta-train", disable=not progress, dynamic_ncols=True,
                initial=start, total=cfg.iterations)
     for step in bar:
-        model.train()
-        scale = float(accelerator.scaler.get_scale()) if accelerator.scaler is not None else 1.0
-        chosen = _choose_teachers(groups, m, step_rng(seed, step, _CHOICE))
-        n = len(chosen)
-        second = cfg.igr_order == "second" and cfg.beta != 0
-        mine = range(n) if second else dist.shard(n)
-        items = {}
-        for i in mine:
-            if second and not dist.is_main:
-                break
-            task = make_pseudo_task(members[chosen[i]], bank, way=cfg.replay_way, shot=cfg.replay_shot,
-                                    query=cfg.replay_query, temperature=cfg.distill_temperature,
-                                    rng=step_rng(seed, step, _TASK, i)).to(dist.device)
-            items[i] = item(lambda p, t=task: pseudo_task_loss(learner, model, t, p, kind=cfg.task_loss,
-                                                               temperature=cfg.distill_temperature),
-                            scale, step, _TASK, i)
-        if second:
-            combined = combiner.second_order(items, n, beta=cfg.beta, scale=scale)
-        else:
-            combined = combiner.combine(items, n, beta=cfg.beta, scale=scale)
-        apply(combined.direction, combined.buffers)
-        task_loss = float(np.mean(combined.losses))
-        history["task_loss"].append((step + 1, task_loss))
-        logs: dict[str, float] = {"task_loss": task_loss}
-
-        replay = None
-        if cfg.replay and cfg.replay_batch > 0:
-            scale = float(accelerator.scaler.get_scale()) if accelerator.scaler is not None else 1.0
-            episodes = {}
-            for e in dist.shard(cfg.replay_batch):
-                ep = bank.sample_episode(cfg.replay_way, cfg.replay_shot, cfg.replay_query,
-                                         step_rng(seed, step, _REPLAY, e), resize_to=model.input_size[-1])
-                ep = [t.to(dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
-                episodes[e] = item(lambda p, ep=ep: learner.episode_loss(model, *ep, params=p).float(),
-                                   scale, step, _REPLAY, e)
-            replayed = combiner.combine(episodes, cfg.replay_batch, beta=0.0, scale=scale)
-            apply(replayed.direction, replayed.buffers)
-            replay = replayed.direction
-            replay_loss = float(np.mean(replayed.losses))
-            history["replay_loss"].append((step + 1, replay_loss))
-            logs["replay_loss"] = replay_loss
-        accelerator.log(logs, step=step + 1)
-
-        bar.set_postfix(task_loss=f"{task_loss:.3f}", best_val=f"{100 * max(best_acc, 0):.1f}%")
         done = step + 1
+        combined = trainer.task_step(step)
+        losses = {"task_loss": float(np.mean(combined.losses))}
+        replayed = trainer.replay_step(step)
+        if replayed is not None:
+            losses["replay_loss"] = float(np.mean(replayed.losses))
+        trainer.record(done, losses)
+        bar.set_postfix(task_loss=f"{losses['task_loss']:.3f}", best_val=f"{100 * max(trainer.best_acc, 0):.1f}%")
+
         if done % cfg.eval_every == 0 or done == cfg.iterations:
-            validate(done)
+            trainer.validate(done)
         if dist.world > 1 and cfg.sync_check_every > 0 and (done % cfg.sync_check_every == 0 or done == cfg.iterations):
-            dist.check_in_sync({**model.state_dict(), **{f"direction/{k}": v for k, v in combined.direction.items()}},
+            dist.check_in_sync({**trainer.model.state_dict(),
+                                **{f"direction/{k}": v for k, v in combined.direction.items()}},
                                f"the meta-model after step {done}")
         if checkpoint_dir is not None and cfg.checkpoint_every > 0 and (
                 done % cfg.checkpoint_every == 0 or done == cfg.iterations):
-            checkpoint(done)
+            trainer.checkpoint(done)
         if on_step is not None:
-            on_step(StepInfo(done, model, optimizer, combined.direction, replay, combined.losses))
+            on_step(StepInfo(done, trainer.model, trainer.optimizer, combined.direction,
+                             replayed.direction if replayed is not None else None, combined.losses))
     bar.close()
-
-    if best_acc == -math.inf:  # no validation ran (resumed from a finished run that never validated)
-        best_acc = float("nan")
-    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    assert unwrapped is model or isinstance(unwrapped, MetaModel)
-    return TrainResult(best_state, best_step, best_acc, history, resumed_from=start)
+    return trainer.result(resumed_from=start)
