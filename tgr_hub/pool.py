@@ -389,12 +389,12 @@ def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = 
         if key in seen:
             _logger.warning("%s: %s repeats line %d; it will be loaded twice", entry.where, entry.source, seen[key])
         seen.setdefault(key, entry.line)
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     resolved = _resolve_hub_entries(entries, allow_pickle, progress)
     members: list[PoolMember] = []
     names: set[str] = set()
-    for entry in tqdm(entries, desc="loading pool", unit="teacher", disable=not progress):
+    for entry in progress_bar(entries, desc="loading pool", unit="teacher", disable=not progress):
         base = Path(entry.target).name if entry.kind == "local" else entry.target.split("/")[-1]
         name, k = base, 1
         while name in names:
