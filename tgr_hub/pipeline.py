@@ -84,6 +84,8 @@ def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
             "num_classes": m.num_classes,
             "label_names": list(m.label_names),
             "input_size": list(m.input_size),
+            # readable names of e.g. ImageNet synsets (tgr_hub.labels); absent when there are none
+            **({"label_descriptions": dict(m.label_descriptions)} if m.label_descriptions else {}),
         }
         for m in members
     ]
