@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tgr_hub
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,7 @@ def test_quickstart_prints_the_four_method_table(tmp_path: Path) -> None:
     erm = json.loads((out / "erm" / "tgr_config.json").read_text())
     tgr = json.loads((out / "tgr" / "tgr_config.json").read_text())
     assert erm["train"]["beta"] == 0.0 and erm["group"]["strategy"] == "none" and len(erm["groups"]) == 1
+    assert erm["tgr_hub_version"] == tgr["tgr_hub_version"] == tgr_hub.__version__  # every run records its version
     assert tgr["train"]["beta"] > 0 and tgr["group"]["strategy"] == "spectral"
     assert (out / "erm" / "recovered" / "bank.safetensors").read_bytes() == \
         (out / "tgr" / "recovered" / "bank.safetensors").read_bytes()
