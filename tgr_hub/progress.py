@@ -110,7 +110,7 @@ def progress_class(file: TextIO | None = None) -> type[_std_tqdm]:
     """The bar class for output to ``file`` (default stderr).
 
     Returns:
-        ``tqdm.auto.tqdm`` in a notebook or on a terminal; :class:`LineProgress` otherwise.
+        ``tqdm.auto.tqdm`` in a notebook, the plain ``tqdm`` on a terminal, :class:`LineProgress` otherwise.
     """
     if _notebook_or_std_tqdm is not _std_tqdm:  # a notebook front end: its widget writes no carriage returns
         return _auto_tqdm
