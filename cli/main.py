@@ -29,11 +29,29 @@ RESUME_HINTS = {
 }
 
 
+def version_text() -> str:
+    """``tgr-hub X.Y.Z (python ..., torch ..., timm ...)``: what a bug report needs to name."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tgr_hub import __version__
+
+    parts = [f"python {platform.python_version()}"]
+    for package in ("torch", "timm"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return f"tgr-hub {__version__} ({', '.join(parts)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tgr-hub",
         description="Data-free meta-learning from pools of pre-trained classifiers (TGR).",
     )
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version of tgr-hub (and of python, torch, timm) and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -214,7 +214,8 @@ def test_offline_second_resolution_uses_the_cache_alone(hub, hub_cache, teachers
     assert len(hub.requests) == before
 
 
-def test_resolve_many_runs_concurrently_with_progress(hub, hub_cache, teachers, tmp_path: Path, capsys) -> None:
+def test_resolve_many_runs_concurrently_with_progress(hub, hub_cache, teachers, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tgr_hub.progress")  # stderr is no terminal here: progress is logged
     hub.inject_fault(r"^/api/models/", status=None, delay=0.4, times=3)  # slow model info calls
     hub.max_in_flight = 0
     text = "tgr-org/hub-teacher-a\ntgr-org/hub-teacher-b\ntgr-org/hub-teacher-c\ntgr-org/hub-teacher-b\n"
@@ -223,8 +224,7 @@ def test_resolve_many_runs_concurrently_with_progress(hub, hub_cache, teachers, 
     assert results[1] == results[3]  # the duplicate entry is resolved once
     info_calls = [r for r in hub.requests_matching(r"^/api/models/tgr-org/hub-teacher-b$")]
     assert len(info_calls) >= 1
-    err = capsys.readouterr().err
-    assert "resolving Hub teachers" in err and "3/3" in err
+    assert "resolving Hub teachers: 3/3 done" in caplog.text
 
 
 def test_transient_errors_are_retried(hub, hub_cache, teachers) -> None:

@@ -8,15 +8,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tgr_hub
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_quickstart_prints_the_four_method_table(tmp_path: Path) -> None:
     out = tmp_path / "qs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}  # the bars as a user gets them
+    env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run([sys.executable, "-m", "tgr_hub.cli", "quickstart", "--preset", "smoke", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, timeout=600)  # bytes: text mode reads \r as \n
     assert done.returncode == 0, done.stderr[-3000:]
+    # stderr is a pipe, not a terminal: the log is a few dozen whole lines, with no bar redraws
+    log = done.stderr.decode()
+    assert "\r" not in log and "\x1b" not in log, log[-2000:]
+    lines = log.splitlines()
+    assert 10 <= len(lines) <= 60 and all(line.strip() for line in lines), log
+    for stage in ("make-pool: 4/4 done", "recover: 4/4 done", "embed: 4/4 done", "meta-train: 4/4 done"):
+        assert stage in log, (stage, log)
+    done.stdout = done.stdout.decode()
 
     results = json.loads((out / "results.json").read_text())
     table = results["table"]
@@ -31,6 +42,7 @@ def test_quickstart_prints_the_four_method_table(tmp_path: Path) -> None:
     erm = json.loads((out / "erm" / "tgr_config.json").read_text())
     tgr = json.loads((out / "tgr" / "tgr_config.json").read_text())
     assert erm["train"]["beta"] == 0.0 and erm["group"]["strategy"] == "none" and len(erm["groups"]) == 1
+    assert erm["tgr_hub_version"] == tgr["tgr_hub_version"] == tgr_hub.__version__  # every run records its version
     assert tgr["train"]["beta"] > 0 and tgr["group"]["strategy"] == "spectral"
     assert (out / "erm" / "recovered" / "bank.safetensors").read_bytes() == \
         (out / "tgr" / "recovered" / "bank.safetensors").read_bytes()

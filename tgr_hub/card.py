@@ -351,7 +351,9 @@ def _pool_table(tgr: dict[str, Any]) -> str:
         labels = member.get("label_names") or []
         classes = member.get("num_classes", len(labels))
         if labels:
-            shown = ", ".join(str(label) for label in labels[:5]) + (", …" if len(labels) > 5 else "")
+            described = member.get("label_descriptions") or {}
+            shown = ", ".join(f"{label} ({described[label]})" if described.get(label) else str(label)
+                              for label in labels[:5]) + (", …" if len(labels) > 5 else "")
             classes = f"{classes} ({_md(shown)})"
         size = member.get("input_size")
         size_text = f"{size[-2]}×{size[-1]}" if isinstance(size, (list, tuple)) and len(size) >= 2 else ""
@@ -487,7 +489,8 @@ def build_model_card(
         space_line=space_line,
         paper=PAPER,
         paper_url=PAPER_URL,
-        version=__version__,
+        # the version that made the run (its record), not the one that happens to write the card
+        version=tgr.get("tgr_hub_version") or __version__,
     )
 
 

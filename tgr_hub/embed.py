@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
 from .errors import TgrHubError
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def _reference_fisher(
     sq_sum = {k: torch.zeros_like(v) for k, v in gparams.items()}
     n = prep.images.shape[0]
     batches = 0
-    for start in tqdm(range(0, n, chunk_size), desc="fisher (reference)", disable=not progress, leave=False):
+    for start in progress_bar(range(0, n, chunk_size), desc="fisher (reference)", disable=not progress, leave=False):
         x, y = prep.images[start : start + chunk_size], prep.targets[start : start + chunk_size]
         with torch.enable_grad():
             loss = -fn(gparams, x, y) / x.shape[0]  # mean CE of the batch
@@ -389,7 +389,7 @@ def fisher_diagonal(
         gparams = prep.grad_params()
         sq_sum = {k: torch.zeros_like(v) for k, v in gparams.items()}
         n = prep.images.shape[0]
-        for start in tqdm(range(0, n, chunk_size), desc="fisher", disable=not progress, leave=False):
+        for start in progress_bar(range(0, n, chunk_size), desc="fisher", disable=not progress, leave=False):
             with torch.enable_grad():
                 grads = per_sample_grad(gparams, prep.images[start : start + chunk_size],
                                         prep.targets[start : start + chunk_size])
@@ -437,7 +437,7 @@ def fisher_diagonal_loop(
         names = list(gparams)
         sq_sum = {k: torch.zeros_like(v) for k, v in gparams.items()}
         n = prep.images.shape[0]
-        for j in tqdm(range(n), desc="fisher (loop)", disable=not progress, leave=False):
+        for j in progress_bar(range(n), desc="fisher (loop)", disable=not progress, leave=False):
             with torch.enable_grad():
                 logp = fn(gparams, prep.images[j : j + 1], prep.targets[j : j + 1])
                 grads = torch.autograd.grad(logp, [gparams[k] for k in names], allow_unused=True)

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .data.fewshot import EpisodeSampler, ImageSplit
 from .errors import ConfigError, EmptyPoolError, TgrHubError
 from .learners import MAML, ProtoNet, make_learner
 from .metamodel import MetaModel, create_meta_model
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def evaluate_model(
     device = _model_device(model)
     samplers = {int(shot): EpisodeSampler(split, way, int(shot), query, seed=seed) for shot in shots}
     results: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=episodes * len(samplers), desc=f"evaluate {way}-way ({method})", disable=not progress,
+    bar = progress_bar(total=episodes * len(samplers), desc=f"evaluate {way}-way ({method})", disable=not progress,
                unit="ep", leave=False)
     try:
         for shot, sampler in samplers.items():

@@ -58,6 +58,7 @@ from .errors import (
     TgrHubError,
     UnknownArchitectureError,
 )
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .pool import PoolEntry
@@ -540,7 +541,7 @@ def resolve_many(
     failures: dict[int, BaseException] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(first_of))),
                             thread_name_prefix="tgr-hub-resolve") as pool, \
-            tqdm(total=len(first_of), desc="resolving Hub teachers", unit="repo", disable=not progress) as bar:
+            progress_bar(total=len(first_of), desc="resolving Hub teachers", unit="repo", disable=not progress) as bar:
         futures = {pool.submit(resolve_hub_entry, entries[i], allow_pickle=allow_pickle): key
                    for key, i in first_of.items()}
         pending = set(futures)
@@ -915,7 +916,7 @@ def push_pool(
     repo_ids = [f"{org}/{prefix}{folder.name}" for folder in teachers]
     shas: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(teachers)))) as pool, \
-            tqdm(total=len(teachers), desc=f"pushing teachers to {org}", unit="repo", disable=not progress) as bar:
+            progress_bar(total=len(teachers), desc=f"pushing teachers to {org}", unit="repo", disable=not progress) as bar:
         futures = {pool.submit(push_teacher, folder, repo_id, private=private, token=token): repo_id
                    for folder, repo_id in zip(teachers, repo_ids)}
         for future in futures:  # in order: the first failure is the one reported

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from . import __version__
 from .config import RunConfig
@@ -54,6 +53,7 @@ from .group import group_teachers
 from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
 from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
+from .progress import progress_bar
 from .train import evaluate_sharded, meta_train
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
             "num_classes": m.num_classes,
             "label_names": list(m.label_names),
             "input_size": list(m.input_size),
+            # readable names of e.g. ImageNet synsets (tgr_hub.labels); absent when there are none
+            **({"label_descriptions": dict(m.label_descriptions)} if m.label_descriptions else {}),
         }
         for m in members
     ]
@@ -222,7 +224,7 @@ def embed_pool(
         todo = [i for i in dist.shard(len(members)) if not (parts / f"t{i:05d}.safetensors").is_file()]
         if todo:
             probe = make_probe(cfg).to(dist.device)
-            for i in tqdm(todo, desc="embed", disable=not progress, dynamic_ncols=True):
+            for i in progress_bar(todo, desc="embed", disable=not progress, dynamic_ncols=True):
                 _save_safetensors(_embed_one(probe, members[i], i, bank, cfg), parts / f"t{i:05d}.safetensors")
         dist.barrier()
         if dist.is_main:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import EmptyPoolError, NotAClassifierError, PoolError, PoolSyntaxError, TeacherNotFoundError
+from .labels import resolve_label_names
 from .models.hub_layout import create_from_folder
 
 __all__ = ["PoolEntry", "PoolMember", "PoolListNotFoundError", "parse_pool_list", "parse_pool_text", "load_pool",
@@ -177,12 +178,15 @@ class PoolMember:
         source: the entry as written in the list (or a path / repo id when loaded directly).
         model: eval mode, ``requires_grad`` False; ``model(normalized [B,C,H,W]) -> [B, num_classes]``.
         architecture: timm architecture name.
-        label_names: ``num_classes`` class names.
+        label_names: ``num_classes`` class names: the config's, timm's ImageNet synsets for an
+            ImageNet classifier without them, else ``NAME:INDEX`` (:func:`tgr_hub.labels.resolve_label_names`).
         input_size: ``(C, H, W)`` the model was trained at.
         mean, std: per-channel normalisation of the model's inputs.
         revision: commit sha for Hub entries.
         folder: the local folder the weights were read from.
         config: the folder's ``config.json``.
+        label_descriptions: readable descriptions of label names that have one, e.g. ImageNet's
+            ``{"n01440764": "tench, Tinca tinca"}`` (see :mod:`tgr_hub.labels`).
     """
 
     name: str
@@ -196,6 +200,7 @@ class PoolMember:
     revision: str | None = None
     folder: Path | None = None
     config: dict = field(default_factory=dict, repr=False)
+    label_descriptions: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -273,7 +278,7 @@ def member_from_folder(
     if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
         raise NotAClassifierError(f"{folder}/config.json: mean/std must have {channels} values (std > 0), got {mean}, {std}")
     name = name or folder.name
-    labels = config["label_names"] or [f"{name}:{i}" for i in range(config["num_classes"])]
+    labels = resolve_label_names(config, name)  # its own names, timm's ImageNet synsets, or name:index
     model.requires_grad_(False)
     model.eval()
     return PoolMember(
@@ -281,13 +286,14 @@ def member_from_folder(
         source=source if source is not None else str(folder),
         model=model,
         architecture=config["architecture"],
-        label_names=list(labels),
+        label_names=labels.names,
         input_size=(size[0], size[1], size[2]),
         mean=mean,
         std=std,
         revision=revision,
         folder=folder,
         config=config,
+        label_descriptions=labels.descriptions,
     )
 
 
@@ -389,12 +395,12 @@ def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = 
         if key in seen:
             _logger.warning("%s: %s repeats line %d; it will be loaded twice", entry.where, entry.source, seen[key])
         seen.setdefault(key, entry.line)
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     resolved = _resolve_hub_entries(entries, allow_pickle, progress)
     members: list[PoolMember] = []
     names: set[str] = set()
-    for entry in tqdm(entries, desc="loading pool", unit="teacher", disable=not progress):
+    for entry in progress_bar(entries, desc="loading pool", unit="teacher", disable=not progress):
         base = Path(entry.target).name if entry.kind == "local" else entry.target.split("/")[-1]
         name, k = base, 1
         while name in names:

@@ -42,11 +42,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import RecoverConfig
 from .errors import EpisodeError, RunFolderError, TgrHubError
 from .models.generator import Generator
+from .progress import progress_bar
 
 if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
     from .pool import PoolMember
@@ -325,7 +325,7 @@ def recover_task(
         for p in model.parameters():
             p.requires_grad_(False)  # gradients flow to the images only
         with bn_loss:
-            bar = tqdm(range(cfg.steps), desc=f"recover {member.name}", disable=not progress, leave=False)
+            bar = progress_bar(range(cfg.steps), desc=f"recover {member.name}", disable=not progress, leave=False)
             for step in bar:
                 images = generator(z)
                 logits = model(member.normalize(random_crop_flip(images, pad, aug_rng)))
@@ -426,7 +426,7 @@ def recover_teachers(
             for r in range(bank.tasks_of(m.name), count)]
     given = dict(generators or {})
     kept: dict[str, Generator] = {}
-    bar = tqdm(total=len(plan), desc="recover", disable=not progress)
+    bar = progress_bar(total=len(plan), desc="recover", disable=not progress)
     try:
         for i, member, r in plan:
             seq = np.random.SeedSequence([int(seed), i, r])

@@ -269,7 +269,7 @@ def train_teacher(
     Returns:
         The trained model in eval mode.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     model = create_teacher_model(spec.architecture, len(spec.classes), spec.image_size, spec.seed)
     normalize = _normalizer(mean, std)
@@ -289,7 +289,7 @@ def train_teacher(
     else:  # too few steps for a schedule: constant learning rate
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model.train()
-    bar = tqdm(total=total, desc=f"{spec.name} {spec.architecture}", unit="step", leave=False, disable=not progress)
+    bar = progress_bar(total=total, desc=f"{spec.name} {spec.architecture}", unit="step", leave=False, disable=not progress)
     for _ in range(spec.epochs):
         order = torch.randperm(n, generator=g)
         for s in range(steps_per_epoch):
@@ -401,7 +401,7 @@ def make_pool(
         DatasetError: the data cannot be loaded, or a domain has too few classes.
     """
     import timm
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     from .config import PoolBuildConfig
 
@@ -431,7 +431,7 @@ def make_pool(
                  teachers, split.num_classes, dataset, mean, std)
 
     reports: list[TeacherReport] = []
-    bar = tqdm(specs, desc="make-pool", unit="teacher", disable=not progress)
+    bar = progress_bar(specs, desc="make-pool", unit="teacher", disable=not progress)
     for spec in bar:
         folder = out / spec.name
         existing = _read_existing(folder, spec)

@@ -59,7 +59,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import ImageSplit
@@ -82,6 +81,7 @@ from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
 from .recover import MemoryBank
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ def evaluate_sharded(
     results: dict[str, dict[str, Any]] = {}
     world_rank = (dist.world, dist.rank) if dist is not None else (1, 0)
     mine = list(range(world_rank[1], episodes, world_rank[0]))
-    bar = tqdm(total=len(mine) * len(shots), desc=f"{desc} {way}-way ({method})", disable=not progress,
+    bar = progress_bar(total=len(mine) * len(shots), desc=f"{desc} {way}-way ({method})", disable=not progress,
                unit="ep", leave=False)
     try:
         for shot in shots:
@@ -698,7 +698,7 @@ def meta_train(
     if start == 0:
         trainer.validate(0)
 
-    bar = tqdm(range(start, cfg.iterations), desc="meta-train", disable=not progress, dynamic_ncols=True,
+    bar = progress_bar(range(start, cfg.iterations), desc="meta-train", disable=not progress, dynamic_ncols=True,
                initial=start, total=cfg.iterations)
     for step in bar:
         done = step + 1

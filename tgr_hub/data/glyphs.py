@@ -512,13 +512,13 @@ def _check_args(seed: int, image_size: int, instances: int) -> None:
 def _render_all(classes: list[GlyphClass], seed: int, image_size: int, instances: int,
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw every instance: ``([N, S, S, 3] uint8, [N] int64 class ids)``, class by class."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     images = np.empty((len(classes) * instances, image_size, image_size, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), instances)
     domain_index = {d: i for i, d in enumerate(GLYPH_DOMAINS)}
     row = 0
-    for label, cls in enumerate(tqdm(classes, desc="rendering glyphs", unit="class", disable=None)):
+    for label, cls in enumerate(progress_bar(classes, desc="rendering glyphs", unit="class", disable=None)):
         # one stream per class, keyed by the character (not its position): stable classes keep their images
         rng = np.random.default_rng([seed, domain_index[cls.domain], cls.codepoint])
         first = int(rng.integers(len(cls.fonts)))

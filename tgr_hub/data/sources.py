@@ -303,10 +303,10 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
     images: list[np.ndarray] = []
     new_labels: list[int] = []
     parts = [predefined[split]] if predefined is not None else list(splits)
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     total = sum(int(np.isin(codes[k], members).sum()) for k in parts)
-    with tqdm(total=total, desc=f"decoding {name} {split}", unit="img", disable=None) as bar:
+    with progress_bar(total=total, desc=f"decoding {name} {split}", unit="img", disable=None) as bar:
         for k in parts:
             rows = np.nonzero(np.isin(codes[k], members))[0]
             if len(rows) == 0:
