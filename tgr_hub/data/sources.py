@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the conversion (resizing, split rule) changes: old caches are then ignored.
 SOURCE_CACHE_VERSION = 2
+#: Images decoded per batch: a batch's encoded images are the only memory beside the uint8 result.
+DECODE_BATCH = 64
 _IMAGE_NAMES = ("image", "img", "picture", "photo", "pixel_values")
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "category", "target", "y")
 _SPLIT_KEYS = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
@@ -409,7 +411,7 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
             if len(rows) == 0:
                 continue
             subset = splits[k].select(rows.tolist()).select_columns([image_column])
-            for batch_start, batch in zip(range(0, len(rows), 256), subset.iter(batch_size=256)):
+            for batch_start, batch in zip(range(0, len(rows), DECODE_BATCH), subset.iter(batch_size=DECODE_BATCH)):
                 for offset, image in enumerate(batch[image_column]):
                     if image is None:
                         raise DatasetError(f"dataset {source!r} has an empty image in split {k!r}")
