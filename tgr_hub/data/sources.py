@@ -8,11 +8,13 @@ A source is one of
 * a Hub dataset id (``org/name``, optionally ``org/name@revision``) with an image column and a
   label column (needs the network, or the ``datasets`` cache with ``HF_HUB_OFFLINE=1``).
 
-Few-shot learning needs *class*-disjoint meta-train / meta-val / meta-test splits. If the
-dataset already has train / validation / test splits with disjoint label sets (a few-shot
+Few-shot learning needs *class*-disjoint meta-train / meta-val / meta-test splits. A class
+split given explicitly (a JSON file or a built-in one, :mod:`.class_splits`) is used first; else,
+if the dataset already has train / validation / test splits with disjoint label sets (a few-shot
 benchmark, or a saved glyph benchmark) they are used as they are; otherwise every image is
-pooled and the classes are split 60/20/20 with the seed. The decoded, resized images are
-cached as safetensors under ``<cache_dir>/datasets/``.
+pooled and the classes are split 60/20/20 with the seed. A Hub dataset is pinned to the commit
+it resolves to (:mod:`.hub_datasets`). The decoded, resized images (uint8) are cached as
+safetensors under ``<cache_dir>/datasets/``, keyed by content (a Hub commit), image size and split rule.
 """
 
 from __future__ import annotations
@@ -370,7 +372,8 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
     predefined = _predefined_splits(splits, codes) if rule is None else None
     if rule is not None:
         assignment = rule.assign(names, ids)
-        members = [c for c in assignment[split] if c in set(present)]
+        with_images = set(present)
+        members = [c for c in assignment[split] if c in with_images]
         used = rule.name
     elif predefined is not None:
         members = sorted({int(c) for c in codes[predefined[split]].tolist()})
@@ -393,7 +396,7 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
         raise DatasetError(f"dataset {source!r} has no {split} classes"
                            + (f" in domains {list(domains)} (its domains: {', '.join(known)})" if domains else ""),
                            hint="it needs at least 3 classes for class-disjoint train/val/test splits"
-                           if not domains else "drop the domain filter for non-glyph datasets")
+                           if not domains else "drop the domain filter (make-pool: --domains '*' takes every domain)")
 
     relabel = {c: i for i, c in enumerate(members)}
     parts = [predefined[split]] if predefined is not None else list(splits)
