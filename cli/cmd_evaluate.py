@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--domains", type=_csv, default=None, help="comma-separated domains to keep (default: all)")
     parser.add_argument("--image-size", type=int, default=None, help="image size of the dataset (default: data.image_size)")
     parser.add_argument("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/tgr_hub)")
+    parser.add_argument("--class-split", default=None, metavar="FILE|NAME",
+                        help="a built-in class split (cub-200) or a JSON file {\"train\": [...], \"validation\": [...], \"test\": [...]} of class names or ids, instead of the dataset's own splits or the seeded 60/20/20 one")
     parser.add_argument("--way", type=int, default=None, help="classes per episode (default 5)")
     parser.add_argument("--shot", type=int, action="append", default=None,
                         help="support images per class; repeat for several settings (default: 1 and 5)")
@@ -58,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace):
     data: dict[str, Any] = {}
-    for key, flag in (("dataset", "dataset"), ("image_size", "image_size"), ("cache_dir", "cache_dir")):
+    for key, flag in (("dataset", "dataset"), ("image_size", "image_size"), ("cache_dir", "cache_dir"),
+                      ("class_split", "class_split")):
         if getattr(args, flag) is not None:
             data[key] = getattr(args, flag)
     evaluation: dict[str, Any] = {}
@@ -106,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     model.to(device)
     split = load_split(cfg.data.dataset, cfg.eval.split, domains=args.domains, image_size=cfg.data.image_size,
-                       seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
-    say(f"evaluating {name} on {cfg.data.dataset} {cfg.eval.split} ({split.num_classes} classes): "
+                       seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+    pinned = f" (commit {split.revision[:12]})" if split.revision else ""
+    say(f"evaluating {name} on {cfg.data.dataset}{pinned} {cfg.eval.split} ({split.num_classes} classes): "
         f"{cfg.eval.way}-way, {cfg.eval.query} queries, {cfg.eval.episodes} episodes, seed {cfg.seed}")
     start = time.perf_counter()
     results = evaluate_model(
@@ -127,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             "pool": args.pool,
             "architecture": model.architecture,
             "dataset": cfg.data.dataset,
+            "dataset_revision": split.revision,
+            "class_split": split.class_split,
             "split": cfg.eval.split,
             "domains": args.domains,
             "seed": cfg.seed,

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="pool folder (teachers t00, t01, ... and repo-list.txt)")
     parser.add_argument("--dataset", default=None, help="glyphs (built in), a local image folder, or a Hub dataset id")
-    parser.add_argument("--domains", type=_csv, default=None, help="comma-separated domains, e.g. latin,greek")
+    parser.add_argument("--domains", type=_csv, default=None,
+                        help="comma-separated domains, e.g. latin,greek; '*' for every domain of the dataset")
     parser.add_argument("--archs", type=_csv, default=None, help="comma-separated timm architectures, e.g. conv4,resnet10t")
     parser.add_argument("--teachers", type=int, default=None, help="number of teachers")
     parser.add_argument("--way", type=int, default=None, help="classes per teacher")
@@ -36,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
     parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
     parser.add_argument("--data-seed", type=int, default=None, help="seed of the class split of non-glyph datasets")
+    parser.add_argument("--class-split", default=None, metavar="FILE|NAME",
+                        help="a built-in class split (cub-200) or a JSON file {\"train\": [...], \"validation\": [...], \"test\": [...]} of class names or ids, instead of the dataset's own splits or the seeded 60/20/20 one")
     parser.add_argument("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/tgr_hub)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads while training (default 1: fastest for small teachers, even on a busy CPU; "
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         data["seed"] = args.data_seed
     if args.cache_dir is not None:
         data["cache_dir"] = args.cache_dir
+    if args.class_split is not None:
+        data["class_split"] = args.class_split
     cfg = config_from_args(args, {"pool": pool, "data": data})
 
     started = time.perf_counter()
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         out, dataset=cfg.data.dataset, domains=cfg.pool.domains, archs=cfg.pool.archs, teachers=cfg.pool.teachers,
         way=cfg.pool.way, epochs=cfg.pool.epochs, seed=cfg.seed, batch_size=cfg.pool.batch_size, lr=cfg.pool.lr,
         data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, image_size=cfg.data.image_size,
-        num_threads=args.threads or None, progress=not args.no_progress,
+        num_threads=args.threads or None, progress=not args.no_progress, class_split=cfg.data.class_split,
     )
     elapsed = time.perf_counter() - started
     say(format_table(reports))

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     pool = cfg.pool
     make_pool(out / "pool", dataset=cfg.data.dataset, domains=pool.domains, archs=pool.archs, teachers=pool.teachers,
               way=pool.way, epochs=pool.epochs, seed=cfg.seed, batch_size=pool.batch_size, lr=pool.lr,
-              data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
+              data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, image_size=cfg.data.image_size,
+              class_split=cfg.data.class_split)
     timings["make-pool"] = time.perf_counter() - start
     repo_list = out / "pool" / "repo-list.txt"
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     test = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size, seed=cfg.data.seed,
-                      cache_dir=cfg.data.cache_dir)
+                      cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
     eval_kwargs = dict(way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query, episodes=cfg.eval.episodes,
                        learner=cfg.train.learner, seed=cfg.seed)
     rows = {

@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--pool", required=True, help="repo-list.txt naming the teachers")
     parser.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    parser.add_argument("--dataset", default=None,
+                        help="meta-val / meta-test episodes: glyphs (built in), a local image folder, or a Hub "
+                             "dataset id org/name[@revision] (data.dataset)")
+    parser.add_argument("--class-split", default=None, metavar="FILE|NAME",
+                        help="a built-in class split (cub-200) or a JSON file of class lists (data.class_split)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept pickled teacher weights (loaded with weights_only=True)")
     parser.add_argument("--no-test", action="store_true", help="skip the final meta-test evaluation")
@@ -69,7 +74,8 @@ def child_arguments(args: argparse.Namespace) -> list[str]:
             argv.append(flag)
     for flag, value in (("--mixed-precision", args.mixed_precision), ("--push", args.push),
                         ("--space", args.space), ("--preset", args.preset), ("--config", args.config),
-                        ("--seed", args.seed)):
+                        ("--seed", args.seed), ("--recipe", args.recipe), ("--dataset", args.dataset),
+                        ("--class-split", args.class_split)):
         if value is not None:
             argv += [flag, str(value)]
     for tracker in args.log_with or []:
@@ -88,10 +94,17 @@ def _mixed_precision_values(args: argparse.Namespace) -> dict:
     return {"train": {"mixed_precision": chosen}} if chosen else {}
 
 
+def _data_values(args: argparse.Namespace) -> dict:
+    """``--dataset`` and ``--class-split`` as config values."""
+    data = {key: value for key, value in (("dataset", args.dataset), ("class_split", args.class_split))
+            if value is not None}
+    return {"data": data} if data else {}
+
+
 def run(args: argparse.Namespace) -> int:
     from tgr_hub.errors import ConfigError
 
-    cfg = config_from_args(args, _mixed_precision_values(args))
+    cfg = config_from_args(args, {**_mixed_precision_values(args), **_data_values(args)})
     if args.space and not args.push:
         raise ConfigError("--space needs --push REPO_ID (the Space loads the pushed meta-model)")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tgr_hub.config import PRESETS, RunConfig, load_config
+from tgr_hub.recipes import RECIPES
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -20,6 +21,9 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None 
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one setting, e.g. --set train.beta=0 (repeatable)")
     group.add_argument("--seed", type=int, default=None, help="random seed of the whole run")
+    group.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                       help="a paper benchmark (dataset, image size, class split, teacher pool; default preset "
+                            "paper), applied over --preset; flags and --set still override it")
 
 
 def config_from_args(args: argparse.Namespace, values: dict[str, Any] | None = None) -> RunConfig:
@@ -27,7 +31,8 @@ def config_from_args(args: argparse.Namespace, values: dict[str, Any] | None = N
     values = dict(values or {})
     if getattr(args, "seed", None) is not None:
         values["seed"] = args.seed
-    return load_config(preset=args.preset, path=args.config, overrides=args.overrides, values=values)
+    return load_config(preset=args.preset, path=args.config, overrides=args.overrides, values=values,
+                       recipe=getattr(args, "recipe", None))
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -51,6 +51,7 @@ os.environ.update({
     "HF_ENDPOINT": HUB.url,
     "HF_HOME": _HF_HOME,
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",  # uploads take the LFS path the test server speaks (no Xet storage)
     "HF_HUB_DISABLE_UPDATE_CHECK": "1",
     "TGR_HUB_RETRY_WAIT": "0.05",  # keep retry tests fast; the library default is 1 s
 })

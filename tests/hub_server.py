@@ -23,6 +23,9 @@ mocking it:
                                                     Hub: a 302 to a signed "CDN" URL on another
                                                     origin with X-Linked-Etag / X-Linked-Size
     HEAD/GET /cdn/{sha256}?sig=...                  the "CDN" (never needs the token)
+    POST /[datasets/]{id}.git/info/lfs/objects/batch LFS upload actions (dataset shards: preupload
+                                                    answers "lfs" for .parquet/.arrow in dataset repos)
+    PUT  /lfs-upload/{sha256}?sig=...               the LFS object store (content checked by sha256)
 
 Storage is in memory: content-addressed blobs (git blob sha1), commits with 40-hex ids,
 branches and tags. Access control mirrors the Hub: private repositories answer 401/404
@@ -61,6 +64,8 @@ GITATTRIBUTES = (
 # Files served the way the Hub serves LFS files (redirect to the CDN with X-Linked-* headers).
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".png", ".jpg", ".jpeg", ".h5", ".msgpack", ".onnx")
 LFS_MIN_SIZE = 10 * 1024 * 1024
+# Files of dataset repositories uploaded through the LFS batch API (see :func:`_upload_mode`).
+DATASET_LFS_SUFFIXES = (".parquet", ".arrow")
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
@@ -76,6 +81,12 @@ def _now() -> str:
 
 def _is_lfs(path: str, content: bytes) -> bool:
     return path.lower().endswith(LFS_SUFFIXES) or len(content) >= LFS_MIN_SIZE or b"\0" in content[:8000]
+
+
+def _upload_mode(repo_type: str, path: str) -> str:
+    """What ``preupload`` answers: dataset shards go through LFS (as ``datasets.push_to_hub`` needs,
+    since it deletes each shard once pre-uploaded); everything else travels inside the commit."""
+    return "lfs" if repo_type == "dataset" and path.lower().endswith(DATASET_LFS_SUFFIXES) else "regular"
 
 
 def _lfs_pointer(content: bytes) -> bytes:
@@ -450,6 +461,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
         if parts[:1] == ["cdn"] and len(parts) == 2 and method in ("GET", "HEAD"):
             return self._cdn(parts[1], query)
+        if self._route_lfs(method, parts, query):
+            return None
         if parts[:1] != ["api"]:
             # /[datasets|spaces/]ns/name/resolve/rev/path...
             repo_type = "model"
@@ -715,7 +728,7 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self.hub.repos[(repo_type, repo_id)]
             commit = repo.resolve(revision)
             current = commit.files if commit else {}
-            files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+            files = [{"path": f["path"], "uploadMode": _upload_mode(repo_type, f["path"]), "shouldIgnore": False,
                       "oid": current.get(f["path"])} for f in payload.get("files", [])]
             head = commit.oid if commit else None
         self._json({"files": files, "commitOid": head})
@@ -853,3 +866,51 @@ class _Handler(BaseHTTPRequestHandler):
         if content is None:
             raise HubError(404, "No such object")
         self._send_content(content, {"ETag": f'"{sha256}"'})
+
+    # --- LFS uploads (git-lfs batch API, as huggingface_hub's non-Xet upload path uses it) ----
+
+    def _route_lfs(self, method: str, parts: list[str], query: dict[str, list[str]]) -> bool:
+        """Handle the LFS routes; False when ``parts`` is none of them.
+
+        ``POST /[datasets/|spaces/]ns/name.git/info/lfs/objects/batch`` answers upload actions;
+        ``PUT /lfs-upload/{sha256}?sig=...`` receives the content (stored by sha256, so a commit's
+        ``lfsFile`` operation finds it).
+        """
+        if parts[:1] == ["lfs-upload"] and len(parts) == 2 and method == "PUT":
+            self._lfs_upload(parts[1], query)
+            return True
+        rest, repo_type = parts, "model"
+        if rest and rest[0] in ("datasets", "spaces"):
+            repo_type, rest = REPO_TYPES[rest[0]], rest[1:]
+        if (len(rest) == 6 and rest[1].endswith(".git") and rest[2:] == ["info", "lfs", "objects", "batch"]
+                and method == "POST"):
+            self._lfs_batch(repo_type, f"{rest[0]}/{rest[1][:-4]}")
+            return True
+        return False
+
+    def _lfs_batch(self, repo_type: str, repo_id: str) -> None:
+        payload = json.loads(self._body() or b"{}")
+        self._writable(repo_type, repo_id)
+        if payload.get("operation") != "upload":
+            raise HubError(400, "only LFS uploads are supported by the test server")
+        objects = []
+        for item in payload.get("objects", []):
+            oid, size = str(item["oid"]), int(item["size"])
+            entry: dict[str, Any] = {"oid": oid, "size": size}
+            with self.hub.lock:
+                known = self.hub.blob_by_sha256(oid) is not None
+            if not known:  # already-stored objects get no action, as on the Hub
+                entry["actions"] = {"upload": {
+                    "href": f"{self.hub.url}/lfs-upload/{oid}?sig={self.hub.sign(oid)}", "header": {}}}
+            objects.append(entry)
+        self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+
+    def _lfs_upload(self, sha256: str, query: dict[str, list[str]]) -> None:
+        if not hmac.compare_digest(query.get("sig", [""])[0], self.hub.sign(sha256)):
+            raise HubError(403, "Signature does not match")
+        content = self._body()
+        if hashlib.sha256(content).hexdigest() != sha256:
+            raise HubError(400, "uploaded content does not match its sha256")
+        with self.hub.lock:
+            self.hub._store(content)
+        self._send(200, b"")

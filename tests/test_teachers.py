@@ -115,8 +115,8 @@ def test_unknown_architecture_is_refused(tmp_path):
     with pytest.raises(UnknownArchitectureError, match="unknown architecture 'resnet_nope'"):
         make_pool(tmp_path, domains=["latin"], archs=["conv4", "resnet_nope"], teachers=2, way=3, epochs=1, seed=0,
                   progress=False)
-    with pytest.raises(ConfigError, match="cannot build a conv4 teacher for 40px images"):
-        make_pool(tmp_path, domains=["latin"], archs=["conv4"], teachers=1, way=3, epochs=1, seed=0, image_size=40,
+    with pytest.raises(ConfigError, match="cannot build a conv4 teacher for 12px images"):
+        make_pool(tmp_path, domains=["latin"], archs=["conv4"], teachers=1, way=3, epochs=1, seed=0, image_size=12,
                   progress=False)
     assert not (tmp_path / "repo-list.txt").exists()
 

@@ -34,6 +34,7 @@ class DataConfig:
     image_size: int = 32
     cache_dir: str | None = None  # default: ~/.cache/tgr_hub
     seed: int = 0  # seeds the class-disjoint split (and, for glyphs, the rendering augmentations)
+    class_split: str | None = None  # a built-in class split (cub-200) or a JSON file of class lists
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
@@ -178,6 +179,7 @@ class RunConfig:
 
     seed: int = 0
     preset: str = "quick"
+    recipe: str | None = None  # a paper benchmark recipe (tgr_hub.recipes), applied over the preset
     data: DataConfig = field(default_factory=DataConfig)
     pool: PoolBuildConfig = field(default_factory=PoolBuildConfig)
     recover: RecoverConfig = field(default_factory=RecoverConfig)
@@ -344,24 +346,35 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     values: dict[str, Any] | None = None,
+    recipe: str | None = None,
 ) -> RunConfig:
-    """Build a validated :class:`RunConfig`: defaults < preset < file < values < overrides.
+    """Build a validated :class:`RunConfig`: defaults < preset < recipe < file < values < overrides.
 
     Args:
-        preset: one of :data:`PRESETS` (``smoke``, ``quick``, ``paper``); default ``quick``
-            unless the file names one.
+        preset: one of :data:`PRESETS` (``smoke``, ``quick``, ``paper``); default: the file's,
+            else the recipe's (``paper``), else ``quick``.
+        recipe: a paper benchmark of :data:`tgr_hub.recipes.RECIPES` (dataset, image size,
+            class split, teacher architectures and pool size); default: the file's, if any.
         path: a YAML or JSON file (e.g. a saved ``tgr_config.json``).
         overrides: ``section.key=value`` strings, values parsed as YAML scalars.
         values: a nested dict applied after the file (used by CLI flags).
     """
     file_values = read_config_file(path) if path is not None else {}
-    for extra in ("pool_members", "groups", "metrics", "history", "timings_s", "tgr_hub_version"):
+    for extra in ("pool_members", "groups", "metrics", "history", "timings_s", "tgr_hub_version", "data_source"):
         file_values.pop(extra, None)  # a saved tgr_config.json carries run results too
-    name = preset or file_values.get("preset") or "quick"
+    recipe = recipe or file_values.get("recipe")
+    recipe_values: dict[str, Any] = {}
+    if recipe:
+        from .recipes import get_recipe
+
+        chosen = get_recipe(recipe)
+        recipe_values = chosen.config_values()
+    name = preset or file_values.get("preset") or (chosen.preset if recipe else None) or "quick"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    merged: dict[str, Any] = _merge(PRESETS[name], file_values)
+    merged: dict[str, Any] = _merge(_merge(PRESETS[name], recipe_values), file_values)
     merged["preset"] = name
+    merged["recipe"] = recipe or None
     if values:
         merged = _merge(merged, values)
     for text in overrides or []:

@@ -372,7 +372,7 @@ def run_tgr(
     start = time.perf_counter()
     with dist.local_main_first():
         val_split = load_split(cfg.data.dataset, "val", image_size=cfg.data.image_size, seed=cfg.data.seed,
-                               cache_dir=cfg.data.cache_dir)
+                               cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
     if log_with:
         dist.accelerator.init_trackers("tgr-hub", config=_flat_config(cfg.to_dict()))
     model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
@@ -388,7 +388,7 @@ def run_tgr(
         start = time.perf_counter()
         with dist.local_main_first():
             test_split = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size,
-                                    seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
+                                    seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
         model.eval()
         metrics[cfg.eval.split] = evaluate_sharded(
             model, test_split, way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query,
@@ -402,6 +402,9 @@ def run_tgr(
         tgr_config = {
             **cfg.to_dict(),
             "tgr_hub_version": __version__,
+            # the dataset as resolved: a Hub dataset's commit, and which class split was used
+            "data_source": {"dataset": cfg.data.dataset, "revision": val_split.revision,
+                            "class_split": val_split.class_split},
             "pool_members": describe_pool(members),
             "groups": [[members[i].name for i in group] for group in groups],
             "metrics": metrics,

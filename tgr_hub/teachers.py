@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.fewshot import channel_stats
 from .errors import ConfigError, DatasetError, UnknownArchitectureError
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, save_timm_folder
+from .recipes import ALL_DOMAINS
 
 __all__ = ["torch_threads", "TeacherSpec", "TeacherReport", "plan_teachers", "train_teacher", "make_pool", "format_table",
            "split_heldout"]
@@ -368,6 +370,7 @@ def make_pool(
     image_size: int = 32,
     num_threads: int | None = 1,
     progress: bool = True,
+    class_split: str | None = None,
 ) -> list[TeacherReport]:
     """Train ``teachers`` teachers and write the pool folder.
 
@@ -380,13 +383,14 @@ def make_pool(
         out: pool folder.
         dataset: ``"glyphs"`` or any dataset :func:`tgr_hub.data.load_split` reads; teachers
             use its meta-train split only.
-        domains: domains to draw teachers' classes from (each teacher: one domain).
+        domains: domains to draw teachers' classes from (each teacher: one domain); ``["*"]``:
+            every domain of the dataset (a Hub benchmark's single domain is its name).
         archs: timm architecture names (``conv4`` included).
         teachers: number of teachers.
         way: classes per teacher.
         epochs, batch_size, lr: training (AdamW, one-cycle schedule, random translations).
         seed: seeds classes, held-out images, initialisation and batches of every teacher.
-        data_seed, cache_dir, image_size: passed to :func:`tgr_hub.data.load_split`.
+        data_seed, cache_dir, image_size, class_split: passed to :func:`tgr_hub.data.load_split`.
         num_threads: torch CPU threads while training, restored afterwards (None: leave torch's
             setting). Teachers are small: on a 2-core CPU one thread trains them about as fast as
             two when the machine is idle, and several times faster when it is busy (OpenMP
@@ -418,15 +422,18 @@ def make_pool(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    split = load_split(dataset, "train", domains=list(domains), image_size=image_size, seed=data_seed,
-                       cache_dir=cache_dir)
+    every_domain = list(domains) == [ALL_DOMAINS]
+    split = load_split(dataset, "train", domains=None if every_domain else list(domains), image_size=image_size,
+                       seed=data_seed, cache_dir=cache_dir, class_split=class_split)
+    if every_domain:
+        domains = split.domains()
     specs = plan_teachers(split.class_names, split.class_domains, domains=domains, archs=archs, teachers=teachers,
                           way=way, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
                           image_size=split.image_size, dataset=dataset, data_seed=data_seed)
     # the teachers' normalisation: per-channel statistics of the meta-train images they come from
-    sample = split.images[:: max(1, len(split) // 4096)].float() / 255.0
-    mean = tuple(round(float(v), 4) for v in sample.mean(dim=(0, 2, 3)))
-    std = tuple(round(max(float(v), 1e-3), 4) for v in sample.std(dim=(0, 2, 3)))
+    channel_mean, channel_std = channel_stats(split.images[:: max(1, len(split) // 4096)])
+    mean = tuple(round(float(v), 4) for v in channel_mean)
+    std = tuple(round(max(float(v), 1e-3), 4) for v in channel_std)
     _logger.info("make-pool: %d teachers from %d meta-train classes of %s; mean %s std %s",
                  teachers, split.num_classes, dataset, mean, std)
 
@@ -483,6 +490,7 @@ def make_pool(
         "dataset": dataset, "domains": list(domains), "archs": list(archs), "teachers": teachers, "way": way,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "data_seed": data_seed,
         "image_size": split.image_size, "mean": list(mean), "std": list(std),
+        "dataset_revision": split.revision, "class_split": split.class_split,
         "seconds": round(time.perf_counter() - started, 2),
         "members": [{k: v for k, v in asdict(r).items() if k != "spec"} for r in reports],
     }

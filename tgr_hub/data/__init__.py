@@ -32,7 +32,8 @@ __all__ = [
 
 
 def load_split(dataset: str = GLYPHS, split: str = "test", *, domains: list[str] | None = None,
-               image_size: int = 32, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> ImageSplit:
+               image_size: int = 32, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+               class_split: str | None = None) -> ImageSplit:
     """One class-disjoint split (meta-train, meta-val or meta-test) of a dataset.
 
     Args:
@@ -46,6 +47,8 @@ def load_split(dataset: str = GLYPHS, split: str = "test", *, domains: list[str]
         seed: glyphs: the benchmark's seed (class split and augmentations); other datasets:
             the seed of their class split.
         cache_dir: cache root (default ``$TGR_HUB_CACHE`` or ``~/.cache/tgr_hub``).
+        class_split: not for glyphs: a built-in class split (``cub-200``) or a JSON file of
+            class lists, used instead of the dataset's own splits or the seeded 60/20/20 one.
 
     Returns:
         The split: ``images`` ``[N, 3, H, W]`` uint8, ``labels`` ``[N]`` in ``0..C-1``.
@@ -54,7 +57,13 @@ def load_split(dataset: str = GLYPHS, split: str = "test", *, domains: list[str]
         DatasetError: unknown split or domain, unreadable dataset, or no class in the split.
     """
     if dataset == GLYPHS:
+        if class_split:
+            from ..errors import DatasetError
+
+            raise DatasetError("the glyph benchmark has its own class split; --class-split is for other datasets",
+                               hint="drop --class-split (data.class_split) or pick another --dataset")
         return load_glyph_split(split, domains=domains, image_size=image_size, seed=seed, cache_dir=cache_dir)
     from .sources import load_source_split  # imports `datasets` only when needed
 
-    return load_source_split(dataset, split, domains=domains, image_size=image_size, seed=seed, cache_dir=cache_dir)
+    return load_source_split(dataset, split, domains=domains, image_size=image_size, seed=seed, cache_dir=cache_dir,
+                             class_split=class_split)

@@ -75,6 +75,31 @@ def split_classes(num_classes: int, seed: int, fractions: tuple[float, float, fl
     }
 
 
+def channel_stats(images: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std of uint8 images, as values in [0, 1].
+
+    Accumulated in float64 over chunks of ``chunk`` images, so memory stays at one float chunk
+    whatever the number and size of the images.
+
+    Args:
+        images: ``[N, C, H, W]`` uint8, N * H * W >= 2.
+
+    Returns:
+        ``(mean [C], std [C])`` float64.
+    """
+    assert images.dtype == torch.uint8 and images.dim() == 4, "channel_stats expects [N, C, H, W] uint8"
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros(images.shape[1], dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        block = images[start:start + chunk].to(torch.float64).div_(255.0)
+        total += block.sum(dim=(0, 2, 3))
+        squares += block.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    variance = (squares - count * mean.square()) / max(count - 1, 1)
+    return mean, variance.clamp_min(0).sqrt()
+
+
 @dataclass
 class ImageSplit:
     """All images of one class-disjoint split.
@@ -84,12 +109,17 @@ class ImageSplit:
         labels: ``[N]`` int64, class index within this split, in ``0..C-1``.
         class_names: ``[C]`` names, e.g. ``"latin/A"``.
         class_domains: ``[C]`` domain of each class, e.g. ``"latin"``.
+        revision: the commit a Hub dataset resolved to (None otherwise).
+        class_split: how its classes were assigned to train / val / test (``dataset`` for the
+            dataset's own splits, ``seeded-60/20/20:SEED``, ``builtin:NAME``, ``file:PATH``; None: unknown).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     class_domains: list[str]
+    revision: str | None = None
+    class_split: str | None = None
     _by_class: list[torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

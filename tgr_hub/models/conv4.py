@@ -44,8 +44,8 @@ class Conv4(nn.Module):
         num_classes: size of the linear head; 0 makes the model a feature extractor.
         in_chans: input channels.
         width: channels of every block (reference 32).
-        img_size: input height/width; only used (and required to be divisible by 16) for
-            ``global_pool="flatten"``, where it fixes the feature size.
+        img_size: input height/width (at least 16); only used for ``global_pool="flatten"``,
+            where it fixes the feature size ``width * (h // 16) * (w // 16)``.
         global_pool: ``"flatten"`` (reference), ``"avg"`` or ``"max"``.
         drop_rate: dropout before the head.
     """
@@ -85,8 +85,9 @@ class Conv4(nn.Module):
         self.global_pool = global_pool
         if global_pool == "flatten":
             h, w = self.img_size
-            if h % 16 or w % 16:
-                raise ValueError(f"conv4 with global_pool='flatten' needs img_size divisible by 16, got {self.img_size}")
+            if h < 16 or w < 16:
+                raise ValueError(f"conv4 with global_pool='flatten' needs img_size >= 16, got {self.img_size}")
+            # four floor-halving max-pools leave h // 16 rows (84 px: 5, as in the few-shot literature)
             self.num_features = self.width * (h // 16) * (w // 16)
         else:
             self.num_features = self.width
