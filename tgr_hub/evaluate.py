@@ -169,8 +169,6 @@ def evaluate_model(
             raise EvaluationError("episode_lists needs at least one episode for each shot count")
         sources: dict[int, Any] = {int(shot): listed for shot, listed in episode_lists.items()}
         counts = {shot: len(listed) for shot, listed in sources.items()}
-        first = next(iter(sources.values()))[0]
-        way, query = first.way, len(first.query_y) // first.way
     else:
         if episodes < 1:
             raise EvaluationError(f"episodes must be >= 1, got {episodes}")
@@ -181,14 +179,19 @@ def evaluate_model(
     adapt_with, method = resolve_learner(learner, model, inner_steps=inner_steps, inner_lr=inner_lr)
     device = _model_device(model)
     results: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=sum(counts.values()), desc=f"evaluate {way}-way ({method})", disable=not progress,
+    desc = f"evaluate ({method})" if episode_lists is not None else f"evaluate {way}-way ({method})"
+    bar = tqdm(total=sum(counts.values()), desc=desc, disable=not progress,
                unit="ep", leave=False)
     try:
         for shot, source in sources.items():
             episodes = counts[shot]
             accuracies = np.empty(episodes, dtype=np.float64)
             for index in range(episodes):
-                episode = source[index] if episode_lists is not None else source.episode(index)
+                if episode_lists is not None:
+                    episode = source[index]
+                    way, query = episode.way, len(episode.query_y) // episode.way  # recorded with the results
+                else:
+                    episode = source.episode(index)
                 classifier = adapt_with.adapt(model, episode.support_x.to(device), episode.support_y.to(device))
                 predicted = classifier.predict(episode.query_x.to(device))
                 accuracies[index] = float((predicted.cpu() == episode.query_y).double().mean())
