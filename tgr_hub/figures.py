@@ -79,7 +79,7 @@ def plot_benchmark(report: dict, path: str | Path) -> None:
     scenarios = [(name, sc) for name, sc in report["scenarios"].items() if sc["methods"]]
     shots = [f"{s}shot" for s in report["eval"]["shots"]]
     ref = report["reference"]
-    fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 0.5 + 3.6 * len(scenarios)), squeeze=False)
+    fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 0.5 + 4.4 * len(scenarios)), squeeze=False)
     width = 0.8 / max(1, len(shots))
     for row, (name, sc) in enumerate(scenarios):
         methods = list(sc["methods"])
@@ -122,4 +122,5 @@ def plot_benchmark(report: dict, path: str | Path) -> None:
                      fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     _save(fig, path)
