@@ -266,6 +266,9 @@ def test_shards_share_the_grid_and_the_report_merges_them(bench, tmp_path, monke
     assert merged["missing_cells"] == []
     with pytest.raises(bm.ConfigError, match="shard"):
         bm.run_benchmark(_spec(), out, shard=(2, 2), progress=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under accelerate launch every process would run every cell
+    with pytest.raises(bm.ConfigError, match="accelerate launch"):
+        bm.run_benchmark(_spec(), out, progress=False)
 
 
 def test_a_folder_of_other_settings_is_refused(bench, tmp_path) -> None:

@@ -524,8 +524,13 @@ def run_benchmark(
         The report (:func:`summarize`), also written as ``results.json`` / ``.md`` / ``.png``.
 
     Raises:
-        ConfigError: a bad shard; BenchmarkError: the folder holds cells of other settings.
+        ConfigError: a bad shard, or launched as several Accelerate processes.
+        BenchmarkError: the folder holds cells of other settings.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every process would train and write every cell: the grid is shared out by --shard instead
+        raise ConfigError("the benchmark does not run under accelerate launch / torchrun",
+                          hint="start one plain process per shard: --shard 0/N ... --shard N-1/N")
     index, count = shard
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"shard must be i/n with 0 <= i < n, got {index}/{count}", hint="e.g. --shard 0/2")
