@@ -702,18 +702,28 @@ def render_markdown(report: dict[str, Any]) -> str:
                      + ("95% t-interval and p-value over the seeds' mean paired differences (df = seeds − 1)."
                         if len(seeds) > 1 else "95% paired-t interval and p-value over the episodes (df = episodes − 1)."))
         lines.append("")
-        if len(seeds) > 1 and sc["paired"]:
-            lines += [f"Per seed, paired differences − {ref_label} over the identical episodes (paired t):", "",
-                      "| method | seed | " + " | ".join(f"{s[:-4]}-shot" for s in shots) + " |",
-                      "|---|---|" + "---|" * len(shots)]
-            for method, pair in sc["paired"].items():
-                for seed in pair["seeds"]:
+        if len(seeds) > 1:
+            lines += [f"Per seed: accuracy ± 1.96·std/√n over that seed's episodes, and the paired difference "
+                      f"− {ref_label} on them (95% paired-t interval, p-value; df = episodes − 1):", "",
+                      "| method | seed | " + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}"
+                                                        for s in shots) + " |",
+                      "|---|---|" + "---|---|" * len(shots)]
+            for method, entry in sc["methods"].items():
+                for seed in entry["seeds"]:
                     cells = []
                     for shot in shots:
-                        d = pair[shot]["per_seed"][str(seed)]
-                        cells.append(f"{_pct(d['mean'], True)} [{_pct(d['low'], True)}, {_pct(d['high'], True)}], "
-                                     f"p {_p(d['p'])}")
-                    lines.append(f"| {METHODS[method].label} | {seed} | " + " | ".join(cells) + " |")
+                        acc = entry[shot]["per_seed"][str(seed)]
+                        cells.append(f"{_pct(acc['mean'])} ± {_pct(acc['ci95'])}")
+                        pair = sc["paired"].get(method)
+                        if method == ref:
+                            cells.append("reference")
+                        elif pair is not None and seed in pair["seeds"]:
+                            d = pair[shot]["per_seed"][str(seed)]
+                            cells.append(f"{_pct(d['mean'], True)} [{_pct(d['low'], True)}, {_pct(d['high'], True)}], "
+                                         f"p {_p(d['p'])}")
+                        else:
+                            cells.append("n/a")
+                    lines.append(f"| {entry['label']} | {seed} | " + " | ".join(cells) + " |")
             lines.append("")
     if report["missing_cells"]:
         lines += [f"Not finished yet ({len(report['missing_cells'])} cells): " + ", ".join(report["missing_cells"]), ""]
