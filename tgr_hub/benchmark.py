@@ -421,18 +421,24 @@ class _Runner:
         cfg, method, seed = self.cfg, cell.method, cell.seed
         timings: dict[str, float] = {}
         extra: dict[str, Any] = {}
+        # building / preparing the pool is timed apart: only the first cell of a (scenario, seed) pays for it
+        start = time.perf_counter()
+        if method.kind == "average":
+            repo_list = self.pool_list(cell.scenario, seed)
+        elif method.kind == "trained":
+            repo_list, shared = self.prepared(cell.scenario, seed)
+        timings["prepare"] = time.perf_counter() - start
+
         start = time.perf_counter()
         if method.kind == "random":
             model = random_baseline(cfg.train.arch, cfg.data.image_size, seed=seed)
         elif method.kind == "average":
             from .pool import load_pool
 
-            repo_list = self.pool_list(cell.scenario, seed)
             model = average_baseline(load_pool(repo_list))
         else:
             from .pipeline import run_tgr
 
-            repo_list, shared = self.prepared(cell.scenario, seed)
             run_dir = _seed_dir(self.out, cell.scenario, seed) / method.name
             run_dir.mkdir(parents=True, exist_ok=True)
             # the method starts from the pseudo-tasks (and embeddings) recovered once for this pool and seed
@@ -449,7 +455,8 @@ class _Runner:
         episodes = self.episodes(seed)
         witnesses = {shot: _Witness(lst) for shot, lst in episodes.items()}
         model.eval()
-        metrics = evaluate_model(model, episodes[next(iter(episodes))].sampler.split, learner=cfg.train.learner,
+        assert self._test is not None  # loaded by self.episodes
+        metrics = evaluate_model(model, self._test, learner=cfg.train.learner,
                                  inner_steps=cfg.eval.inner_steps, inner_lr=cfg.eval.inner_lr,
                                  progress=self.progress, keep_accuracies=True, episode_lists=witnesses)
         timings["evaluate"] = time.perf_counter() - start
