@@ -3,17 +3,19 @@
 Builds a heterogeneous glyph pool (3 domains × 2 architectures), trains TGR and the ERM
 baseline (β = 0, one group) on the same recovered tasks, and prints a 5-way 1-/5-shot
 meta-test table of Random, Average, ERM and TGR with 95% confidence intervals.
+
+It is the benchmark's special case (:mod:`tgr_hub.benchmark`): one scenario (the config's
+pool), one seed, four methods, all scored on the same episodes; ``results.json`` is the
+benchmark's report (it also carries the paired differences from ERM).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import shutil
 import time
 from pathlib import Path
 
-from tgr_hub.cli.common import add_config_args, config_from_args, say, write_json
+from tgr_hub.cli.common import add_config_args, config_from_args, say
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,67 +30,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tgr_hub.data import load_split
-    from tgr_hub.evaluate import average_baseline, evaluate_model, random_baseline
-    from tgr_hub.pipeline import run_tgr
-    from tgr_hub.pool import load_pool
-    from tgr_hub.teachers import make_pool
+    from tgr_hub.benchmark import (CONFIG_SCENARIO, METHODS, QUICKSTART_METHODS, BenchmarkSpec, run_benchmark,
+                                   scenario_from_name)
 
     cfg = config_from_args(args)
     out = Path(args.out)
     started = time.perf_counter()
-    timings: dict[str, float] = {}
+    spec = BenchmarkSpec(cfg, (scenario_from_name(CONFIG_SCENARIO, cfg),), (cfg.seed,), QUICKSTART_METHODS)
+    report = run_benchmark(spec, out)
+    total = time.perf_counter() - started
 
-    start = time.perf_counter()
-    pool = cfg.pool
-    make_pool(out / "pool", dataset=cfg.data.dataset, domains=pool.domains, archs=pool.archs, teachers=pool.teachers,
-              way=pool.way, epochs=pool.epochs, seed=cfg.seed, batch_size=pool.batch_size, lr=pool.lr,
-              data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, image_size=cfg.data.image_size,
-              class_split=cfg.data.class_split)
-    timings["make-pool"] = time.perf_counter() - start
-    repo_list = out / "pool" / "repo-list.txt"
-
-    start = time.perf_counter()
-    tgr = run_tgr(repo_list, out / "tgr", cfg)
-    timings["tgr"] = time.perf_counter() - start
-
-    # ERM: β = 0 and no grouping, on the very same recovered tasks.
-    start = time.perf_counter()
-    erm_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, beta=0.0),
-                                  group=dataclasses.replace(cfg.group, strategy="none"))
-    erm_dir = out / "erm"
-    erm_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("recovered", "embeddings.safetensors"):
-        source, target = out / "tgr" / name, erm_dir / name
-        if source.exists() and not target.exists():
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
-    erm = run_tgr(repo_list, erm_dir, erm_cfg)
-    timings["erm"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    test = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size, seed=cfg.data.seed,
-                      cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
-    eval_kwargs = dict(way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query, episodes=cfg.eval.episodes,
-                       learner=cfg.train.learner, seed=cfg.seed)
-    rows = {
-        "Random": evaluate_model(random_baseline(cfg.train.arch, cfg.data.image_size, seed=cfg.seed), test, **eval_kwargs),
-        "Average": evaluate_model(average_baseline(load_pool(repo_list)), test, **eval_kwargs),
-        "ERM": erm.metrics[cfg.eval.split],
-        "TGR": tgr.metrics[cfg.eval.split],
-    }
-    timings["baselines"] = time.perf_counter() - start
-    timings["total"] = time.perf_counter() - started
-
+    scenario = report["scenarios"][CONFIG_SCENARIO]
+    seed = str(cfg.seed)
     say("")
     say(f"{cfg.eval.way}-way meta-test accuracy on '{cfg.data.dataset}' ({cfg.eval.episodes} episodes, "
         f"{cfg.eval.query} queries/class, 95% CI)")
     header = f"{'method':<8}" + "".join(f"{f'{shot}-shot':>18}" for shot in cfg.eval.shots)
     say(header)
-    for method, metrics in rows.items():
-        cells = "".join(f"{100 * metrics[f'{s}shot']['mean']:>10.2f} ± {100 * metrics[f'{s}shot']['ci95']:<5.2f}"
-                        for s in cfg.eval.shots)
-        say(f"{method:<8}{cells}")
-    say(f"total time {timings['total'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()
-                                                             if k != "total") + ")")
-    write_json(out / "results.json", {"table": rows, "timings_s": timings, "config": cfg.to_dict()})
+    for name in QUICKSTART_METHODS:
+        entry = scenario["methods"][name]
+        cells = "".join(f"{100 * entry[f'{s}shot']['per_seed'][seed]['mean']:>10.2f} ± "
+                        f"{100 * entry[f'{s}shot']['per_seed'][seed]['ci95']:<5.2f}" for s in cfg.eval.shots)
+        say(f"{METHODS[name].label:<8}{cells}")
+    # the timings of this call's work (a resumed run's finished parts were timed when they ran)
+    timings = dict(scenario["prepare"].get(seed, {}).get("timings_s", {}))
+    for name in QUICKSTART_METHODS:
+        spent = scenario["methods"][name]["timings_s"][seed]
+        timings[name] = spent["train"] + spent["evaluate"]  # its pool preparation is counted above
+    say(f"total time {total / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
+    say(f"paired differences from ERM on these episodes: {out / 'results.md'}")
     return 0

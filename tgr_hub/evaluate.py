@@ -25,14 +25,14 @@ import copy
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data.fewshot import EpisodeSampler, ImageSplit
+from .data.fewshot import Episode, EpisodeSampler, ImageSplit
 from .errors import ConfigError, EmptyPoolError, TgrHubError
 from .learners import MAML, ProtoNet, make_learner
 from .metamodel import MetaModel, create_meta_model
@@ -132,6 +132,7 @@ def evaluate_model(
     inner_lr: float = 0.01,
     progress: bool = True,
     keep_accuracies: bool = False,
+    episode_lists: Mapping[int, Sequence[Episode]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Mean few-shot accuracy with 95% confidence intervals, for each number of shots.
 
@@ -152,6 +153,10 @@ def evaluate_model(
         inner_steps, inner_lr: fine-tuning schedule for ``finetune``.
         progress: show a tqdm bar.
         keep_accuracies: also return the per-episode accuracies.
+        episode_lists: ``{shot: episodes}``, a fixed list of episodes per shot count, used
+            instead of drawing them (``shots``, ``episodes`` and ``seed`` are then ignored, and
+            ``way`` / ``query`` are read from the episodes). The benchmark passes the same lists
+            to every method, so all of them are scored on identical episodes.
 
     Returns:
         ``{"<shot>shot": {"mean", "ci95", "std", "episodes", "way", "shot", "query", "method"}}``
@@ -159,21 +164,34 @@ def evaluate_model(
         ``mean`` and ``ci95`` are fractions in [0, 1] (multiply by 100 for percent).
         With ``keep_accuracies``, each entry also has ``"accuracies"`` (list of floats).
     """
-    if episodes < 1:
-        raise EvaluationError(f"episodes must be >= 1, got {episodes}")
-    if not shots:
-        raise EvaluationError("give at least one shot count")
+    if episode_lists is not None:
+        if not episode_lists or any(len(listed) < 1 for listed in episode_lists.values()):
+            raise EvaluationError("episode_lists needs at least one episode for each shot count")
+        sources: dict[int, Any] = {int(shot): listed for shot, listed in episode_lists.items()}
+        counts = {shot: len(listed) for shot, listed in sources.items()}
+    else:
+        if episodes < 1:
+            raise EvaluationError(f"episodes must be >= 1, got {episodes}")
+        if not shots:
+            raise EvaluationError("give at least one shot count")
+        sources = {int(shot): EpisodeSampler(split, way, int(shot), query, seed=seed) for shot in shots}
+        counts = {shot: episodes for shot in sources}
     adapt_with, method = resolve_learner(learner, model, inner_steps=inner_steps, inner_lr=inner_lr)
     device = _model_device(model)
-    samplers = {int(shot): EpisodeSampler(split, way, int(shot), query, seed=seed) for shot in shots}
     results: dict[str, dict[str, Any]] = {}
-    bar = progress_bar(total=episodes * len(samplers), desc=f"evaluate {way}-way ({method})", disable=not progress,
+    desc = f"evaluate ({method})" if episode_lists is not None else f"evaluate {way}-way ({method})"
+    bar = progress_bar(total=sum(counts.values()), desc=desc, disable=not progress,
                unit="ep", leave=False)
     try:
-        for shot, sampler in samplers.items():
+        for shot, source in sources.items():
+            episodes = counts[shot]
             accuracies = np.empty(episodes, dtype=np.float64)
             for index in range(episodes):
-                episode = sampler.episode(index)
+                if episode_lists is not None:
+                    episode = source[index]
+                    way, query = episode.way, len(episode.query_y) // episode.way  # recorded with the results
+                else:
+                    episode = source.episode(index)
                 classifier = adapt_with.adapt(model, episode.support_x.to(device), episode.support_y.to(device))
                 predicted = classifier.predict(episode.query_x.to(device))
                 accuracies[index] = float((predicted.cpu() == episode.query_y).double().mean())

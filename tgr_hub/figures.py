@@ -67,3 +67,60 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str 
     if accuracies:
         axes[0][-1].set_title("meta-validation accuracy")
     _save(fig, path)
+
+
+def plot_benchmark(report: dict, path: str | Path) -> None:
+    """The benchmark figure: per scenario, each method's accuracy and its paired difference from the reference.
+
+    Left: accuracy (%) per method and shot; error bars are the 95% t-interval over seed means with
+    two or more seeds, else the episode interval. Right: the paired difference from the reference
+    (points) with its 95% interval: across seeds with two or more seeds, else over the episodes.
+    """
+    scenarios = [(name, sc) for name, sc in report["scenarios"].items() if sc["methods"]]
+    shots = [f"{s}shot" for s in report["eval"]["shots"]]
+    ref = report["reference"]
+    fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 0.5 + 4.4 * len(scenarios)), squeeze=False)
+    width = 0.8 / max(1, len(shots))
+    for row, (name, sc) in enumerate(scenarios):
+        methods = list(sc["methods"])
+        labels = [sc["methods"][m]["label"] for m in methods]
+        several = len(sc["seeds"]) > 1
+        ax = axes[row][0]
+        for k, shot in enumerate(shots):
+            means, errors = [], []
+            for m in methods:
+                pooled = sc["methods"][m][shot]["pooled"]
+                half = pooled["seeds"]["half"] if several and len(sc["methods"][m]["seeds"]) > 1 else pooled["ci95"]
+                means.append(100 * pooled["mean"])
+                errors.append(100 * (half or 0.0))
+            x = np.arange(len(methods)) + (k - (len(shots) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=errors, capsize=3, label=f"{shot[:-4]}-shot")
+        ax.set_xticks(np.arange(len(methods)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{name}: accuracy ({'95% CI over seeds' if several else '95% CI over episodes'})", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax = axes[row][1]
+        others = [m for m in methods if m in sc["paired"]]
+        for k, shot in enumerate(shots):
+            ys, xs, lows, highs = [], [], [], []
+            for j, m in enumerate(others):
+                pair = sc["paired"][m]
+                d = pair[shot]["across_seeds"] if len(pair["seeds"]) > 1 else pair[shot]["per_seed"][str(pair["seeds"][0])]
+                if d["low"] is None:
+                    continue
+                ys.append(j + (k - (len(shots) - 1) / 2) * width)
+                xs.append(100 * d["mean"])
+                lows.append(100 * (d["mean"] - d["low"]))
+                highs.append(100 * (d["high"] - d["mean"]))
+            ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", capsize=3, label=f"{shot[:-4]}-shot")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(np.arange(len(others)), [sc["methods"][m]["label"] for m in others], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"paired difference from {sc['methods'].get(ref, {}).get('label', ref)} (points)")
+        ax.set_title(f"{name}: − reference, 95% CI ({'over seeds' if several else 'paired t over episodes'})",
+                     fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
