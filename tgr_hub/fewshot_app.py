@@ -37,6 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
 from .errors import ImageInputError, RunFolderError
+from .io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -932,9 +933,8 @@ def write_glyph_examples(
             array = data.images[int(i)].permute(1, 2, 0).numpy()
             path = folder / f"{_file_stem(name)}_{int(i)}.png"
             if not path.exists():
-                tmp = path.with_name(path.stem + ".tmp.png")
-                Image.fromarray(array).save(tmp)
-                tmp.replace(path)
+                with atomic_path(path) as tmp:
+                    Image.fromarray(array).save(tmp, format="PNG")
             files.append(path)
         support.append((name, files[:shot]))
         queries += [(name, p) for p in files[shot:]]

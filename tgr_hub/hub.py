@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from .errors import (
     TgrHubError,
     UnknownArchitectureError,
 )
+from .io import write_text_atomic
 
 if TYPE_CHECKING:
     from .pool import PoolEntry
@@ -330,10 +330,7 @@ def _record_ref(snapshot: Path, revision: str, sha: str) -> None:
     ref = snapshot.parent.parent / "refs" / revision
     if ref.is_file() and ref.read_text() == sha:
         return
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(sha)
-    os.replace(tmp, ref)
+    write_text_atomic(ref, sha)
 
 
 class _QuietTqdm(tqdm):  # type: ignore[misc]
@@ -925,8 +922,6 @@ def push_pool(
     lines = [f"# tgr-hub push-pool: {len(entries)} teachers of {pool_dir.name} pushed to {org}, pinned to their commits"]
     lines += [f"{entry}  # {folder.name}" for entry, folder in zip(entries, teachers)]
     target = pool_dir / "repo-list-hub.txt"
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, target)
+    write_text_atomic(target, "\n".join(lines) + "\n")
     logger.info("pushed %d teachers to %s; list in %s", len(entries), org, target)
     return entries

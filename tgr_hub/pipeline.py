@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -41,16 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import __version__
 from .config import RunConfig
 from .data import load_split
-from .distributed import Distributed, check_run_folder_shared, make_accelerator, write_json_atomic
+from .distributed import Distributed, check_run_folder_shared, make_accelerator
 from .embed import dissimilarity_matrix, fisher_diagonal
 from .figures import plot_dissimilarity, plot_training_curves
 from .group import group_teachers
+from .io import save_safetensors_atomic, write_json_atomic
 from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
 from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
@@ -61,16 +61,6 @@ logger = logging.getLogger(__name__)
 RECOVER_PARTS = "parts"  # inside recovered/
 EMBED_PARTS = "embeddings-parts"
 CHECKPOINTS = "checkpoints"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_json_atomic(path, data)
-
-
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
@@ -106,7 +96,7 @@ def _save_task_part(task: RecoveredTask, path: Path) -> None:
     metadata = {"teacher": task.teacher, "classes": json.dumps([int(c) for c in task.classes]),
                 "class_names": json.dumps(list(task.class_names)), "loss": repr(float(task.loss)),
                 "best_step": str(int(task.best_step))}
-    _save_safetensors({"images": images, "labels": task.labels.to(torch.int64)}, path, metadata)
+    save_safetensors_atomic(path, {"images": images, "labels": task.labels.to(torch.int64)}, metadata)
 
 
 def _load_task_part(path: Path) -> RecoveredTask:
@@ -223,14 +213,14 @@ def embed_pool(
         if todo:
             probe = make_probe(cfg).to(dist.device)
             for i in tqdm(todo, desc="embed", disable=not progress, dynamic_ncols=True):
-                _save_safetensors(_embed_one(probe, members[i], i, bank, cfg), parts / f"t{i:05d}.safetensors")
+                save_safetensors_atomic(parts / f"t{i:05d}.safetensors", _embed_one(probe, members[i], i, bank, cfg))
         dist.barrier()
         if dist.is_main:
             flat = {}
             for i, member in enumerate(members):
                 for key, value in load_file(str(parts / f"t{i:05d}.safetensors")).items():
                     flat[f"{member.name}/{key}"] = value
-            _save_safetensors(flat, path)
+            save_safetensors_atomic(path, flat)
             shutil.rmtree(parts)
         dist.barrier()
     flat = load_file(str(path))
@@ -250,7 +240,7 @@ def group_pool(dissimilarity: np.ndarray, cfg: RunConfig, path: Path) -> list[li
         return json.loads(path.read_text())["groups"]
     groups = group_teachers(dissimilarity, cfg.group.num_groups, n_init=cfg.group.n_init, seed=cfg.seed,
                             strategy=cfg.group.strategy)
-    _write_json(path, {"groups": groups})
+    write_json_atomic(path, {"groups": groups})
     return groups
 
 
@@ -294,7 +284,7 @@ def prepare_pool(
     with dist.local_main_first():  # the first process per machine downloads, the others read its cache
         members = load_pool(pool_path, allow_pickle=allow_pickle)
     if dist.is_main:
-        _write_json(out / "pool.json", describe_pool(members))
+        write_json_atomic(out / "pool.json", describe_pool(members))
     timings["pool"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -309,7 +299,7 @@ def prepare_pool(
     names = [m.name for m in members]
     if dist.is_main:  # one process decides (clustering may differ across machines), the others read it
         dissimilarity = dissimilarity_matrix(embeddings, eps=cfg.embed.epsilon).cpu().numpy()
-        _write_json(out / "dissimilarity.json", {"names": names, "matrix": dissimilarity.tolist()})
+        write_json_atomic(out / "dissimilarity.json", {"names": names, "matrix": dissimilarity.tolist()})
         groups = group_pool(dissimilarity, cfg, out / "groups.json")
         plot_dissimilarity(dissimilarity, names, groups, out / "dissimilarity.png")
     dist.barrier()

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, DatasetError, UnknownArchitectureError
+from .io import write_json_atomic, write_text_atomic
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, save_timm_folder
 
 __all__ = ["torch_threads", "TeacherSpec", "TeacherReport", "plan_teachers", "train_teacher", "make_pool", "format_table",
@@ -329,13 +328,6 @@ def _read_existing(folder: Path, spec: TeacherSpec) -> TeacherReport | None:
         return None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def _check_reload(folder: Path, model: nn.Module, x_normalized: torch.Tensor) -> bool:
     """Does plain timm (``local-dir:``) load the saved teacher and give the very same logits?"""
     import timm
@@ -478,7 +470,7 @@ def make_pool(
              f"archs {', '.join(archs)}, seed {seed}",
              "# one entry per line; relative paths resolve against this file's folder"]
     lines += [f"./{spec.name}" for spec in specs]
-    _write_text_atomic(out / "repo-list.txt", "\n".join(lines) + "\n")
+    write_text_atomic(out / "repo-list.txt", "\n".join(lines) + "\n")
     summary = {
         "dataset": dataset, "domains": list(domains), "archs": list(archs), "teachers": teachers, "way": way,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "data_seed": data_seed,
@@ -486,7 +478,7 @@ def make_pool(
         "seconds": round(time.perf_counter() - started, 2),
         "members": [{k: v for k, v in asdict(r).items() if k != "spec"} for r in reports],
     }
-    _write_text_atomic(out / "pool.json", json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "pool.json", summary)
     return reports
 
 

@@ -43,6 +43,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import DatasetError
+from ..io import write_text_atomic
 from .fewshot import SPLIT_NAMES, ImageSplit, normalize_split, split_classes
 
 logger = logging.getLogger(__name__)
@@ -401,9 +402,8 @@ def _cached_choice(cache_dir: str | os.PathLike | None) -> list[tuple[str, int, 
     chosen = choose_glyphs()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([[d, c, list(f)] for d, c, f in chosen]), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        # atomic: readers see the old file or the whole new one
+        write_text_atomic(path, json.dumps([[d, c, list(f)] for d, c, f in chosen]))
     except OSError as error:  # a read-only cache only costs time
         logger.warning("could not cache the glyph choice in %s: %s", root, error)
     return chosen

@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import DatasetError
+from ..io import save_safetensors_atomic
 from .fewshot import ImageSplit, normalize_split, split_classes
 
 logger = logging.getLogger(__name__)
@@ -184,15 +185,10 @@ def _read_cache(path: Path) -> ImageSplit | None:
 
 
 def _write_cache(path: Path, split: ImageSplit) -> None:
-    from safetensors.torch import save_file
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"images": split.images.contiguous(), "labels": split.labels}, str(tmp),
-                  metadata={"class_names": json.dumps(split.class_names, ensure_ascii=False),
-                            "class_domains": json.dumps(split.class_domains, ensure_ascii=False)})
-        os.replace(tmp, path)
+        save_safetensors_atomic(path, {"images": split.images, "labels": split.labels},
+                                metadata={"class_names": json.dumps(split.class_names, ensure_ascii=False),
+                                          "class_domains": json.dumps(split.class_domains, ensure_ascii=False)})
     except OSError as error:  # a read-only cache only costs time
         logger.warning("could not cache the converted dataset at %s: %s", path, error)
 

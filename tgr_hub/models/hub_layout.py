@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import NotAClassifierError, PickleRefusedError, TeacherNotFoundError, UnknownArchitectureError, WeightsMismatchError
+from ..io import save_safetensors_atomic, write_json_atomic
 
 __all__ = [
     "CONFIG_NAME",
@@ -67,18 +67,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` to a temporary name in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _timm_config(model: nn.Module, architecture: str, pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -175,12 +163,10 @@ def save_timm_folder(
     config = _jsonable(config)
 
     folder.mkdir(parents=True, exist_ok=True)
-    import safetensors.torch
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(folder / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(tensors, str(p), metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2) + "\n"
-    _atomic_write_bytes(folder / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    save_safetensors_atomic(folder / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
+    write_json_atomic(folder / CONFIG_NAME, config)
     _logger.debug("saved %s (%s, %d classes) to %s", architecture, WEIGHTS_NAME, num_classes, folder)
 
 
