@@ -594,10 +594,10 @@ def test_end_to_end_teachers_train_push_and_load(hub, hf_token, hub_cache, tmp_p
     from timm.models import push_to_hf_hub
 
     from tgr_hub.metamodel import load_meta_model
+    from tgr_hub.config import PoolBuildConfig
     from tgr_hub.teachers import make_pool
 
-    make_pool(tmp_path / "pool", domains=["latin", "greek"], archs=["conv4"], teachers=3, way=5, epochs=1, seed=0,
-              progress=False)
+    make_pool(tmp_path / "pool", PoolBuildConfig(domains=["latin", "greek"], archs=["conv4"], teachers=3, way=5, epochs=1), seed=0, progress=False)
     lines = []
     for name in ("t00", "t01", "t02"):
         teacher = timm.create_model(f"local-dir:{tmp_path / 'pool' / name}", pretrained=True)

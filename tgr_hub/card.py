@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -542,10 +543,8 @@ def build_space_readme(app_dir: str | Path | None, space_id: str, model_id: str,
         existing = card.data.to_dict()
         body = card.text.strip()
     try:
-        from importlib.metadata import version
-
-        sdk_version = version("gradio")
-    except Exception:  # gradio not installed here: let the Space pick its default
+        sdk_version: str | None = version("gradio")
+    except PackageNotFoundError:  # gradio not installed here: let the Space pick its default
         sdk_version = None
     existing.update(
         sdk="gradio", app_file="app.py", models=[model_id], license=existing.get("license") or license,

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .errors import ImageInputError, RunFolderError
 from .io import atomic_path
+from .learners import BNMode
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
 ProgressCallback = Callable[[int, int, str], None]
 """``progress_cb(done, total, description)``, called as adaptation advances."""
 
-BNMode = Literal["support", "running", "batch"]
+#: BatchNorm statistics of a session: the learners' modes (:data:`tgr_hub.learners.BNMode`), or
+#: ``"support"``: running statistics re-estimated on the support images first.
+SessionBNMode = Union[Literal["support"], BNMode]  # noqa: UP007 (runtime alias)
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,9 @@ def load_image(
     except (OSError, ValueError, SyntaxError, EOFError, IndexError) as error:
         # Truncated or inconsistent data only shows when the pixels are decoded.
         raise ImageInputError(f"{name}: corrupt image ({error})", hint="re-export or re-download it") from None
-    assert array.shape == (height, width, 3), array.shape
+    if array.shape != (height, width, 3):  # a decoder quirk must not reach the model
+        raise ImageInputError(f"{name}: decoded to an unexpected shape {array.shape}",
+                              hint="re-export it as an RGB PNG or JPEG")
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -491,7 +496,7 @@ class FewShotSession:
         learner: str = "protonet",
         inner_steps: int = 10,
         inner_lr: float = 0.01,
-        bn: BNMode = "support",
+        bn: SessionBNMode = "support",
         limits: InputLimits = DEFAULT_LIMITS,
     ) -> None:
         from .learners import make_learner  # deferred: keeps this module importable on its own

@@ -375,7 +375,9 @@ def _model_info(api: HfApi, repo_id: str, revision: str | None, token: str | Non
     info = _with_retries(f"resolving {label}", lambda: api.model_info(
         repo_id, revision=revision, timeout=_timeout(), token=token))
     sha = info.sha
-    assert sha is not None and _SHA.fullmatch(sha), f"the Hub gave no commit sha for {label}"
+    if sha is None or not _SHA.fullmatch(sha):  # a server reply, not our invariant: a mirror may omit it
+        raise HubError(f"the Hub at {hub_endpoint()} gave no commit sha for {label} (got {sha!r})",
+                       hint="check HF_ENDPOINT: it must point at a Hub (or mirror) that reports commit shas")
     return sha, [s.rfilename for s in (info.siblings or [])]
 
 

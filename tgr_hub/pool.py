@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import EmptyPoolError, NotAClassifierError, PoolError, PoolSyntaxError, TeacherNotFoundError
+from .errors import EmptyPoolError, NotAClassifierError, PoolError, PoolListNotFoundError, PoolSyntaxError, TeacherNotFoundError
 from .models.hub_layout import create_from_folder
 
 __all__ = ["PoolEntry", "PoolMember", "PoolListNotFoundError", "parse_pool_list", "parse_pool_text", "load_pool",
@@ -52,10 +52,6 @@ _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?|[A-Za-z0-9]"
 _REPO_ID = re.compile(rf"^(?:{_REPO_PART})/(?:{_REPO_PART})$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$")
 _LOCAL_PREFIXES = ("./", "../", "/", "~")
-
-
-class PoolListNotFoundError(PoolError, FileNotFoundError):
-    """The repo-list file itself does not exist."""
 
 
 @dataclass

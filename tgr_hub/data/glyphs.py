@@ -262,23 +262,6 @@ def _font_size(image_size: int) -> int:
     return max(24, int(round(image_size * _supersample(image_size) * 0.75)))
 
 
-def render_instance(name: str, codepoint: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    """One augmented instance of a character in a font.
-
-    Args:
-        name: font file (in :func:`font_dir`).
-        codepoint: the character.
-        image_size: output side S.
-        rng: source of the augmentation parameters.
-
-    Returns:
-        ``[S, S, 3]`` uint8 RGB.
-    """
-    mask = _render_mask(name, codepoint, _font_size(image_size))
-    assert mask is not None, "classes are only drawn in fonts that have their glyph"
-    return _augment(mask, image_size, rng)
-
-
 def _augment(mask: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """Draw a cropped glyph mask as one augmented ``[S, S, 3]`` uint8 RGB instance."""
     factor = _supersample(image_size)

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import NotAClassifierError, PickleRefusedError, TeacherNotFoundError, UnknownArchitectureError, WeightsMismatchError
+from ..errors import (ConfigError, NotAClassifierError, PickleRefusedError, TeacherNotFoundError, UnknownArchitectureError,
+                      WeightsMismatchError)
 from ..io import save_safetensors_atomic, write_json_atomic
 
 __all__ = [
@@ -118,15 +119,23 @@ def save_timm_folder(
     """
     folder = Path(folder)
     model_classes = getattr(model, "num_classes", num_classes)
-    assert model_classes == num_classes, f"num_classes {num_classes} != model.num_classes {model_classes}"
-    for key in ("input_size", "mean", "std"):
-        assert key in pretrained_cfg, f"pretrained_cfg needs {key}"
+    if model_classes != num_classes:
+        raise ConfigError(f"num_classes {num_classes} != the model's num_classes {model_classes}",
+                          hint="pass the classifier size the model was built with")
+    missing = [key for key in ("input_size", "mean", "std") if key not in pretrained_cfg]
+    if missing:
+        raise ConfigError(f"pretrained_cfg needs {', '.join(missing)}",
+                          hint="give the input_size (C, H, W), mean and std the weights were trained with")
     if label_names is not None:
         label_names = [str(name) for name in label_names]
-        assert len(label_names) == num_classes, f"{len(label_names)} label names for {num_classes} classes"
+        if len(label_names) != num_classes:
+            raise ConfigError(f"{len(label_names)} label names for {num_classes} classes",
+                              hint="give one name per class, in classifier order")
     extra = dict(extra or {})
     clash = set(extra) & set(_RESERVED_KEYS)
-    assert not clash, f"extra keys clash with timm's config keys: {sorted(clash)}"
+    if clash:
+        raise ConfigError(f"extra config keys clash with timm's config keys: {sorted(clash)}",
+                          hint="rename them (e.g. with a tgr_ prefix)")
 
     config = _timm_config(model, architecture, pretrained_cfg)
     if config:
