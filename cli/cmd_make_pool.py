@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     say(f"pool list: {out / 'repo-list.txt'}")
     if args.push_org:
         from tgr_hub.hub import push_pool
+        from tgr_hub.pool import pool_folders
 
-        entries = push_pool(out, args.push_org, private=args.private, progress=not args.no_progress)
+        entries = push_pool(out, args.push_org, private=args.private, progress=not args.no_progress,
+                            teachers=pool_folders(out) or None)
         say(f"pushed {len(entries)} teachers to {args.push_org}; Hub pool list: {out / 'repo-list-hub.txt'}")
     return 0

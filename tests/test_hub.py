@@ -122,6 +122,11 @@ def _entries(text: str, tmp_path: Path | None = None):
     return parse_pool_text(text, base=tmp_path or ".", list_path=str(list_path) if list_path else None)
 
 
+def _refs(text: str, tmp_path: Path | None = None):
+    """The Hub references of a repo-list text: what hub.resolve_many takes."""
+    return [entry.ref for entry in _entries(text, tmp_path)]
+
+
 def _state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -152,7 +157,7 @@ def test_branch_tag_sha_and_prefix_entries(hub_cache, teachers, tmp_path: Path) 
     sha_v1, sha_main = teachers["sha_v1"], teachers["sha_main"]
     entries = _entries(f"tgr-org/hub-teacher-a\ntgr-org/hub-teacher-a@v1\nhf-hub:tgr-org/hub-teacher-a@{sha_v1}\n"
                        "hf-hub:tgr-org/hub-teacher-a@main\n", tmp_path)
-    results = hub_mod.resolve_many(entries, progress=False)
+    results = hub_mod.resolve_many([e.ref for e in entries], progress=False)
     assert [sha for _, sha in results] == [sha_main, sha_v1, sha_v1, sha_main]
     assert results[0][0] != results[1][0] and results[1][0] == results[2][0]
     refs = hub_cache / "models--tgr-org--hub-teacher-a" / "refs"
@@ -185,14 +190,14 @@ def test_imagenet_teacher_keeps_its_input_size_and_normalisation(hub_cache, teac
 
 def test_offline_second_resolution_uses_the_cache_alone(hub, hub_cache, teachers, tmp_path: Path, monkeypatch) -> None:
     text = f"tgr-org/hub-teacher-a\ntgr-org/hub-teacher-a@v1\n{IMAGENET}\nhf-hub:tgr-org/hub-teacher-b\n"
-    online = hub_mod.resolve_many(_entries(text, tmp_path), progress=False)
+    online = hub_mod.resolve_many(_refs(text, tmp_path), progress=False)
     # a fresh process, offline, with an endpoint where nothing listens: only the cache can answer
     script = (
         "import json, sys\n"
         "from tgr_hub.hub import resolve_many\n"
         "from tgr_hub.pool import parse_pool_list, load_pool\n"
         "entries = parse_pool_list(sys.argv[1])\n"
-        "print(json.dumps([[str(f), s] for f, s in resolve_many(entries, progress=False)]))\n"
+        "print(json.dumps([[str(f), s] for f, s in resolve_many([e.ref for e in entries], progress=False)]))\n"
         "print(json.dumps([m.revision for m in load_pool(sys.argv[1])]))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(hub_cache)}
@@ -205,7 +210,7 @@ def test_offline_second_resolution_uses_the_cache_alone(hub, hub_cache, teachers
     # in this process too: offline resolution makes no request at all
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = len(hub.requests)
-    assert hub_mod.resolve_many(_entries(text, tmp_path), progress=False) == online
+    assert hub_mod.resolve_many(_refs(text, tmp_path), progress=False) == online
     assert len(hub.requests) == before
     with pytest.raises(OfflineCacheMissError, match="tgr-org/hub-teacher-c.*HF_HUB_OFFLINE"):
         hub_mod.resolve_repo("tgr-org/hub-teacher-c")
@@ -218,7 +223,7 @@ def test_resolve_many_runs_concurrently_with_progress(hub, hub_cache, teachers, 
     hub.inject_fault(r"^/api/models/", status=None, delay=0.4, times=3)  # slow model info calls
     hub.max_in_flight = 0
     text = "tgr-org/hub-teacher-a\ntgr-org/hub-teacher-b\ntgr-org/hub-teacher-c\ntgr-org/hub-teacher-b\n"
-    results = hub_mod.resolve_many(_entries(text, tmp_path), max_workers=3, progress=True)
+    results = hub_mod.resolve_many(_refs(text, tmp_path), max_workers=3, progress=True)
     assert hub.max_in_flight >= 2  # several requests were served at the same time
     assert results[1] == results[3]  # the duplicate entry is resolved once
     info_calls = [r for r in hub.requests_matching(r"^/api/models/tgr-org/hub-teacher-b$")]
@@ -553,7 +558,7 @@ def test_the_token_never_leaves_the_headers(hub, hf_token, hub_cache, fake_run: 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("HF_DEBUG", "1")
     hub_mod.push_meta_model(fake_run, "me/hub-secret", space_id="me/hub-secret-demo", space_app_dir=_space_app(tmp_path))
-    hub_mod.resolve_many(_entries("tgr-org/hub-teacher-b\nme/hub-private\n"), progress=True)
+    hub_mod.resolve_many(_refs("tgr-org/hub-teacher-b\nme/hub-private\n"), progress=True)
     with pytest.raises(TgrHubError):
         hub_mod.resolve_repo("tgr-org/no-such-model")
     captured = capfd.readouterr()

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .run_record import config_part
 
 
 def _check(condition: bool, message: str) -> None:
@@ -354,9 +355,8 @@ def load_config(
         overrides: ``section.key=value`` strings, values parsed as YAML scalars.
         values: a nested dict applied after the file (used by CLI flags).
     """
-    file_values = read_config_file(path) if path is not None else {}
-    for extra in ("pool_members", "groups", "metrics", "history", "timings_s", "tgr_hub_version"):
-        file_values.pop(extra, None)  # a saved tgr_config.json carries run results too
+    # a saved tgr_config.json carries the run's results too: only its config sections count
+    file_values = config_part(read_config_file(path)) if path is not None else {}
     name = preset or file_values.get("preset") or "quick"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

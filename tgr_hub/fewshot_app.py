@@ -36,9 +36,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
-from .errors import ImageInputError, RunFolderError
+from .errors import ImageInputError, RepoIdError, RunFolderError
 from .io import atomic_path
 from .learners import BNMode
+from .repo_id import parse_repo_ref
+from .run_record import MemberRecord, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -724,9 +726,6 @@ class AppModel:
     heatmap: Path | None = None
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
 def _resolve_folder(model_id: str, revision: str | None) -> tuple[Path, str | None]:
     """A local folder for ``model_id``, and the Hub repo id when it was downloaded from the Hub."""
     path = Path(model_id).expanduser()
@@ -738,25 +737,12 @@ def _resolve_folder(model_id: str, revision: str | None) -> tuple[Path, str | No
                              hint="pass a meta-model folder, a run folder, or a Hub repo id (owner/name)")
     from . import hub  # the one place that talks to the Hub (HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN, pinning)
 
-    repo_id, inline = hub.parse_hub_id(model_id)
-    if not _HUB_ID.match(repo_id):
+    try:
+        ref = parse_repo_ref(model_id)
+    except RepoIdError:
         raise RunFolderError(f"meta-model {model_id!r} is neither a local folder nor a Hub id (owner/name)",
-                             hint="set TGR_MODEL_ID to a meta-model folder or a Hub repo id")
-    return Path(hub.download_meta_model(repo_id, revision or inline)), repo_id
-
-
-def _get(config: Mapping[str, Any], *paths: str, default: Any = None) -> Any:
-    """First value found at a dotted path (the config may be nested under ``config``)."""
-    for dotted in paths:
-        node: Any = config
-        for key in dotted.split("."):
-            if not isinstance(node, Mapping) or key not in node:
-                node = None
-                break
-            node = node[key]
-        if node is not None:
-            return node
-    return default
+                             hint="set TGR_MODEL_ID to a meta-model folder or a Hub repo id") from None
+    return Path(hub.download_meta_model(ref.repo_id, revision or ref.revision)), ref.repo_id
 
 
 def load_app_model(model_id: str, *, revision: str | None = None) -> AppModel:
@@ -779,14 +765,15 @@ def load_app_model(model_id: str, *, revision: str | None = None) -> AppModel:
     model = load_meta_model(folder)
     model.eval()
     tgr_config: dict[str, Any] = dict(getattr(model, "tgr_config", None) or {})
-    learner = str(_get(tgr_config, "train.learner", "config.train.learner", "learner", default="protonet")).lower()
-    method = str(_get(tgr_config, "eval.method", "config.eval.method", default="auto")).lower()
+    record = RunRecord.from_dict(tgr_config)
+    learner = str(record.setting("train.learner", "protonet")).lower()
+    method = str(record.setting("eval.method", "auto")).lower()
     if method in ("protonet", "finetune"):
         learner = "protonet" if method == "protonet" else "maml"
     if learner != "protonet":
         learner = "maml"  # maml, fomaml, maml2, finetune: all adapt by fine-tuning
-    inner_steps = int(_get(tgr_config, "eval.inner_steps", "config.eval.inner_steps", default=10))
-    inner_lr = float(_get(tgr_config, "eval.inner_lr", "config.eval.inner_lr", default=0.01))
+    inner_steps = int(record.setting("eval.inner_steps", 10))
+    inner_lr = float(record.setting("eval.inner_lr", 0.01))
     card_url = None
     if repo_id is not None:
         from .hub import hub_endpoint
@@ -832,17 +819,13 @@ def _metric_lines(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _member_name(member: Any, index: int) -> str:
-    if isinstance(member, Mapping):
-        name = member.get("name") or f"t{index:02d}"
-        source = member.get("source") or member.get("target") or ""
-        revision = member.get("revision")
-        arch = member.get("architecture")
-        if revision and "@" not in str(source):
-            source = f"{source}@{str(revision)[:12]}"
-        extra = ", ".join(str(x) for x in (source, arch) if x)
-        return f"{name} ({extra})" if extra else str(name)
-    return str(member)
+def _member_name(member: MemberRecord, index: int) -> str:
+    name = member.name or f"t{index:02d}"
+    source = member.source
+    if member.revision and "@" not in source:
+        source = f"{source}@{str(member.revision)[:12]}"
+    extra = ", ".join(str(x) for x in (source, member.architecture) if x)
+    return f"{name} ({extra})" if extra else name
 
 
 def model_summary_markdown(app_model: AppModel) -> str:
@@ -858,20 +841,15 @@ def model_summary_markdown(app_model: AppModel) -> str:
         lines.append("**Adaptation:** ProtoNet (class prototypes in feature space)  ")
     else:
         lines.append(f"**Adaptation:** MAML fine-tuning ({app_model.inner_steps} steps, lr {app_model.inner_lr:g})  ")
-    members = _get(config, "pool_members", "pool.members", "pool", default=None)
-    if isinstance(members, Sequence) and not isinstance(members, str) and members:
+    record = RunRecord.from_dict(config)
+    members = record.pool_members
+    if members:
         lines += ["", f"**Teacher pool** ({len(members)} models, no training data used):", ""]
         lines += [f"- {_member_name(m, i)}" for i, m in enumerate(members)]
-    groups = _get(config, "groups", default=None)
-    if isinstance(groups, Sequence) and not isinstance(groups, str) and groups:
-        names = ([m.get("name") if isinstance(m, Mapping) else str(m) for m in members]
-                 if isinstance(members, Sequence) else [])
-        lines += ["", f"**Task groups** ({len(groups)}, from the Fisher dissimilarity of the teachers):", ""]
-        for g, group in enumerate(groups):
-            shown = [names[i] if isinstance(i, int) and 0 <= i < len(names) else str(i) for i in group]
-            lines.append(f"- G{g}: " + ", ".join(shown))
-    metrics = _get(config, "metrics", default=None)
-    metric_lines = _metric_lines(metrics) if isinstance(metrics, Mapping) else []
+    if record.groups:
+        lines += ["", f"**Task groups** ({len(record.groups)}, from the Fisher dissimilarity of the teachers):", ""]
+        lines += [f"- G{g}: " + ", ".join(group) for g, group in enumerate(record.groups)]
+    metric_lines = _metric_lines(record.metrics)
     if metric_lines:
         lines += ["", "**Few-shot accuracy** (mean ± 95% confidence interval):", "", *metric_lines]
     else:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import huggingface_hub
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
@@ -58,9 +58,7 @@ from .errors import (
     UnknownArchitectureError,
 )
 from .io import write_text_atomic
-
-if TYPE_CHECKING:
-    from .pool import PoolEntry
+from .repo_id import RepoRef, parse_repo_ref
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +68,6 @@ __all__ = [
     "download_meta_model",
     "hub_endpoint",
     "is_offline",
-    "parse_hub_id",
     "push_meta_model",
     "push_pool",
     "push_space",
@@ -265,15 +262,6 @@ class ResolvedRepo:
     weights: Path
 
 
-def parse_hub_id(text: str) -> tuple[str, str | None]:
-    """``org/name``, ``org/name@REV`` or ``hf-hub:org/name@REV`` -> ``(repo_id, revision or None)``."""
-    spec = text.strip()
-    if spec.startswith("hf-hub:"):
-        spec = spec[len("hf-hub:"):]
-    repo_id, _, revision = spec.partition("@")
-    return repo_id, revision or None
-
-
 def _pick_weights(files: Sequence[str], allow_pickle: bool, label: str, loc: dict[str, Any]) -> str:
     """The one weights file to download from a repository listing (top-level files only)."""
     top = [f for f in files if "/" not in f]
@@ -462,11 +450,12 @@ def download_meta_model(repo_id: str, revision: str | None = None, *, token: str
     ``repo_id`` may carry ``hf-hub:`` and ``@REVISION``.
 
     Raises:
-        RepoNotFoundError, GatedRepoError, RevisionNotFoundError, OfflineCacheMissError,
-        HubError, and RunFolderError when the repository holds no meta-model.
+        RepoIdError (not a repository reference), RepoNotFoundError, GatedRepoError,
+        RevisionNotFoundError, OfflineCacheMissError, HubError, and RunFolderError when the
+        repository holds no meta-model.
     """
-    repo_id, inline = parse_hub_id(repo_id)
-    revision = revision or inline
+    ref = parse_repo_ref(repo_id)
+    repo_id, revision = ref.repo_id, revision or ref.revision
     label = f"{repo_id}@{revision}" if revision else repo_id
 
     def cached() -> Path | None:
@@ -501,37 +490,47 @@ def download_meta_model(repo_id: str, revision: str | None = None, *, token: str
     return folder
 
 
-def resolve_hub_entry(entry: "PoolEntry", *, allow_pickle: bool = False) -> tuple[Path, str]:
-    """Resolve a Hub entry of a repo-list (``kind == "hub"``) to ``(snapshot folder, commit sha)``.
+def resolve_hub_entry(
+    ref: RepoRef,
+    *,
+    allow_pickle: bool = False,
+    where: tuple[str | None, int | None] | None = None,
+) -> tuple[Path, str]:
+    """Resolve a Hub teacher (a pool entry's :class:`RepoRef`) to ``(snapshot folder, commit sha)``.
 
-    See :func:`resolve_repo`; error messages name the entry's ``LIST_FILE:LINE``.
+    See :func:`resolve_repo`; with ``where=(list file, line)`` error messages name ``LIST_FILE:LINE``.
     """
-    repo_id, inline_revision = parse_hub_id(entry.target)
-    revision = entry.revision or inline_revision
-    resolved = resolve_repo(repo_id, revision, allow_pickle=allow_pickle,
-                            where=(getattr(entry, "list_path", None), entry.line), quiet=True)
+    resolved = resolve_repo(ref.repo_id, ref.revision, allow_pickle=allow_pickle, where=where, quiet=True)
     return resolved.folder, resolved.sha
 
 
 def resolve_many(
-    entries: Sequence["PoolEntry"],
+    refs: Sequence[RepoRef],
     allow_pickle: bool = False,
     max_workers: int = 8,
     *,
     progress: bool = True,
+    wheres: Sequence[tuple[str | None, int | None]] | None = None,
 ) -> list[tuple[Path, str]]:
-    """Resolve many Hub entries concurrently, with one progress bar.
+    """Resolve many Hub teachers concurrently, with one progress bar.
 
-    Entries naming the same repository and revision are resolved once. On the first failure
-    the entries not yet started are cancelled and the error of the earliest failing entry (in
-    list order) is raised.
+    References naming the same repository and revision are resolved once. On the first
+    failure the ones not yet started are cancelled and the error of the earliest failing
+    reference (in list order) is raised.
+
+    Args:
+        refs: the repositories.
+        allow_pickle: accept pickle-only repositories.
+        max_workers: concurrent resolutions.
+        progress: show a progress bar.
+        wheres: ``(list file, line)`` of each reference, for error messages.
 
     Returns:
-        ``(snapshot folder, commit sha)`` per entry, in the order of ``entries``.
+        ``(snapshot folder, commit sha)`` per reference, in the order of ``refs``.
     """
-    if not entries:
+    if not refs:
         return []
-    keys = [(parse_hub_id(e.target)[0], e.revision or parse_hub_id(e.target)[1]) for e in entries]
+    keys = [(ref.repo_id, ref.revision) for ref in refs]
     first_of: dict[tuple[str, str | None], int] = {}
     for index, key in enumerate(keys):
         first_of.setdefault(key, index)
@@ -540,7 +539,8 @@ def resolve_many(
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(first_of))),
                             thread_name_prefix="tgr-hub-resolve") as pool, \
             tqdm(total=len(first_of), desc="resolving Hub teachers", unit="repo", disable=not progress) as bar:
-        futures = {pool.submit(resolve_hub_entry, entries[i], allow_pickle=allow_pickle): key
+        futures = {pool.submit(resolve_hub_entry, refs[i], allow_pickle=allow_pickle,
+                               where=wheres[i] if wheres is not None else None): key
                    for key, i in first_of.items()}
         pending = set(futures)
         while pending:
@@ -872,18 +872,6 @@ def push_teacher(
     return PushResult(repo_id, _repo_url(repo_id), sha)
 
 
-def _pool_teachers(pool_dir: Path) -> list[Path]:
-    """Teacher folders of a pool, in repo-list order (else every sub-folder with a config.json)."""
-    listing = pool_dir / "repo-list.txt"
-    if listing.is_file():
-        from .pool import parse_pool_list
-
-        folders = [Path(e.target) for e in parse_pool_list(listing) if e.kind == "local"]
-        if folders:
-            return folders
-    return sorted(p for p in pool_dir.iterdir() if (p / "config.json").is_file())
-
-
 def push_pool(
     pool_dir: str | Path,
     org: str,
@@ -893,6 +881,7 @@ def push_pool(
     prefix: str | None = None,
     max_workers: int = 4,
     progress: bool = True,
+    teachers: Sequence[str | Path] | None = None,
 ) -> list[str]:
     """Push every teacher of a pool folder as its own repository and write ``repo-list-hub.txt``.
 
@@ -900,13 +889,18 @@ def push_pool(
     and a dash, so pools do not overwrite each other). ``POOL/repo-list-hub.txt`` lists the
     repositories pinned to the commit just pushed (``ORG/NAME@SHA``), usable as ``--pool``.
 
+    ``teachers`` are the teacher folders, in order (:func:`tgr_hub.pool.pool_folders` gives the
+    local entries of ``POOL/repo-list.txt``); by default every sub-folder holding a
+    ``config.json``, sorted by name.
+
     Returns:
         The pinned entries, in pool order.
     """
     pool_dir = Path(pool_dir)
     if not pool_dir.is_dir():
         raise RunFolderError(f"pool folder {pool_dir} does not exist", hint="run tgr-hub make-pool first")
-    teachers = _pool_teachers(pool_dir)
+    teachers = ([Path(t) for t in teachers] if teachers is not None
+                else sorted(p for p in pool_dir.iterdir() if (p / "config.json").is_file()))
     if not teachers:
         raise RunFolderError(f"{pool_dir} holds no teacher folder", hint="run tgr-hub make-pool first")
     prefix = f"{pool_dir.resolve().name}-" if prefix is None else prefix

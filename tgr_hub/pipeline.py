@@ -54,6 +54,7 @@ from .io import save_safetensors_atomic, write_json_atomic
 from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
 from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
+from .run_record import MemberRecord, RunRecord, describe_pool
 from .train import evaluate_sharded, meta_train
 
 logger = logging.getLogger(__name__)
@@ -61,22 +62,6 @@ logger = logging.getLogger(__name__)
 RECOVER_PARTS = "parts"  # inside recovered/
 EMBED_PARTS = "embeddings-parts"
 CHECKPOINTS = "checkpoints"
-
-
-def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
-    """JSON-able description of the pool: what the run card and Space show."""
-    return [
-        {
-            "name": m.name,
-            "source": m.source,
-            "revision": m.revision,
-            "architecture": m.architecture,
-            "num_classes": m.num_classes,
-            "label_names": list(m.label_names),
-            "input_size": list(m.input_size),
-        }
-        for m in members
-    ]
 
 
 def _default_dist(cfg: RunConfig, dist: Distributed | None) -> Distributed:
@@ -387,16 +372,13 @@ def run_tgr(
     model = model.to("cpu")
     if dist.is_main:
         plot_training_curves(result.history, out / "training_curve.png")
-        tgr_config = {
-            **cfg.to_dict(),
-            "tgr_hub_version": __version__,
-            "pool_members": describe_pool(members),
-            "groups": [[members[i].name for i in group] for group in groups],
-            "metrics": metrics,
-            "history": result.history,
-            "timings_s": timings,
-        }
-        save_meta_model(model, out, tgr_config=tgr_config)
+        record = RunRecord(
+            config=cfg.to_dict(), tgr_hub_version=__version__,
+            pool_members=[MemberRecord.from_member(m) for m in members],
+            groups=[[members[i].name for i in group] for group in groups],
+            metrics=metrics, history=result.history, timings_s=timings,
+        )
+        save_meta_model(model, out, tgr_config=record.to_dict())
     dist.barrier()
     if log_with:
         dist.accelerator.end_training()

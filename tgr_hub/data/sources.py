@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import DatasetError
+from ..errors import DatasetError, RepoIdError
 from ..io import save_safetensors_atomic
+from ..repo_id import parse_repo_ref
 from .fewshot import ImageSplit, normalize_split, split_classes
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ SOURCE_CACHE_VERSION = 1
 _IMAGE_NAMES = ("image", "img", "picture", "photo", "pixel_values")
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "category", "target", "y")
 _SPLIT_KEYS = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -94,10 +94,12 @@ def open_source(source: str) -> tuple[dict[str, Any], str, str | None]:
                                hint="put the images of each class in their own sub-folder: ROOT/CLASS/IMAGE.png",
                                ) from error
         return dict(loaded), name, fingerprint
-    if not _HUB_ID.match(source):
-        raise DatasetError(f"dataset {source!r} is neither an existing folder nor a Hub dataset id",
-                           hint="use 'glyphs', a local folder, or org/name")
-    repo, _, revision = source.partition("@")
+    try:
+        ref = parse_repo_ref(source, namespace=False)
+    except RepoIdError as error:
+        raise DatasetError(f"dataset {source!r} is neither an existing folder nor a Hub dataset id ({error})",
+                           hint="use 'glyphs', a local folder, or org/name") from None
+    repo, revision = ref.repo_id, ref.revision
     try:
         loaded = datasets.load_dataset(repo, revision=revision or None)
     except Exception as error:  # noqa: BLE001 - network, auth, missing repo, bad format...
