@@ -1,4 +1,4 @@
-"""Grouping teachers by task dissimilarity (ALGORITHM.md stage 2).
+"""Grouping teachers by task dissimilarity (docs/method.md stage 2).
 
 Spectral clustering with the *dissimilarity* matrix as the affinity: teachers that see the
 world differently end up in the same group, which is what the IGR regulariser needs (it
