@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import tgr_hub  # noqa: F401  registers conv4 with timm
 from tgr_hub import hub as hub_mod
+from tgr_hub.hub import client as hub_client  # the retry policy lives with the client
 from tgr_hub.errors import (
     GatedRepoError,
     HubError,
@@ -243,8 +244,8 @@ def test_transient_errors_are_retried(hub, hub_cache, teachers) -> None:
 
 
 def test_hub_down_and_timeouts_give_a_hub_error(hub, hub_cache, teachers, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(hub_mod, "RETRIES", 1)
-    monkeypatch.setattr(hub_mod, "RETRY_WAIT", 0.01)
+    monkeypatch.setattr(hub_client, "RETRIES", 1)
+    monkeypatch.setattr(hub_client, "RETRY_WAIT", 0.01)
     hub.inject_fault(r"^/api/models/tgr-org/hub-teacher-c$", status=503, times=10)
     with pytest.raises(HubError, match="could not reach the Hub") as down:
         hub_mod.resolve_repo("tgr-org/hub-teacher-c")
@@ -442,7 +443,7 @@ def test_interrupted_push_leaves_nothing_a_retry_cannot_fix(hub, hf_token, fake_
     before = hub.files("me/hub-interrupted")
     (fake_run / "dissimilarity.png").write_bytes((fake_run / "training_curve.png").read_bytes())
     # the connection dies while the commit is sent: no retry allowed, the push fails...
-    monkeypatch.setattr(hub_mod, "RETRIES", 0)
+    monkeypatch.setattr(hub_client, "RETRIES", 0)
     hub.inject_fault(r"^/api/models/me/hub-interrupted/commit/", method="POST", drop=True)
     with pytest.raises(PushError, match="run the same push again"):
         hub_mod.push_meta_model(fake_run, "me/hub-interrupted")
@@ -454,7 +455,7 @@ def test_interrupted_push_leaves_nothing_a_retry_cannot_fix(hub, hf_token, fake_
     assert hub.files("me/hub-interrupted")["dissimilarity.png"] == (fake_run / "dissimilarity.png").read_bytes()
     count = hub.commit_count("me/hub-interrupted")
     # the commit lands but its answer is lost: the automatic retry finds nothing left to do (no duplicate)
-    monkeypatch.setattr(hub_mod, "RETRIES", 2)
+    monkeypatch.setattr(hub_client, "RETRIES", 2)
     (fake_run / "training_curve.png").write_bytes(b"\x89PNG not really")
     hub.inject_fault(r"^/api/models/me/hub-interrupted/commit/", method="POST", drop_after=True)
     again = hub_mod.push_meta_model(fake_run, "me/hub-interrupted")

@@ -23,16 +23,29 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
 from .errors import RepoIdError, RunFolderError
 from .io import write_json_atomic
 from .repo_id import is_local_ref, is_repo_id, parse_repo_ref
 
-if TYPE_CHECKING:  # type names only: the record never needs the loaded models
-    from .pool import PoolMember
-
 __all__ = ["RECORD_KEYS", "MemberRecord", "RunRecord", "config_part", "describe_pool"]
+
+class Teacher(Protocol):
+    """What the record reads from a loaded teacher (:class:`tgr_hub.pool.PoolMember` has it all)."""
+
+    name: str
+    repo_id: str | None
+    source: str
+    revision: str | None
+    architecture: str
+    label_names: list[str]
+    input_size: tuple[int, int, int]
+
+    @property
+    def num_classes(self) -> int: ...
+
 
 #: The keys of ``tgr_config.json`` that are not run config sections.
 RECORD_KEYS = ("tgr_hub_version", "pool_members", "groups", "metrics", "history", "timings_s")
@@ -64,7 +77,7 @@ class MemberRecord:
     input_size: list[int]
 
     @classmethod
-    def from_member(cls, member: PoolMember) -> MemberRecord:
+    def from_member(cls, member: Teacher) -> MemberRecord:
         """The record of a loaded teacher."""
         return cls(name=member.name, kind="hub" if member.repo_id else "local", repo_id=member.repo_id,
                    source=member.source, revision=member.revision, architecture=member.architecture,
@@ -93,7 +106,7 @@ class MemberRecord:
         return asdict(self)
 
 
-def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
+def describe_pool(members: Sequence[Teacher]) -> list[dict[str, Any]]:
     """JSON-able description of the pool (``pool.json``, ``pool_members`` of the record)."""
     return [MemberRecord.from_member(m).to_dict() for m in members]
 
