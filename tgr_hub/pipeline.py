@@ -1,8 +1,9 @@
 """A whole TGR run: pool ─► recover ─► embed ─► group ─► meta-train ─► evaluate, in a run folder.
 
-Each stage writes its artefact into the run folder and is skipped when that artefact
-already exists, so rerunning a stopped run resumes it (meta-training resumes from its
-newest checkpoint with ``resume=True`` / ``tgr-hub train --resume``):
+Each stage writes its artefact into the run folder, and a rerun skips every finished stage
+(:func:`stage_status` says which; meta-training and evaluation only when the recorded config
+is this run's), so rerunning a stopped run resumes it (meta-training resumes from its newest
+checkpoint with ``resume=True`` / ``tgr-hub train --resume``):
 
     runs/NAME/
       pool.json                 the resolved pool (sources, pinned revisions, labels)
