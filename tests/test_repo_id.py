@@ -94,3 +94,22 @@ def test_save_timm_folder_checks_its_arguments(tmp_path) -> None:
         save_timm_folder(model, tmp_path, architecture="x", num_classes=3, label_names=None, pretrained_cfg=cfg,
                          extra={"num_classes": 1})
     assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_a_server_reply_without_a_commit_sha_is_a_hub_error() -> None:
+    from types import SimpleNamespace
+
+    from tgr_hub.errors import HubError
+    from tgr_hub.hub.resolve import _model_info
+
+    class Reply:  # what a mirror that omits the commit would answer (the request itself is not the test)
+        def __init__(self, sha):
+            self.sha = sha
+
+        def model_info(self, repo_id, **kwargs):
+            return SimpleNamespace(sha=self.sha, siblings=[SimpleNamespace(rfilename="config.json")])
+
+    assert _model_info(Reply("a" * 40), "org/x", None, None) == ("a" * 40, ["config.json"])
+    for bad in (None, "main", "A" * 40):
+        with pytest.raises(HubError, match="gave no commit sha for org/x@v1"):
+            _model_info(Reply(bad), "org/x", "v1", None)
