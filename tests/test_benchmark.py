@@ -327,7 +327,7 @@ def test_quickstart_hands_the_image_size_and_class_split_to_the_pool_and_the_tes
 
     seen: dict = {}
 
-    def fake_make_pool(folder, **kwargs):
+    def fake_make_pool(folder, pool, **kwargs):
         seen["make_pool"] = kwargs
         raise Stop
 
@@ -349,7 +349,8 @@ def test_quickstart_hands_the_image_size_and_class_split_to_the_pool_and_the_tes
     spec = bm.BenchmarkSpec(cfg, (bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg),), (0,), bm.QUICKSTART_METHODS)
     with pytest.raises(Stop):
         bm._Runner(spec, tmp_path / "bench", progress=False).pool_list(spec.scenarios[0], 0)
-    assert seen["make_pool"]["image_size"] == 20 and seen["make_pool"]["class_split"] == str(split_file)
+    data = seen["make_pool"]["data"]
+    assert data.image_size == 20 and data.class_split == str(split_file)
 
 
 def test_benchmark_cli_merge_and_bad_input(bench, tmp_path, capsys) -> None:

@@ -17,7 +17,7 @@ from tgr_hub.config import RecoverConfig
 from tgr_hub.errors import EpisodeError
 from tgr_hub.labels import imagenet_label_space, resolve_label_names
 from tgr_hub.models import save_timm_folder
-from tgr_hub.pipeline import describe_pool
+from tgr_hub.run_record import describe_pool
 from tgr_hub.pool import load_pool
 from tgr_hub.recover import MemoryBank, recover_task
 

@@ -53,8 +53,8 @@ from . import stats
 from .config import RunConfig
 from .data import load_split
 from .data.fewshot import Episode, EpisodeSampler, ImageSplit
-from .distributed import write_json_atomic
-from .errors import ConfigError, TgrHubError
+from .errors import BenchmarkError, ConfigError
+from .io import write_json_atomic, write_text_atomic
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,6 @@ __all__ = [
 
 CELL_FORMAT = "tgr-hub-benchmark-cell"
 RESULTS_FORMAT = "tgr-hub-benchmark"
-
-
-class BenchmarkError(TgrHubError, ValueError):
-    """A benchmark folder is inconsistent (cells of other settings, or methods not on the same episodes)."""
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -393,11 +389,9 @@ class _Runner:
             start = time.perf_counter()
             # at least one teacher per (domain, arch) pair, so the scenario really has them all
             teachers = max(cfg.pool.teachers, len(scenario.domains) * len(scenario.archs))
-            make_pool(folder, dataset=cfg.data.dataset, domains=scenario.domains, archs=scenario.archs,
-                      teachers=teachers, way=cfg.pool.way, epochs=cfg.pool.epochs, seed=seed,
-                      batch_size=cfg.pool.batch_size, lr=cfg.pool.lr, data_seed=cfg.data.seed,
-                      cache_dir=cfg.data.cache_dir, image_size=cfg.data.image_size,
-                      class_split=cfg.data.class_split, progress=self.progress)
+            pool = dataclasses.replace(cfg.pool, domains=list(scenario.domains), archs=list(scenario.archs),
+                                       teachers=teachers)
+            make_pool(folder, pool, seed=seed, data=cfg.data, progress=self.progress)
             write_json_atomic(record, {"timings_s": {"make-pool": time.perf_counter() - start}, "teachers": teachers})
             return repo_list
 
@@ -754,9 +748,7 @@ def write_report(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     report = summarize(spec, out)
     write_json_atomic(out / "results.json", report)
-    tmp = out / "results.md.tmp"
-    tmp.write_text(render_markdown(report) + "\n")
-    os.replace(tmp, out / "results.md")
+    write_text_atomic(out / "results.md", render_markdown(report) + "\n")
     if any(sc["methods"] for sc in report["scenarios"].values()):
         plot_benchmark(report, out / "results.png")
     if report["missing_cells"]:

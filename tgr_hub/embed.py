@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .errors import TgrHubError
+from .errors import EmbeddingError
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -72,10 +72,6 @@ __all__ = [
 
 Method = Literal["task2vec", "reference"]
 ParamFilter = Callable[[str, Tensor], bool]
-
-
-class EmbeddingError(TgrHubError, ValueError):
-    """Inputs to the Fisher embedding or the dissimilarity are invalid."""
 
 
 # --- preparation shared by the vmapped and the loop implementation ---------------------

@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import RecoverConfig
-from .errors import EpisodeError, RunFolderError, TgrHubError
+from .errors import EpisodeError, MemoryBankError, RecoverError, RunFolderError
 from .models.generator import Generator
 from .progress import progress_bar
 
@@ -73,14 +73,6 @@ _BANK_FORMAT = "tgr-hub-memory-bank"
 _BANK_VERSION = 1
 BANK_TENSORS = "bank.safetensors"
 BANK_INDEX = "bank.json"
-
-
-class RecoverError(TgrHubError, ValueError):
-    """A recovery was asked for something the teacher cannot give (bad classes, bad generator...)."""
-
-
-class MemoryBankError(TgrHubError, ValueError):
-    """A memory bank lookup or a saved bank is invalid (unknown teacher/class, mismatched files...)."""
 
 
 @dataclass

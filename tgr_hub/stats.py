@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from .errors import TgrHubError
+from .errors import StatsError
 
 __all__ = [
     "StatsError",
@@ -41,10 +41,6 @@ __all__ = [
 ]
 
 CONFIDENCE = 0.95
-
-
-class StatsError(TgrHubError, ValueError):
-    """Values that cannot be summarised as asked (empty, or paired arrays of different lengths)."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import DatasetError
+from ..errors import DatasetError, RepoIdError
+from ..io import save_safetensors_atomic
+from ..repo_id import parse_repo_ref
 from .class_splits import read_class_split
 from .fewshot import ImageSplit, normalize_split, split_classes
 from .hub_datasets import HubDataset, is_commit_id, resolve_hub_dataset
@@ -46,7 +48,6 @@ DECODE_BATCH = 64
 _IMAGE_NAMES = ("image", "img", "picture", "photo", "pixel_values")
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "category", "target", "y")
 _SPLIT_KEYS = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -132,12 +133,13 @@ def open_source(source: str) -> OpenedSource:
                                hint="put the images of each class in their own sub-folder: ROOT/CLASS/IMAGE.png",
                                ) from error
         return OpenedSource(name, fingerprint, str(path.resolve()), _splits=dict(loaded))
-    if not _HUB_ID.match(source):
-        raise DatasetError(f"dataset {source!r} is neither an existing folder nor a Hub dataset id",
-                           hint="use 'glyphs', a local folder, or org/name")
-    repo, _, revision = source.partition("@")
-    hub = resolve_hub_dataset(repo, revision or None)
-    return OpenedSource(repo.split("/")[-1], f"hub:{hub.revision}" if hub.revision else None, repo,
+    try:
+        ref = parse_repo_ref(source, namespace=False)
+    except RepoIdError as error:
+        raise DatasetError(f"dataset {source!r} is neither an existing folder nor a Hub dataset id ({error})",
+                           hint="use 'glyphs', a local folder, or org/name") from None
+    hub = resolve_hub_dataset(ref.repo_id, ref.revision)
+    return OpenedSource(ref.name, f"hub:{hub.revision}" if hub.revision else None, ref.repo_id,
                         revision=hub.revision, _hub=hub)
 
 
@@ -215,16 +217,11 @@ def _read_cache(path: Path) -> ImageSplit | None:
 
 
 def _write_cache(path: Path, split: ImageSplit) -> None:
-    from safetensors.torch import save_file
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"images": split.images.contiguous(), "labels": split.labels}, str(tmp),
-                  metadata={"class_names": json.dumps(split.class_names, ensure_ascii=False),
-                            "class_domains": json.dumps(split.class_domains, ensure_ascii=False),
-                            "revision": split.revision or "", "class_split": split.class_split or ""})
-        os.replace(tmp, path)
+        save_safetensors_atomic(path, {"images": split.images, "labels": split.labels},
+                                metadata={"class_names": json.dumps(split.class_names, ensure_ascii=False),
+                                          "class_domains": json.dumps(split.class_domains, ensure_ascii=False),
+                                          "revision": split.revision or "", "class_split": split.class_split or ""})
     except OSError as error:  # a read-only cache only costs time
         logger.warning("could not cache the converted dataset at %s: %s", path, error)
 
