@@ -66,12 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     out = Path(args.out)
-    reports = make_pool(
-        out, dataset=cfg.data.dataset, domains=cfg.pool.domains, archs=cfg.pool.archs, teachers=cfg.pool.teachers,
-        way=cfg.pool.way, epochs=cfg.pool.epochs, seed=cfg.seed, batch_size=cfg.pool.batch_size, lr=cfg.pool.lr,
-        data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, image_size=cfg.data.image_size,
-        num_threads=args.threads or None, progress=not args.no_progress,
-    )
+    reports = make_pool(out, cfg.pool, seed=cfg.seed, data=cfg.data, num_threads=args.threads or None,
+                        progress=not args.no_progress)
     elapsed = time.perf_counter() - started
     say(format_table(reports))
     say()
@@ -82,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     say(f"pool list: {out / 'repo-list.txt'}")
     if args.push_org:
         from tgr_hub.hub import push_pool
+        from tgr_hub.pool import pool_folders
 
-        entries = push_pool(out, args.push_org, private=args.private, progress=not args.no_progress)
+        entries = push_pool(out, args.push_org, private=args.private, progress=not args.no_progress,
+                            teachers=pool_folders(out) or None)
         say(f"pushed {len(entries)} teachers to {args.push_org}; Hub pool list: {out / 'repo-list-hub.txt'}")
     return 0

@@ -40,10 +40,7 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    pool = cfg.pool
-    make_pool(out / "pool", dataset=cfg.data.dataset, domains=pool.domains, archs=pool.archs, teachers=pool.teachers,
-              way=pool.way, epochs=pool.epochs, seed=cfg.seed, batch_size=pool.batch_size, lr=pool.lr,
-              data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
+    make_pool(out / "pool", cfg.pool, seed=cfg.seed, data=cfg.data)
     timings["make-pool"] = time.perf_counter() - start
     repo_list = out / "pool" / "repo-list.txt"
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from tgr_hub.config import PRESETS, RunConfig, load_config
+from tgr_hub.io import write_json_atomic
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -32,11 +32,7 @@ def config_from_args(args: argparse.Namespace, values: dict[str, Any] | None = N
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, data)
 
 
 def say(message: str = "") -> None:

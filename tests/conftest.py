@@ -175,10 +175,11 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-teacher conv4 glyph pool (latin, greek; 1 epoch each): its repo-list.txt."""
+    from tgr_hub.config import PoolBuildConfig
     from tgr_hub.teachers import make_pool
 
     folder = tmp_path_factory.mktemp("tiny-pool")
-    make_pool(folder, domains=["latin", "greek"], archs=["conv4"], teachers=4, way=5, epochs=1, seed=0,
+    make_pool(folder, PoolBuildConfig(domains=["latin", "greek"], archs=["conv4"], teachers=4, way=5, epochs=1), seed=0,
               progress=False, num_threads=1)
     return folder / "repo-list.txt"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard, SpaceCard
 
+from tgr_hub.config import load_config
 from tgr_hub.card import (
     META_MODEL_TAGS,
     build_model_card,
@@ -71,7 +72,8 @@ def test_body_explains_the_model(fake_run: Path) -> None:
     config = json.loads(config_block)
     saved = json.loads((fake_run / "tgr_config.json").read_text())
     assert config == {k: v for k, v in saved.items()
-                      if k not in ("pool_members", "groups", "metrics", "history", "timings_s")}
+                      if k not in ("tgr_hub_version", "pool_members", "groups", "metrics", "history", "timings_s")}
+    assert config == json.loads(json.dumps(load_config(path=fake_run / "tgr_config.json").to_dict()))  # --config of it
     assert card_text.count("---\n") >= 2
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import tgr_hub  # noqa: F401  registers conv4 with timm
 from tgr_hub import hub as hub_mod
+from tgr_hub.hub import client as hub_client  # the retry policy lives with the client
 from tgr_hub.errors import (
     GatedRepoError,
     HubError,
@@ -122,6 +123,11 @@ def _entries(text: str, tmp_path: Path | None = None):
     return parse_pool_text(text, base=tmp_path or ".", list_path=str(list_path) if list_path else None)
 
 
+def _refs(text: str, tmp_path: Path | None = None):
+    """The Hub references of a repo-list text: what hub.resolve_many takes."""
+    return [entry.ref for entry in _entries(text, tmp_path)]
+
+
 def _state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -152,7 +158,7 @@ def test_branch_tag_sha_and_prefix_entries(hub_cache, teachers, tmp_path: Path) 
     sha_v1, sha_main = teachers["sha_v1"], teachers["sha_main"]
     entries = _entries(f"tgr-org/hub-teacher-a\ntgr-org/hub-teacher-a@v1\nhf-hub:tgr-org/hub-teacher-a@{sha_v1}\n"
                        "hf-hub:tgr-org/hub-teacher-a@main\n", tmp_path)
-    results = hub_mod.resolve_many(entries, progress=False)
+    results = hub_mod.resolve_many([e.ref for e in entries], progress=False)
     assert [sha for _, sha in results] == [sha_main, sha_v1, sha_v1, sha_main]
     assert results[0][0] != results[1][0] and results[1][0] == results[2][0]
     refs = hub_cache / "models--tgr-org--hub-teacher-a" / "refs"
@@ -185,14 +191,14 @@ def test_imagenet_teacher_keeps_its_input_size_and_normalisation(hub_cache, teac
 
 def test_offline_second_resolution_uses_the_cache_alone(hub, hub_cache, teachers, tmp_path: Path, monkeypatch) -> None:
     text = f"tgr-org/hub-teacher-a\ntgr-org/hub-teacher-a@v1\n{IMAGENET}\nhf-hub:tgr-org/hub-teacher-b\n"
-    online = hub_mod.resolve_many(_entries(text, tmp_path), progress=False)
+    online = hub_mod.resolve_many(_refs(text, tmp_path), progress=False)
     # a fresh process, offline, with an endpoint where nothing listens: only the cache can answer
     script = (
         "import json, sys\n"
         "from tgr_hub.hub import resolve_many\n"
         "from tgr_hub.pool import parse_pool_list, load_pool\n"
         "entries = parse_pool_list(sys.argv[1])\n"
-        "print(json.dumps([[str(f), s] for f, s in resolve_many(entries, progress=False)]))\n"
+        "print(json.dumps([[str(f), s] for f, s in resolve_many([e.ref for e in entries], progress=False)]))\n"
         "print(json.dumps([m.revision for m in load_pool(sys.argv[1])]))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(hub_cache)}
@@ -205,7 +211,7 @@ def test_offline_second_resolution_uses_the_cache_alone(hub, hub_cache, teachers
     # in this process too: offline resolution makes no request at all
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = len(hub.requests)
-    assert hub_mod.resolve_many(_entries(text, tmp_path), progress=False) == online
+    assert hub_mod.resolve_many(_refs(text, tmp_path), progress=False) == online
     assert len(hub.requests) == before
     with pytest.raises(OfflineCacheMissError, match="tgr-org/hub-teacher-c.*HF_HUB_OFFLINE"):
         hub_mod.resolve_repo("tgr-org/hub-teacher-c")
@@ -218,7 +224,7 @@ def test_resolve_many_runs_concurrently_with_progress(hub, hub_cache, teachers, 
     hub.inject_fault(r"^/api/models/", status=None, delay=0.4, times=3)  # slow model info calls
     hub.max_in_flight = 0
     text = "tgr-org/hub-teacher-a\ntgr-org/hub-teacher-b\ntgr-org/hub-teacher-c\ntgr-org/hub-teacher-b\n"
-    results = hub_mod.resolve_many(_entries(text, tmp_path), max_workers=3, progress=True)
+    results = hub_mod.resolve_many(_refs(text, tmp_path), max_workers=3, progress=True)
     assert hub.max_in_flight >= 2  # several requests were served at the same time
     assert results[1] == results[3]  # the duplicate entry is resolved once
     info_calls = [r for r in hub.requests_matching(r"^/api/models/tgr-org/hub-teacher-b$")]
@@ -238,8 +244,8 @@ def test_transient_errors_are_retried(hub, hub_cache, teachers) -> None:
 
 
 def test_hub_down_and_timeouts_give_a_hub_error(hub, hub_cache, teachers, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(hub_mod, "RETRIES", 1)
-    monkeypatch.setattr(hub_mod, "RETRY_WAIT", 0.01)
+    monkeypatch.setattr(hub_client, "RETRIES", 1)
+    monkeypatch.setattr(hub_client, "RETRY_WAIT", 0.01)
     hub.inject_fault(r"^/api/models/tgr-org/hub-teacher-c$", status=503, times=10)
     with pytest.raises(HubError, match="could not reach the Hub") as down:
         hub_mod.resolve_repo("tgr-org/hub-teacher-c")
@@ -437,7 +443,7 @@ def test_interrupted_push_leaves_nothing_a_retry_cannot_fix(hub, hf_token, fake_
     before = hub.files("me/hub-interrupted")
     (fake_run / "dissimilarity.png").write_bytes((fake_run / "training_curve.png").read_bytes())
     # the connection dies while the commit is sent: no retry allowed, the push fails...
-    monkeypatch.setattr(hub_mod, "RETRIES", 0)
+    monkeypatch.setattr(hub_client, "RETRIES", 0)
     hub.inject_fault(r"^/api/models/me/hub-interrupted/commit/", method="POST", drop=True)
     with pytest.raises(PushError, match="run the same push again"):
         hub_mod.push_meta_model(fake_run, "me/hub-interrupted")
@@ -449,7 +455,7 @@ def test_interrupted_push_leaves_nothing_a_retry_cannot_fix(hub, hf_token, fake_
     assert hub.files("me/hub-interrupted")["dissimilarity.png"] == (fake_run / "dissimilarity.png").read_bytes()
     count = hub.commit_count("me/hub-interrupted")
     # the commit lands but its answer is lost: the automatic retry finds nothing left to do (no duplicate)
-    monkeypatch.setattr(hub_mod, "RETRIES", 2)
+    monkeypatch.setattr(hub_client, "RETRIES", 2)
     (fake_run / "training_curve.png").write_bytes(b"\x89PNG not really")
     hub.inject_fault(r"^/api/models/me/hub-interrupted/commit/", method="POST", drop_after=True)
     again = hub_mod.push_meta_model(fake_run, "me/hub-interrupted")
@@ -553,7 +559,7 @@ def test_the_token_never_leaves_the_headers(hub, hf_token, hub_cache, fake_run: 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("HF_DEBUG", "1")
     hub_mod.push_meta_model(fake_run, "me/hub-secret", space_id="me/hub-secret-demo", space_app_dir=_space_app(tmp_path))
-    hub_mod.resolve_many(_entries("tgr-org/hub-teacher-b\nme/hub-private\n"), progress=True)
+    hub_mod.resolve_many(_refs("tgr-org/hub-teacher-b\nme/hub-private\n"), progress=True)
     with pytest.raises(TgrHubError):
         hub_mod.resolve_repo("tgr-org/no-such-model")
     captured = capfd.readouterr()
@@ -594,10 +600,10 @@ def test_end_to_end_teachers_train_push_and_load(hub, hf_token, hub_cache, tmp_p
     from timm.models import push_to_hf_hub
 
     from tgr_hub.metamodel import load_meta_model
+    from tgr_hub.config import PoolBuildConfig
     from tgr_hub.teachers import make_pool
 
-    make_pool(tmp_path / "pool", domains=["latin", "greek"], archs=["conv4"], teachers=3, way=5, epochs=1, seed=0,
-              progress=False)
+    make_pool(tmp_path / "pool", PoolBuildConfig(domains=["latin", "greek"], archs=["conv4"], teachers=3, way=5, epochs=1), seed=0, progress=False)
     lines = []
     for name in ("t00", "t01", "t02"):
         teacher = timm.create_model(f"local-dir:{tmp_path / 'pool' / name}", pretrained=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import types
 from pathlib import Path
 
@@ -21,7 +20,9 @@ import timm
 from tgr_hub.errors import (EmptyPoolError, NotAClassifierError, PickleRefusedError, PoolError, PoolSyntaxError,
                             TeacherNotFoundError, UnknownArchitectureError, WeightsMismatchError)
 from tgr_hub.models import save_timm_folder
-from tgr_hub.pool import PoolEntry, PoolListNotFoundError, load_pool, parse_pool_list, parse_pool_text
+import tgr_hub.pool as pool_module
+from tgr_hub.repo_id import RepoRef
+from tgr_hub.pool import PoolListNotFoundError, load_pool, parse_pool_list, parse_pool_text
 
 MEAN = (0.25, 0.5, 0.75)
 STD = (0.5, 0.25, 0.125)
@@ -169,23 +170,23 @@ def test_hub_entries_go_through_resolve_hub_entry(tmp_path, monkeypatch):
     model = make_teacher(snapshot, "conv4")
     calls = []
 
-    def resolve_hub_entry(entry: PoolEntry, *, allow_pickle: bool):
-        calls.append((entry.target, entry.revision, allow_pickle))
+    def resolve_hub_entry(ref: RepoRef, *, allow_pickle: bool, where: tuple):
+        calls.append((ref.repo_id, ref.revision, allow_pickle, where[1]))
         return snapshot, "a" * 40
 
+    # the pool hands hub plain values (a RepoRef and where it was written); hub knows nothing of pools
     fake = types.ModuleType("tgr_hub.hub")
     fake.resolve_hub_entry = resolve_hub_entry
-    monkeypatch.setitem(sys.modules, "tgr_hub.hub", fake)
-    # `from . import hub` reads the package attribute, set if the real module was imported earlier
-    monkeypatch.setattr(tgr_hub, "hub", fake, raising=False)
+    monkeypatch.setattr(pool_module, "hub", fake)
     members = load_pool(write_list(tmp_path / "l.txt", "me/teacher@main"), allow_pickle=True)
-    assert calls == [("me/teacher", "main", True)]
+    assert calls == [("me/teacher", "main", True, 1)]
     assert members[0].name == "teacher" and members[0].revision == "a" * 40 and members[0].source == "me/teacher@main"
+    assert members[0].repo_id == "me/teacher"
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(members[0].logits(x), model(members[0].normalize(x)))
 
-    def missing(entry, *, allow_pickle):
+    def missing(ref, *, allow_pickle, where):
         raise TeacherNotFoundError("repo me/teacher has no config.json")
 
     fake.resolve_hub_entry = missing
@@ -196,9 +197,9 @@ def test_hub_entries_go_through_resolve_hub_entry(tmp_path, monkeypatch):
     # several Hub entries: resolved together (concurrently) by resolve_many
     batches = []
 
-    def resolve_many(entries, allow_pickle=False, *, progress=True):
-        batches.append([(e.target, e.revision) for e in entries])
-        return [(snapshot, f"{i}" * 40) for i in range(len(entries))]
+    def resolve_many(refs, allow_pickle=False, *, progress=True, wheres=None):
+        batches.append([(r.repo_id, r.revision) for r in refs])
+        return [(snapshot, f"{i}" * 40) for i in range(len(refs))]
 
     fake.resolve_many = resolve_many
     listing = write_list(tmp_path / "l3.txt", "me/a", "./local  # not a Hub entry", "me/b@v2")

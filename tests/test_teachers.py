@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import tgr_hub  # noqa: F401
 import timm
 from tgr_hub.errors import ConfigError, DatasetError, UnknownArchitectureError
+from tgr_hub.config import DataConfig, PoolBuildConfig
 from tgr_hub.teachers import (TeacherSpec, _augment, format_table, make_pool, plan_teachers, split_heldout,
                               torch_threads, train_teacher)
 
@@ -113,11 +114,9 @@ def test_train_teacher_learns_and_is_deterministic():
 
 def test_unknown_architecture_is_refused(tmp_path):
     with pytest.raises(UnknownArchitectureError, match="unknown architecture 'resnet_nope'"):
-        make_pool(tmp_path, domains=["latin"], archs=["conv4", "resnet_nope"], teachers=2, way=3, epochs=1, seed=0,
-                  progress=False)
+        make_pool(tmp_path, PoolBuildConfig(domains=["latin"], archs=["conv4", "resnet_nope"], teachers=2, way=3, epochs=1), seed=0, progress=False)
     with pytest.raises(ConfigError, match="cannot build a conv4 teacher for 40px images"):
-        make_pool(tmp_path, domains=["latin"], archs=["conv4"], teachers=1, way=3, epochs=1, seed=0, image_size=40,
-                  progress=False)
+        make_pool(tmp_path, PoolBuildConfig(domains=["latin"], archs=["conv4"], teachers=1, way=3, epochs=1), seed=0, data=DataConfig(image_size=40), progress=False)
     assert not (tmp_path / "repo-list.txt").exists()
 
 
@@ -127,8 +126,7 @@ def test_unknown_architecture_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def small_pool(tmp_path_factory) -> tuple[Path, list]:
     out = tmp_path_factory.mktemp("pool")
-    reports = make_pool(out, dataset="glyphs", domains=["latin", "greek"], archs=["conv4", "resnet10t"], teachers=2,
-                        way=3, epochs=2, seed=0, batch_size=32, lr=3e-3, num_threads=1, progress=False)
+    reports = make_pool(out, PoolBuildConfig(domains=["latin", "greek"], archs=["conv4", "resnet10t"], teachers=2, way=3, epochs=2, batch_size=32, lr=3e-3), seed=0, num_threads=1, progress=False)
     return out, reports
 
 
@@ -176,8 +174,7 @@ def test_make_pool_resumes_without_retraining(small_pool):
     out, reports = small_pool
     weights = (out / "t00" / "model.safetensors").read_bytes()
     stamp = (out / "t00" / "model.safetensors").stat().st_mtime_ns
-    again = make_pool(out, dataset="glyphs", domains=["latin", "greek"], archs=["conv4", "resnet10t"], teachers=2,
-                      way=3, epochs=2, seed=0, batch_size=32, lr=3e-3, num_threads=1, progress=False)
+    again = make_pool(out, PoolBuildConfig(domains=["latin", "greek"], archs=["conv4", "resnet10t"], teachers=2, way=3, epochs=2, batch_size=32, lr=3e-3), seed=0, num_threads=1, progress=False)
     assert [r.reused for r in again] == [True, True]
     assert [r.heldout_accuracy for r in again] == [r.heldout_accuracy for r in reports]
     assert (out / "t00" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -185,8 +182,7 @@ def test_make_pool_resumes_without_retraining(small_pool):
 
 def test_make_pool_is_deterministic(small_pool, tmp_path):
     out, reports = small_pool
-    again = make_pool(tmp_path, dataset="glyphs", domains=["latin", "greek"], archs=["conv4"], teachers=1,
-                      way=3, epochs=2, seed=0, batch_size=32, lr=3e-3, num_threads=1, progress=False)
+    again = make_pool(tmp_path, PoolBuildConfig(domains=["latin", "greek"], archs=["conv4"], teachers=1, way=3, epochs=2, batch_size=32, lr=3e-3), seed=0, num_threads=1, progress=False)
     assert again[0].label_names == reports[0].label_names and not again[0].reused
     assert (tmp_path / "t00" / "model.safetensors").read_bytes() == (out / "t00" / "model.safetensors").read_bytes()
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
+
+from .run_record import RunRecord, config_part
 
 __all__ = [
     "META_MODEL_TAGS",
@@ -34,8 +37,6 @@ META_MODEL_TAGS = ["few-shot", "meta-learning", "data-free", "tgr", "timm", "ima
 META_MODEL_PIPELINE = "image-feature-extraction"
 PAPER = "Task Groupings Regularization: Data-Free Meta-Learning with Heterogeneous Pre-trained Models"
 PAPER_URL = "https://arxiv.org/abs/2405.16560"
-_LOCAL_PREFIXES = ("./", "../", "/", "~", "local-dir:")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _SHOT = re.compile(r"^(\d+)[-_ ]?shots?$")
 
 BUILT_IN_DATASETS = {"glyphs": "tgr-hub glyphs (built-in synthetic few-shot benchmark)"}
@@ -285,28 +286,9 @@ def eval_results_from_metrics(tgr: dict[str, Any], splits: tuple[str, ...] = ("t
     return results
 
 
-def _hub_id(member: dict[str, Any]) -> str | None:
-    """The Hub repo id a pool member came from, or None for a local folder."""
-    if member.get("kind") == "local":
-        return None
-    for key in ("repo_id", "hub_id"):
-        if isinstance(member.get(key), str) and _HUB_ID.match(member[key]):
-            return member[key]
-    source = str(member.get("source") or "").strip()
-    if not source or source.startswith(_LOCAL_PREFIXES) or source in (".", ".."):
-        return None
-    repo_id = source.removeprefix("hf-hub:").split("@", 1)[0]
-    return repo_id if _HUB_ID.match(repo_id) and not Path(source).is_absolute() else None
-
-
 def hub_teachers(tgr: dict[str, Any]) -> list[str]:
-    """The distinct Hub repositories of the pool, in pool order."""
-    ids: list[str] = []
-    for member in tgr.get("pool_members") or []:
-        repo_id = _hub_id(member) if isinstance(member, dict) else None
-        if repo_id and repo_id not in ids:
-            ids.append(repo_id)
-    return ids
+    """The distinct Hub repositories of the pool, in pool order (see :class:`RunRecord`)."""
+    return RunRecord.from_dict(tgr).hub_teachers
 
 
 def model_card_data(tgr: dict[str, Any], repo_id: str, *, license: str = "apache-2.0") -> ModelCardData:
@@ -338,35 +320,29 @@ def _size(config: dict[str, Any]) -> str:
 
 
 def _pool_table(tgr: dict[str, Any]) -> str:
-    members = [m for m in tgr.get("pool_members") or [] if isinstance(m, dict)]
+    members = RunRecord.from_dict(tgr).pool_members
     if not members:
         return "   (the pool is not recorded in tgr_config.json)"
     lines = ["   | # | teacher | source | commit | architecture | classes | input |",
              "   |---|---|---|---|---|---|---|"]
     for index, member in enumerate(members):
-        repo_id = _hub_id(member)
-        source = f"[{_md(repo_id)}](https://huggingface.co/{repo_id})" if repo_id else f"`{_md(member.get('source', ''))}`"
-        revision = member.get("revision")
-        commit = f"`{str(revision)[:12]}`" if revision else "local"
-        labels = member.get("label_names") or []
-        classes = member.get("num_classes", len(labels))
+        repo_id = member.repo_id
+        source = f"[{_md(repo_id)}](https://huggingface.co/{repo_id})" if repo_id else f"`{_md(member.source)}`"
+        commit = f"`{str(member.revision)[:12]}`" if member.revision else "local"
+        labels = member.label_names
+        classes: Any = member.num_classes
         if labels:
-            shown = ", ".join(str(label) for label in labels[:5]) + (", …" if len(labels) > 5 else "")
+            shown = ", ".join(labels[:5]) + (", …" if len(labels) > 5 else "")
             classes = f"{classes} ({_md(shown)})"
-        size = member.get("input_size")
-        size_text = f"{size[-2]}×{size[-1]}" if isinstance(size, (list, tuple)) and len(size) >= 2 else ""
-        lines.append(f"   | {index} | {_md(member.get('name', index))} | {source} | {commit} | "
-                     f"`{_md(member.get('architecture', '?'))}` | {classes} | {size_text} |")
+        size = member.input_size
+        size_text = f"{size[-2]}×{size[-1]}" if len(size) >= 2 else ""
+        lines.append(f"   | {index} | {_md(member.name or index)} | {source} | {commit} | "
+                     f"`{_md(member.architecture)}` | {classes} | {size_text} |")
     return "\n".join(lines)
 
 
 def _groups(tgr: dict[str, Any]) -> str:
-    groups = tgr.get("groups") or []
-    names = [str(m.get("name", i)) if isinstance(m, dict) else str(m) for i, m in enumerate(tgr.get("pool_members") or [])]
-    lines = []
-    for index, group in enumerate(groups):
-        members = [names[m] if isinstance(m, int) and 0 <= m < len(names) else str(m) for m in group]
-        lines.append(f"   - group {index}: {', '.join(members)}")
+    lines = [f"   - group {index}: {', '.join(group)}" for index, group in enumerate(RunRecord.from_dict(tgr).groups)]
     return "\n".join(lines) if lines else "   - (no grouping recorded)"
 
 
@@ -417,8 +393,7 @@ def _config_table(tgr: dict[str, Any]) -> str:
 
 
 def _config_json(tgr: dict[str, Any]) -> str:
-    config = {k: v for k, v in tgr.items() if k not in ("pool_members", "groups", "metrics", "history", "timings_s")}
-    return json.dumps(config, indent=2, default=str)
+    return json.dumps(config_part(tgr), indent=2, default=str)
 
 
 def _image(figures: list[str], name: str, alt: str) -> str:
@@ -542,10 +517,8 @@ def build_space_readme(app_dir: str | Path | None, space_id: str, model_id: str,
         existing = card.data.to_dict()
         body = card.text.strip()
     try:
-        from importlib.metadata import version
-
-        sdk_version = version("gradio")
-    except Exception:  # gradio not installed here: let the Space pick its default
+        sdk_version: str | None = version("gradio")
+    except PackageNotFoundError:  # gradio not installed here: let the Space pick its default
         sdk_version = None
     existing.update(
         sdk="gradio", app_file="app.py", models=[model_id], license=existing.get("license") or license,

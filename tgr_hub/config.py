@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .io import write_json_atomic
+from .run_record import config_part
 
 
 def _check(condition: bool, message: str) -> None:
@@ -60,7 +62,7 @@ class PoolBuildConfig:
 
 @dataclass
 class RecoverConfig:
-    """Model inversion (ALGORITHM.md stage 1); defaults are the reference's."""
+    """Model inversion (docs/method.md stage 1); defaults are the reference's."""
 
     steps: int = 200
     lr: float = 1e-3
@@ -84,7 +86,7 @@ class RecoverConfig:
 
 @dataclass
 class EmbedConfig:
-    """Fisher task embeddings (ALGORITHM.md stage 2)."""
+    """Fisher task embeddings (docs/method.md stage 2)."""
 
     method: Literal["task2vec", "reference"] = "task2vec"
     probe: str | None = None  # None: the meta-model backbone at initialisation; else a timm name
@@ -112,7 +114,7 @@ class GroupConfig:
 
 @dataclass
 class TrainConfig:
-    """Meta-training with IGR and replay (ALGORITHM.md stage 3)."""
+    """Meta-training with IGR and replay (docs/method.md stage 3)."""
 
     arch: str = "conv4"
     learner: Literal["protonet", "maml"] = "protonet"
@@ -190,7 +192,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
 
 # --- presets -----------------------------------------------------------------------------
@@ -216,7 +218,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 100},
         "eval": {"episodes": 600},
     },
-    # the reference settings of ALGORITHM.md
+    # the reference settings of docs/method.md
     "paper": {
         "pool": {"teachers": 100, "epochs": 30},
         # hours of meta-training: a resumable checkpoint at every meta-validation
@@ -354,9 +356,8 @@ def load_config(
         overrides: ``section.key=value`` strings, values parsed as YAML scalars.
         values: a nested dict applied after the file (used by CLI flags).
     """
-    file_values = read_config_file(path) if path is not None else {}
-    for extra in ("pool_members", "groups", "metrics", "history", "timings_s", "tgr_hub_version"):
-        file_values.pop(extra, None)  # a saved tgr_config.json carries run results too
+    # a saved tgr_config.json carries the run's results too: only its config sections count
+    file_values = config_part(read_config_file(path)) if path is not None else {}
     name = preset or file_values.get("preset") or "quick"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

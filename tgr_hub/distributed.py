@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, RunFolderError
+from .errors import ConfigError, RankDivergenceError, RunFolderError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -76,10 +76,6 @@ _CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 TRAINER_STATE = "trainer_state.json"  # written last by the caller: marks the content as complete
 MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-class RankDivergenceError(RuntimeError):
-    """The processes of a run hold different models: an internal invariant is broken."""
 
 
 # --- accelerator -------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from .errors import TgrHubError
+from .errors import EmbeddingError
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ __all__ = [
 
 Method = Literal["task2vec", "reference"]
 ParamFilter = Callable[[str, Tensor], bool]
-
-
-class EmbeddingError(TgrHubError, ValueError):
-    """Inputs to the Fisher embedding or the dissimilarity are invalid."""
 
 
 # --- preparation shared by the vmapped and the loop implementation ---------------------

@@ -31,11 +31,19 @@ class ConfigError(TgrHubError, ValueError):
     """A config file, preset or ``--set`` override is invalid."""
 
 
+class GroupingError(ConfigError):
+    """The dissimilarity matrix or the grouping options are invalid."""
+
+
 # --- data ------------------------------------------------------------------------------
 
 
 class DatasetError(TgrHubError, ValueError):
     """A dataset cannot be loaded or is unsuitable (too few classes, no image column...)."""
+
+
+class RepoIdError(TgrHubError, ValueError):
+    """A text is not a Hub repository reference (``org/name``, ``org/name@REV``, ``hf-hub:...``)."""
 
 
 class EpisodeError(TgrHubError, ValueError):
@@ -67,6 +75,10 @@ class PoolError(TgrHubError, ValueError):
 
 class PoolSyntaxError(PoolError):
     """A line of a repo-list file matches none of the accepted entry forms."""
+
+
+class PoolListNotFoundError(PoolError, FileNotFoundError):
+    """The repo-list file itself does not exist."""
 
 
 class EmptyPoolError(PoolError):
@@ -138,3 +150,29 @@ class RunFolderError(TgrHubError, FileNotFoundError):
 
 class ImageInputError(TgrHubError, ValueError):
     """User-supplied images for adaptation/classification are invalid."""
+
+
+# --- the method's stages ---------------------------------------------------------------------
+
+
+class RecoverError(TgrHubError, ValueError):
+    """A recovery was asked for something the teacher cannot give (bad classes, bad generator...)."""
+
+
+class MemoryBankError(TgrHubError, ValueError):
+    """A memory bank lookup or a saved bank is invalid (unknown teacher/class, mismatched files...)."""
+
+
+class EmbeddingError(TgrHubError, ValueError):
+    """Inputs to the Fisher embedding or the dissimilarity are invalid."""
+
+
+class EvaluationError(TgrHubError, ValueError):
+    """An evaluation cannot be run as asked (no accuracies, incompatible teachers...)."""
+
+
+# --- internal invariants (not user errors) -----------------------------------------------------
+
+
+class RankDivergenceError(RuntimeError):
+    """The processes of a run hold different models: an internal invariant is broken."""

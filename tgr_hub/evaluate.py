@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data.fewshot import EpisodeSampler, ImageSplit
-from .errors import ConfigError, EmptyPoolError, TgrHubError
+from .errors import ConfigError, EmptyPoolError, EvaluationError
 from .learners import MAML, ProtoNet, make_learner
 from .metamodel import MetaModel, create_meta_model
 
@@ -52,10 +52,6 @@ __all__ = [
 METHODS = ("auto", "protonet", "finetune")
 # a meta-model trained with (FO)MAML is evaluated by fine-tuning
 _ALIASES = {"maml": "finetune", "fomaml": "finetune", "maml2": "finetune"}
-
-
-class EvaluationError(TgrHubError, ValueError):
-    """An evaluation cannot be run as asked (no accuracies, incompatible teachers...)."""
 
 
 def confidence_interval(accuracies: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Grouping teachers by task dissimilarity (ALGORITHM.md stage 2).
+"""Grouping teachers by task dissimilarity (docs/method.md stage 2).
 
 Spectral clustering with the *dissimilarity* matrix as the affinity: teachers that see the
 world differently end up in the same group, which is what the IGR regulariser needs (it
@@ -27,17 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from .errors import GroupingError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GroupingError", "group_teachers", "groups_to_labels"]
 
 Strategy = Literal["spectral", "random", "none"]
-
-
-class GroupingError(ConfigError):
-    """The dissimilarity matrix or the grouping options are invalid."""
 
 
 def _as_matrix(dissimilarity: Tensor | np.ndarray) -> np.ndarray:
@@ -168,5 +164,8 @@ def groups_to_labels(groups: list[list[int]], n: int) -> torch.Tensor:
     labels = torch.full((n,), -1, dtype=torch.long)
     for gid, members in enumerate(groups):
         labels[members] = gid
-    assert (labels >= 0).all(), "groups do not cover every teacher"
+    missing = (labels < 0).nonzero().flatten().tolist()
+    if missing:
+        raise GroupingError(f"the groups do not cover the teachers {missing} (of {n})",
+                            hint="every teacher index 0..N-1 must be in exactly one group")
     return labels

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, PoolError, RunFolderError
+from .io import write_json_atomic
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, create_from_folder, save_timm_folder
 
 logger = logging.getLogger(__name__)
@@ -173,17 +172,6 @@ def create_meta_model(arch: str = "conv4", image_size: int = 32, seed: int = 0, 
     return MetaModel(backbone, arch, (channels, image_size, image_size), mean, std, model_args=model_args)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_meta_model(model: MetaModel, folder: str | Path, *, tgr_config: dict[str, Any] | None = None) -> None:
     """Save in timm's Hub layout (config.json + model.safetensors), atomically per file.
 
@@ -202,7 +190,7 @@ def save_meta_model(model: MetaModel, folder: str | Path, *, tgr_config: dict[st
         pretrained_cfg=model.pretrained_cfg(),
     )
     if tgr_config is not None:
-        _atomic_write_text(folder / TGR_CONFIG_NAME, json.dumps(tgr_config, indent=2, default=str) + "\n")
+        write_json_atomic(folder / TGR_CONFIG_NAME, tgr_config, default=str)
         model.tgr_config = tgr_config
     logger.info("saved meta-model (%s, %d features) to %s", model.architecture, model.feature_dim, folder)
 

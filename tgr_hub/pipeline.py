@@ -1,8 +1,9 @@
 """A whole TGR run: pool ─► recover ─► embed ─► group ─► meta-train ─► evaluate, in a run folder.
 
-Each stage writes its artefact into the run folder and is skipped when that artefact
-already exists, so rerunning a stopped run resumes it (meta-training resumes from its
-newest checkpoint with ``resume=True`` / ``tgr-hub train --resume``):
+Each stage writes its artefact into the run folder, and a rerun skips every finished stage
+(:func:`stage_status` says which; meta-training and evaluation only when the recorded config
+is this run's), so rerunning a stopped run resumes it (meta-training resumes from its newest
+checkpoint with ``resume=True`` / ``tgr-hub train --resume``):
 
     runs/NAME/
       pool.json                 the resolved pool (sources, pinned revisions, labels)
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -41,19 +41,22 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import __version__
 from .config import RunConfig
 from .data import load_split
-from .distributed import Distributed, check_run_folder_shared, make_accelerator, write_json_atomic
+from .distributed import Distributed, check_run_folder_shared, make_accelerator
 from .embed import dissimilarity_matrix, fisher_diagonal
 from .figures import plot_dissimilarity, plot_training_curves
 from .group import group_teachers
-from .metamodel import MetaModel, create_meta_model, save_meta_model
+from .io import save_safetensors_atomic, write_json_atomic
+from .errors import RunFolderError
+from .metamodel import TGR_CONFIG_NAME, MetaModel, create_meta_model, load_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
 from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
+from .run_record import MemberRecord, RunRecord, describe_pool
 from .train import evaluate_sharded, meta_train
 
 logger = logging.getLogger(__name__)
@@ -61,32 +64,6 @@ logger = logging.getLogger(__name__)
 RECOVER_PARTS = "parts"  # inside recovered/
 EMBED_PARTS = "embeddings-parts"
 CHECKPOINTS = "checkpoints"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_json_atomic(path, data)
-
-
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def describe_pool(members: list[PoolMember]) -> list[dict[str, Any]]:
-    """JSON-able description of the pool: what the run card and Space show."""
-    return [
-        {
-            "name": m.name,
-            "source": m.source,
-            "revision": m.revision,
-            "architecture": m.architecture,
-            "num_classes": m.num_classes,
-            "label_names": list(m.label_names),
-            "input_size": list(m.input_size),
-        }
-        for m in members
-    ]
 
 
 def _default_dist(cfg: RunConfig, dist: Distributed | None) -> Distributed:
@@ -106,7 +83,7 @@ def _save_task_part(task: RecoveredTask, path: Path) -> None:
     metadata = {"teacher": task.teacher, "classes": json.dumps([int(c) for c in task.classes]),
                 "class_names": json.dumps(list(task.class_names)), "loss": repr(float(task.loss)),
                 "best_step": str(int(task.best_step))}
-    _save_safetensors({"images": images, "labels": task.labels.to(torch.int64)}, path, metadata)
+    save_safetensors_atomic(path, {"images": images, "labels": task.labels.to(torch.int64)}, metadata)
 
 
 def _load_task_part(path: Path) -> RecoveredTask:
@@ -146,6 +123,7 @@ def recover_pool(
     bank = base()
     missing = [(i, r) for i, m in enumerate(members) for r in range(bank.tasks_of(m.name), count)]
     if not missing:
+        logger.info("recover: %s holds every recovery; skipped", bank_path)
         if dist.is_main and parts.is_dir():  # stopped between saving the bank and deleting its parts
             shutil.rmtree(parts)
         return bank
@@ -223,14 +201,14 @@ def embed_pool(
         if todo:
             probe = make_probe(cfg).to(dist.device)
             for i in tqdm(todo, desc="embed", disable=not progress, dynamic_ncols=True):
-                _save_safetensors(_embed_one(probe, members[i], i, bank, cfg), parts / f"t{i:05d}.safetensors")
+                save_safetensors_atomic(parts / f"t{i:05d}.safetensors", _embed_one(probe, members[i], i, bank, cfg))
         dist.barrier()
         if dist.is_main:
             flat = {}
             for i, member in enumerate(members):
                 for key, value in load_file(str(parts / f"t{i:05d}.safetensors")).items():
                     flat[f"{member.name}/{key}"] = value
-            _save_safetensors(flat, path)
+            save_safetensors_atomic(path, flat)
             shutil.rmtree(parts)
         dist.barrier()
     flat = load_file(str(path))
@@ -250,8 +228,80 @@ def group_pool(dissimilarity: np.ndarray, cfg: RunConfig, path: Path) -> list[li
         return json.loads(path.read_text())["groups"]
     groups = group_teachers(dissimilarity, cfg.group.num_groups, n_init=cfg.group.n_init, seed=cfg.seed,
                             strategy=cfg.group.strategy)
-    _write_json(path, {"groups": groups})
+    write_json_atomic(path, {"groups": groups})
     return groups
+
+
+# --- which stages are done -----------------------------------------------------------------
+
+#: The stages of a run, in order (see :func:`stage_status`).
+STAGES = ("pool", "recover", "embed", "dissimilarity", "group", "meta-train", "evaluate")
+
+
+def _holds_json(path: Path, data: Any) -> bool:
+    """Whether ``path`` already holds ``data`` (as JSON): then it is not rewritten."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(data, default=str))
+    except (OSError, ValueError):
+        return False
+
+
+def dissimilarity_done(out: str | Path, names: Sequence[str]) -> bool:
+    """Whether ``out/dissimilarity.json`` holds the dissimilarity of the teachers ``names``."""
+    try:
+        saved = json.loads((Path(out) / "dissimilarity.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("names") == list(names) and len(saved.get("matrix") or []) == len(names)
+
+
+def _without_eval(config: dict[str, Any]) -> Any:
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != "eval"}, default=str))
+
+
+def training_done(out: str | Path, cfg: RunConfig) -> RunRecord | None:
+    """The record of the meta-model in ``out`` when it was trained with ``cfg`` (all but ``eval``), else None.
+
+    Done means ``config.json``, ``model.safetensors`` and ``tgr_config.json`` exist and the
+    recorded config equals ``cfg`` in every section that shapes the model.
+    """
+    out = Path(out)
+    if not all((out / name).is_file() for name in ("config.json", "model.safetensors", TGR_CONFIG_NAME)):
+        return None
+    try:
+        record = RunRecord.read(out / TGR_CONFIG_NAME)
+    except RunFolderError:
+        return None
+    return record if _without_eval(record.config) == _without_eval(cfg.to_dict()) else None
+
+
+def evaluation_done(record: RunRecord, cfg: RunConfig) -> bool:
+    """Whether ``record`` holds the final test of ``cfg.eval`` (same eval settings, metrics present)."""
+    same = json.loads(json.dumps(record.config.get("eval"), default=str)) == json.loads(
+        json.dumps(cfg.to_dict()["eval"], default=str))
+    return same and isinstance(record.metrics.get(cfg.eval.split), dict)
+
+
+def stage_status(out: str | Path, cfg: RunConfig) -> dict[str, bool]:
+    """Which stages of the run in ``out`` are done, so that a rerun skips them (:data:`STAGES` order).
+
+    pool, recover, embed and group are done when their artefact exists (recover: the bank,
+    with no half-merged ``parts/`` left; the bank may still lack recoveries a larger
+    ``recover.recoveries_per_teacher`` asks for, which a rerun adds); dissimilarity when
+    ``dissimilarity.json`` exists; meta-train when the meta-model of this config exists
+    (:func:`training_done`); evaluate when its metrics for this ``eval`` section exist.
+    """
+    out = Path(out)
+    record = training_done(out, cfg)
+    return {
+        "pool": (out / "pool.json").is_file(),
+        "recover": (out / "recovered" / "bank.safetensors").is_file() and not (out / "recovered" / RECOVER_PARTS).exists(),
+        "embed": (out / "embeddings.safetensors").is_file() and not (out / EMBED_PARTS).exists(),
+        "dissimilarity": (out / "dissimilarity.json").is_file(),
+        "group": (out / "groups.json").is_file(),
+        "meta-train": record is not None,
+        "evaluate": record is not None and evaluation_done(record, cfg),
+    }
 
 
 # --- the whole run ------------------------------------------------------------------------
@@ -293,8 +343,8 @@ def prepare_pool(
     start = time.perf_counter()
     with dist.local_main_first():  # the first process per machine downloads, the others read its cache
         members = load_pool(pool_path, allow_pickle=allow_pickle)
-    if dist.is_main:
-        _write_json(out / "pool.json", describe_pool(members))
+    if dist.is_main and not _holds_json(out / "pool.json", describe_pool(members)):
+        write_json_atomic(out / "pool.json", describe_pool(members))
     timings["pool"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -305,13 +355,24 @@ def prepare_pool(
     timings["recover"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    embeddings = embed_pool(members, bank, cfg, out / "embeddings.safetensors", progress=progress, dist=dist)
     names = [m.name for m in members]
-    if dist.is_main:  # one process decides (clustering may differ across machines), the others read it
-        dissimilarity = dissimilarity_matrix(embeddings, eps=cfg.embed.epsilon).cpu().numpy()
-        _write_json(out / "dissimilarity.json", {"names": names, "matrix": dissimilarity.tolist()})
+    dissimilarity: np.ndarray | None = None
+    if dissimilarity_done(out, names):  # its embeddings are not even read
+        logger.info("embed, dissimilarity: %s holds this pool's; skipped", out / "dissimilarity.json")
+    else:
+        embeddings = embed_pool(members, bank, cfg, out / "embeddings.safetensors", progress=progress, dist=dist)
+        if dist.is_main:  # one process decides (clustering may differ across machines), the others read it
+            dissimilarity = dissimilarity_matrix(embeddings, eps=cfg.embed.epsilon).cpu().numpy()
+            write_json_atomic(out / "dissimilarity.json", {"names": names, "matrix": dissimilarity.tolist()})
+    dist.barrier()
+    if dist.is_main:
+        if dissimilarity is None:
+            dissimilarity = np.asarray(json.loads((out / "dissimilarity.json").read_text())["matrix"], dtype=np.float64)
+        if (out / "groups.json").is_file():
+            logger.info("group: %s exists; skipped", out / "groups.json")
         groups = group_pool(dissimilarity, cfg, out / "groups.json")
-        plot_dissimilarity(dissimilarity, names, groups, out / "dissimilarity.png")
+        if not (out / "dissimilarity.png").is_file():
+            plot_dissimilarity(dissimilarity, names, groups, out / "dissimilarity.png")
     dist.barrier()
     dissimilarity = np.asarray(json.loads((out / "dissimilarity.json").read_text())["matrix"], dtype=np.float64)
     groups = json.loads((out / "groups.json").read_text())["groups"]
@@ -367,22 +428,35 @@ def run_tgr(
     members, groups, timings = prepared.members, prepared.groups, prepared.timings
     progress = progress and dist.is_main
 
-    start = time.perf_counter()
-    with dist.local_main_first():
-        val_split = load_split(cfg.data.dataset, "val", image_size=cfg.data.image_size, seed=cfg.data.seed,
-                               cache_dir=cfg.data.cache_dir)
     if log_with:
         dist.accelerator.init_trackers("tgr-hub", config=_flat_config(cfg.to_dict()))
-    model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
-    result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=cfg.seed,
-                        progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume)
-    model.load_state_dict(result.best_state)
-    timings["meta-train"] = time.perf_counter() - start
+    done = training_done(out, cfg)  # every process reads the same files, written before this run
+    if done is not None:
+        logger.info("meta-train: %s holds the meta-model of this config; skipped", out / "model.safetensors")
+        model = load_meta_model(out).to(dist.device)
+        metrics: dict[str, Any] = dict(done.metrics)
+        history = done.history
+    else:
+        start = time.perf_counter()
+        with dist.local_main_first():
+            val_split = load_split(cfg.data.dataset, "val", image_size=cfg.data.image_size, seed=cfg.data.seed,
+                                   cache_dir=cfg.data.cache_dir)
+        model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
+        result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=cfg.seed,
+                            progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume)
+        model.load_state_dict(result.best_state)
+        timings["meta-train"] = time.perf_counter() - start
+        history = result.history
+        metrics = {
+            "val": {"best_step": result.best_step, f"{cfg.train.replay_shot}shot": result.best_val_accuracy},
+        }
 
-    metrics: dict[str, Any] = {
-        "val": {"best_step": result.best_step, f"{cfg.train.replay_shot}shot": result.best_val_accuracy},
-    }
-    if evaluate_test:
+    evaluated = False
+    if evaluate_test and done is not None and evaluation_done(done, cfg):
+        logger.info("evaluate: %s holds the %s metrics of these eval settings; skipped",
+                    out / TGR_CONFIG_NAME, cfg.eval.split)
+    elif evaluate_test:
+        evaluated = True
         start = time.perf_counter()
         with dist.local_main_first():
             test_split = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size,
@@ -395,18 +469,19 @@ def run_tgr(
         timings["evaluate"] = time.perf_counter() - start
 
     model = model.to("cpu")
-    if dist.is_main:
-        plot_training_curves(result.history, out / "training_curve.png")
-        tgr_config = {
-            **cfg.to_dict(),
-            "tgr_hub_version": __version__,
-            "pool_members": describe_pool(members),
-            "groups": [[members[i].name for i in group] for group in groups],
-            "metrics": metrics,
-            "history": result.history,
-            "timings_s": timings,
-        }
-        save_meta_model(model, out, tgr_config=tgr_config)
+    if dist.is_main and done is None:
+        plot_training_curves(history, out / "training_curve.png")
+        record = RunRecord(
+            config=cfg.to_dict(), tgr_hub_version=__version__,
+            pool_members=[MemberRecord.from_member(m) for m in members],
+            groups=[[members[i].name for i in group] for group in groups],
+            metrics=metrics, history=history, timings_s=timings,
+        )
+        save_meta_model(model, out, tgr_config=record.to_dict())
+    elif dist.is_main and evaluated:  # same model, new eval settings: only the record changes
+        done.config, done.metrics = cfg.to_dict(), metrics
+        done.timings_s = {**done.timings_s, **timings}
+        done.write(out / TGR_CONFIG_NAME)
     dist.barrier()
     if log_with:
         dist.accelerator.end_training()

@@ -39,23 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import EmptyPoolError, NotAClassifierError, PoolError, PoolSyntaxError, TeacherNotFoundError
+from . import hub
+from .errors import (EmptyPoolError, NotAClassifierError, PoolError, PoolListNotFoundError, PoolSyntaxError, RepoIdError,
+                     TeacherNotFoundError)
 from .models.hub_layout import create_from_folder
+from .repo_id import LOCAL_PREFIX, RepoRef, is_local_ref, parse_repo_ref
 
 __all__ = ["PoolEntry", "PoolMember", "PoolListNotFoundError", "parse_pool_list", "parse_pool_text", "load_pool",
-           "load_member", "member_from_folder"]
+           "load_member", "member_from_folder", "pool_folders"]
 
 _logger = logging.getLogger(__name__)
 
-# Hub repo ids: "org/name", each part of letters, digits, "-", "_", "." (no "--" / ".." runs).
-_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?|[A-Za-z0-9]"
-_REPO_ID = re.compile(rf"^(?:{_REPO_PART})/(?:{_REPO_PART})$")
-_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$")
-_LOCAL_PREFIXES = ("./", "../", "/", "~")
-
-
-class PoolListNotFoundError(PoolError, FileNotFoundError):
-    """The repo-list file itself does not exist."""
 
 
 @dataclass
@@ -83,6 +77,13 @@ class PoolEntry:
         """``LIST_FILE:LINE`` (or ``line N``) for messages."""
         return f"{self.list_path}:{self.line}" if self.list_path else f"line {self.line}"
 
+    @property
+    def ref(self) -> RepoRef:
+        """The Hub repository of a ``hub`` entry (what :mod:`tgr_hub.hub` resolves)."""
+        if self.kind != "hub":
+            raise PoolError(f"{self.source} is a local folder, not a Hub repository", path=self.list_path, line=self.line)
+        return RepoRef(self.target, self.revision)
+
 
 def _strip_comment(text: str) -> str:
     # '#' starts a comment at the start of a line or after whitespace; Hub ids never contain '#'
@@ -99,8 +100,8 @@ def _parse_entry(text: str, line: int, base: Path, list_path: str | None) -> Poo
             hint="write org/name, org/name@REVISION, hf-hub:org/name, ./relative/folder, /abs/folder or local-dir:PATH",
         )
 
-    if text.startswith("local-dir:") or text.startswith(_LOCAL_PREFIXES) or text in (".", ".."):
-        raw = text[len("local-dir:"):] if text.startswith("local-dir:") else text
+    if is_local_ref(text):
+        raw = text[len(LOCAL_PREFIX):] if text.startswith(LOCAL_PREFIX) else text
         raw = raw.strip()
         if not raw:
             raise syntax("local-dir: needs a folder path")
@@ -109,26 +110,16 @@ def _parse_entry(text: str, line: int, base: Path, list_path: str | None) -> Poo
             path = base / path
         return PoolEntry("local", str(path.resolve()), None, line, text, list_path)
 
-    spec = text[len("hf-hub:"):] if text.startswith("hf-hub:") else text
-    if any(c.isspace() for c in spec):
-        raise syntax("a Hub entry cannot contain spaces")
-    if spec.count("@") > 1:
-        raise syntax("more than one '@' (only org/name@REVISION is allowed)")
-    repo_id, _, revision = spec.partition("@")
-    if "@" in spec and not revision:
-        raise syntax("'@' must be followed by a revision (branch, tag or commit)")
-    if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
-        if "/" not in repo_id and ":" not in repo_id:
-            raise syntax("not an org/name Hub repo id (for a local folder write ./NAME)")
-        raise syntax("unknown entry syntax")
-    if revision and not _REVISION.match(revision):
-        raise syntax(f"invalid revision {revision!r}")
-    if (base / repo_id).is_dir():
+    try:
+        ref = parse_repo_ref(text)
+    except RepoIdError as error:
+        raise syntax(error.args[0]) from None
+    if (base / ref.repo_id).is_dir():
         _logger.warning(
             "%s:%d: %r is read as a Hub repo id; a local folder of that name exists, write ./%s to use it",
-            list_path, line, repo_id, repo_id,
+            list_path, line, ref.repo_id, ref.repo_id,
         )
-    return PoolEntry("hub", repo_id, revision or None, line, text, list_path)
+    return PoolEntry("hub", ref.repo_id, ref.revision, line, text, list_path)
 
 
 def parse_pool_text(text: str, *, base: str | Path = ".", list_path: str | None = None) -> list[PoolEntry]:
@@ -181,6 +172,7 @@ class PoolMember:
         input_size: ``(C, H, W)`` the model was trained at.
         mean, std: per-channel normalisation of the model's inputs.
         revision: commit sha for Hub entries.
+        repo_id: ``org/name`` for Hub entries, None for local folders.
         folder: the local folder the weights were read from.
         config: the folder's ``config.json``.
     """
@@ -194,6 +186,7 @@ class PoolMember:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     revision: str | None = None
+    repo_id: str | None = None
     folder: Path | None = None
     config: dict = field(default_factory=dict, repr=False)
 
@@ -253,9 +246,12 @@ def member_from_folder(
     name: str | None = None,
     source: str | None = None,
     revision: str | None = None,
+    repo_id: str | None = None,
     allow_pickle: bool = False,
 ) -> PoolMember:
     """Load one teacher folder (timm Hub layout) as a :class:`PoolMember`.
+
+    ``revision`` and ``repo_id`` say where a Hub teacher came from (None for a local folder).
 
     Raises:
         TeacherNotFoundError, NotAClassifierError, UnknownArchitectureError,
@@ -286,6 +282,7 @@ def member_from_folder(
         mean=mean,
         std=std,
         revision=revision,
+        repo_id=repo_id,
         folder=folder,
         config=config,
     )
@@ -330,14 +327,11 @@ def load_member(
                     hint="relative paths resolve against the folder of the list file",
                 )
             return member_from_folder(folder, name=name, source=entry.source, allow_pickle=allow_pickle)
-        assert entry.kind == "hub", entry.kind
         if resolved is None:
-            from .hub import resolve_hub_entry  # lazily: the Hub client is only needed for Hub entries
-
-            resolved = resolve_hub_entry(entry, allow_pickle=allow_pickle)
+            resolved = hub.resolve_hub_entry(entry.ref, allow_pickle=allow_pickle, where=(entry.list_path, entry.line))
         folder, sha = resolved
         return member_from_folder(
-            Path(folder), name=name or entry.target.split("/")[-1], source=entry.source, revision=sha,
+            Path(folder), name=name or entry.ref.name, source=entry.source, revision=sha, repo_id=entry.target,
             allow_pickle=allow_pickle,
         )
     except PoolError as error:
@@ -349,16 +343,23 @@ def _resolve_hub_entries(entries: list[PoolEntry], allow_pickle: bool, progress:
     hub_entries = [e for e in entries if e.kind == "hub"]
     if len(hub_entries) < 2:
         return {}  # load_member resolves a single entry itself
-    from .hub import resolve_many  # lazily: the Hub client is only needed for Hub entries
-
     try:
-        results = resolve_many(hub_entries, allow_pickle=allow_pickle, progress=progress)
+        results = hub.resolve_many([e.ref for e in hub_entries], allow_pickle=allow_pickle, progress=progress,
+                                   wheres=[(e.list_path, e.line) for e in hub_entries])
     except PoolError as error:
         if error.line is None:  # name the first entry of that repo, at least
             culprit = next((e for e in hub_entries if e.target in str(error)), hub_entries[0])
             raise _located(error, culprit) from None
         raise
     return {id(e): (Path(folder), sha) for e, (folder, sha) in zip(hub_entries, results)}
+
+
+def pool_folders(pool_dir: str | Path) -> list[Path]:
+    """The local teacher folders of ``POOL/repo-list.txt``, in list order (empty if there is no list)."""
+    listing = Path(pool_dir) / "repo-list.txt"
+    if not listing.is_file():
+        return []
+    return [Path(e.target) for e in parse_pool_list(listing) if e.kind == "local"]
 
 
 def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = False) -> list[PoolMember]:

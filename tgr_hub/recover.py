@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import RecoverConfig
-from .errors import EpisodeError, RunFolderError, TgrHubError
+from .errors import EpisodeError, MemoryBankError, RecoverError, RunFolderError
 from .models.generator import Generator
 
 if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
@@ -73,14 +73,6 @@ _BANK_FORMAT = "tgr-hub-memory-bank"
 _BANK_VERSION = 1
 BANK_TENSORS = "bank.safetensors"
 BANK_INDEX = "bank.json"
-
-
-class RecoverError(TgrHubError, ValueError):
-    """A recovery was asked for something the teacher cannot give (bad classes, bad generator...)."""
-
-
-class MemoryBankError(TgrHubError, ValueError):
-    """A memory bank lookup or a saved bank is invalid (unknown teacher/class, mismatched files...)."""
 
 
 @dataclass

@@ -7,8 +7,8 @@ layout (``config.json`` with ``label_names`` and the true ``input_size``/``mean`
 plus ``model.safetensors``), so plain timm loads it with
 ``timm.create_model("local-dir:pool/t03", pretrained=True)`` (after ``import tgr_hub`` for Conv4).
 
-    reports = make_pool(Path("pool"), domains=["latin", "greek"], archs=["conv4", "resnet10t"],
-                        teachers=6, way=5, epochs=6, seed=0)
+    reports = make_pool(Path("pool"), PoolBuildConfig(domains=["latin", "greek"], archs=["conv4", "resnet10t"],
+                                                      teachers=6, way=5, epochs=6), seed=0)
     print(format_table(reports))
 
 Teacher ``i`` (named ``t00``, ``t01``, ...) takes the ``i``-th (architecture, domain) pair of
@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DataConfig, PoolBuildConfig
 from .errors import ConfigError, DatasetError, UnknownArchitectureError
+from .io import write_json_atomic, write_text_atomic
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, save_timm_folder
 
 __all__ = ["torch_threads", "TeacherSpec", "TeacherReport", "plan_teachers", "train_teacher", "make_pool", "format_table",
@@ -329,13 +329,6 @@ def _read_existing(folder: Path, spec: TeacherSpec) -> TeacherReport | None:
         return None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def _check_reload(folder: Path, model: nn.Module, x_normalized: torch.Tensor) -> bool:
     """Does plain timm (``local-dir:``) load the saved teacher and give the very same logits?"""
     import timm
@@ -353,19 +346,10 @@ def _check_reload(folder: Path, model: nn.Module, x_normalized: torch.Tensor) ->
 
 def make_pool(
     out: str | Path,
+    pool: PoolBuildConfig,
     *,
-    dataset: str = "glyphs",
-    domains: Sequence[str],
-    archs: Sequence[str],
-    teachers: int,
-    way: int,
-    epochs: int,
     seed: int,
-    batch_size: int = 16,
-    lr: float = 3e-3,
-    data_seed: int = 0,
-    cache_dir: str | None = None,
-    image_size: int = 32,
+    data: DataConfig | None = None,
     num_threads: int | None = 1,
     progress: bool = True,
 ) -> list[TeacherReport]:
@@ -378,15 +362,14 @@ def make_pool(
 
     Args:
         out: pool folder.
-        dataset: ``"glyphs"`` or any dataset :func:`tgr_hub.data.load_split` reads; teachers
-            use its meta-train split only.
-        domains: domains to draw teachers' classes from (each teacher: one domain).
-        archs: timm architecture names (``conv4`` included).
-        teachers: number of teachers.
-        way: classes per teacher.
-        epochs, batch_size, lr: training (AdamW, one-cycle schedule, random translations).
+        pool: what to train (the ``pool`` section of the run config): ``domains`` to draw each
+            teacher's classes from (one domain per teacher), timm ``archs`` (``conv4``
+            included), the number of ``teachers``, ``way`` classes each, and the training
+            (``epochs``, ``batch_size``, ``lr``; AdamW, one-cycle schedule, random translations).
         seed: seeds classes, held-out images, initialisation and batches of every teacher.
-        data_seed, cache_dir, image_size: passed to :func:`tgr_hub.data.load_split`.
+        data: the dataset (``"glyphs"`` or any dataset :func:`tgr_hub.data.load_split` reads;
+            teachers use its meta-train split only), its split seed, cache and image size;
+            default :class:`~tgr_hub.config.DataConfig` (glyphs, 32x32).
         num_threads: torch CPU threads while training, restored afterwards (None: leave torch's
             setting). Teachers are small: on a 2-core CPU one thread trains them about as fast as
             two when the machine is idle, and several times faster when it is busy (OpenMP
@@ -403,10 +386,10 @@ def make_pool(
     import timm
     from tqdm.auto import tqdm
 
-    from .config import PoolBuildConfig
-
-    PoolBuildConfig(domains=list(domains), archs=list(archs), teachers=teachers, way=way, epochs=epochs,
-                    batch_size=batch_size, lr=lr)  # validates the numbers (ConfigError)
+    data = data if data is not None else DataConfig()
+    domains, archs, teachers, way = list(pool.domains), list(pool.archs), pool.teachers, pool.way
+    epochs, batch_size, lr = pool.epochs, pool.batch_size, pool.lr
+    dataset, data_seed, cache_dir, image_size = data.dataset, data.seed, data.cache_dir, data.image_size
     for arch in archs:
         if not timm.is_model(arch):
             raise UnknownArchitectureError(
@@ -478,7 +461,7 @@ def make_pool(
              f"archs {', '.join(archs)}, seed {seed}",
              "# one entry per line; relative paths resolve against this file's folder"]
     lines += [f"./{spec.name}" for spec in specs]
-    _write_text_atomic(out / "repo-list.txt", "\n".join(lines) + "\n")
+    write_text_atomic(out / "repo-list.txt", "\n".join(lines) + "\n")
     summary = {
         "dataset": dataset, "domains": list(domains), "archs": list(archs), "teachers": teachers, "way": way,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "data_seed": data_seed,
@@ -486,7 +469,7 @@ def make_pool(
         "seconds": round(time.perf_counter() - started, 2),
         "members": [{k: v for k, v in asdict(r).items() if k != "spec"} for r in reports],
     }
-    _write_text_atomic(out / "pool.json", json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "pool.json", summary)
     return reports
 
 

@@ -60,13 +60,18 @@ def split_classes(num_classes: int, seed: int, fractions: tuple[float, float, fl
         ``{"train": [...], "val": [...], "test": [...]}``, disjoint, covering every class.
     """
     if num_classes < 0:
-        raise ValueError("num_classes must be >= 0")
+        raise DatasetError(f"cannot split {num_classes} classes", hint="num_classes must be >= 0")
+    if min(fractions[1:]) < 0 or fractions[1] + fractions[2] > 1:
+        raise DatasetError(f"class split fractions {tuple(fractions)} are invalid",
+                           hint="val and test fractions are >= 0 and together at most 1")
     n_val = int(round(fractions[1] * num_classes))
     n_test = int(round(fractions[2] * num_classes))
     if num_classes >= 3:  # every split gets at least one class
         n_val, n_test = max(n_val, 1), max(n_test, 1)
     n_train = num_classes - n_val - n_test
-    assert n_train >= 0, "val and test fractions must leave room for train"
+    if n_train < 0:
+        raise DatasetError(f"{num_classes} classes are too few for a train, a val and a test split "
+                           f"with fractions {tuple(fractions)}", hint="use a dataset with more classes")
     order = np.random.default_rng(seed).permutation(num_classes)
     return {
         "train": sorted(int(c) for c in order[:n_train]),

@@ -43,6 +43,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import DatasetError
+from ..io import write_text_atomic
 from .fewshot import SPLIT_NAMES, ImageSplit, normalize_split, split_classes
 
 logger = logging.getLogger(__name__)
@@ -261,23 +262,6 @@ def _font_size(image_size: int) -> int:
     return max(24, int(round(image_size * _supersample(image_size) * 0.75)))
 
 
-def render_instance(name: str, codepoint: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    """One augmented instance of a character in a font.
-
-    Args:
-        name: font file (in :func:`font_dir`).
-        codepoint: the character.
-        image_size: output side S.
-        rng: source of the augmentation parameters.
-
-    Returns:
-        ``[S, S, 3]`` uint8 RGB.
-    """
-    mask = _render_mask(name, codepoint, _font_size(image_size))
-    assert mask is not None, "classes are only drawn in fonts that have their glyph"
-    return _augment(mask, image_size, rng)
-
-
 def _augment(mask: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """Draw a cropped glyph mask as one augmented ``[S, S, 3]`` uint8 RGB instance."""
     factor = _supersample(image_size)
@@ -401,9 +385,8 @@ def _cached_choice(cache_dir: str | os.PathLike | None) -> list[tuple[str, int, 
     chosen = choose_glyphs()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([[d, c, list(f)] for d, c, f in chosen]), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        # atomic: readers see the old file or the whole new one
+        write_text_atomic(path, json.dumps([[d, c, list(f)] for d, c, f in chosen]))
     except OSError as error:  # a read-only cache only costs time
         logger.warning("could not cache the glyph choice in %s: %s", root, error)
     return chosen

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import DatasetError
+from ..errors import DatasetError, RepoIdError
+from ..io import save_safetensors_atomic
+from ..repo_id import parse_repo_ref
 from .fewshot import ImageSplit, normalize_split, split_classes
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,6 @@ SOURCE_CACHE_VERSION = 1
 _IMAGE_NAMES = ("image", "img", "picture", "photo", "pixel_values")
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "category", "target", "y")
 _SPLIT_KEYS = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -93,10 +94,12 @@ def open_source(source: str) -> tuple[dict[str, Any], str, str | None]:
                                hint="put the images of each class in their own sub-folder: ROOT/CLASS/IMAGE.png",
                                ) from error
         return dict(loaded), name, fingerprint
-    if not _HUB_ID.match(source):
-        raise DatasetError(f"dataset {source!r} is neither an existing folder nor a Hub dataset id",
-                           hint="use 'glyphs', a local folder, or org/name")
-    repo, _, revision = source.partition("@")
+    try:
+        ref = parse_repo_ref(source, namespace=False)
+    except RepoIdError as error:
+        raise DatasetError(f"dataset {source!r} is neither an existing folder nor a Hub dataset id ({error})",
+                           hint="use 'glyphs', a local folder, or org/name") from None
+    repo, revision = ref.repo_id, ref.revision
     try:
         loaded = datasets.load_dataset(repo, revision=revision or None)
     except Exception as error:  # noqa: BLE001 - network, auth, missing repo, bad format...
@@ -184,15 +187,10 @@ def _read_cache(path: Path) -> ImageSplit | None:
 
 
 def _write_cache(path: Path, split: ImageSplit) -> None:
-    from safetensors.torch import save_file
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"images": split.images.contiguous(), "labels": split.labels}, str(tmp),
-                  metadata={"class_names": json.dumps(split.class_names, ensure_ascii=False),
-                            "class_domains": json.dumps(split.class_domains, ensure_ascii=False)})
-        os.replace(tmp, path)
+        save_safetensors_atomic(path, {"images": split.images, "labels": split.labels},
+                                metadata={"class_names": json.dumps(split.class_names, ensure_ascii=False),
+                                          "class_domains": json.dumps(split.class_domains, ensure_ascii=False)})
     except OSError as error:  # a read-only cache only costs time
         logger.warning("could not cache the converted dataset at %s: %s", path, error)
 

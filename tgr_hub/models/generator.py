@@ -1,4 +1,4 @@
-"""The image generator used for model inversion (ALGORITHM.md stage 1).
+"""The image generator used for model inversion (docs/method.md stage 1).
 
 This is the reference generator of the data-free meta-learning literature (CMI / PURER / TGR):
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import NotAClassifierError, PickleRefusedError, TeacherNotFoundError, UnknownArchitectureError, WeightsMismatchError
+from ..errors import (ConfigError, NotAClassifierError, PickleRefusedError, TeacherNotFoundError, UnknownArchitectureError,
+                      WeightsMismatchError)
+from ..io import save_safetensors_atomic, write_json_atomic
 
 __all__ = [
     "CONFIG_NAME",
@@ -67,18 +68,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` to a temporary name in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _timm_config(model: nn.Module, architecture: str, pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -130,15 +119,23 @@ def save_timm_folder(
     """
     folder = Path(folder)
     model_classes = getattr(model, "num_classes", num_classes)
-    assert model_classes == num_classes, f"num_classes {num_classes} != model.num_classes {model_classes}"
-    for key in ("input_size", "mean", "std"):
-        assert key in pretrained_cfg, f"pretrained_cfg needs {key}"
+    if model_classes != num_classes:
+        raise ConfigError(f"num_classes {num_classes} != the model's num_classes {model_classes}",
+                          hint="pass the classifier size the model was built with")
+    missing = [key for key in ("input_size", "mean", "std") if key not in pretrained_cfg]
+    if missing:
+        raise ConfigError(f"pretrained_cfg needs {', '.join(missing)}",
+                          hint="give the input_size (C, H, W), mean and std the weights were trained with")
     if label_names is not None:
         label_names = [str(name) for name in label_names]
-        assert len(label_names) == num_classes, f"{len(label_names)} label names for {num_classes} classes"
+        if len(label_names) != num_classes:
+            raise ConfigError(f"{len(label_names)} label names for {num_classes} classes",
+                              hint="give one name per class, in classifier order")
     extra = dict(extra or {})
     clash = set(extra) & set(_RESERVED_KEYS)
-    assert not clash, f"extra keys clash with timm's config keys: {sorted(clash)}"
+    if clash:
+        raise ConfigError(f"extra config keys clash with timm's config keys: {sorted(clash)}",
+                          hint="rename them (e.g. with a tgr_ prefix)")
 
     config = _timm_config(model, architecture, pretrained_cfg)
     if config:
@@ -175,12 +172,10 @@ def save_timm_folder(
     config = _jsonable(config)
 
     folder.mkdir(parents=True, exist_ok=True)
-    import safetensors.torch
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(folder / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(tensors, str(p), metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2) + "\n"
-    _atomic_write_bytes(folder / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    save_safetensors_atomic(folder / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
+    write_json_atomic(folder / CONFIG_NAME, config)
     _logger.debug("saved %s (%s, %d classes) to %s", architecture, WEIGHTS_NAME, num_classes, folder)
 
 
