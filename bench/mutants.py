@@ -152,7 +152,12 @@ def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, 
     except subprocess.TimeoutExpired:
         return "TIMEOUT", time.perf_counter() - start, ""
     seconds = time.perf_counter() - start
-    tail = (done.stdout + done.stderr)[-1500:]
+    output = done.stdout + done.stderr
+    tail = output[-1500:]
+    failed = [line.split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ")
+              for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if failed:
+        tail = failed[0]  # the first failing test: what caught the mutant
     if done.returncode == 0:
         return "passed", seconds, tail
     if done.returncode == 1:
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{mutant.name:<30} {mutant.file:<28} {' '.join(mutant.tests):<40} {state}\n    {mutant.why}")
         return 0
 
-    rows: list[tuple[str, str, str, float]] = []
+    rows: list[tuple[str, str, str, float, str]] = []
     started = time.perf_counter()
     baseline_done: dict[tuple[str, ...], str] = {}
     for mutant in chosen:
@@ -203,25 +208,26 @@ def main(argv: list[str] | None = None) -> int:
                 if outcome != "passed":
                     print(tail, flush=True)
             if args.baseline and baseline_done[mutant.tests] != "passed":
-                rows.append((mutant.name, " ".join(mutant.tests), "ERROR (tests fail unmutated)", 0.0))
+                rows.append((mutant.name, " ".join(mutant.tests), "ERROR (tests fail unmutated)", 0.0, ""))
                 continue
             problem = apply(mutant, root)
             if problem is not None:
-                rows.append((mutant.name, " ".join(mutant.tests), f"NOT APPLIED: {problem}", 0.0))
+                rows.append((mutant.name, " ".join(mutant.tests), f"NOT APPLIED: {problem}", 0.0, ""))
                 print(f"{mutant.name}: NOT APPLIED ({problem})", flush=True)
                 continue
             outcome, seconds, tail = run_tests(root, mutant.tests, args.timeout)
         verdict = {"failed": "caught", "passed": "SURVIVED", "TIMEOUT": "caught (timeout)"}.get(outcome, f"ERROR ({outcome})")
-        rows.append((mutant.name, " ".join(mutant.tests), verdict, seconds))
-        print(f"{mutant.name}: {verdict} ({seconds:.0f} s)", flush=True)
+        caught_by = tail if verdict == "caught" else ""
+        rows.append((mutant.name, " ".join(mutant.tests), verdict, seconds, caught_by))
+        print(f"{mutant.name}: {verdict} ({seconds:.0f} s) {caught_by}", flush=True)
         if verdict.startswith("ERROR"):
             print(tail, flush=True)
 
     print()
-    print(f"{'mutant':<30} {'tests':<40} {'result':<12} {'time':>7}")
-    for name, tests, verdict, seconds in rows:
-        print(f"{name:<30} {tests:<40} {verdict:<12} {seconds:>6.0f}s")
-    caught = sum(v.startswith("caught") for _, _, v, _ in rows)
+    print(f"{'mutant':<30} {'tests':<40} {'result':<12} {'time':>7}  first failing test")
+    for name, tests, verdict, seconds, caught_by in rows:
+        print(f"{name:<30} {tests:<40} {verdict:<12} {seconds:>6.0f}s  {caught_by}")
+    caught = sum(row[2].startswith("caught") for row in rows)
     print(f"\n{caught}/{len(rows)} caught in {time.perf_counter() - started:.0f} s")
     return 0 if caught == len(rows) else 1
 

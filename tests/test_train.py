@@ -250,7 +250,7 @@ def test_launched_processes_get_the_same_arguments(monkeypatch: pytest.MonkeyPat
 
 def _run_recording(prepared, **train_values):
     """Meta-train a fresh Conv4 on the prepared pool; per step: (parameters after it, StepInfo's gradients)."""
-    cfg, pool, val = prepared
+    _, pool, val = prepared
     train_cfg = load_config(preset="smoke", overrides=["train.iterations=2", "train.val_episodes=2"],
                             values={"train": train_values}).train
     model = create_meta_model("conv4", 32, seed=0)
