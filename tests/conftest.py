@@ -77,6 +77,13 @@ class CodeRunningPickle:
         return (_payload_ran, (self.tag,))
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Name the random test order (pytest-randomly) even under ``-q``, so that an order can be replayed."""
+    if config.pluginmanager.hasplugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"random test order: repeat it with `python -m pytest -q --randomly-seed={seed}`")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     HUB.stop()
     shutil.rmtree(_HF_HOME, ignore_errors=True)
