@@ -65,6 +65,12 @@ MUTANTS: list[Mutant] = [
            "        if False:  # MUTANT: the resolver downloads pickles without opt-in\n",
            ("tests/test_hub.py", "-k", "pickle or download"),
            "the Hub resolver's pickle gate removed"),
+    Mutant("duplicate-resolved-twice", "tgr_hub/hub.py",
+           "                   for key, i in first_of.items()}\n",
+           "                   for key, i in [*first_of.items(), *((keys[j], j) for j in range(len(keys))"
+           " if j != first_of[keys[j]])]}  # MUTANT: duplicates resolved again\n",
+           ("tests/test_hub.py", "-k", "concurrently"),
+           "a duplicate pool entry is resolved twice"),
     # --- the method's core ---------------------------------------------------------------------------
     Mutant("igr-sign", "tgr_hub/igr.py",
            "        diff = torch._foreach_sub([g[k].detach() for k in keys], mean)\n",
