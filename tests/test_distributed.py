@@ -133,6 +133,22 @@ def test_per_step_gradients_are_identical_across_ranks(pool: Path, one_process_r
     assert igr[0]["task_losses"] == erm[0]["task_losses"]  # same tasks drawn whatever β
 
 
+def test_ranks_detect_that_they_have_diverged(pool: Path, one_process_run: Path) -> None:
+    """sync_check_every=1 and rank 1 nudges one weight by one ulp after step 1: both ranks stop at step 2."""
+    worker = Path(__file__).resolve().parent / "diverge_worker.py"
+    env = {**_env(), "ACCELERATE_USE_CPU": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(worker), str(pool), str(one_process_run)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert launched.returncode != 0, launched.stdout[-3000:]
+    reports = sorted(line for line in launched.stdout.splitlines() if line.startswith("rank "))
+    assert len(reports) == 2 and "finished" not in launched.stdout, launched.stdout[-3000:] + launched.stderr[-3000:]
+    for rank, line in enumerate(reports):
+        assert line.startswith(f"rank {rank}: RankDivergenceError: processes disagree on the meta-model after step 2")
+
+
 # --- in-process pieces ------------------------------------------------------------------------------
 
 
