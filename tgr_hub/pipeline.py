@@ -375,7 +375,8 @@ def run_tgr(
         dist.accelerator.init_trackers("tgr-hub", config=_flat_config(cfg.to_dict()))
     model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
     result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=cfg.seed,
-                        progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume)
+                        progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume,
+                        recover=cfg.recover)
     model.load_state_dict(result.best_state)
     timings["meta-train"] = time.perf_counter() - start
 

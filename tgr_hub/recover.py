@@ -59,12 +59,14 @@ __all__ = [
     "MemoryBankError",
     "RecoverError",
     "RecoveredTask",
+    "WarmGenerator",
     "bank_files",
     "bn_layers",
     "crop_padding_for",
     "random_crop_flip",
     "recover_task",
     "recover_teachers",
+    "recovery_quality",
     "sample_task_classes",
 ]
 
@@ -112,6 +114,107 @@ class RecoveredTask:
     class_names: list[str] = field(default_factory=list)
     best_step: int = 0
     generator: Generator | None = field(default=None, repr=False)
+
+
+class WarmGenerator:
+    """One teacher's generator and its Adam state, kept across recoveries (the online warm start).
+
+    Only the teacher's own recoveries change it (:func:`recover_task` with ``warm=``), so its
+    history depends on nothing but that teacher's sequence of recoveries: not on which process
+    runs them. :meth:`state_tensors` / :meth:`load_state_tensors` save and restore it bitwise
+    (generator parameters and BatchNorm buffers, Adam moments and step counts, the counter).
+
+    Attributes:
+        generator: the teacher's :class:`~tgr_hub.models.generator.Generator`.
+        optimizer: Adam over the generator's parameters (``cfg.lr``, ``cfg.betas``).
+        recoveries: recoveries run with it so far.
+    """
+
+    def __init__(self, generator: Generator, cfg: RecoverConfig) -> None:
+        self.generator = generator
+        self.optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.recoveries = 0
+
+    @classmethod
+    def fresh(cls, member: PoolMember, cfg: RecoverConfig, seed: int) -> WarmGenerator:
+        """A newly initialised generator for ``member``'s input size, seeded by ``seed``."""
+        _, height, width = (int(v) for v in member.input_size)
+        generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=int(seed))
+        return cls(generator.to(_device_of(member.model)), cfg)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything that makes the next recovery what it will be, as named CPU tensors."""
+        tensors = {f"generator.{k}": v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        tensors["recoveries"] = torch.tensor(self.recoveries, dtype=torch.int64)
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (in place)."""
+        generator_state = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
+        self.generator.load_state_dict(generator_state)
+        saved = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("adam."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = value.clone()
+        saved["state"] = state
+        self.optimizer.load_state_dict(saved)
+        self.recoveries = int(tensors["recoveries"])
+
+
+class _Both:
+    """Two optimisers stepped as one (a warm generator's Adam and the fresh codes' Adam)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def recovery_quality(member: PoolMember, task: RecoveredTask) -> dict[str, float]:
+    """How good a recovered task is, as logged per online recovery.
+
+    Returns:
+        ``agreement``: fraction of the task's images the teacher classifies as their intended
+        label (no augmentation); ``bn_loss``: the BN-statistics loss of the kept iterate;
+        ``ce``: its cross-entropy; ``diversity``: mean pairwise Euclidean distance between the
+        teacher's penultimate features of the images (its logits when it has no
+        ``forward_features``/``forward_head``), over distinct pairs.
+    """
+    model = member.model
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = member.normalize(task.images.to(device))
+            if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+                hidden = model.forward_features(x)
+                features, logits = model.forward_head(hidden, pre_logits=True), model.forward_head(hidden)
+            else:
+                logits = model(x)
+                features = logits
+    finally:
+        model.train(was_training)
+    agreement = float((logits.argmax(dim=1).cpu() == task.labels).double().mean())
+    features = features.float().flatten(1)
+    n = features.shape[0]
+    distances = torch.cdist(features, features)
+    diversity = float(distances.sum() / (n * (n - 1))) if n > 1 else 0.0
+    step = task.best_step
+    bn = task.bn_history[step] if task.bn_history else float("nan")
+    ce = task.ce_history[step] if task.ce_history else float("nan")
+    return {"agreement": agreement, "bn_loss": float(bn), "ce": float(ce), "diversity": diversity}
 
 
 # --- pieces of the loss ------------------------------------------------------------------
@@ -248,6 +351,8 @@ def recover_task(
     *,
     seed: int,
     generator: Generator | None = None,
+    warm: WarmGenerator | None = None,
+    steps: int | None = None,
     progress: bool = False,
     padding: int | None = None,
 ) -> RecoveredTask:
@@ -267,6 +372,11 @@ def recover_task(
         seed: seeds the generator's initialisation, the latent codes and the augmentation.
         generator: a generator to continue optimising (per-teacher reuse); it is updated in place
             and returned in ``RecoveredTask.generator``. ``None``: a fresh one from ``seed``.
+        warm: a teacher's :class:`WarmGenerator` (generator *and* its Adam state) to continue: the
+            warm start of online recovery. Its generator and optimiser are updated in place and
+            its ``recoveries`` counter incremented; the latent codes are fresh (from ``seed``) and
+            get an Adam of their own. Excludes ``generator``.
+        steps: optimisation steps; default ``cfg.steps``.
         progress: show a tqdm bar over the steps.
         padding: crop padding in pixels; default :func:`crop_padding_for` of the input size.
 
@@ -278,6 +388,13 @@ def recover_task(
     device = _device_of(member.model)
     gen_seed, z_seed, aug_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(3))
 
+    steps = cfg.steps if steps is None else int(steps)
+    if steps < 1:
+        raise RecoverError(f"a recovery needs at least one step, got {steps}")
+    if warm is not None:
+        if generator is not None:
+            raise RecoverError("pass either generator or warm to recover_task, not both")
+        generator = warm.generator
     if generator is None:
         generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=gen_seed)
         keep_generator = cfg.reuse_generator
@@ -301,7 +418,10 @@ def recover_task(
     aug_rng = torch.Generator(device="cpu").manual_seed(aug_seed)
     pad = crop_padding_for(min(height, width)) if padding is None else int(padding)
     target = labels.to(device)
-    optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+    if warm is None:
+        optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+    else:  # the generator's Adam carries over between recoveries; the fresh codes start their own
+        optimizer = _Both(warm.optimizer, torch.optim.Adam([z], lr=cfg.lr, betas=tuple(cfg.betas)))
 
     model = member.model
     was_training = model.training
@@ -325,7 +445,7 @@ def recover_task(
         for p in model.parameters():
             p.requires_grad_(False)  # gradients flow to the images only
         with bn_loss:
-            bar = tqdm(range(cfg.steps), desc=f"recover {member.name}", disable=not progress, leave=False)
+            bar = tqdm(range(steps), desc=f"recover {member.name}", disable=not progress, leave=False)
             for step in bar:
                 images = generator(z)
                 logits = model(member.normalize(random_crop_flip(images, pad, aug_rng)))
@@ -355,7 +475,9 @@ def recover_task(
     ce_history = torch.stack(ce_values).float().cpu().tolist()
     bn_history = torch.stack(bn_values).float().cpu().tolist()
     best_loss, best_step = float(best_loss_t), int(best_step_t)
-    assert best_images is not None  # cfg.steps >= 1
+    assert best_images is not None  # steps >= 1
+    if warm is not None:
+        warm.recoveries += 1
     if not math.isfinite(best_loss):  # only when every loss was NaN (or infinite)
         raise RecoverError(
             f"recovery from teacher {member.name!r} gave a NaN loss at every step",
@@ -378,7 +500,7 @@ def recover_task(
         classes=classes,
         class_names=class_names,
         best_step=best_step,
-        generator=generator if keep_generator else None,
+        generator=generator if (keep_generator and warm is None) else None,
     )
 
 
@@ -509,6 +631,13 @@ class MemoryBank:
         self._written: dict[tuple[str, int], int] = {}  # recoveries ever added (cursor = written % bank_size)
         self._names: dict[tuple[str, int], str] = {}
         self._tasks: dict[str, int] = {}  # tasks ever added per teacher (what recover_teachers resumes from)
+
+    def copy(self) -> MemoryBank:
+        """An independent bank with the same content (slots are never changed in place, so shared)."""
+        twin = MemoryBank(self.bank_size)
+        twin._slots = {k: list(v) for k, v in self._slots.items()}
+        twin._written, twin._names, twin._tasks = dict(self._written), dict(self._names), dict(self._tasks)
+        return twin
 
     # -- content ------------------------------------------------------------------------
 

@@ -61,7 +61,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from . import seeds
+from .config import RecoverConfig, TrainConfig
 from .data import ImageSplit
 from .data.fewshot import EpisodeSampler
 from .distributed import (
@@ -81,7 +82,15 @@ from .igr import displaced_params, igr_direction, mean_gradient, task_gradients
 from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
-from .recover import MemoryBank
+from .recover import (
+    MemoryBank,
+    RecoveredTask,
+    WarmGenerator,
+    _to_uint8,
+    recover_task,
+    recovery_quality,
+    sample_task_classes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +105,13 @@ __all__ = [
     "step_rng",
 ]
 
-_TRAIN_STREAM = 3  # SeedSequence key of meta-training (recovery uses [seed, i, r], embedding [seed, i, 2])
+_TRAIN_STREAM = seeds.TRAIN
 _CHOICE, _TASK, _REPLAY = 0, 1, 2
 _STATE_FORMAT = "tgr-hub-trainer-state"
 BEST_MODEL = "best_model.safetensors"
+BANK_FOLDER = "bank"  # inside a checkpoint: the memory bank as online recovery left it
+GENERATORS_FOLDER = "generators"  # inside a checkpoint: t00003.safetensors per warm-started teacher
+QUALITY = ("agreement", "bn_loss", "ce", "diversity")  # logged per online recovery (recovery_quality)
 # settings that may change between a checkpoint and its resumption without changing the result
 _RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "sync_check_every"}
 
@@ -436,9 +448,12 @@ def evaluate_sharded(
 # --- checkpoint state ----------------------------------------------------------------------------
 
 
-def _settings(cfg: TrainConfig, seed: int) -> dict[str, Any]:
-    """What must match between a checkpoint and the run resuming it."""
-    return {"seed": int(seed), **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}}
+def _settings(cfg: TrainConfig, seed: int, recover: RecoverConfig | None = None) -> dict[str, Any]:
+    """What must match between a checkpoint and the run resuming it (``recover``: with online recovery)."""
+    settings = {"seed": int(seed), **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}}
+    if recover is not None:
+        settings["recover"] = asdict(recover)
+    return settings
 
 
 def _bank_summary(bank: MemoryBank) -> dict[str, int]:
@@ -455,16 +470,17 @@ def _read_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _check_resumable(state: dict[str, Any], cfg: TrainConfig, seed: int, bank: MemoryBank, path: Path) -> None:
-    saved, now = state.get("settings", {}), json.loads(json.dumps(_settings(cfg, seed)))
+def _check_resumable(state: dict[str, Any], cfg: TrainConfig, seed: int, bank_summary: dict[str, int], path: Path,
+                     recover: RecoverConfig | None = None) -> None:
+    saved, now = state.get("settings", {}), json.loads(json.dumps(_settings(cfg, seed, recover)))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(f"cannot resume from {path}: the settings changed ({detail})",
                           hint="resume with the interrupted run's settings, or delete the checkpoints to start over")
-    if state.get("bank") != _bank_summary(bank):
+    if state.get("bank") != bank_summary:
         raise ConfigError(f"cannot resume from {path}: the memory bank changed since it was saved "
-                          f"({state.get('bank')} -> {_bank_summary(bank)})",
+                          f"({state.get('bank')} -> {bank_summary})",
                           hint="delete the checkpoints to start meta-training over")
 
 
@@ -480,8 +496,15 @@ class _MetaTrainer:
 
     def __init__(self, model: MetaModel, members: list[PoolMember], bank: MemoryBank, groups: list[list[int]],
                  cfg: TrainConfig, *, val_split: ImageSplit, seed: int, dist: Distributed,
-                 checkpoint_dir: Path | None) -> None:
-        self.members, self.bank, self.groups, self.cfg = members, bank, groups, cfg
+                 checkpoint_dir: Path | None, recover: RecoverConfig | None = None) -> None:
+        self.members, self.groups, self.cfg = members, groups, cfg
+        # online recovery: the bank grows during training (on a copy: the caller's bank is left alone)
+        self.online = recover if recover is not None and recover.online_every > 0 else None
+        self.initial_bank = _bank_summary(bank)
+        self.bank = bank.copy() if self.online is not None else bank
+        self.warm: dict[int, WarmGenerator] = {}  # warm-started generators of the teachers this process owns
+        self.last_quality: dict[str, float] | None = None  # of the last step's online recoveries
+        self.recoveries = [0] * len(members)  # online recoveries per teacher (every process counts all)
         self.val_split, self.seed, self.dist, self.checkpoint_dir = val_split, seed, dist, checkpoint_dir
         self.accelerator = dist.accelerator
         self.learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
@@ -495,6 +518,8 @@ class _MetaTrainer:
         dist.broadcast_module(self.model)  # identical start on every process, whatever each one built
 
         self.history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
+        if self.online is not None:
+            self.history.update({f"recover_{k}": [] for k in QUALITY})
         self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.best_step, self.best_acc = 0, -math.inf
 
@@ -525,8 +550,10 @@ class _MetaTrainer:
                 logger.info("no checkpoint in %s: meta-training starts from step 0", folder)
             return 0
         state = _read_trainer_state(found)
-        _check_resumable(state, self.cfg, self.seed, self.bank, found)
+        _check_resumable(state, self.cfg, self.seed, self.initial_bank, found, self.online)
         load_checkpoint(dist, found)
+        if self.online is not None:
+            self._restore_online(found, state)
         start = int(state["step"])
         self.history = {k: [(int(s), float(v)) for s, v in values] for k, values in state["history"].items()}
         self.best_step, self.best_acc = int(state["best_step"]), float(state["best_val_accuracy"])
@@ -534,19 +561,42 @@ class _MetaTrainer:
         logger.info("resuming meta-training from %s (step %d of %d)", found.name, start, self.cfg.iterations)
         return start
 
+    def _restore_online(self, found: Path, state: dict[str, Any]) -> None:
+        """The bank, the per-teacher recovery counts and this process's warm generators of a checkpoint."""
+        self.bank = MemoryBank.load(found / BANK_FOLDER)
+        self.recoveries = [int(r) for r in state["online"]["recoveries"]]
+        self.warm = {}
+        for t in self._owned_teachers():
+            path = found / GENERATORS_FOLDER / f"t{t:05d}.safetensors"
+            if path.is_file():
+                warm = self._fresh_warm(t)
+                warm.load_state_tensors(load_file(str(path)))
+                self.warm[t] = warm
+
     def checkpoint(self, step: int) -> None:
         assert self.checkpoint_dir is not None  # meta_train checks it
         save_checkpoint(self.dist, self.checkpoint_dir, step, lambda folder: self._write_state(folder, step),
-                        keep=self.cfg.keep_checkpoints)
+                        keep=self.cfg.keep_checkpoints, write_own=self._write_generators if self.warm else None)
+
+    def _write_generators(self, folder: Path) -> None:
+        """Every process writes the warm generators of the teachers it owns (into the temp folder)."""
+        target = folder / GENERATORS_FOLDER
+        target.mkdir(exist_ok=True)
+        for t, warm in sorted(self.warm.items()):
+            save_file(warm.state_tensors(), str(target / f"t{t:05d}.safetensors"))
 
     def _write_state(self, folder: Path, step: int) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.best_state.items()}, str(folder / BEST_MODEL))
         state = {
             "format": _STATE_FORMAT, "version": 1, "step": step, "iterations": self.cfg.iterations,
-            "world_size": self.dist.world, "settings": _settings(self.cfg, self.seed), "bank": _bank_summary(self.bank),
+            "world_size": self.dist.world, "settings": _settings(self.cfg, self.seed, self.online),
+            "bank": self.initial_bank,
             "sampling": "counter-based: numpy default_rng([seed, 3, step, ...]); the step is the position",
             "best_step": self.best_step, "best_val_accuracy": self.best_acc, "history": self.history,
         }
+        if self.online is not None:
+            self.bank.save(folder / BANK_FOLDER)
+            state["online"] = {"recoveries": self.recoveries}
         (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")  # inside the temp folder
 
     # --- one step --------------------------------------------------------------------------------
@@ -573,12 +623,18 @@ class _MetaTrainer:
         scale = self._loss_scale()
         chosen = _choose_teachers(self.groups, cfg.teachers_per_step, step_rng(self.seed, step, _CHOICE))
         n = len(chosen)
+        self.last_quality = None
+        fresh = self.recover_fresh(step, chosen) if self._online_step(step) else None
         second = cfg.igr_order == "second" and cfg.beta != 0
         # second order couples all tasks through ḡ's graph: the main process computes them all
         mine = (range(n) if dist.is_main else range(0)) if second else dist.shard(n)
         items = {}
         for i in mine:
-            task = make_pseudo_task(self.members[chosen[i]], self.bank, way=cfg.replay_way, shot=cfg.replay_shot,
+            source = self.bank
+            if fresh is not None:  # this step's IGR uses the freshly recovered task, not the bank
+                source = MemoryBank(1)
+                source.add(fresh[i])
+            task = make_pseudo_task(self.members[chosen[i]], source, way=cfg.replay_way, shot=cfg.replay_shot,
                                     query=cfg.replay_query, temperature=cfg.distill_temperature,
                                     rng=step_rng(self.seed, step, _TASK, i)).to(dist.device)
             items[i] = self._item(lambda p, t=task: pseudo_task_loss(self.learner, self.model, t, p, kind=cfg.task_loss,
@@ -590,6 +646,75 @@ class _MetaTrainer:
             combined = self.combiner.combine(items, n, beta=cfg.beta, scale=scale)
         self._apply(combined)
         return combined
+
+    # --- online recovery ---------------------------------------------------------------------------
+
+    def _online_step(self, step: int) -> bool:
+        return self.online is not None and step % self.online.online_every == 0
+
+    def _owned_teachers(self) -> list[int]:
+        """Teachers whose recoveries (and warm generator) live on this process: ``t % world == rank``."""
+        return self.dist.shard(len(self.members))
+
+    def _fresh_warm(self, t: int) -> WarmGenerator:
+        assert self.online is not None
+        seed = int(seeds.seed_sequence(self.seed, seeds.GENERATOR_INIT, t).generate_state(1)[0])
+        return WarmGenerator.fresh(self.members[t], self.online, seed)
+
+    def recover_fresh(self, step: int, chosen: list[int]) -> list[RecoveredTask]:
+        """Recover a fresh pseudo-task from each chosen teacher and add them to the bank, in task order.
+
+        Teacher ``t``'s recovery runs on process ``t % world`` from the stream
+        ``[seed, RECOVER_ONLINE, step, t]`` (warm: continuing the teacher's own generator and
+        Adam state); the images are exchanged as uint8 (exactly what the bank stores), so every
+        process inserts the same images in the same order and holds the same bank.
+
+        Returns:
+            The tasks in ``chosen`` order, images as the bank holds them (uint8 / 255).
+        """
+        cfg, dist = self.online, self.dist
+        assert cfg is not None
+        plans = []
+        for t in chosen:
+            sequence = seeds.seed_sequence(self.seed, seeds.RECOVER_ONLINE, step, t)
+            classes = sample_task_classes(self.members[t], cfg.max_way, np.random.default_rng(sequence.spawn(1)[0]))
+            plans.append((t, classes, int(sequence.generate_state(1)[0])))
+        shapes = [(len(classes) * cfg.images_per_class, 3, *(int(v) for v in self.members[t].input_size[1:]))
+                  for t, classes, _ in plans]
+        size = max(math.prod(shape) for shape in shapes)
+        rows, quality_rows = {}, {}
+        for i, (t, classes, task_seed) in enumerate(plans):
+            if t % dist.world != dist.rank:
+                continue
+            member = self.members[t]
+            if cfg.online_start == "warm":
+                warm = self.warm.get(t)
+                if warm is None:
+                    warm = self.warm[t] = self._fresh_warm(t)
+                steps = cfg.steps if warm.recoveries == 0 else cfg.online_steps  # a new generator starts cold
+                task = recover_task(member, classes, cfg, seed=task_seed, warm=warm, steps=steps)
+            else:
+                task = recover_task(member, classes, cfg, seed=task_seed, steps=cfg.online_steps)
+            quality = recovery_quality(member, task)
+            flat = _to_uint8(task.images).reshape(-1)
+            rows[i] = torch.cat([flat, flat.new_zeros(size - flat.numel())])
+            quality_rows[i] = torch.tensor([quality[k] for k in QUALITY], dtype=torch.float64)
+        images = dist.gather_rows(rows, len(plans), size, torch.uint8).cpu()
+        qualities = dist.gather_rows(quality_rows, len(plans), len(QUALITY), torch.float64).cpu()
+        tasks = []
+        for i, ((t, classes, _), shape) in enumerate(zip(plans, shapes)):
+            member = self.members[t]
+            names = list(member.label_names or [])
+            task = RecoveredTask(
+                images=images[i, :math.prod(shape)].view(shape).float() / 255,
+                labels=torch.tensor(classes, dtype=torch.int64).repeat_interleave(cfg.images_per_class),
+                teacher=member.name, loss=float("nan"), classes=classes,
+                class_names=[str(names[c]) if c < len(names) else "" for c in classes])
+            self.bank.add(task)
+            self.recoveries[t] += 1
+            tasks.append(task)
+        self.last_quality = {f"recover_{k}": float(qualities[:, j].mean()) for j, k in enumerate(QUALITY)}
+        return tasks
 
     def replay_step(self, step: int) -> _Combined | None:
         """The replay step: episodes mixing classes across teachers, their mean gradient applied."""
@@ -659,6 +784,7 @@ def meta_train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
+    recover: RecoverConfig | None = None,
 ) -> TrainResult:
     """Meta-train ``model`` in place with IGR inside teacher groups, then replay episodes.
 
@@ -682,6 +808,11 @@ def meta_train(
         resume: continue from the newest complete checkpoint in ``checkpoint_dir``, if any.
             Without ``resume``, an existing checkpoint is an error (nothing is overwritten).
         on_step: called with a :class:`StepInfo` after every step, on every process.
+        recover: the recovery settings, for online recovery (``recover.online_every > 0``): every
+            ``online_every`` steps each chosen teacher's task is recovered afresh, used for the
+            IGR step and added to (a copy of) ``bank``; ``None`` or ``online_every = 0``: every
+            task comes from ``bank`` as given. The recovery quality goes into the history
+            (``recover_agreement``, ``recover_bn_loss``, ``recover_ce``, ``recover_diversity``).
 
     Raises:
         ConfigError: checkpointing without ``checkpoint_dir``, or resuming with other settings.
@@ -693,7 +824,7 @@ def meta_train(
     if cfg.checkpoint_every > 0 and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
     trainer = _MetaTrainer(model, members, bank, groups, cfg, val_split=val_split, seed=seed, dist=dist,
-                           checkpoint_dir=checkpoint_dir)
+                           checkpoint_dir=checkpoint_dir, recover=recover)
     start = trainer.restore(resume)
     if start == 0:
         trainer.validate(0)
@@ -704,6 +835,8 @@ def meta_train(
         done = step + 1
         combined = trainer.task_step(step)
         losses = {"task_loss": float(np.mean(combined.losses))}
+        if trainer.last_quality is not None:
+            losses.update(trainer.last_quality)
         replayed = trainer.replay_step(step)
         if replayed is not None:
             losses["replay_loss"] = float(np.mean(replayed.losses))
