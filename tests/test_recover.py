@@ -515,3 +515,19 @@ def test_bank_episode_never_repeats_a_shared_class() -> None:
     with pytest.raises(EpisodeError):
         bank.sample_episode(3, 1, 1, rng, resize_to=8)
     assert bank.sample_episode(4, 1, 1, rng, resize_to=8, distinct_names=False).support_x.shape[0] == 4
+
+
+def test_seed_streams_never_coincide() -> None:
+    """Each stream has its own constant in second place: the old [seed, i, 2] (embedding) and
+    [seed, i, r=2] (recovery) collision, and zero-padding look-alikes, cannot happen."""
+    from tgr_hub import seeds
+
+    constants = [seeds.RECOVER, seeds.EMBED, seeds.TRAIN, seeds.RECOVER_ONLINE, seeds.GENERATOR_INIT]
+    assert len(set(constants)) == len(constants)
+    drawn = [tuple(seeds.seed_sequence(0, stream, 1, 2).generate_state(4)) for stream in constants]
+    drawn += [tuple(seeds.seed_sequence(0, seeds.EMBED, 1, 0).generate_state(4)),
+              tuple(seeds.seed_sequence(0, seeds.TRAIN, 1, 0).generate_state(4))]
+    assert len(set(drawn)) == len(drawn)
+    # a SeedSequence pads with zeros: why the stream constant, not the key length, separates streams
+    assert tuple(np.random.SeedSequence([0, 1, 2]).generate_state(4)) == \
+        tuple(np.random.SeedSequence([0, 1, 2, 0]).generate_state(4))

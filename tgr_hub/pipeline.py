@@ -21,8 +21,9 @@ recovery and Fisher embedding by teacher, meta-training by task and replay episo
 by episode. Each process writes what it computed as one file per item (``recovered/parts/``,
 ``embeddings-parts/``; these also make an interrupted stage resume where it stopped), the main
 process merges them into the artefacts above in teacher order, and everyone reads the merged
-artefact back. Each item is seeded by its index alone (recovery by (seed, teacher, recovery),
-embedding by (seed, teacher)), so the artefacts do not depend on the number of processes.
+artefact back. Each item is seeded by its index alone (recovery by the stream
+[seed, RECOVER, teacher, recovery], embedding by [seed, EMBED, teacher]; see tgr_hub.seeds), so
+the artefacts do not depend on the number of processes.
 Every file in the run folder is written under a temporary name and renamed.
 """
 
@@ -54,6 +55,7 @@ from .group import group_teachers
 from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
 from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
+from .seeds import EMBED, seed_sequence
 from .train import evaluate_sharded, meta_train
 
 logger = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ def recover_pool(
 ) -> MemoryBank:
     """Recover pseudo-tasks for every teacher not yet in the bank at ``bank_path``.
 
-    Each recovery is seeded by (run seed, teacher index, recovery index). Process ``r``
+    Each recovery is seeded by (run seed, teacher index, recovery index) (see :mod:`tgr_hub.seeds`). Process ``r``
     recovers the teachers ``i`` with ``i % world == r`` and saves each task as it finishes
     (``parts/`` beside the bank); the main process then adds the tasks to the bank in
     (teacher, recovery) order, as one process would have, and saves it. A stopped recovery
@@ -183,7 +185,7 @@ def recover_pool(
 
 def _embed_one(probe: torch.nn.Module, member: PoolMember, index: int, bank: MemoryBank,
                cfg: RunConfig) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng([cfg.seed, index, 2])
+    rng = np.random.default_rng(seed_sequence(cfg.seed, EMBED, index, 0))
     classes = bank.classes_of(member.name)
     if not classes:
         raise MemoryBankError(f"the memory bank holds nothing of teacher {member.name!r}",
@@ -192,8 +194,9 @@ def _embed_one(probe: torch.nn.Module, member: PoolMember, index: int, bank: Mem
     images, labels = bank.task_for(member.name, classes, per_class, rng, allow_fewer=True)
     remap = {c: i for i, c in enumerate(classes)}
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
+    fisher_seed = int(seed_sequence(cfg.seed, EMBED, index, 1).generate_state(1)[0])
     embedding = fisher_diagonal(probe, images, task_labels, num_classes=len(classes), method=cfg.embed.method,
-                                head_steps=cfg.embed.head_steps, seed=cfg.seed + index)
+                                head_steps=cfg.embed.head_steps, seed=fisher_seed)
     return {k: v.detach().cpu() for k, v in embedding.items()}
 
 
@@ -208,7 +211,7 @@ def embed_pool(
 ) -> list[dict[str, torch.Tensor]]:
     """Diagonal Fisher embedding of every teacher's pseudo-task through one shared probe.
 
-    Teacher ``i`` is embedded by process ``i % world`` (seeded by (seed, i)) and saved as a
+    Teacher ``i`` is embedded by process ``i % world`` (seeded by [seed, EMBED, i]) and saved as a
     part; the main process merges the parts into ``path``.
     """
     dist = _default_dist(cfg, dist)

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from .config import RecoverConfig
 from .errors import EpisodeError, RunFolderError, TgrHubError
 from .models.generator import Generator
+from .seeds import RECOVER, seed_sequence
 
 if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
     from .pool import PoolMember
@@ -520,7 +521,7 @@ def recover_teachers(
     """Bring every teacher to ``recoveries`` (default ``cfg.recoveries_per_teacher``) recoveries in ``bank``.
 
     Teachers are done one after the other. Recovery ``r`` of teacher ``i`` (its index in
-    ``members``) is seeded by ``(seed, i, r)``, and its classes are drawn with
+    ``members``) is seeded by the stream ``[seed, seeds.RECOVER, i, r]``, and its classes are drawn with
     :func:`sample_task_classes` from the same seed. Recoveries the bank already counts for a
     teacher (:meth:`MemoryBank.tasks_of`) are not redone, so calling this again on a bank saved
     by ``on_task`` resumes an interrupted run and gives the same bank as an uninterrupted one
@@ -551,7 +552,7 @@ def recover_teachers(
     bar = tqdm(total=len(plan), desc="recover", disable=not progress)
     try:
         for i, member, r in plan:
-            seq = np.random.SeedSequence([int(seed), i, r])
+            seq = seed_sequence(seed, RECOVER, i, r)
             class_rng = np.random.default_rng(seq.spawn(1)[0])
             task_seed = int(seq.generate_state(1)[0])
             classes = sample_task_classes(member, cfg.max_way, class_rng)
