@@ -23,7 +23,7 @@ from tgr_hub.config import load_config
 from tgr_hub.data import load_split
 from tgr_hub.distributed import Distributed, make_accelerator, tensor_digest
 from tgr_hub.metamodel import create_meta_model
-from tgr_hub.pipeline import prepare_pool
+from tgr_hub.pipeline import load_generators, prepare_pool
 from tgr_hub.train import StepInfo, meta_train
 
 # Uneven shares on purpose: 3 tasks and 3 replay episodes over 2 processes (2 + 1 each).
@@ -60,7 +60,8 @@ def main(pool: str, run: str, out: str) -> None:
 
         everyone = [list(range(len(prepared.members)))]  # one group: every step has 3 tasks
         result = meta_train(model, prepared.members, prepared.bank, everyone, cfg.train, val_split=val, seed=cfg.seed,
-                            progress=False, dist=dist, on_step=on_step, recover=cfg.recover)
+                            progress=False, dist=dist, on_step=on_step, recover=cfg.recover,
+                            generators=load_generators(Path(run) / "recovered" / "bank.safetensors", prepared.members))
         records.append({"history": result.history})
         folder = Path(out) / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ newest checkpoint with ``resume=True`` / ``tgr-hub train --resume``):
     runs/NAME/
       pool.json                 the resolved pool (sources, pinned revisions, labels)
       recovered/bank.safetensors + bank.json    memory bank of recovered pseudo-tasks
+      recovered/generators.safetensors          warm online recovery: each teacher's generator + Adam state
       embeddings.safetensors    diagonal Fisher per teacher
       dissimilarity.json        [N, N] teacher dissimilarity
       groups.json               teacher groups
@@ -54,13 +55,15 @@ from .figures import plot_dissimilarity, plot_training_curves
 from .group import group_teachers
 from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
-from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
+from .recover import MemoryBank, MemoryBankError, RecoveredTask, WarmGenerator, recover_teachers
 from .seeds import EMBED, seed_sequence
 from .train import evaluate_sharded, meta_train
 
 logger = logging.getLogger(__name__)
 
 RECOVER_PARTS = "parts"  # inside recovered/
+GENERATORS_FILE = "generators.safetensors"  # inside recovered/: warm generators for online recovery
+GENERATOR_PREFIX = "generator/"  # keys of a task part that hold the generator state
 EMBED_PARTS = "embeddings-parts"
 CHECKPOINTS = "checkpoints"
 
@@ -102,13 +105,47 @@ def _part_name(index: int, recovery: int) -> str:
     return f"t{index:05d}-r{recovery:04d}.safetensors"
 
 
-def _save_task_part(task: RecoveredTask, path: Path) -> None:
-    """One recovered task as safetensors (images as the bank stores them: uint8 = round(255·x))."""
+def _save_task_part(task: RecoveredTask, path: Path, warm: WarmGenerator | None = None) -> None:
+    """One recovered task as safetensors (images as the bank stores them: uint8 = round(255·x)).
+
+    With ``warm``, the teacher's generator state after this recovery goes into the same file, so
+    a part and the generator it left are written (and found on resume) together.
+    """
     images = (task.images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     metadata = {"teacher": task.teacher, "classes": json.dumps([int(c) for c in task.classes]),
                 "class_names": json.dumps(list(task.class_names)), "loss": repr(float(task.loss)),
                 "best_step": str(int(task.best_step))}
-    _save_safetensors({"images": images, "labels": task.labels.to(torch.int64)}, path, metadata)
+    tensors = {"images": images, "labels": task.labels.to(torch.int64)}
+    if warm is not None:
+        tensors.update({f"{GENERATOR_PREFIX}{k}": v for k, v in warm.state_tensors().items()})
+    _save_safetensors(tensors, path, metadata)
+
+
+def _load_part_generator(path: Path) -> dict[str, torch.Tensor]:
+    """The generator state saved with a task part (empty when it has none)."""
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return {k.removeprefix(GENERATOR_PREFIX): handle.get_tensor(k) for k in handle.keys()
+                if k.startswith(GENERATOR_PREFIX)}
+
+
+def _warm_upfront(cfg: RunConfig) -> bool:
+    """Whether up-front recovery runs warm-startable generators, to hand them on to online recovery."""
+    return cfg.recover.online_every > 0 and cfg.recover.online_start == "warm"
+
+
+def load_generators(bank_path: Path, members: list[PoolMember]) -> dict[int, dict[str, torch.Tensor]]:
+    """``{teacher index: generator state}`` the up-front recovery saved beside the bank (``{}`` if none)."""
+    path = bank_path.parent / GENERATORS_FILE
+    if not path.is_file():
+        return {}
+    flat = load_file(str(path))
+    index_of = {m.name: i for i, m in enumerate(members)}
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        name, rest = key.split("/", 1)
+        if name in index_of:
+            states.setdefault(index_of[name], {})[rest] = value
+    return states
 
 
 def _load_task_part(path: Path) -> RecoveredTask:
@@ -153,9 +190,14 @@ def recover_pool(
         return bank
     mine = set(dist.shard(len(members)))
     local = bank
+    warm: dict[str, WarmGenerator] | None = {} if _warm_upfront(cfg) else None
     for i, r in missing:  # parts this process saved before it was stopped
         if i in mine and r == local.tasks_of(members[i].name) and (parts / _part_name(i, r)).is_file():
             local.add(_load_task_part(parts / _part_name(i, r)))
+            state = _load_part_generator(parts / _part_name(i, r)) if warm is not None else {}
+            if warm is not None and state:
+                warm[members[i].name] = WarmGenerator.for_teacher(members[i].to(dist.device), cfg.recover, cfg.seed, i)
+                warm[members[i].name].load_state_tensors(state)
     if dist.is_main:
         parts.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -165,15 +207,22 @@ def recover_pool(
 
     def save_part(task: RecoveredTask) -> None:
         i = index_of[task.teacher]
-        _save_task_part(task, parts / _part_name(i, local.tasks_of(task.teacher) - 1))
+        _save_task_part(task, parts / _part_name(i, local.tasks_of(task.teacher) - 1),
+                        warm.get(task.teacher) if warm is not None else None)
 
     recover_teachers(members, cfg.recover, local, seed=cfg.seed, progress=progress,
-                     skip={m.name for i, m in enumerate(members) if i not in mine}, on_task=save_part)
+                     skip={m.name for i, m in enumerate(members) if i not in mine}, on_task=save_part, warm=warm)
     dist.barrier()
     if dist.is_main:
         merged = base()
+        generators: dict[str, torch.Tensor] = {}
         for i, r in missing:
             merged.add(_load_task_part(parts / _part_name(i, r)))
+            if warm is not None and r == count - 1:  # the generator after the teacher's last recovery
+                state = _load_part_generator(parts / _part_name(i, r))
+                generators.update({f"{members[i].name}/{k}": v for k, v in state.items()})
+        if generators:  # before the bank: a saved bank means the stage is done
+            _save_safetensors(generators, bank_path.parent / GENERATORS_FILE)
         merged.save(bank_path)
         shutil.rmtree(parts)
     dist.barrier()
@@ -377,9 +426,10 @@ def run_tgr(
     if log_with:
         dist.accelerator.init_trackers("tgr-hub", config=_flat_config(cfg.to_dict()))
     model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
+    generators = load_generators(out / "recovered" / "bank.safetensors", members) if _warm_upfront(cfg) else None
     result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=cfg.seed,
                         progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume,
-                        recover=cfg.recover)
+                        recover=cfg.recover, generators=generators)
     model.load_state_dict(result.best_state)
     timings["meta-train"] = time.perf_counter() - start
 

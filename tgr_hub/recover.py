@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from .config import RecoverConfig
 from .errors import EpisodeError, RunFolderError, TgrHubError
 from .models.generator import Generator
-from .seeds import RECOVER, seed_sequence
+from .seeds import GENERATOR_INIT, RECOVER, seed_sequence
 
 if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
     from .pool import PoolMember
@@ -142,6 +142,11 @@ class WarmGenerator:
         _, height, width = (int(v) for v in member.input_size)
         generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=int(seed))
         return cls(generator.to(_device_of(member.model)), cfg)
+
+    @classmethod
+    def for_teacher(cls, member: PoolMember, cfg: RecoverConfig, run_seed: int, index: int) -> WarmGenerator:
+        """Teacher ``index``'s generator before its first recovery (stream ``[run_seed, GENERATOR_INIT, index]``)."""
+        return cls.fresh(member, cfg, int(seed_sequence(run_seed, GENERATOR_INIT, index).generate_state(1)[0]))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything that makes the next recovery what it will be, as named CPU tensors."""
@@ -517,6 +522,7 @@ def recover_teachers(
     return_generators: bool = False,
     progress: bool = False,
     on_task: Callable[[RecoveredTask], None] | None = None,
+    warm: dict[str, WarmGenerator] | None = None,
 ) -> dict[str, Generator]:
     """Bring every teacher to ``recoveries`` (default ``cfg.recoveries_per_teacher``) recoveries in ``bank``.
 
@@ -539,6 +545,11 @@ def recover_teachers(
             otherwise each is dropped once its teacher is done, to bound memory.
         progress: a tqdm bar over the recoveries to run.
         on_task: called with each task after it is added (e.g. to save the bank).
+        warm: warm-start mode (online recovery's): every recovery of a teacher continues its
+            :class:`WarmGenerator` ``warm[name]`` (generator and Adam state), created with
+            :meth:`WarmGenerator.for_teacher` when missing; the dict is updated in place, so the
+            caller can hand the generators on to meta-training. Takes precedence over
+            ``cfg.reuse_generator``.
 
     Returns:
         The per-teacher generators if ``return_generators`` and ``cfg.reuse_generator``, else ``{}``.
@@ -556,6 +567,15 @@ def recover_teachers(
             class_rng = np.random.default_rng(seq.spawn(1)[0])
             task_seed = int(seq.generate_state(1)[0])
             classes = sample_task_classes(member, cfg.max_way, class_rng)
+            if warm is not None:
+                if member.name not in warm:
+                    warm[member.name] = WarmGenerator.for_teacher(member, cfg, seed, i)
+                task = recover_task(member, classes, cfg, seed=task_seed, warm=warm[member.name])
+                bank.add(task)
+                if on_task is not None:
+                    on_task(task)
+                bar.update(1)
+                continue
             generator = None
             if cfg.reuse_generator:
                 generator = kept.get(member.name, given.get(member.name))

@@ -496,7 +496,8 @@ class _MetaTrainer:
 
     def __init__(self, model: MetaModel, members: list[PoolMember], bank: MemoryBank, groups: list[list[int]],
                  cfg: TrainConfig, *, val_split: ImageSplit, seed: int, dist: Distributed,
-                 checkpoint_dir: Path | None, recover: RecoverConfig | None = None) -> None:
+                 checkpoint_dir: Path | None, recover: RecoverConfig | None = None,
+                 generators: Mapping[int, Mapping[str, Tensor]] | None = None) -> None:
         self.members, self.groups, self.cfg = members, groups, cfg
         # online recovery: the bank grows during training (on a copy: the caller's bank is left alone)
         self.online = recover if recover is not None and recover.online_every > 0 else None
@@ -505,6 +506,7 @@ class _MetaTrainer:
         self.warm: dict[int, WarmGenerator] = {}  # warm-started generators of the teachers this process owns
         self.last_quality: dict[str, float] | None = None  # of the last step's online recoveries
         self.recoveries = [0] * len(members)  # online recoveries per teacher (every process counts all)
+
         self.val_split, self.seed, self.dist, self.checkpoint_dir = val_split, seed, dist, checkpoint_dir
         self.accelerator = dist.accelerator
         self.learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
@@ -515,6 +517,11 @@ class _MetaTrainer:
         self.optimizer = self.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.lr))
         for member in members:
             member.to(dist.device)
+        if self.online is not None and self.online.online_start == "warm":
+            for t in self._owned_teachers():  # the generators the up-front recovery left, if any (on the teachers' device)
+                if t in (generators or {}):
+                    self.warm[t] = self._fresh_warm(t)
+                    self.warm[t].load_state_tensors(dict(generators[t]))
         dist.broadcast_module(self.model)  # identical start on every process, whatever each one built
 
         self.history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
@@ -658,8 +665,7 @@ class _MetaTrainer:
 
     def _fresh_warm(self, t: int) -> WarmGenerator:
         assert self.online is not None
-        seed = int(seeds.seed_sequence(self.seed, seeds.GENERATOR_INIT, t).generate_state(1)[0])
-        return WarmGenerator.fresh(self.members[t], self.online, seed)
+        return WarmGenerator.for_teacher(self.members[t], self.online, self.seed, t)
 
     def recover_fresh(self, step: int, chosen: list[int]) -> list[RecoveredTask]:
         """Recover a fresh pseudo-task from each chosen teacher and add them to the bank, in task order.
@@ -785,6 +791,7 @@ def meta_train(
     resume: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     recover: RecoverConfig | None = None,
+    generators: Mapping[int, Mapping[str, Tensor]] | None = None,
 ) -> TrainResult:
     """Meta-train ``model`` in place with IGR inside teacher groups, then replay episodes.
 
@@ -813,6 +820,10 @@ def meta_train(
             IGR step and added to (a copy of) ``bank``; ``None`` or ``online_every = 0``: every
             task comes from ``bank`` as given. The recovery quality goes into the history
             (``recover_agreement``, ``recover_bn_loss``, ``recover_ce``, ``recover_diversity``).
+        generators: with warm online recovery, ``{teacher index: WarmGenerator.state_tensors()}``
+            the up-front recovery left (see :func:`tgr_hub.pipeline.recover_pool`): those teachers'
+            online recoveries continue them; a teacher without one starts a new generator, whose
+            first recovery runs ``recover.steps`` steps instead of ``recover.online_steps``.
 
     Raises:
         ConfigError: checkpointing without ``checkpoint_dir``, or resuming with other settings.
@@ -824,7 +835,7 @@ def meta_train(
     if cfg.checkpoint_every > 0 and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
     trainer = _MetaTrainer(model, members, bank, groups, cfg, val_split=val_split, seed=seed, dist=dist,
-                           checkpoint_dir=checkpoint_dir, recover=recover)
+                           checkpoint_dir=checkpoint_dir, recover=recover, generators=generators)
     start = trainer.restore(resume)
     if start == 0:
         trainer.validate(0)
