@@ -149,6 +149,7 @@ class TrainResult:
     best_val_accuracy: float
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     resumed_from: int = 0  # the checkpoint step training continued from (0: from scratch)
+    bank: MemoryBank | None = None  # with online recovery: the bank as it ended (the input bank is left alone)
 
 
 @dataclass
@@ -773,7 +774,8 @@ class _MetaTrainer:
             best_acc = float("nan")
         unwrapped = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         assert unwrapped is self.model or isinstance(unwrapped, MetaModel)
-        return TrainResult(self.best_state, self.best_step, best_acc, self.history, resumed_from=resumed_from)
+        return TrainResult(self.best_state, self.best_step, best_acc, self.history, resumed_from=resumed_from,
+                           bank=self.bank if self.online is not None else None)
 
 
 def meta_train(
