@@ -209,7 +209,7 @@ def make_pseudo_task(
         query_idx += idx[shot:shot + query]
     remap = {cls: position for position, cls in enumerate(classes)}
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
-    support_idx_t, query_idx_t = torch.tensor(support_idx), torch.tensor(query_idx)
+    support_idx_t, query_idx_t = torch.tensor(support_idx, dtype=torch.long), torch.tensor(query_idx, dtype=torch.long)
     device = next(iter(member.model.parameters()), torch.empty(0)).device
     query_x = images[query_idx_t].to(device)
     with torch.no_grad():
