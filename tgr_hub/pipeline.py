@@ -57,7 +57,8 @@ from .metamodel import MetaModel, create_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
 from .recover import MemoryBank, MemoryBankError, RecoveredTask, WarmGenerator, recover_teachers
 from .seeds import EMBED, seed_sequence
-from .train import evaluate_sharded, meta_train
+from .evaluate import eval_settings, evaluate_model
+from .train import meta_train
 
 logger = logging.getLogger(__name__)
 
@@ -442,10 +443,8 @@ def run_tgr(
             test_split = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size,
                                     seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
         model.eval()
-        metrics[cfg.eval.split] = evaluate_sharded(
-            model, test_split, way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query,
-            episodes=cfg.eval.episodes, learner=cfg.train.learner, seed=cfg.seed, dist=dist, progress=progress,
-        )
+        metrics[cfg.eval.split] = evaluate_model(model, test_split, seed=cfg.seed, dist=dist, progress=progress,
+                                                 **eval_settings(cfg.eval, cfg.train.learner))
         timings["evaluate"] = time.perf_counter() - start
 
     model = model.to("cpu")

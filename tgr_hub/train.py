@@ -64,7 +64,6 @@ from tqdm.auto import tqdm
 from . import seeds
 from .config import RecoverConfig, TrainConfig
 from .data import ImageSplit
-from .data.fewshot import EpisodeSampler
 from .distributed import (
     TRAINER_STATE,
     Distributed,
@@ -77,7 +76,7 @@ from .distributed import (
     unflatten,
 )
 from .errors import ConfigError, RunFolderError
-from .evaluate import confidence_interval, resolve_learner
+from .evaluate import evaluate_model
 from .igr import displaced_params, igr_direction, mean_gradient, task_gradients
 from .learners import make_learner
 from .metamodel import MetaModel
@@ -98,7 +97,6 @@ __all__ = [
     "PseudoTask",
     "StepInfo",
     "TrainResult",
-    "evaluate_sharded",
     "make_pseudo_task",
     "meta_train",
     "pseudo_task_loss",
@@ -390,62 +388,6 @@ class _Combiner:
         return _Combined(direction, losses, mean_gradient(all_bn) if self.bn_keys else {})
 
 
-# --- evaluation on several processes ---------------------------------------------------------
-
-
-def evaluate_sharded(
-    model: MetaModel,
-    split: ImageSplit,
-    *,
-    way: int,
-    shots: Sequence[int],
-    query: int,
-    episodes: int,
-    learner: str,
-    seed: int,
-    dist: Distributed | None = None,
-    progress: bool = False,
-    desc: str = "evaluate",
-) -> dict[str, dict[str, Any]]:
-    """:func:`tgr_hub.evaluate.evaluate_model` with the episodes shared out over the processes.
-
-    Episode ``j`` is scored by process ``j % world``; the accuracies are exchanged exactly, so
-    every process returns the same dict, equal to what ``evaluate_model`` returns on one
-    process (same episodes, same adaptation, same statistics).
-    """
-    adapt_with, method = resolve_learner(learner, model)
-    device = next(model.parameters()).device
-    results: dict[str, dict[str, Any]] = {}
-    world_rank = (dist.world, dist.rank) if dist is not None else (1, 0)
-    mine = list(range(world_rank[1], episodes, world_rank[0]))
-    bar = tqdm(total=len(mine) * len(shots), desc=f"{desc} {way}-way ({method})", disable=not progress,
-               unit="ep", leave=False)
-    try:
-        for shot in shots:
-            sampler = EpisodeSampler(split, way, int(shot), query, seed=seed)
-            rows = {}
-            for index in mine:
-                episode = sampler.episode(index)
-                classifier = adapt_with.adapt(model, episode.support_x.to(device), episode.support_y.to(device))
-                predicted = classifier.predict(episode.query_x.to(device))
-                rows[index] = torch.tensor([float((predicted.cpu() == episode.query_y).double().mean())],
-                                           dtype=torch.float64)
-                bar.update(1)
-            if dist is not None:
-                table = dist.gather_rows(rows, episodes, 1, torch.float64)[:, 0].cpu().numpy()
-            else:
-                table = torch.cat([rows[i] for i in range(episodes)]).numpy()
-            accuracies = np.asarray(table, dtype=np.float64)
-            mean, ci95 = confidence_interval(accuracies)
-            results[f"{int(shot)}shot"] = {
-                "mean": mean, "ci95": ci95, "std": float(accuracies.std()), "episodes": episodes,
-                "way": way, "shot": int(shot), "query": query, "method": method,
-            }
-    finally:
-        bar.close()
-    return results
-
-
 # --- checkpoint state ----------------------------------------------------------------------------
 
 
@@ -612,9 +554,9 @@ class _MetaTrainer:
     def validate(self, step: int) -> None:
         """Meta-validation accuracy on real episodes; keeps the best state."""
         cfg, shot = self.cfg, self.cfg.replay_shot
-        metrics = evaluate_sharded(self.model, self.val_split, way=cfg.replay_way, shots=[shot], query=cfg.replay_query,
-                                   episodes=cfg.val_episodes, learner=cfg.learner, seed=self.seed + 1, dist=self.dist,
-                                   progress=False)
+        metrics = evaluate_model(self.model, self.val_split, way=cfg.replay_way, shots=[shot], query=cfg.replay_query,
+                                 episodes=cfg.val_episodes, learner=cfg.learner, seed=self.seed + 1, dist=self.dist,
+                                 progress=False)
         accuracy = metrics[f"{shot}shot"]["mean"]
         self.history["val_acc"].append((step, accuracy))
         if accuracy > self.best_acc:
