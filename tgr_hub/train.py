@@ -77,7 +77,7 @@ from .distributed import (
 )
 from .errors import ConfigError, RunFolderError
 from .evaluate import evaluate_model
-from .igr import displaced_params, igr_direction, mean_gradient, task_gradients
+from .igr import Gather, igr_direction, mean_gradient
 from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
@@ -330,40 +330,31 @@ class _Combiner:
         rows = {i: torch.tensor([loss], dtype=torch.float64) for i, loss in zip(own, losses)}
         return self.dist.gather_rows(rows, n, 1, torch.float64)[:, 0].tolist()
 
+    def gather(self, n: int) -> Gather:
+        """The exact exchange :func:`igr_direction` is given: own ``{i: g_i}`` -> all n, in task order."""
+        def exchange(rows: Mapping[int, Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
+            flat = {i: flatten(g, self.keys, self.dtype) for i, g in rows.items()}
+            table = self.dist.gather_rows(flat, n, self.grad_size, self.dtype)
+            return [unflatten(table[i], self.params, self.keys) for i in range(n)]
+        return exchange
+
     def combine(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
         """First-order IGR (β > 0) or the plain mean (β = 0) over ``n`` items, ``items`` being this process's.
 
-        Identical, operation for operation, to :func:`igr_direction` (order "first") on one process.
+        :func:`igr_direction` itself, with the exact cross-process exchange injected: bitwise what
+        it gives on one process. With a loss scale S the closures return S·L_i, so the
+        displacement uses β / S (the true gradients' displacement).
         """
         own = sorted(items)
         params = {k: self.params[k] for k in self.keys}
-        losses, grads = task_gradients([items[i] for i in own], params) if own else ([], [])
-        rows = {}
-        for i, g in zip(own, grads):
-            bn = flatten(items[i].buffers_after or {}, self.bn_keys, self.dtype)
-            rows[i] = torch.cat([flatten(g, self.keys, self.dtype), bn.to(self.dist.device)])
-        table = self.dist.gather_rows(rows, n, self.grad_size + self.bn_size, self.dtype)
-        all_grads = [unflatten(table[i, :self.grad_size], params, self.keys) for i in range(n)]
-        all_bn = [unflatten(table[i, self.grad_size:], self.buffers, self.bn_keys) for i in range(n)]
-        mean = mean_gradient(all_grads)
-        if beta == 0:
-            direction = mean
-        else:
-            # θ_i' = θ + β (g_i − ḡ) with the true (unscaled) gradients
-            unscaled = 1.0 / scale
-            own_grads = [{k: all_grads[i][k] * unscaled for k in self.keys} for i in own] if scale != 1.0 \
-                else [all_grads[i] for i in own]
-            own_mean = {k: v * unscaled for k, v in mean.items()} if scale != 1.0 else mean
-            displaced = displaced_params(params, own_grads, own_mean, beta)
-            rows = {}
-            for i, theta in zip(own, displaced):
-                _, (grad,) = task_gradients([items[i]], theta)
-                rows[i] = flatten(grad, self.keys, self.dtype)
-            table = self.dist.gather_rows(rows, n, self.grad_size, self.dtype)
-            direction = mean_gradient([unflatten(table[i], params, self.keys) for i in range(n)])
-        buffers = mean_gradient(all_bn) if self.bn_keys else {}
-        all_losses = self._exchange_losses(own, [v / scale for v in losses], n)
-        return _Combined(direction, all_losses, buffers)
+        result = igr_direction({i: items[i] for i in own}, params, beta / scale, gather=self.gather(n))
+        buffers: dict[str, Tensor] = {}
+        if self.bn_keys:  # the BatchNorm statistics each item's pass at θ left, averaged in item order
+            rows = {i: flatten(items[i].buffers_after or {}, self.bn_keys, self.dtype) for i in own}
+            table = self.dist.gather_rows(rows, n, self.bn_size, self.dtype)
+            buffers = mean_gradient([unflatten(table[i], self.buffers, self.bn_keys) for i in range(n)])
+        losses = self._exchange_losses(own, [v / scale for v in result.losses], n)
+        return _Combined(result.direction, losses, buffers)
 
     def second_order(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
         """The authors' second-order IGR: computed on the main process (``items`` = all n) and broadcast.
