@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pool", help="repo-list of the teachers (default: build a 4-teacher glyph pool)")
     parser.add_argument("--work", default="runs/bench-online-recover")
+    parser.add_argument("--teachers", type=int, default=None, help="first N teachers of the pool (default: all)")
     parser.add_argument("--warm-steps", type=int, nargs="+", default=[5])
     parser.add_argument("--cold-steps", type=int, nargs="+", default=[200])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per row (after a first one)")
@@ -70,7 +71,7 @@ def main() -> None:
                                  "train.eval_every=100000", "train.val_episodes=1"])
     overrides = {k: v for k, v in (("images_per_class", args.ipc), ("generator_width", args.width)) if v is not None}
     recover = dataclasses.replace(run.recover, **overrides)
-    members = load_pool(Path(args.pool) if args.pool else default_pool(Path(args.work)))
+    members = load_pool(Path(args.pool) if args.pool else default_pool(Path(args.work)))[: args.teachers]
     # the up-front recovery (warm-startable generators, as the pipeline runs it for warm online recovery)
     bank, warm = MemoryBank(recover.bank_size), {}
     start = time.perf_counter()

@@ -2,13 +2,20 @@
 
 One iteration (step ``s``):
 
-    group  ─► m teachers ─► one pseudo-task each (from the memory bank)
-           ─► per-task losses L_i(θ) ─► IGR direction ─► Adam step
-           ─► replay: episodes mixing classes across teachers ─► Adam step
+    group  ─► m teachers ─► one pseudo-task each: freshly recovered (online recovery, every
+              ``recover.online_every`` steps) and added to the bank, else drawn from the bank
+           ─► per-task losses L_i(θ) ─► IGR direction (:func:`tgr_hub.igr.igr_direction`) ─► Adam step
+           ─► replay: episodes mixing classes across teachers, from the bank ─► Adam step
 
 Every ``eval_every`` steps the meta-model is evaluated on real episodes of the
 meta-*validation* split and the best state is kept. β = 0 with a single group of all
 teachers is the ERM baseline.
+
+Online recovery: teacher ``t``'s recovery at step ``s`` is seeded by the stream
+``[seed, RECOVER_ONLINE, s, t]`` and runs on process ``t % world``, which also keeps the
+teacher's warm-started generator (and its Adam state; ``recover.online_start = "warm"``); the
+images are exchanged as uint8 and inserted in task order, so every process holds the same bank.
+Checkpoints add the bank and the warm generators, so a resumed run continues exactly.
 
 Several processes (Accelerate)
 ------------------------------
@@ -21,10 +28,11 @@ The same code runs on 1 or N processes and gives the same meta-model (see
   depends on the number of processes, and resuming needs only the step number. Validation
   episodes come from their own seeded sampler and never touch the training streams.
 * **Tasks are split across processes.** Task ``i`` of a step is computed by process
-  ``i % world``. Its gradient ``g_i`` is exchanged exactly (:meth:`Distributed.gather_rows`),
-  every process forms ``ḡ`` in task order, displaces its own tasks ``θ_i' = θ + β(g_i − ḡ)``,
-  and the displaced gradients are exchanged the same way: the IGR direction is bitwise the one
-  a single process computes with :func:`tgr_hub.igr.igr_direction`. β = 0 skips the second
+  ``i % world``. The step is :func:`tgr_hub.igr.igr_direction` itself, given the exact exchange
+  (:meth:`Distributed.gather_rows`) as its ``gather``: every process forms ``ḡ`` in task order
+  from the exchanged ``g_i``, displaces its own tasks ``θ_i' = θ + β(g_i − ḡ)``, and the
+  displaced gradients are exchanged the same way: the IGR direction is bitwise the one a
+  single process computes. β = 0 skips the second
   pass (the direction is exactly ḡ). Replay episodes are shared out the same way. The
   second-order variant couples all tasks through ḡ's graph, so it is computed by the main
   process and broadcast.
