@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tgr_hub.data import load_split
-    from tgr_hub.evaluate import average_baseline, evaluate_model, random_baseline
+    from tgr_hub.evaluate import average_baseline, eval_settings, evaluate_model, random_baseline
     from tgr_hub.pipeline import run_tgr
     from tgr_hub.pool import load_pool
     from tgr_hub.teachers import make_pool
@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     test = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size, seed=cfg.data.seed,
                       cache_dir=cfg.data.cache_dir)
-    eval_kwargs = dict(way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query, episodes=cfg.eval.episodes,
-                       learner=cfg.train.learner, seed=cfg.seed)
+    eval_kwargs = dict(seed=cfg.seed, **eval_settings(cfg.eval, cfg.train.learner))  # as run_tgr's final test
     rows = {
         "Random": evaluate_model(random_baseline(cfg.train.arch, cfg.data.image_size, seed=cfg.seed), test, **eval_kwargs),
         "Average": evaluate_model(average_baseline(load_pool(repo_list)), test, **eval_kwargs),

@@ -31,7 +31,7 @@ from tgr_hub.errors import ConfigError
 from tgr_hub.igr import igr_direction
 from tgr_hub.learners import make_learner
 from tgr_hub.metamodel import create_meta_model
-from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss, evaluate_sharded, meta_train, step_rng
+from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss, meta_train, step_rng
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process work on one thread
 
@@ -170,8 +170,30 @@ def test_sharded_evaluation_equals_evaluate_model() -> None:
     split = load_split("glyphs", "val", image_size=32, seed=0)
     model = create_meta_model("conv4", image_size=32, seed=3)
     kwargs = dict(way=5, shots=[1, 2], query=3, episodes=5, learner="protonet", seed=7)
-    ours = evaluate_sharded(model, split, dist=Distributed(make_accelerator("no")), **kwargs)
+    ours = evaluate_model(model, split, dist=Distributed(make_accelerator("no")), progress=False, **kwargs)
     assert ours == evaluate_model(model, split, progress=False, **kwargs)
+
+
+def test_the_eval_settings_reach_the_final_test_and_the_baselines(smoke_run, tmp_path: Path) -> None:
+    """eval.method / inner_steps / inner_lr reach run_tgr's final test and the quickstart's baselines."""
+    from tgr_hub.evaluate import eval_settings
+
+    pool, _, _ = smoke_run
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    settings = ["--set", "eval.method=finetune", "--set", "eval.inner_steps=2", "--set", "eval.inner_lr=0.05",
+                "--set", "eval.shots=[1]", "--set", "eval.episodes=3", "--set", "train.iterations=1"]
+    done = subprocess.run([sys.executable, "-m", "tgr_hub.cli", "train", "--pool", str(pool), "--out",
+                           str(tmp_path / "run"), "--preset", "smoke", *settings],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    test = json.loads((tmp_path / "run" / "tgr_config.json").read_text())["metrics"]["test"]["1shot"]
+    assert (test["method"], test["inner_steps"], test["inner_lr"]) == ("finetune", 2, 0.05)
+    # the quickstart evaluates its baselines with the same keyword arguments
+    cfg = load_config(preset="smoke", overrides=[s for s in settings if s != "--set"])
+    assert eval_settings(cfg.eval, "protonet") == {"way": 5, "shots": [1], "query": 5, "episodes": 3,
+                                                   "learner": "finetune", "inner_steps": 2, "inner_lr": 0.05}
+    assert eval_settings(load_config(preset="smoke").eval, "protonet")["learner"] == "protonet"  # auto
+    assert eval_settings(load_config(preset="smoke").eval, "maml")["learner"] == "maml"  # fine-tuned
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import RecoverConfig
 from .errors import EpisodeError, MemoryBankError, RecoverError, RunFolderError
+from .io import save_safetensors_atomic, write_json_atomic
 from .models.generator import Generator
+from .seeds import GENERATOR_INIT, RECOVER, seed_sequence
 
 if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
     from .pool import PoolMember
@@ -59,12 +60,14 @@ __all__ = [
     "MemoryBankError",
     "RecoverError",
     "RecoveredTask",
+    "WarmGenerator",
     "bank_files",
     "bn_layers",
     "crop_padding_for",
     "random_crop_flip",
     "recover_task",
     "recover_teachers",
+    "recovery_quality",
     "sample_task_classes",
 ]
 
@@ -104,6 +107,112 @@ class RecoveredTask:
     class_names: list[str] = field(default_factory=list)
     best_step: int = 0
     generator: Generator | None = field(default=None, repr=False)
+
+
+class WarmGenerator:
+    """One teacher's generator and its Adam state, kept across recoveries (the online warm start).
+
+    Only the teacher's own recoveries change it (:func:`recover_task` with ``warm=``), so its
+    history depends on nothing but that teacher's sequence of recoveries: not on which process
+    runs them. :meth:`state_tensors` / :meth:`load_state_tensors` save and restore it bitwise
+    (generator parameters and BatchNorm buffers, Adam moments and step counts, the counter).
+
+    Attributes:
+        generator: the teacher's :class:`~tgr_hub.models.generator.Generator`.
+        optimizer: Adam over the generator's parameters (``cfg.lr``, ``cfg.betas``).
+        recoveries: recoveries run with it so far.
+    """
+
+    def __init__(self, generator: Generator, cfg: RecoverConfig) -> None:
+        self.generator = generator
+        self.optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.recoveries = 0
+
+    @classmethod
+    def fresh(cls, member: PoolMember, cfg: RecoverConfig, seed: int) -> WarmGenerator:
+        """A newly initialised generator for ``member``'s input size, seeded by ``seed``."""
+        _, height, width = (int(v) for v in member.input_size)
+        generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=int(seed))
+        return cls(generator.to(_device_of(member.model)), cfg)
+
+    @classmethod
+    def for_teacher(cls, member: PoolMember, cfg: RecoverConfig, run_seed: int, index: int) -> WarmGenerator:
+        """Teacher ``index``'s generator before its first recovery (stream ``[run_seed, GENERATOR_INIT, index]``)."""
+        return cls.fresh(member, cfg, int(seed_sequence(run_seed, GENERATOR_INIT, index).generate_state(1)[0]))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything that makes the next recovery what it will be, as named CPU tensors."""
+        tensors = {f"generator.{k}": v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        tensors["recoveries"] = torch.tensor(self.recoveries, dtype=torch.int64)
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (in place)."""
+        generator_state = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
+        self.generator.load_state_dict(generator_state)
+        saved = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("adam."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = value.clone()
+        saved["state"] = state
+        self.optimizer.load_state_dict(saved)
+        self.recoveries = int(tensors["recoveries"])
+
+
+class _Both:
+    """Two optimisers stepped as one (a warm generator's Adam and the fresh codes' Adam)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def recovery_quality(member: PoolMember, task: RecoveredTask) -> dict[str, float]:
+    """How good a recovered task is, as logged per online recovery.
+
+    Returns:
+        ``agreement``: fraction of the task's images the teacher classifies as their intended
+        label (no augmentation); ``bn_loss``: the BN-statistics loss of the kept iterate;
+        ``ce``: its cross-entropy; ``diversity``: mean pairwise Euclidean distance between the
+        teacher's penultimate features of the images (its logits when it has no
+        ``forward_features``/``forward_head``), over distinct pairs.
+    """
+    model = member.model
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = member.normalize(task.images.to(device))
+            if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+                hidden = model.forward_features(x)
+                features, logits = model.forward_head(hidden, pre_logits=True), model.forward_head(hidden)
+            else:
+                logits = model(x)
+                features = logits
+    finally:
+        model.train(was_training)
+    agreement = float((logits.argmax(dim=1).cpu() == task.labels).double().mean())
+    features = features.float().flatten(1)
+    n = features.shape[0]
+    distances = torch.cdist(features, features)
+    diversity = float(distances.sum() / (n * (n - 1))) if n > 1 else 0.0
+    step = task.best_step
+    bn = task.bn_history[step] if task.bn_history else float("nan")
+    ce = task.ce_history[step] if task.ce_history else float("nan")
+    return {"agreement": agreement, "bn_loss": float(bn), "ce": float(ce), "diversity": diversity}
 
 
 # --- pieces of the loss ------------------------------------------------------------------
@@ -240,6 +349,8 @@ def recover_task(
     *,
     seed: int,
     generator: Generator | None = None,
+    warm: WarmGenerator | None = None,
+    steps: int | None = None,
     progress: bool = False,
     padding: int | None = None,
 ) -> RecoveredTask:
@@ -259,6 +370,11 @@ def recover_task(
         seed: seeds the generator's initialisation, the latent codes and the augmentation.
         generator: a generator to continue optimising (per-teacher reuse); it is updated in place
             and returned in ``RecoveredTask.generator``. ``None``: a fresh one from ``seed``.
+        warm: a teacher's :class:`WarmGenerator` (generator *and* its Adam state) to continue: the
+            warm start of online recovery. Its generator and optimiser are updated in place and
+            its ``recoveries`` counter incremented; the latent codes are fresh (from ``seed``) and
+            get an Adam of their own. Excludes ``generator``.
+        steps: optimisation steps; default ``cfg.steps``.
         progress: show a tqdm bar over the steps.
         padding: crop padding in pixels; default :func:`crop_padding_for` of the input size.
 
@@ -270,6 +386,13 @@ def recover_task(
     device = _device_of(member.model)
     gen_seed, z_seed, aug_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(3))
 
+    steps = cfg.steps if steps is None else int(steps)
+    if steps < 1:
+        raise RecoverError(f"a recovery needs at least one step, got {steps}")
+    if warm is not None:
+        if generator is not None:
+            raise RecoverError("pass either generator or warm to recover_task, not both")
+        generator = warm.generator
     if generator is None:
         generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=gen_seed)
         keep_generator = cfg.reuse_generator
@@ -293,7 +416,10 @@ def recover_task(
     aug_rng = torch.Generator(device="cpu").manual_seed(aug_seed)
     pad = crop_padding_for(min(height, width)) if padding is None else int(padding)
     target = labels.to(device)
-    optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+    if warm is None:
+        optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+    else:  # the generator's Adam carries over between recoveries; the fresh codes start their own
+        optimizer = _Both(warm.optimizer, torch.optim.Adam([z], lr=cfg.lr, betas=tuple(cfg.betas)))
 
     model = member.model
     was_training = model.training
@@ -317,7 +443,7 @@ def recover_task(
         for p in model.parameters():
             p.requires_grad_(False)  # gradients flow to the images only
         with bn_loss:
-            bar = tqdm(range(cfg.steps), desc=f"recover {member.name}", disable=not progress, leave=False)
+            bar = tqdm(range(steps), desc=f"recover {member.name}", disable=not progress, leave=False)
             for step in bar:
                 images = generator(z)
                 logits = model(member.normalize(random_crop_flip(images, pad, aug_rng)))
@@ -347,7 +473,9 @@ def recover_task(
     ce_history = torch.stack(ce_values).float().cpu().tolist()
     bn_history = torch.stack(bn_values).float().cpu().tolist()
     best_loss, best_step = float(best_loss_t), int(best_step_t)
-    assert best_images is not None  # cfg.steps >= 1
+    assert best_images is not None  # steps >= 1
+    if warm is not None:
+        warm.recoveries += 1
     if not math.isfinite(best_loss):  # only when every loss was NaN (or infinite)
         raise RecoverError(
             f"recovery from teacher {member.name!r} gave a NaN loss at every step",
@@ -370,7 +498,7 @@ def recover_task(
         classes=classes,
         class_names=class_names,
         best_step=best_step,
-        generator=generator if keep_generator else None,
+        generator=generator if (keep_generator and warm is None) else None,
     )
 
 
@@ -386,11 +514,12 @@ def recover_teachers(
     return_generators: bool = False,
     progress: bool = False,
     on_task: Callable[[RecoveredTask], None] | None = None,
+    warm: dict[str, WarmGenerator] | None = None,
 ) -> dict[str, Generator]:
     """Bring every teacher to ``recoveries`` (default ``cfg.recoveries_per_teacher``) recoveries in ``bank``.
 
     Teachers are done one after the other. Recovery ``r`` of teacher ``i`` (its index in
-    ``members``) is seeded by ``(seed, i, r)``, and its classes are drawn with
+    ``members``) is seeded by the stream ``[seed, seeds.RECOVER, i, r]``, and its classes are drawn with
     :func:`sample_task_classes` from the same seed. Recoveries the bank already counts for a
     teacher (:meth:`MemoryBank.tasks_of`) are not redone, so calling this again on a bank saved
     by ``on_task`` resumes an interrupted run and gives the same bank as an uninterrupted one
@@ -408,6 +537,11 @@ def recover_teachers(
             otherwise each is dropped once its teacher is done, to bound memory.
         progress: a tqdm bar over the recoveries to run.
         on_task: called with each task after it is added (e.g. to save the bank).
+        warm: warm-start mode (online recovery's): every recovery of a teacher continues its
+            :class:`WarmGenerator` ``warm[name]`` (generator and Adam state), created with
+            :meth:`WarmGenerator.for_teacher` when missing; the dict is updated in place, so the
+            caller can hand the generators on to meta-training. Takes precedence over
+            ``cfg.reuse_generator``.
 
     Returns:
         The per-teacher generators if ``return_generators`` and ``cfg.reuse_generator``, else ``{}``.
@@ -421,10 +555,19 @@ def recover_teachers(
     bar = tqdm(total=len(plan), desc="recover", disable=not progress)
     try:
         for i, member, r in plan:
-            seq = np.random.SeedSequence([int(seed), i, r])
+            seq = seed_sequence(seed, RECOVER, i, r)
             class_rng = np.random.default_rng(seq.spawn(1)[0])
             task_seed = int(seq.generate_state(1)[0])
             classes = sample_task_classes(member, cfg.max_way, class_rng)
+            if warm is not None:
+                if member.name not in warm:
+                    warm[member.name] = WarmGenerator.for_teacher(member, cfg, seed, i)
+                task = recover_task(member, classes, cfg, seed=task_seed, warm=warm[member.name])
+                bank.add(task)
+                if on_task is not None:
+                    on_task(task)
+                bar.update(1)
+                continue
             generator = None
             if cfg.reuse_generator:
                 generator = kept.get(member.name, given.get(member.name))
@@ -501,6 +644,13 @@ class MemoryBank:
         self._written: dict[tuple[str, int], int] = {}  # recoveries ever added (cursor = written % bank_size)
         self._names: dict[tuple[str, int], str] = {}
         self._tasks: dict[str, int] = {}  # tasks ever added per teacher (what recover_teachers resumes from)
+
+    def copy(self) -> MemoryBank:
+        """An independent bank with the same content (slots are never changed in place, so shared)."""
+        twin = MemoryBank(self.bank_size)
+        twin._slots = {k: list(v) for k, v in self._slots.items()}
+        twin._written, twin._names, twin._tasks = dict(self._written), dict(self._names), dict(self._tasks)
+        return twin
 
     # -- content ------------------------------------------------------------------------
 
@@ -728,12 +878,8 @@ class MemoryBank:
             "tasks": dict(self._tasks),
             "entries": entries,
         }
-        tmp_tensors = tensors_path.with_name(tensors_path.name + ".tmp")
-        save_file(tensors, str(tmp_tensors), metadata={"format": _BANK_FORMAT, "generation": generation})
-        os.replace(tmp_tensors, tensors_path)
-        tmp_index = index_path.with_name(index_path.name + ".tmp")
-        tmp_index.write_text(json.dumps(index, indent=2) + "\n")
-        os.replace(tmp_index, index_path)
+        save_safetensors_atomic(tensors_path, tensors, {"format": _BANK_FORMAT, "generation": generation})
+        write_json_atomic(index_path, index)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, bank_size: int | None = None) -> MemoryBank:
