@@ -77,6 +77,11 @@ MUTANTS: list[Mutant] = [
            "            pass  # MUTANT: the fresh online task never enters the memory bank\n",
            ("tests/test_online.py",),
            "an online recovery is used for the IGR step but not inserted into the bank"),
+    Mutant("warm-generator-not-carried", "tgr_hub/train.py",
+           "                warm = self.warm.get(t)\n",
+           "                warm = None  # MUTANT: every warm online recovery starts a new generator\n",
+           ("tests/test_online.py", "-k", "warm"),
+           "warm online recovery does not carry the teacher's generator and Adam state over"),
     # --- the method's core ---------------------------------------------------------------------------
     Mutant("igr-sign", "tgr_hub/igr.py",
            "        diff = torch._foreach_sub([g[k].detach() for k in keys], mean)\n",

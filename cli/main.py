@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         hint = RESUME_HINTS.get(args.command)
-        print(f"tgr-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         # Release what the interrupted frames still hold (progress bars, ...) now, while the
         # interpreter is whole: collected at exit instead, their destructors can fail and print an
         # "Exception ignored ... tqdm.__del__" traceback under the hint (seen once in the Ctrl-C tests).
+        # Before the hint: a closing bar clears its line, which would otherwise land after the hint.
         traceback.clear_frames(interrupt.__traceback__)
         del interrupt
         gc.collect()
+        print(f"tgr-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
     return int(result or 0)
 

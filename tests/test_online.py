@@ -5,6 +5,8 @@
   newest recoveries, which a direct :func:`tgr_hub.recover.recover_task` call with the
   recovery's own seed stream reproduces.
 * The same seed inserts the same images in the same order; another seed does not.
+* Warm start: each teacher's online recoveries continue one generator and its Adam state, so
+  they equal a chain of direct warm :func:`recover_task` calls on one :class:`WarmGenerator`.
 * ``online_every = 0`` leaves the bank as it was.
 
 (1 vs 2 processes and SIGKILL + resume with online recovery: tests/test_distributed.py and
@@ -24,7 +26,7 @@ from tgr_hub.data import load_split
 from tgr_hub.distributed import tensor_digest
 from tgr_hub.metamodel import create_meta_model
 from tgr_hub.pipeline import prepare_pool
-from tgr_hub.recover import MemoryBank, _to_uint8, recover_task, sample_task_classes
+from tgr_hub.recover import MemoryBank, WarmGenerator, _to_uint8, recover_task, sample_task_classes
 from tgr_hub.seeds import RECOVER_ONLINE, seed_sequence
 from tgr_hub.train import meta_train
 
@@ -91,3 +93,23 @@ def test_online_insertion_is_deterministic_for_a_seed(prepared) -> None:
 def test_online_every_zero_keeps_the_bank(prepared) -> None:
     _, result = _train(prepared, ["recover.online_every=0", "train.iterations=1"])
     assert result.bank is None and "recover_agreement" not in result.history
+
+
+def test_warm_online_recovery_continues_each_teachers_generator(prepared) -> None:
+    steps = 3  # all 4 teachers every step; no saved generators: each teacher's first recovery starts one
+    cfg, result = _train(prepared, ["recover.online_start=warm", "recover.bank_size=2", f"train.iterations={steps}",
+                                    "train.teachers_per_step=4"])
+    for t, member in enumerate(prepared.members):
+        warm = WarmGenerator.for_teacher(member, cfg.recover, 0, t)
+        expected = []
+        for step in range(steps):  # the same generator and Adam state, carried from step to step
+            sequence = seed_sequence(0, RECOVER_ONLINE, step, t)
+            classes = sample_task_classes(member, cfg.recover.max_way, np.random.default_rng(sequence.spawn(1)[0]))
+            task = recover_task(member, classes, cfg.recover, seed=int(sequence.generate_state(1)[0]), warm=warm,
+                                steps=cfg.recover.steps if step == 0 else cfg.recover.online_steps)
+            expected.append(_to_uint8(task.images[task.labels == 0]))
+        assert warm.recoveries == steps
+        newest = result.bank._chronological((member.name, 0))
+        assert len(newest) == 2
+        for slot, image in zip(newest, expected[-2:]):
+            assert torch.equal(slot, image)
