@@ -34,7 +34,8 @@ from tgr_hub.config import load_config
 from tgr_hub.data import load_split
 from tgr_hub.metamodel import create_meta_model
 from tgr_hub.pool import load_pool
-from tgr_hub.recover import MemoryBank, recover_teachers
+from tgr_hub.bank import MemoryBank
+from tgr_hub.recover import recover_teachers
 from tgr_hub.train import StepInfo, meta_train
 
 

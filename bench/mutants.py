@@ -118,7 +118,7 @@ MUTANTS: list[Mutant] = [
            "            torch.linalg.vector_norm(mean - module.running_mean)  # MUTANT: variance term dropped\n",
            ("tests/test_recover.py",),
            "model inversion's BatchNorm loss ignores the variances"),
-    Mutant("bank-not-cyclic", "tgr_hub/recover.py",
+    Mutant("bank-not-cyclic", "tgr_hub/bank.py",
            "            slots[written % self.bank_size] = slot\n",
            "            slots[0] = slot  # MUTANT: always overwrites the first slot\n",
            ("tests/test_recover.py",),

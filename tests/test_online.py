@@ -26,7 +26,8 @@ from tgr_hub.data import load_split
 from tgr_hub.distributed import tensor_digest
 from tgr_hub.metamodel import create_meta_model
 from tgr_hub.pipeline import prepare_pool
-from tgr_hub.recover import MemoryBank, WarmGenerator, _to_uint8, recover_task, sample_task_classes
+from tgr_hub.bank import MemoryBank, to_uint8
+from tgr_hub.recover import WarmGenerator, recover_task, sample_task_classes
 from tgr_hub.seeds import RECOVER_ONLINE, seed_sequence
 from tgr_hub.train import meta_train
 
@@ -74,7 +75,7 @@ def test_online_bank_is_capped_and_overwritten_cyclically(prepared) -> None:
             classes = sample_task_classes(member, cfg.recover.max_way, np.random.default_rng(sequence.spawn(1)[0]))
             task = recover_task(member, classes, cfg.recover, seed=int(sequence.generate_state(1)[0]),
                                 steps=cfg.recover.online_steps)
-            assert torch.equal(slot, _to_uint8(task.images[task.labels == 0]))
+            assert torch.equal(slot, to_uint8(task.images[task.labels == 0]))
     assert len(result.history["recover_agreement"]) == steps
 
 
@@ -107,7 +108,7 @@ def test_warm_online_recovery_continues_each_teachers_generator(prepared) -> Non
             classes = sample_task_classes(member, cfg.recover.max_way, np.random.default_rng(sequence.spawn(1)[0]))
             task = recover_task(member, classes, cfg.recover, seed=int(sequence.generate_state(1)[0]), warm=warm,
                                 steps=cfg.recover.steps if step == 0 else cfg.recover.online_steps)
-            expected.append(_to_uint8(task.images[task.labels == 0]))
+            expected.append(to_uint8(task.images[task.labels == 0]))
         assert warm.recoveries == steps
         newest = result.bank._chronological((member.name, 0))
         assert len(newest) == 2

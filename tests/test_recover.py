@@ -19,15 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgr_hub.config import RecoverConfig
-from tgr_hub.errors import EpisodeError, RunFolderError
+from tgr_hub.bank import BANK_INDEX, MemoryBank, RecoveredTask
+from tgr_hub.errors import EpisodeError, MemoryBankError, RecoverError, RunFolderError
 from tgr_hub.models.generator import Generator
 from tgr_hub.pool import PoolMember
 from tgr_hub.recover import (
-    BANK_INDEX,
-    MemoryBank,
-    MemoryBankError,
-    RecoveredTask,
-    RecoverError,
     WarmGenerator,
     _BNStatisticsLoss,
     bn_layers,

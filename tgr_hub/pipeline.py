@@ -57,7 +57,9 @@ from .io import save_safetensors_atomic, write_json_atomic
 from .errors import RunFolderError
 from .metamodel import TGR_CONFIG_NAME, MetaModel, create_meta_model, load_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
-from .recover import MemoryBank, MemoryBankError, RecoveredTask, WarmGenerator, recover_teachers
+from .bank import MemoryBank, RecoveredTask
+from .errors import MemoryBankError
+from .recover import WarmGenerator, recover_teachers
 from .run_record import MemberRecord, RunRecord, describe_pool
 from .seeds import EMBED, seed_sequence
 from .evaluate import eval_settings, evaluate_model

@@ -90,11 +90,9 @@ from .igr import Gather, igr_direction, mean_gradient
 from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
+from .bank import MemoryBank, RecoveredTask, to_uint8
 from .recover import (
-    MemoryBank,
-    RecoveredTask,
     WarmGenerator,
-    _to_uint8,
     recover_task,
     recovery_quality,
     sample_task_classes,
@@ -645,7 +643,7 @@ class _MetaTrainer:
             else:
                 task = recover_task(member, classes, cfg, seed=task_seed, steps=cfg.online_steps)
             quality = recovery_quality(member, task)
-            flat = _to_uint8(task.images).reshape(-1)
+            flat = to_uint8(task.images).reshape(-1)
             rows[i] = torch.cat([flat, flat.new_zeros(size - flat.numel())])
             quality_rows[i] = torch.tensor([quality[k] for k in QUALITY], dtype=torch.float64)
         images = dist.gather_rows(rows, len(plans), size, torch.uint8).cpu()
