@@ -8,6 +8,9 @@ cross-entropy loss on a batch of 32x32 images per task, Adam. Steps:
 - IGR (first):  ``igr_direction(..., beta=1e-3)`` (two evaluations of the m tasks), Adam step;
   default ``fuse_tasks`` (fused on an accelerator, one by one on the CPU), then both forced.
 - IGR (second): the authors' variant with double backward (for information).
+- IGR (training path): exactly what meta-training runs per step (``tgr_hub.train._Combiner``):
+  ``igr_direction`` with the exact cross-process exchange injected (here one process), each
+  task on copies of the BatchNorm buffers, the buffers' mean exchanged too; the verdict uses it.
 
 Run: ``.venv/bin/python bench/bench_igr.py [--device cuda] [--batch 50] [--reps 20]``.
 """
@@ -25,7 +28,9 @@ from torch.func import functional_call
 
 from common import conv4, timed
 
+from tgr_hub.distributed import Distributed, make_accelerator
 from tgr_hub.igr import igr_direction
+from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss
 
 TARGET = 2.3
 
@@ -80,6 +85,23 @@ def main() -> None:
 
         return step
 
+    dist = Distributed(make_accelerator("no"))
+    bn_floats, bn_counters = _bn_buffer_names(model)
+    combiner = _Combiner(dist, params, bn_floats, buffers)
+
+    def training_step(beta: float) -> Callable[[], None]:
+        def step() -> None:
+            start = {k: buffers[k].detach() for k in (*bn_floats, *bn_counters)}
+            items = {i: _ItemLoss(lambda p, x=x, y=y: F.cross_entropy(functional_call(model, p, (x,)), y), start, 1.0,
+                                  None, device) for i, (x, y) in enumerate(tasks)}
+            direction = combiner.combine(items, len(tasks), beta=beta, scale=1.0).direction
+            for k, p in params.items():
+                p.grad = direction[k]
+            opt.step()
+
+        return step
+
+    training = "IGR as meta-training runs it"
     rows = [
         ("ERM (fused backward)", erm_fused),
         ("ERM (igr_direction, beta=0)", igr_step(0.0, "first")),
@@ -87,6 +109,8 @@ def main() -> None:
         ("IGR first, tasks fused", igr_step(args.beta, "first", fuse=True)),
         ("IGR first, tasks one by one", igr_step(args.beta, "first", fuse=False)),
         (f"IGR second order (beta={args.beta:g})", igr_step(args.beta, "second")),
+        ("ERM as meta-training runs it (beta=0)", training_step(0.0)),
+        (training, training_step(args.beta)),
     ]
     medians = {}
     for name, fn in rows:
@@ -96,13 +120,14 @@ def main() -> None:
     print(f"bench_igr: {kind}, m={args.tasks} tasks x {args.batch} images 32x32, 5-way CE, Adam; "
           f"device {dev_name}; median of {args.reps} after {args.warmup} warm-up")
     erm = medians["ERM (fused backward)"]
-    print(f"{'step':<36} {'median ms':>10} {'x ERM':>7}")
+    print(f"{'step':<40} {'median ms':>10} {'x ERM':>7}")
     for name, value in medians.items():
-        print(f"{name:<36} {value * 1e3:>10.2f} {value / erm:>7.2f}")
-    ratio = medians[rows[2][0]] / erm
-    ratio0 = medians[rows[2][0]] / medians[rows[1][0]]
+        print(f"{name:<40} {value * 1e3:>10.2f} {value / erm:>7.2f}")
+    ratio = medians[training] / erm
+    ratio0 = medians[training] / medians["ERM as meta-training runs it (beta=0)"]
     verdict = "MET" if ratio <= TARGET else "NOT MET"
-    print(f"IGR/ERM = {ratio:.2f} (vs fused ERM), {ratio0:.2f} (vs beta=0 path); target <= {TARGET}: {verdict}")
+    print(f"IGR (training path)/ERM = {ratio:.2f} (vs fused ERM), {ratio0:.2f} (vs the training path at beta=0); "
+          f"target <= {TARGET}: {verdict}")
 
 
 if __name__ == "__main__":

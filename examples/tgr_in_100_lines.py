@@ -31,7 +31,8 @@ from tgr_hub.igr import igr_direction
 from tgr_hub.learners import ProtoNet
 from tgr_hub.metamodel import create_meta_model
 from tgr_hub.pool import load_pool
-from tgr_hub.recover import MemoryBank, recover_teachers
+from tgr_hub.bank import MemoryBank
+from tgr_hub.recover import recover_teachers
 from tgr_hub.teachers import make_pool
 
 

@@ -57,6 +57,34 @@ os.environ.update({
 })
 
 
+# A pickle payload that provably runs code when unpickled: loading it calls ``_payload_ran``,
+# which records the call. Tests that check "pickles are never unpickled" store one and then
+# assert that PAYLOAD_RUNS stayed empty (and prove, with a plain ``torch.load``, that it would not).
+PAYLOAD_RUNS: list[str] = []
+
+
+def _payload_ran(tag: str) -> str:
+    PAYLOAD_RUNS.append(tag)
+    return tag
+
+
+class CodeRunningPickle:
+    """Unpickling this object calls ``_payload_ran(tag)`` (via ``__reduce__``): arbitrary code runs."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __reduce__(self) -> tuple:
+        return (_payload_ran, (self.tag,))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Name the random test order (pytest-randomly) even under ``-q``, so that an order can be replayed."""
+    if config.pluginmanager.hasplugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"random test order: repeat it with `python -m pytest -q --randomly-seed={seed}`")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     HUB.stop()
     shutil.rmtree(_HF_HOME, ignore_errors=True)

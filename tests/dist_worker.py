@@ -23,14 +23,17 @@ from tgr_hub.config import load_config
 from tgr_hub.data import load_split
 from tgr_hub.distributed import Distributed, make_accelerator, tensor_digest
 from tgr_hub.metamodel import create_meta_model
-from tgr_hub.pipeline import prepare_pool
+from tgr_hub.pipeline import load_generators, prepare_pool
 from tgr_hub.train import StepInfo, meta_train
 
 # Uneven shares on purpose: 3 tasks and 3 replay episodes over 2 processes (2 + 1 each).
 COMMON = ["train.iterations=3", "train.teachers_per_step=3", "train.replay_batch=3", "train.eval_every=3",
           "train.val_episodes=3", "train.sync_check_every=1"]
+# The smoke preset recovers online (warm, every step); "offline" is the up-front bank only.
 VARIANTS = {
     "igr": [],
+    "offline": ["recover.online_every=0"],
+    "online-cold": ["recover.online_start=cold", "recover.online_every=2"],
     "erm": ["train.beta=0"],
     "maml": ["train.learner=maml", "train.beta=0.01"],
     "second-order": ["train.igr_order=second", "train.beta=0.01", "train.replay=false"],
@@ -56,8 +59,10 @@ def main(pool: str, run: str, out: str) -> None:
             })
 
         everyone = [list(range(len(prepared.members)))]  # one group: every step has 3 tasks
-        meta_train(model, prepared.members, prepared.bank, everyone, cfg.train, val_split=val, seed=cfg.seed,
-                   progress=False, dist=dist, on_step=on_step)
+        result = meta_train(model, prepared.members, prepared.bank, everyone, cfg.train, val_split=val, seed=cfg.seed,
+                            progress=False, dist=dist, on_step=on_step, recover=cfg.recover,
+                            generators=load_generators(Path(run) / "recovered" / "bank.safetensors", prepared.members))
+        records.append({"history": result.history})
         folder = Path(out) / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"rank{dist.rank}-of-{dist.world}.json").write_text(json.dumps(records, indent=1))

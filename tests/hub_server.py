@@ -166,6 +166,7 @@ class Fault:
     delay: float
     drop: bool
     drop_after: bool
+    echo_token: bool = False
 
 
 @dataclass
@@ -277,16 +278,19 @@ class HubServer:
             repo.gated, repo.gated_allowed = gated, set(allowed_users)
 
     def inject_fault(self, pattern: str, *, method: str = "*", status: int | None = 503, times: int = 1,
-                     delay: float = 0.0, drop: bool = False, drop_after: bool = False) -> None:
+                     delay: float = 0.0, drop: bool = False, drop_after: bool = False,
+                     echo_token: bool = False) -> None:
         """Make the next ``times`` requests whose path matches ``pattern`` (regex) fail.
 
         ``status`` answers with that HTTP status; ``drop`` closes the connection without an
         answer and without handling the request; ``drop_after`` handles it (a commit lands) but
         loses the answer; ``delay`` waits first (with ``status=None`` and no drop: a slow success).
+        ``echo_token`` puts the request's bearer token in the error message (body and
+        ``X-Error-Message``), as a careless proxy might: what the client must never repeat.
         """
         with self.lock:
             self.faults.append(Fault(method.upper(), re.compile(pattern), None if drop or drop_after else status,
-                                     times, delay, drop, drop_after))
+                                     times, delay, drop, drop_after, echo_token))
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -438,7 +442,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 self._swallow = fault.drop_after
                 if fault.status is not None:
-                    raise HubError(fault.status, f"injected fault {fault.status}")
+                    message = f"injected fault {fault.status}"
+                    if fault.echo_token:
+                        message += f": request refused for token {self.headers.get('Authorization', '').removeprefix('Bearer ')}"
+                    raise HubError(fault.status, message)
             self._route(method, split.path, parse_qs(split.query))
         except HubError as error:
             headers = dict(error.headers)

@@ -367,3 +367,29 @@ def test_benchmark_cli_merge_and_bad_input(bench, tmp_path, capsys) -> None:
     assert "--shard must be I/N" in capsys.readouterr().err
     assert main([*argv[:-2], "--methods", "tgr,nonsense", "--out", str(out)]) == 2
     assert "unknown method(s) nonsense" in capsys.readouterr().err
+
+
+def test_every_benchmark_evaluation_uses_the_run_eval_section(tmp_path, monkeypatch) -> None:
+    """eval.method and the fine-tuning schedule reach the benchmark's (and so the quickstart's) evaluations.
+
+    The Random cell is scored like every other cell (one evaluate_model call in ``_Runner.run``); a
+    ProtoNet-trained config asked to evaluate by fine-tuning must be fine-tuned with its schedule.
+    """
+    import tgr_hub.evaluate as evaluate_mod
+
+    calls: list[dict] = []
+    real = evaluate_mod.evaluate_model
+
+    def spy(model, split, **kwargs):
+        calls.append(kwargs)
+        return real(model, split, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "evaluate_model", spy)
+    cfg = load_config("smoke", overrides=["train.learner=protonet", "eval.method=finetune", "eval.inner_steps=2",
+                                          "eval.inner_lr=0.05", "eval.episodes=3", "eval.shots=[1]"])
+    spec = bm.BenchmarkSpec(cfg, (bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg),), (0,), ("random",), reference="random")
+    runner = bm._Runner(spec, tmp_path / "bench", progress=False)
+    record = runner.run(bm.plan_cells(spec)[0])
+    assert len(calls) == 1
+    assert (calls[0]["learner"], calls[0]["inner_steps"], calls[0]["inner_lr"]) == ("finetune", 2, 0.05)
+    assert record["adaptation"] == "finetune" and len(record["accuracies"]["1shot"]) == 3

@@ -75,3 +75,23 @@ def test_unknown_preset_and_missing_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(path=bad)
+
+
+def test_second_order_igr_with_second_order_maml_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(preset="smoke", overrides=["train.igr_order=second", "train.learner=maml",
+                                               "train.maml_first_order=false"])
+    message = str(caught.value)
+    assert "\n" not in message and "train.igr_order=first" in message and "train.maml_first_order=true" in message
+    # each half alone is fine
+    load_config(preset="smoke", overrides=["train.igr_order=second", "train.learner=maml"])
+    load_config(preset="smoke", overrides=["train.learner=maml", "train.maml_first_order=false"])
+
+
+def test_online_recovery_settings_are_checked() -> None:
+    assert load_config(preset="paper").recover.online_every == 1  # the reference: every step, cold, 200 steps
+    paper = load_config(preset="paper").recover
+    assert (paper.online_start, paper.online_steps, paper.bank_size) == ("cold", 200, 20)
+    for bad in ("recover.online_every=-1", "recover.online_steps=0", "recover.online_start=lukewarm"):
+        with pytest.raises(ConfigError, match="online"):
+            load_config(preset="smoke", overrides=[bad])

@@ -117,20 +117,45 @@ def test_per_step_gradients_are_identical_across_ranks(pool: Path, one_process_r
          str(worker), str(pool), str(one_process_run), str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    for variant in ("igr", "erm", "maml", "second-order"):
+    for variant in ("igr", "offline", "online-cold", "erm", "maml", "second-order"):
         rank0 = json.loads((out / variant / "rank0-of-2.json").read_text())
         rank1 = json.loads((out / variant / "rank1-of-2.json").read_text())
         alone = json.loads((out / variant / "rank0-of-1.json").read_text())
-        assert [r["step"] for r in alone] == [1, 2, 3]
+        assert [r["step"] for r in alone[:-1]] == [1, 2, 3]
         assert len(alone[0]["task_losses"]) == 3  # 3 tasks: 2 on rank 0, 1 on rank 1
         assert rank0 == rank1, f"{variant}: the ranks applied different gradients"
         assert rank0 == alone, f"{variant}: 2 processes differ from 1"
         diff = _max_abs_diff(load_file(str(out / variant / "final-2.safetensors")),
                              load_file(str(out / variant / "final-1.safetensors")))
         assert diff <= TOLERANCE
-    igr, erm = (json.loads((out / v / "rank0-of-1.json").read_text()) for v in ("igr", "erm"))
+    igr, erm, offline, cold = (json.loads((out / v / "rank0-of-1.json").read_text())
+                               for v in ("igr", "erm", "offline", "online-cold"))
     assert igr[0]["direction"] != erm[0]["direction"]  # β matters (the test would catch a dropped IGR pass)
     assert igr[0]["task_losses"] == erm[0]["task_losses"]  # same tasks drawn whatever β
+    # online recovery: fresh tasks (not the bank's) at every step; the quality of each recovery is logged
+    assert igr[0]["task_losses"] != offline[0]["task_losses"]
+    history = igr[-1]["history"]
+    assert [s for s, _ in history["recover_agreement"]] == [1, 2, 3] and "recover_agreement" not in offline[-1]["history"]
+    assert all(0 <= a <= 1 for _, a in history["recover_agreement"])
+    # online_every=2: steps 0 and 2 recover (fresh tasks), step 1 draws from the bank (as offline does)
+    assert [s for s, _ in cold[-1]["history"]["recover_agreement"]] == [1, 3]
+    assert cold[0]["task_losses"] != offline[0]["task_losses"]
+
+
+def test_ranks_detect_that_they_have_diverged(pool: Path, one_process_run: Path) -> None:
+    """sync_check_every=1 and rank 1 nudges one weight by one ulp after step 1: both ranks stop at step 2."""
+    worker = Path(__file__).resolve().parent / "diverge_worker.py"
+    env = {**_env(), "ACCELERATE_USE_CPU": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(worker), str(pool), str(one_process_run)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert launched.returncode != 0, launched.stdout[-3000:]
+    reports = sorted(line for line in launched.stdout.splitlines() if line.startswith("rank "))
+    assert len(reports) == 2 and "finished" not in launched.stdout, launched.stdout[-3000:] + launched.stderr[-3000:]
+    for rank, line in enumerate(reports):
+        assert line.startswith(f"rank {rank}: RankDivergenceError: processes disagree on the meta-model after step 2")
 
 
 # --- in-process pieces ------------------------------------------------------------------------------

@@ -164,16 +164,12 @@ def test_head_fit_changes_the_embedding_and_float32_probe_works() -> None:
         torch.testing.assert_close(fitted[k], loop[k], rtol=1e-4, atol=1e-7)
 
 
-def test_timm_conv4_probe_if_registered() -> None:
-    timm = pytest.importorskip("timm")
-    import tgr_hub  # noqa: F401  (registers conv4 when the models package is wired in)
+def test_timm_conv4_probe() -> None:
+    import timm
 
-    try:
-        import tgr_hub.models  # noqa: F401
-    except ImportError:
-        pass
-    if not timm.is_model("conv4"):
-        pytest.skip("conv4 is not registered with timm yet")
+    import tgr_hub  # noqa: F401  (registers conv4 with timm)
+
+    assert timm.is_model("conv4")
     probe = timm.create_model("conv4", num_classes=0, width=8)
     x, y = _task(n=6, classes=5)
     x = nn.functional.interpolate(x, size=32)

@@ -126,11 +126,28 @@ def test_load_meta_model_errors(tmp_path):
     (tmp_path / "other" / "model.safetensors").replace(tmp_path / "mm" / "model.safetensors")
     with pytest.raises(RunFolderError, match="do not fit"):
         load_meta_model(tmp_path / "mm")
-    # pickled weights are never read
+    # pickled weights are never read: a payload whose unpickling runs code stays inert, whether it
+    # sits next to the safetensors, alone, or under the safetensors name
+    from conftest import PAYLOAD_RUNS, CodeRunningPickle
+
+    PAYLOAD_RUNS.clear()
+    save_meta_model(model, tmp_path / "mm")
+    payload = {**model.backbone.state_dict(), "hook": CodeRunningPickle("meta")}
+    torch.save(payload, tmp_path / "mm" / "pytorch_model.bin")
+    loaded = load_meta_model(tmp_path / "mm")  # the safetensors weights, the pickle untouched
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     (tmp_path / "mm" / "model.safetensors").unlink()
-    torch.save(model.backbone.state_dict(), tmp_path / "mm" / "pytorch_model.bin")
-    with pytest.raises(RunFolderError):
+    with pytest.raises(RunFolderError, match="no model.safetensors"):
         load_meta_model(tmp_path / "mm")
+    torch.save(payload, tmp_path / "mm" / "model.safetensors")  # a pickle disguised as safetensors
+    with pytest.raises(RunFolderError, match="cannot be read as safetensors"):
+        load_meta_model(tmp_path / "mm")
+    assert PAYLOAD_RUNS == []
+    # the control: unpickling that file runs the payload (torch.load reads a *.safetensors name as safetensors)
+    (tmp_path / "mm" / "model.safetensors").replace(tmp_path / "payload.pt")
+    torch.load(tmp_path / "payload.pt", weights_only=False)
+    assert PAYLOAD_RUNS == ["meta"]
+    PAYLOAD_RUNS.clear()
 
 
 # --- baselines -----------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from tgr_hub.labels import imagenet_label_space, resolve_label_names
 from tgr_hub.models import save_timm_folder
 from tgr_hub.run_record import describe_pool
 from tgr_hub.pool import load_pool
-from tgr_hub.recover import MemoryBank, recover_task
+from tgr_hub.bank import MemoryBank
+from tgr_hub.recover import recover_task
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # a few ImageNet-1k classes, as any ImageNet reference lists them (index: synset, words)

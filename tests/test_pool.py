@@ -283,22 +283,22 @@ def test_pickle_only_weights_refused_unless_opted_in(tmp_path):
 
 
 def test_pickle_with_arbitrary_objects_is_not_unpickled(tmp_path):
+    from conftest import PAYLOAD_RUNS, CodeRunningPickle
+
     model = make_teacher(tmp_path / "t00")
     (tmp_path / "t00" / "model.safetensors").unlink()
-    torch.save({"state_dict": model.state_dict(), "hook": _Marker()}, tmp_path / "t00" / "model.pth")
-    _Marker.created = 0
+    torch.save({"state_dict": model.state_dict(), "hook": CodeRunningPickle("pool")}, tmp_path / "t00" / "model.pth")
+    PAYLOAD_RUNS.clear()
     listing = write_list(tmp_path / "repo-list.txt", "./t00")
-    _expect_allowed = pytest.raises(WeightsMismatchError, match="weights_only=True")
-    with _expect_allowed:
+    with pytest.raises(PickleRefusedError):  # no opt-in: the file is not opened
+        load_pool(listing)
+    with pytest.raises(WeightsMismatchError, match="weights_only=True"):  # opt-in: weights_only refuses the object
         load_pool(listing, allow_pickle=True)
-    assert _Marker.created == 0  # weights_only refused to build the object
-
-
-class _Marker:
-    created = 0
-
-    def __setstate__(self, state):  # would run on unpickling
-        type(self).created += 1
+    assert PAYLOAD_RUNS == []
+    # the control: a plain unpickling of that file does run the payload's code
+    torch.load(tmp_path / "t00" / "model.pth", weights_only=False)
+    assert PAYLOAD_RUNS == ["pool"]
+    PAYLOAD_RUNS.clear()
 
 
 def test_feature_extractor_is_not_a_teacher(tmp_path):

@@ -32,10 +32,14 @@ def test_quickstart_prints_the_four_method_table(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())  # the benchmark's report (tgr_hub.benchmark)
     table = results["scenarios"]["config"]["methods"]
     assert list(table) == ["random", "average", "erm", "tgr"]
+    chance = 1.0 / results["eval"]["way"]
     for method, metrics in table.items():
         for shot in (1, 5):
             cell = metrics[f"{shot}shot"]["per_seed"]["0"]
             assert 0.0 <= cell["mean"] <= 1.0 and cell["ci95"] > 0, (method, cell)
+            # every method, even the untrained Random backbone, is above chance: the lower end of
+            # the 95% interval clears 1/way (a broken episode sampler or learner sits at chance)
+            assert cell["mean"] - cell["ci95"] > chance, (method, shot, cell, chance)
             # the printed table shows the same figures, in percent
             assert f"{100 * cell['mean']:.2f} ± {100 * cell['ci95']:.2f}" in done.stdout, (method, shot)
     # ERM is the same pipeline with beta = 0 and one group, on the very same recovered tasks

@@ -19,21 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgr_hub.config import RecoverConfig
-from tgr_hub.errors import EpisodeError, RunFolderError
+from tgr_hub.bank import BANK_INDEX, MemoryBank, RecoveredTask
+from tgr_hub.errors import EpisodeError, MemoryBankError, RecoverError, RunFolderError
 from tgr_hub.models.generator import Generator
 from tgr_hub.pool import PoolMember
 from tgr_hub.recover import (
-    BANK_INDEX,
-    MemoryBank,
-    MemoryBankError,
-    RecoveredTask,
-    RecoverError,
+    WarmGenerator,
     _BNStatisticsLoss,
     bn_layers,
     crop_padding_for,
     random_crop_flip,
     recover_task,
     recover_teachers,
+    recovery_quality,
     sample_task_classes,
 )
 
@@ -515,3 +513,77 @@ def test_bank_episode_never_repeats_a_shared_class() -> None:
     with pytest.raises(EpisodeError):
         bank.sample_episode(3, 1, 1, rng, resize_to=8)
     assert bank.sample_episode(4, 1, 1, rng, resize_to=8, distinct_names=False).support_x.shape[0] == 4
+
+
+def test_seed_streams_never_coincide() -> None:
+    """Each stream has its own constant in second place: the old [seed, i, 2] (embedding) and
+    [seed, i, r=2] (recovery) collision, and zero-padding look-alikes, cannot happen."""
+    from tgr_hub import seeds
+
+    constants = [seeds.RECOVER, seeds.EMBED, seeds.TRAIN, seeds.RECOVER_ONLINE, seeds.GENERATOR_INIT]
+    assert len(set(constants)) == len(constants)
+    drawn = [tuple(seeds.seed_sequence(0, stream, 1, 2).generate_state(4)) for stream in constants]
+    drawn += [tuple(seeds.seed_sequence(0, seeds.EMBED, 1, 0).generate_state(4)),
+              tuple(seeds.seed_sequence(0, seeds.TRAIN, 1, 0).generate_state(4))]
+    assert len(set(drawn)) == len(drawn)
+    # a SeedSequence pads with zeros: why the stream constant, not the key length, separates streams
+    assert tuple(np.random.SeedSequence([0, 1, 2]).generate_state(4)) == \
+        tuple(np.random.SeedSequence([0, 1, 2, 0]).generate_state(4))
+
+
+# --- warm start (online recovery) -------------------------------------------------------------------
+
+
+def _adam_steps(warm: WarmGenerator) -> set[int]:
+    return {int(state["step"]) for state in warm.optimizer.state_dict()["state"].values()}
+
+
+def test_warm_recovery_continues_the_generator_and_its_adam_state(teacher: PoolMember) -> None:
+    cfg = small_cfg(generator_width=8)
+    warm = WarmGenerator.for_teacher(teacher, cfg, run_seed=0, index=0)
+    initial = {k: v.clone() for k, v in warm.generator.state_dict().items()}
+    first = recover_task(teacher, [0, 1, 2], cfg, seed=10, warm=warm, steps=3)
+    assert warm.recoveries == 1 and _adam_steps(warm) == {3}
+    assert first.generator is None  # the warm state is the caller's, not handed back in the task
+    moved = warm.generator.state_dict()
+    assert any(not torch.equal(moved[k], initial[k]) for k in initial if moved[k].is_floating_point())
+    second = recover_task(teacher, [0, 1, 2], cfg, seed=11, warm=warm, steps=2)
+    assert warm.recoveries == 2 and _adam_steps(warm) == {5}  # the step count carries over: 3 + 2
+    # the same seed from a fresh generator gives other images: the warm state is really used
+    fresh = recover_task(teacher, [0, 1, 2], cfg, seed=11, warm=WarmGenerator.for_teacher(teacher, cfg, 0, 0), steps=2)
+    assert not torch.equal(second.images, fresh.images)
+    with pytest.raises(RecoverError, match="either generator or warm"):
+        recover_task(teacher, [0], cfg, seed=0, warm=warm, generator=warm.generator)
+
+
+def test_warm_state_round_trip_continues_bitwise(teacher: PoolMember) -> None:
+    """What a checkpoint saves (state_tensors) continues exactly as the live generator would; without
+    the Adam state it would not."""
+    cfg = small_cfg(generator_width=8)
+    live = WarmGenerator.for_teacher(teacher, cfg, 0, 1)
+    recover_task(teacher, [0, 1], cfg, seed=3, warm=live, steps=3)
+    saved = live.state_tensors()
+    restored = WarmGenerator.for_teacher(teacher, cfg, 0, 1)
+    restored.load_state_tensors(saved)
+    no_adam = WarmGenerator.for_teacher(teacher, cfg, 0, 1)
+    no_adam.load_state_tensors({k: v for k, v in saved.items() if not k.startswith("adam.")})
+    a = recover_task(teacher, [0, 1], cfg, seed=4, warm=live, steps=2)
+    b = recover_task(teacher, [0, 1], cfg, seed=4, warm=restored, steps=2)
+    c = recover_task(teacher, [0, 1], cfg, seed=4, warm=no_adam, steps=2)
+    assert torch.equal(a.images, b.images) and restored.recoveries == live.recoveries == 2
+    assert all(torch.equal(v, restored.state_tensors()[k]) for k, v in live.state_tensors().items())
+    assert c.bn_history != a.bn_history  # the Adam moments shape the steps after the first
+    assert not torch.equal(no_adam.generator.fc.weight, live.generator.fc.weight)
+
+
+def test_recovery_quality_against_a_direct_computation(teacher: PoolMember) -> None:
+    task = recover_task(teacher, [0, 1, 2], small_cfg(steps=4, images_per_class=3), seed=0)
+    quality = recovery_quality(teacher, task)
+    with torch.no_grad():
+        x = teacher.normalize(task.images)
+        logits = teacher.model(x)  # BNTeacher has no forward_features: the logits are its features
+    assert quality["agreement"] == pytest.approx(float((logits.argmax(1) == task.labels).double().mean()))
+    n = logits.shape[0]
+    pairs = [float((logits[i] - logits[j]).norm()) for i in range(n) for j in range(n) if i != j]
+    assert quality["diversity"] == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
+    assert quality["bn_loss"] == task.bn_history[task.best_step] and quality["ce"] == task.ce_history[task.best_step]

@@ -1,6 +1,8 @@
 """Checkpoints, ``--resume``, and stages that continue where they stopped.
 
-The main test kills ``tgr-hub train`` with a real SIGKILL once the checkpoint of step 3 exists,
+The main test kills ``tgr-hub train`` with a real SIGKILL once the checkpoint of step 3 exists
+(the smoke preset recovers tasks online, so the checkpoint holds the grown memory bank and the
+warm-started generators with their Adam states),
 runs it again with ``--resume``, and compares the meta-model with an uninterrupted run (≤ 1e-6;
 it is bitwise equal). The same killed run resumed on *two* processes gives that model too.
 Nothing in a run folder may be left half-written: every file is written under a temporary
@@ -114,6 +116,11 @@ def _killed_run(pool: Path, prepared: Path, out: Path) -> None:
         assert {p.name for p in checkpoint.iterdir()} >= {"model.safetensors", "optimizer.bin", "best_model.safetensors",
                                                            "trainer_state.json", "random_states_0.pkl"}
         assert len(load_file(str(checkpoint / "model.safetensors"))) > 0 and state["step"] == step
+        # the smoke preset recovers online with warm-started generators: bank and generators are saved
+        assert (checkpoint / "bank" / "bank.safetensors").is_file() and sum(state["online"]["recoveries"]) > 0
+        owned = sorted(p.name for p in (checkpoint / "generators").iterdir())
+        # every teacher's generator (the up-front recovery made them all), whether recovered online yet or not
+        assert owned == [f"t{t:05d}.safetensors" for t in range(len(state["online"]["recoveries"]))]
 
 
 def _compare(resumed: Path, reference: Path) -> float:
@@ -251,6 +258,10 @@ def test_stopped_recovery_and_embedding_resume_from_their_parts(pool: Path, prep
     assert resumed_index == reference_index
     assert resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in resumed)
     assert not (bank_path.parent / "parts").exists()
+    # the warm generators handed on to online recovery (smoke is warm) are the uninterrupted ones too
+    ours = load_file(str(bank_path.parent / "generators.safetensors"))
+    theirs = load_file(str(prepared / "recovered" / "generators.safetensors"))
+    assert ours.keys() == theirs.keys() and len(ours) > 0 and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
     # embedding: two teachers embedded before the stop, the rest after; same file as uninterrupted
     real_embed = pipeline._embed_one

@@ -74,3 +74,33 @@ def test_the_record_keeps_the_data_source_and_label_descriptions(tmp_path: Path,
     # neither is a setting: a saved record still loads as a config file
     assert "data_source" not in config_part(again)
     assert load_config(path=tmp_path / "tgr_config.json").seed == 0
+
+
+def test_online_recovery_settings_and_curves_round_trip(tmp_path: Path, fake_run: Path) -> None:
+    saved = json.loads((fake_run / "tgr_config.json").read_text())
+    saved["recover"].update({"online_every": 10, "online_start": "warm", "online_steps": 5})
+    saved["history"]["recover_agreement"] = [[0, 0.8], [10, 0.9]]
+    saved["history"]["recover_bn_loss"] = [[0, 2.5], [10, 1.5]]
+    (tmp_path / "tgr_config.json").write_text(json.dumps(saved))
+    record = RunRecord.read(tmp_path / "tgr_config.json")
+    assert record.setting("recover.online_start") == "warm" and record.setting("recover.online_every") == 10
+    assert record.history["recover_agreement"] == [[0, 0.8], [10, 0.9]]
+    record.write(tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert config_part(again) == config_part(saved) and again["history"] == saved["history"]
+    cfg = load_config(path=tmp_path / "tgr_config.json")  # the record is a valid --config file
+    assert (cfg.recover.online_every, cfg.recover.online_start, cfg.recover.online_steps) == (10, "warm", 5)
+
+
+def test_a_record_written_before_online_recovery_still_loads(tmp_path: Path, fake_run: Path) -> None:
+    saved = json.loads((fake_run / "tgr_config.json").read_text())
+    for key in ("online_every", "online_start", "online_steps"):
+        del saved["recover"][key]
+    (tmp_path / "tgr_config.json").write_text(json.dumps(saved))
+    record = RunRecord.read(tmp_path / "tgr_config.json")
+    assert "online_every" not in record.config["recover"]
+    cfg = load_config(path=tmp_path / "tgr_config.json")
+    defaults = load_config(preset=saved["preset"])  # missing settings come from the recorded preset
+    assert (cfg.recover.online_every, cfg.recover.online_start, cfg.recover.online_steps) == (
+        defaults.recover.online_every, defaults.recover.online_start, defaults.recover.online_steps)
+    assert cfg.recover.steps == saved["recover"]["steps"]  # the rest of the section is read as written

@@ -578,6 +578,44 @@ def test_load_image_conversions_match_hand_computation(tmp_path: Path) -> None:
     assert out[1, :, :8].max() < 0.05 and out[1, :, -8:].min() > 0.95
 
 
+def test_load_image_palette_images_match_hand_computation(tmp_path: Path) -> None:
+    """Palette ("P") images: each pixel takes its palette colour; a transparent index becomes white."""
+    palette = [0, 0, 0, 200, 30, 30, 20, 160, 90, 250, 250, 0]  # indices 0..3
+    indices = np.array([[i % 4 for i in range(8)] for _ in range(8)], dtype=np.uint8)
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette(palette + [0] * (768 - len(palette)))
+    image.save(tmp_path / "p.png")
+    notes: list[str] = []
+    loaded = load_image(tmp_path / "p.png", size=8, notes=notes)
+    expected = torch.tensor([palette[3 * i:3 * i + 3] for i in range(4)], dtype=torch.float32)[torch.from_numpy(indices).long()]
+    torch.testing.assert_close(loaded, expected.permute(2, 0, 1) / 255, rtol=0, atol=0)
+    assert notes == ["p.png: converted from P to RGB (colours converted)"]
+    # index 1 transparent (a tRNS chunk): flattened onto white, the others unchanged
+    image.save(tmp_path / "pt.png", transparency=1)
+    transparent = load_image(tmp_path / "pt.png", size=8, notes=notes)
+    expected[torch.from_numpy(indices).long() == 1] = 255.0
+    torch.testing.assert_close(transparent, expected.permute(2, 0, 1) / 255, rtol=0, atol=0)
+    assert notes[-1] == "pt.png: converted from P to RGB (transparent pixels flattened onto white)"
+
+
+def test_classify_api_takes_palette_images(client, glyph_files, tmp_path: Path) -> None:
+    a, b = list(glyph_files)[:2]
+    originals = [glyph_files[a][0], glyph_files[b][0], glyph_files[a][1], glyph_files[b][1]]  # 2 support, 2 query
+    palette_files = []
+    for k, path in enumerate(originals):
+        target = tmp_path / f"image{k}-p.png"
+        Image.open(path).convert("RGB").quantize(colors=256).save(target)
+        assert Image.open(target).mode == "P"
+        palette_files.append(target)
+    rgb_result = call_classify(client, originals[:2], f"{a}, {b}", originals[2:])
+    result = call_classify(client, palette_files[:2], f"{a}, {b}", palette_files[2:])
+    notes = "\n".join(result["notes"])
+    assert all(f"{p.name}: converted from P to RGB" in notes for p in palette_files), notes
+    # palette copies are classified as the originals are
+    assert [p["image"] for p in result["predictions"]] == [p.name for p in palette_files[2:]]
+    assert [p["label"] for p in result["predictions"]] == [p["label"] for p in rgb_result["predictions"]]
+
+
 def test_load_image_refusals_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("hello")

@@ -15,7 +15,8 @@ from tgr_hub.config import load_config
 from tgr_hub.pipeline import STAGES, stage_status
 
 REPO = Path(__file__).resolve().parent.parent
-ARTEFACTS = ["pool.json", "recovered/bank.safetensors", "recovered/bank.json", "embeddings.safetensors",
+ARTEFACTS = ["pool.json", "recovered/bank.safetensors", "recovered/bank.json", "recovered/generators.safetensors",
+             "embeddings.safetensors",
              "dissimilarity.json", "dissimilarity.png", "groups.json", "config.json", "model.safetensors",
              "tgr_config.json", "training_curve.png"]
 
@@ -77,5 +78,14 @@ def test_new_eval_settings_rerun_only_the_evaluation(finished, tmp_path: Path) -
 def test_another_training_config_is_not_skipped(finished) -> None:
     _, run = finished
     status = stage_status(run, load_config(preset="smoke", overrides=["train.beta=0"]))
+    assert not status["meta-train"] and not status["evaluate"]
+    assert status["recover"] and status["dissimilarity"] and status["group"]
+
+
+@pytest.mark.parametrize("override", ["recover.online_every=0", "recover.online_start=cold", "recover.online_steps=3"])
+def test_another_online_recovery_setting_is_not_skipped(finished, override: str) -> None:
+    _, run = finished
+    assert stage_status(run, load_config(preset="smoke"))["meta-train"]  # the smoke preset recovers online
+    status = stage_status(run, load_config(preset="smoke", overrides=[override]))
     assert not status["meta-train"] and not status["evaluate"]
     assert status["recover"] and status["dissimilarity"] and status["group"]

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ from tgr_hub.errors import ConfigError
 from tgr_hub.igr import igr_direction
 from tgr_hub.learners import make_learner
 from tgr_hub.metamodel import create_meta_model
-from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss, evaluate_sharded, meta_train, step_rng
+from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss, meta_train, step_rng
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process work on one thread
 
@@ -169,8 +170,30 @@ def test_sharded_evaluation_equals_evaluate_model() -> None:
     split = load_split("glyphs", "val", image_size=32, seed=0)
     model = create_meta_model("conv4", image_size=32, seed=3)
     kwargs = dict(way=5, shots=[1, 2], query=3, episodes=5, learner="protonet", seed=7)
-    ours = evaluate_sharded(model, split, dist=Distributed(make_accelerator("no")), **kwargs)
+    ours = evaluate_model(model, split, dist=Distributed(make_accelerator("no")), progress=False, **kwargs)
     assert ours == evaluate_model(model, split, progress=False, **kwargs)
+
+
+def test_the_eval_settings_reach_the_final_test_and_the_baselines(smoke_run, tmp_path: Path) -> None:
+    """eval.method / inner_steps / inner_lr reach run_tgr's final test and the quickstart's baselines."""
+    from tgr_hub.evaluate import eval_settings
+
+    pool, _, _ = smoke_run
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    settings = ["--set", "eval.method=finetune", "--set", "eval.inner_steps=2", "--set", "eval.inner_lr=0.05",
+                "--set", "eval.shots=[1]", "--set", "eval.episodes=3", "--set", "train.iterations=1"]
+    done = subprocess.run([sys.executable, "-m", "tgr_hub.cli", "train", "--pool", str(pool), "--out",
+                           str(tmp_path / "run"), "--preset", "smoke", *settings],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    test = json.loads((tmp_path / "run" / "tgr_config.json").read_text())["metrics"]["test"]["1shot"]
+    assert (test["method"], test["inner_steps"], test["inner_lr"]) == ("finetune", 2, 0.05)
+    # the quickstart evaluates its baselines with the same keyword arguments
+    cfg = load_config(preset="smoke", overrides=[s for s in settings if s != "--set"])
+    assert eval_settings(cfg.eval, "protonet") == {"way": 5, "shots": [1], "query": 5, "episodes": 3,
+                                                   "learner": "finetune", "inner_steps": 2, "inner_lr": 0.05}
+    assert eval_settings(load_config(preset="smoke").eval, "protonet")["learner"] == "protonet"  # auto
+    assert eval_settings(load_config(preset="smoke").eval, "maml")["learner"] == "maml"  # fine-tuned
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +209,7 @@ def prepared(smoke_run):
 
 def test_bf16_mixed_precision_trains_on_the_cpu(prepared) -> None:
     cfg, pool, val = prepared
+    cfg = copy.deepcopy(cfg)  # the fixture is shared: tests run in any order
     cfg.train.mixed_precision = "bf16"
     dist = Distributed(make_accelerator("bf16"))
     assert dist.accelerator.mixed_precision == "bf16"
@@ -204,6 +228,7 @@ def test_bf16_mixed_precision_trains_on_the_cpu(prepared) -> None:
 
 def test_bad_settings_are_typed_errors(prepared, tmp_path: Path) -> None:
     cfg, pool, val = prepared
+    cfg = copy.deepcopy(cfg)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="fp16 mixed precision needs a GPU"):
             make_accelerator("fp16")
@@ -241,3 +266,54 @@ def test_launched_processes_get_the_same_arguments(monkeypatch: pytest.MonkeyPat
     assert cmd_train._mixed_precision_values(args) == {"train": {"mixed_precision": "bf16"}}
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     assert cmd_train._mixed_precision_values(plain) == {}
+
+
+# --- the optimiser and replay really act on the model ------------------------------------------------
+
+
+def _run_recording(prepared, **train_values):
+    """Meta-train a fresh Conv4 on the prepared pool; per step: (parameters after it, StepInfo's gradients)."""
+    _, pool, val = prepared
+    train_cfg = load_config(preset="smoke", overrides=["train.iterations=2", "train.val_episodes=2"],
+                            values={"train": train_values}).train
+    model = create_meta_model("conv4", 32, seed=0)
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    steps = []
+
+    def on_step(info) -> None:
+        owned = {id(p) for group in info.optimizer.param_groups for p in group["params"]}
+        params = {k: v.detach().clone() for k, v in info.model.named_parameters() if id(v) in owned}
+        replay = None if info.replay_direction is None else {k: v.clone() for k, v in info.replay_direction.items()}
+        steps.append((params, replay))
+
+    result = meta_train(model, pool.members, pool.bank, pool.groups, train_cfg, val_split=val, seed=0,
+                        progress=False, dist=Distributed(make_accelerator("no")), on_step=on_step)
+    return start, steps, result, model
+
+
+def test_every_step_changes_every_parameter_the_optimiser_owns(prepared) -> None:
+    start, steps, result, model = _run_recording(prepared)
+    names = {k for k, _ in model.named_parameters()}
+    assert len(steps) == 2 and all(set(params) == names for params, _ in steps)  # the optimiser owns them all
+    previous = start
+    for step, (params, _) in enumerate(steps, 1):
+        # Adam moves every parameter that has a non-zero gradient; BatchNorm buffers do not count here
+        unchanged = [k for k in names if torch.equal(params[k], previous[k])]
+        assert not unchanged, f"step {step} left parameters unchanged: {unchanged[:5]}"
+        previous = params
+    # the returned best state is the model as it was after its best step (or the initialisation at step 0)
+    best = start if result.best_step == 0 else steps[result.best_step - 1][0]
+    assert all(torch.equal(result.best_state[k].cpu(), best[k].cpu()) for k in names)
+
+
+def test_replay_contributes_a_gradient(prepared) -> None:
+    _, with_replay, _, model_on = _run_recording(prepared)
+    _, without, _, model_off = _run_recording(prepared, replay=False)
+    assert all(replay is None for _, replay in without)
+    for step, (_, replay) in enumerate(with_replay, 1):
+        assert replay is not None, f"step {step}: no replay gradient"
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in replay.values()))
+        assert torch.isfinite(norm) and norm > 0, f"step {step}: replay gradient norm {norm}"
+    # same seeds, same tasks: only the replay steps tell the two runs apart, and they must
+    on, off = dict(model_on.named_parameters()), dict(model_off.named_parameters())
+    assert any(not torch.equal(on[k], off[k]) for k in on)

@@ -29,7 +29,9 @@ Methods (``METHODS``): Random, Average, ERM (β = 0, one group), TGR (β > 0, sp
 and the ablations groups-no-igr (spectral groups, β = 0), igr-no-groups (β > 0, one group),
 igr-random-groups (β > 0, random groups) and tgr-second-order (the authors' second-order IGR).
 Trained methods meta-train with ``cfg.train.learner`` (ProtoNet or MAML) and keep the checkpoint
-that is best on meta-**validation**; all methods are adapted at test time with that learner.
+that is best on meta-**validation**; all methods, baselines included, are adapted at test time as
+the run's ``eval`` section says (:func:`tgr_hub.evaluate.eval_settings`: ``eval.method``, where
+``auto`` is that learner, and the fine-tuning schedule), as ``tgr-hub train``'s final test is.
 """
 
 from __future__ import annotations
@@ -412,7 +414,7 @@ class _Runner:
 
     def run(self, cell: Cell) -> dict[str, Any]:
         """Train (if needed) and score one cell; returns its record (not yet written)."""
-        from .evaluate import average_baseline, evaluate_model, random_baseline
+        from .evaluate import average_baseline, eval_settings, evaluate_model, random_baseline
 
         cfg, method, seed = self.cfg, cell.method, cell.seed
         timings: dict[str, float] = {}
@@ -452,8 +454,9 @@ class _Runner:
         witnesses = {shot: _Witness(lst) for shot, lst in episodes.items()}
         model.eval()
         assert self._test is not None  # loaded by self.episodes
-        metrics = evaluate_model(model, self._test, learner=cfg.train.learner,
-                                 inner_steps=cfg.eval.inner_steps, inner_lr=cfg.eval.inner_lr,
+        # the run's eval section (eval.method, the fine-tuning schedule) for every method, baselines
+        # included, as run_tgr's final test; way / shots / query / episodes come from the episode lists
+        metrics = evaluate_model(model, self._test, **eval_settings(cfg.eval, cfg.train.learner),
                                  progress=self.progress, keep_accuracies=True, episode_lists=witnesses)
         timings["evaluate"] = time.perf_counter() - start
         return {

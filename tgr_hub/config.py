@@ -76,9 +76,17 @@ class RecoverConfig:
     recoveries_per_teacher: int = 1  # recoveries run up front for each teacher
     max_way: int = 5  # many-class teachers: a pseudo-task is an N-way subset of their labels
     reuse_generator: bool = False
+    # online recovery inside meta-training (docs/method.md, stage 3): every `online_every` steps each
+    # chosen teacher's pseudo-task is recovered afresh, used for that step's IGR and added to the bank
+    online_every: int = 1  # 1: every step (reference); 0: only the up-front bank
+    online_start: Literal["warm", "cold"] = "cold"  # cold: a new generator per recovery (reference)
+    online_steps: int = 200  # steps of an online recovery (a warm teacher's first one runs `steps`)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        _check(self.online_every >= 0, "recover.online_every must be >= 0 (0: no recovery during meta-training)")
+        _check(self.online_start in ("warm", "cold"), f"recover.online_start must be warm or cold, got {self.online_start!r}")
+        _check(self.online_steps >= 1, "recover.online_steps must be >= 1")
         _check(self.steps >= 1, "recover.steps must be >= 1")
         _check(self.images_per_class >= 2, "recover.images_per_class must be >= 2")
         _check(self.bank_size >= 1, "recover.bank_size must be >= 1")
@@ -154,6 +162,11 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: no checkpoints)")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
         _check(self.sync_check_every >= 0, "train.sync_check_every must be >= 0 (0: never)")
+        # torch's batch_norm has no 3rd derivative: second-order IGR differentiates through
+        # second-order MAML's inner-loop gradients, which needs one
+        _check(not (self.igr_order == "second" and self.learner == "maml" and not self.maml_first_order),
+               "train.igr_order=second cannot be combined with second-order MAML (train.maml_first_order=false): "
+               "BatchNorm has no 3rd derivative; use train.igr_order=first or train.maml_first_order=true")
 
 
 @dataclass
@@ -204,7 +217,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # seconds: for tests
     "smoke": {
         "pool": {"teachers": 4, "epochs": 2, "domains": ["latin", "greek"], "archs": ["conv4"]},
-        "recover": {"steps": 8, "images_per_class": 6, "bank_size": 2, "generator_width": 16},
+        "recover": {"steps": 8, "images_per_class": 6, "bank_size": 2, "generator_width": 16,
+                    "online_every": 1, "online_start": "warm", "online_steps": 2},
         "embed": {"head_steps": 5, "max_samples": 20},
         "group": {"num_groups": 2, "n_init": 5},
         "train": {"iterations": 4, "teachers_per_step": 2, "replay_batch": 2, "replay_shot": 1,
@@ -214,7 +228,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # minutes on a laptop CPU
     "quick": {
         "pool": {"teachers": 12},
-        "recover": {"steps": 40, "images_per_class": 12, "bank_size": 4, "generator_width": 64, "bn_weight": 0.02},
+        "recover": {"steps": 40, "images_per_class": 12, "bank_size": 20, "generator_width": 64, "bn_weight": 0.02,
+                    "online_every": 10, "online_start": "warm", "online_steps": 5},
         "embed": {"head_steps": 30, "max_samples": 60},
         "group": {"num_groups": 3, "n_init": 10},
         "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 100},

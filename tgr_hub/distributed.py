@@ -346,12 +346,14 @@ def save_checkpoint(
     write_extra: Callable[[Path], None],
     *,
     keep: int,
+    write_own: Callable[[Path], None] | None = None,
 ) -> Path:
     """Save a checkpoint of ``step`` atomically and prune old ones; call on every process.
 
     Every process calls :meth:`Accelerator.save_state` into ``.tmp-step-N`` (the main process
     writes the models/optimisers registered with the accelerator, every process its RNG
-    state), the main process then runs ``write_extra(tmp_folder)`` and renames the folder to
+    state; and, with ``write_own``, the files only it holds, e.g. the generators of the teachers
+    it owns), the main process then runs ``write_extra(tmp_folder)`` and renames the folder to
     ``step-N``, and deletes all but the newest ``keep`` checkpoints.
 
     Returns:
@@ -367,7 +369,9 @@ def save_checkpoint(
     dist.barrier()
     with _quiet_accelerate():
         dist.accelerator.save_state(str(tmp), safe_serialization=True)
-    dist.barrier()  # every process's RNG file is in
+    if write_own is not None:
+        write_own(tmp)
+    dist.barrier()  # every process's RNG file (and own files) is in
     if dist.is_main:
         write_extra(tmp)
         if final.exists():  # the same step saved before (e.g. resumed from it): replace it

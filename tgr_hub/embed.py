@@ -1,4 +1,4 @@
-"""Fisher task embeddings and teacher dissimilarity (ALGORITHM.md stage 2).
+"""Fisher task embeddings and teacher dissimilarity (docs/method.md, stage 2).
 
 Every teacher's pseudo-task is embedded through the *same* probe network, so embeddings are
 comparable across teacher architectures. The embedding is the diagonal of the Fisher

@@ -1,6 +1,6 @@
 """Few-shot evaluation on real episodes, confidence intervals, and the Random / Average baselines.
 
-Protocol (ALGORITHM.md, "Evaluation"): N-way K-shot episodes from the meta-test (or
+Protocol (docs/method.md, "Evaluation"): N-way K-shot episodes from the meta-test (or
 meta-val) classes, Q queries per class, accuracy averaged over episodes and reported with
 a 95% confidence interval ``1.96 * std / sqrt(n)``. Episodes come from
 :class:`~tgr_hub.data.fewshot.EpisodeSampler` and are a deterministic function of
@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import EvalConfig
 from .data.fewshot import Episode, EpisodeSampler, ImageSplit
+from .distributed import Distributed
 from .errors import ConfigError, EmptyPoolError, EvaluationError
 from .learners import MAML, ProtoNet, make_learner
 from .metamodel import MetaModel, create_meta_model
@@ -44,6 +46,7 @@ __all__ = [
     "EvaluationError",
     "average_baseline",
     "confidence_interval",
+    "eval_settings",
     "evaluate_model",
     "random_baseline",
     "resolve_learner",
@@ -108,6 +111,19 @@ def resolve_learner(
     return make_learner("finetune", inner_steps=inner_steps, inner_lr=inner_lr, bn=bn), method
 
 
+def eval_settings(cfg: EvalConfig, trained_with: str) -> dict[str, Any]:
+    """The :func:`evaluate_model` keyword arguments a run's ``eval`` section sets.
+
+    ``eval.method = "auto"`` means the meta-model's own learner, ``trained_with``
+    (``train.learner``: ProtoNet, or fine-tuning for MAML); ``eval.inner_steps`` and
+    ``eval.inner_lr`` are the fine-tuning schedule. Every evaluation of a run (the final test
+    of ``tgr-hub train``, the quickstart's baselines, ``tgr-hub evaluate``) uses these.
+    """
+    return {"way": cfg.way, "shots": list(cfg.shots), "query": cfg.query, "episodes": cfg.episodes,
+            "learner": trained_with if cfg.method == "auto" else cfg.method, "inner_steps": cfg.inner_steps,
+            "inner_lr": cfg.inner_lr}
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -129,6 +145,8 @@ def evaluate_model(
     progress: bool = True,
     keep_accuracies: bool = False,
     episode_lists: Mapping[int, Sequence[Episode]] | None = None,
+    dist: Distributed | None = None,
+    desc: str = "evaluate",
 ) -> dict[str, dict[str, Any]]:
     """Mean few-shot accuracy with 95% confidence intervals, for each number of shots.
 
@@ -153,6 +171,10 @@ def evaluate_model(
             instead of drawing them (``shots``, ``episodes`` and ``seed`` are then ignored, and
             ``way`` / ``query`` are read from the episodes). The benchmark passes the same lists
             to every method, so all of them are scored on identical episodes.
+        dist: several processes (call on every one): episode ``j`` is scored by process
+            ``j % world`` and the accuracies are exchanged exactly, so every process returns
+            the same dict, equal to the one-process result (with ``episode_lists`` too).
+        desc: the progress bar's label.
 
     Returns:
         ``{"<shot>shot": {"mean", "ci95", "std", "episodes", "way", "shot", "query", "method"}}``
@@ -175,29 +197,40 @@ def evaluate_model(
     adapt_with, method = resolve_learner(learner, model, inner_steps=inner_steps, inner_lr=inner_lr)
     device = _model_device(model)
     results: dict[str, dict[str, Any]] = {}
-    desc = f"evaluate ({method})" if episode_lists is not None else f"evaluate {way}-way ({method})"
-    bar = progress_bar(total=sum(counts.values()), desc=desc, disable=not progress,
-               unit="ep", leave=False)
+    label = f"{desc} ({method})" if episode_lists is not None else f"{desc} {way}-way ({method})"
+    shares = {shot: (dist.shard(count) if dist is not None else list(range(count)))
+              for shot, count in counts.items()}
+    bar = progress_bar(total=sum(len(mine) for mine in shares.values()), desc=label, disable=not progress,
+                       unit="ep", leave=False)
     try:
         for shot, source in sources.items():
             episodes = counts[shot]
-            accuracies = np.empty(episodes, dtype=np.float64)
-            for index in range(episodes):
+            rows = {}
+            for index in shares[shot]:
                 if episode_lists is not None:
+                    # each listed episode is fetched once, in order (the benchmark hashes what it hands out)
                     episode = source[index]
                     way, query = episode.way, len(episode.query_y) // episode.way  # recorded with the results
                 else:
                     episode = source.episode(index)
                 classifier = adapt_with.adapt(model, episode.support_x.to(device), episode.support_y.to(device))
                 predicted = classifier.predict(episode.query_x.to(device))
-                accuracies[index] = float((predicted.cpu() == episode.query_y).double().mean())
+                rows[index] = torch.tensor([float((predicted.cpu() == episode.query_y).double().mean())],
+                                           dtype=torch.float64)
                 bar.update(1)
+            if dist is not None:
+                accuracies = dist.gather_rows(rows, episodes, 1, torch.float64)[:, 0].cpu().numpy()
+            else:
+                accuracies = torch.cat([rows[i] for i in range(episodes)]).numpy()
+            accuracies = np.asarray(accuracies, dtype=np.float64)
             mean, ci95 = confidence_interval(accuracies)
             key = f"{shot}shot"
             results[key] = {
                 "mean": mean, "ci95": ci95, "std": float(accuracies.std()), "episodes": episodes,
                 "way": way, "shot": shot, "query": query, "method": method,
             }
+            if method == "finetune":
+                results[key].update(inner_steps=int(inner_steps), inner_lr=float(inner_lr))
             if keep_accuracies:
                 results[key]["accuracies"] = accuracies.tolist()
             logger.debug("%d-way %d-shot (%s): %.2f%% +- %.2f%% over %d episodes",

@@ -51,23 +51,32 @@ def plot_dissimilarity(
 
 
 def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
-    """One panel per metric family: losses (log scale) and validation accuracy, against step."""
-    losses = {k: v for k, v in history.items() if "loss" in k and v}
-    accuracies = {k: v for k, v in history.items() if "acc" in k and v}
-    panels = [p for p in (losses, accuracies) if p]
+    """Training curves against step, one panel per metric family.
+
+    Losses (log scale), validation accuracy and, with online recovery (``recover_*`` entries),
+    the quality of the recoveries beside them: the teacher's agreement with the intended labels,
+    and the BN loss, cross-entropy and feature diversity (log scale).
+    """
+    recovery = {k: v for k, v in history.items() if k.startswith("recover_") and v}
+    losses = {k: v for k, v in history.items() if "loss" in k and v and k not in recovery}
+    accuracies = {k: v for k, v in history.items() if "acc" in k and v and k not in recovery}
+    agreement = {k: v for k, v in recovery.items() if "agreement" in k}
+    recovery_scales = {k: v for k, v in recovery.items() if k not in agreement}
+    titled = [(losses, "losses", True), (accuracies, "meta-validation accuracy", False),
+              (agreement, "recovery: teacher agrees with intended label", False),
+              (recovery_scales, "recovery: BN loss, CE, feature diversity", True)]
+    panels = [(p, title, log) for p, title, log in titled if p]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 3.8), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    for ax, (panel, title, log) in zip(axes[0], panels):
         for name, points in panel.items():
             steps, values = zip(*points)
             ax.plot(steps, values, label=name, marker="o" if len(points) < 30 else None, markersize=3)
         ax.set_xlabel("meta-training step")
+        ax.set_title(title, fontsize=10)
+        if log:
+            ax.set_yscale("log")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    if panels and losses:
-        axes[0][0].set_yscale("log")
-        axes[0][0].set_title("losses")
-    if accuracies:
-        axes[0][-1].set_title("meta-validation accuracy")
     _save(fig, path)
 
 

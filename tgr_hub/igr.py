@@ -1,4 +1,4 @@
-"""The implicit gradient regularisation (IGR) update direction (ALGORITHM.md stage 3).
+"""The implicit gradient regularisation (IGR) update direction (docs/method.md, stage 3).
 
 For m tasks with losses L_i(θ), g_i = ∇L_i(θ) and ḡ = (1/m) Σ g_i:
 
@@ -44,6 +44,7 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Gather",
     "IGRResult",
     "LossFn",
     "igr_direction",
@@ -56,6 +57,8 @@ __all__ = [
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]
 Grads = dict[str, Tensor]
+# The cross-process exchange: this process's {task index: gradients} -> every task's, in task order
+Gather = Callable[[Mapping[int, Grads]], list[Grads]]
 
 
 @dataclass
@@ -76,8 +79,9 @@ class IGRResult:
     displaced_losses: list[float] | None = None
 
 
-def _check(loss_fns: Sequence[LossFn], params: Mapping[str, Tensor], beta: float, order: str) -> None:
-    if len(loss_fns) == 0:
+def _check(loss_fns: Sequence[LossFn] | Mapping[int, LossFn], params: Mapping[str, Tensor], beta: float, order: str,
+           *, allow_none: bool = False) -> None:
+    if len(loss_fns) == 0 and not allow_none:
         raise ConfigError("IGR needs at least one task loss", hint="train.teachers_per_step must be >= 1")
     if not params:
         raise ConfigError("IGR got no parameters to differentiate")
@@ -278,20 +282,25 @@ def _second_order(loss_fns: Sequence[LossFn], params: Mapping[str, Tensor], beta
 
 
 def igr_direction(
-    loss_fns: Sequence[LossFn],
+    loss_fns: Sequence[LossFn] | Mapping[int, LossFn],
     params: Mapping[str, Tensor],
     beta: float,
     order: Literal["first", "second"] = "first",
     *,
     return_task_grads: bool = False,
     fuse_tasks: bool | None = None,
+    gather: Gather | None = None,
 ) -> IGRResult:
     """The IGR update direction for one group of m tasks.
+
+    This is the update meta-training runs (:mod:`tgr_hub.train` injects ``gather``).
 
     Args:
         loss_fns: ``m`` closures ``{name: tensor} -> scalar loss`` (task i's loss L_i).
             Each is called with fresh leaf tensors; it must use the dict it is given (e.g.
-            via ``torch.func.functional_call``), not a module's own parameters.
+            via ``torch.func.functional_call``), not a module's own parameters. With
+            ``gather``: ``{task index: closure}`` for the tasks *this process* computes (may
+            be empty).
         params: θ, ``{name: tensor}`` (not modified; need not require grad).
         beta: displacement β >= 0 (reference 1e-3); 0 gives the plain mean gradient (ERM).
         order: ``"first"`` (displacement held constant; default) or ``"second"``
@@ -303,26 +312,43 @@ def igr_direction(
             one task at a time (peak memory of a single task). ``None`` (default): fused on an
             accelerator, where launch overhead dominates, one by one on the CPU, where keeping
             one task's activations in cache wins (bench/bench_igr.py measures both).
+        gather: first order only: the exact exchange between processes. Called with this
+            process's ``{task index: g_i}`` (at θ, then at θ_i'), it returns all m gradients in
+            task order; ḡ and the direction are then formed on every process from the same
+            rows in the same order, so the result is bitwise the one-process one.
 
     Returns:
         :class:`IGRResult` with ``direction`` ``{name: tensor}`` (shapes of ``params``) and the
-        task ``losses`` at θ.
+        task ``losses`` at θ (with ``gather``: this process's tasks, in index order; the
+        ``task_grads`` are then all m gathered ones).
 
     Raises:
         ConfigError: No tasks or parameters, β < 0 or not finite, an unknown order, or a
             loss that is not a scalar.
     """
-    _check(loss_fns, params, beta, order)
+    _check(loss_fns, params, beta, order, allow_none=gather is not None)
     if order == "second" and beta != 0:
-        return _second_order(loss_fns, params, beta, return_task_grads)
+        if gather is not None:
+            raise ConfigError("second-order IGR couples all tasks through ḡ's graph: it cannot be gathered",
+                              hint="compute it on one process")
+        return _second_order(list(loss_fns), params, beta, return_task_grads)
 
     if fuse_tasks is None:
         fuse_tasks = _default_fuse(params)
-    losses, grads = _evaluate(loss_fns, [params] * len(loss_fns), fuse=fuse_tasks)
-    mean = mean_gradient(grads)
+    indices = sorted(loss_fns) if isinstance(loss_fns, Mapping) else list(range(len(loss_fns)))
+    fns = [loss_fns[i] for i in indices]
+
+    def evaluate(param_sets: Sequence[Mapping[str, Tensor]]) -> tuple[list[Tensor], list[Grads]]:
+        return _evaluate(fns, param_sets, fuse=fuse_tasks) if fns else ([], [])
+
+    losses, grads = evaluate([params] * len(fns))
+    all_grads = grads if gather is None else gather(dict(zip(indices, grads)))
+    mean = mean_gradient(all_grads)
     if beta == 0:
         # ERM (either order: the penalty term carries a factor β): exactly ḡ, no second evaluation.
-        return IGRResult(mean, _to_floats(losses), grads if return_task_grads else None, [])
-    direction, displaced_losses = _displaced(loss_fns, params, grads, mean, beta, fuse=fuse_tasks)
-    return IGRResult(direction, _to_floats(losses), grads if return_task_grads else None,
+        return IGRResult(mean, _to_floats(losses), all_grads if return_task_grads else None, [])
+    own = [all_grads[i] for i in indices] if gather is not None else grads
+    displaced_losses, displaced_grads = evaluate(displaced_params(params, own, mean, beta))
+    all_displaced = displaced_grads if gather is None else gather(dict(zip(indices, displaced_grads)))
+    return IGRResult(mean_gradient(all_displaced), _to_floats(losses), all_grads if return_task_grads else None,
                      _to_floats(displaced_losses))

@@ -8,7 +8,7 @@ from the classifier size (1000: ImageNet-1k, 11821: timm's ImageNet-12k, 21841/2
 classes of ImageNet teachers are named by their WordNet synset ids (``n01440764``, timm's own
 ``label_names`` convention) with human-readable descriptions (``tench, Tinca tinca``). Two
 teachers that both know ``n01440764`` then hold the same class, which the memory bank treats
-as one (see :meth:`tgr_hub.recover.MemoryBank.sample_episode`).
+as one (see :meth:`tgr_hub.bank.MemoryBank.sample_episode`).
 
 What decides:
 

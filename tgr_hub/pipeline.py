@@ -8,6 +8,7 @@ checkpoint with ``resume=True`` / ``tgr-hub train --resume``):
     runs/NAME/
       pool.json                 the resolved pool (sources, pinned revisions, labels)
       recovered/bank.safetensors + bank.json    memory bank of recovered pseudo-tasks
+      recovered/generators.safetensors          warm online recovery: each teacher's generator + Adam state
       embeddings.safetensors    diagonal Fisher per teacher
       dissimilarity.json        [N, N] teacher dissimilarity
       groups.json               teacher groups
@@ -22,8 +23,9 @@ recovery and Fisher embedding by teacher, meta-training by task and replay episo
 by episode. Each process writes what it computed as one file per item (``recovered/parts/``,
 ``embeddings-parts/``; these also make an interrupted stage resume where it stopped), the main
 process merges them into the artefacts above in teacher order, and everyone reads the merged
-artefact back. Each item is seeded by its index alone (recovery by (seed, teacher, recovery),
-embedding by (seed, teacher)), so the artefacts do not depend on the number of processes.
+artefact back. Each item is seeded by its index alone (recovery by the stream
+[seed, RECOVER, teacher, recovery], embedding by [seed, EMBED, teacher]; see tgr_hub.seeds), so
+the artefacts do not depend on the number of processes.
 Every file in the run folder is written under a temporary name and renamed.
 """
 
@@ -55,14 +57,20 @@ from .io import save_safetensors_atomic, write_json_atomic
 from .errors import RunFolderError
 from .metamodel import TGR_CONFIG_NAME, MetaModel, create_meta_model, load_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
-from .recover import MemoryBank, MemoryBankError, RecoveredTask, recover_teachers
+from .bank import MemoryBank, RecoveredTask
+from .errors import MemoryBankError
 from .progress import progress_bar
+from .recover import WarmGenerator, recover_teachers
 from .run_record import MemberRecord, RunRecord, describe_pool
-from .train import evaluate_sharded, meta_train
+from .seeds import EMBED, seed_sequence
+from .evaluate import eval_settings, evaluate_model
+from .train import meta_train
 
 logger = logging.getLogger(__name__)
 
 RECOVER_PARTS = "parts"  # inside recovered/
+GENERATORS_FILE = "generators.safetensors"  # inside recovered/: warm generators for online recovery
+GENERATOR_PREFIX = "generator/"  # keys of a task part that hold the generator state
 EMBED_PARTS = "embeddings-parts"
 CHECKPOINTS = "checkpoints"
 
@@ -78,13 +86,47 @@ def _part_name(index: int, recovery: int) -> str:
     return f"t{index:05d}-r{recovery:04d}.safetensors"
 
 
-def _save_task_part(task: RecoveredTask, path: Path) -> None:
-    """One recovered task as safetensors (images as the bank stores them: uint8 = round(255·x))."""
+def _save_task_part(task: RecoveredTask, path: Path, warm: WarmGenerator | None = None) -> None:
+    """One recovered task as safetensors (images as the bank stores them: uint8 = round(255·x)).
+
+    With ``warm``, the teacher's generator state after this recovery goes into the same file, so
+    a part and the generator it left are written (and found on resume) together.
+    """
     images = (task.images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     metadata = {"teacher": task.teacher, "classes": json.dumps([int(c) for c in task.classes]),
                 "class_names": json.dumps(list(task.class_names)), "loss": repr(float(task.loss)),
                 "best_step": str(int(task.best_step))}
-    save_safetensors_atomic(path, {"images": images, "labels": task.labels.to(torch.int64)}, metadata)
+    tensors = {"images": images, "labels": task.labels.to(torch.int64)}
+    if warm is not None:
+        tensors.update({f"{GENERATOR_PREFIX}{k}": v for k, v in warm.state_tensors().items()})
+    save_safetensors_atomic(path, tensors, metadata)
+
+
+def _load_part_generator(path: Path) -> dict[str, torch.Tensor]:
+    """The generator state saved with a task part (empty when it has none)."""
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return {k.removeprefix(GENERATOR_PREFIX): handle.get_tensor(k) for k in handle.keys()
+                if k.startswith(GENERATOR_PREFIX)}
+
+
+def _warm_upfront(cfg: RunConfig) -> bool:
+    """Whether up-front recovery runs warm-startable generators, to hand them on to online recovery."""
+    return cfg.recover.online_every > 0 and cfg.recover.online_start == "warm"
+
+
+def load_generators(bank_path: Path, members: list[PoolMember]) -> dict[int, dict[str, torch.Tensor]]:
+    """``{teacher index: generator state}`` the up-front recovery saved beside the bank (``{}`` if none)."""
+    path = bank_path.parent / GENERATORS_FILE
+    if not path.is_file():
+        return {}
+    flat = load_file(str(path))
+    index_of = {m.name: i for i, m in enumerate(members)}
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        name, rest = key.split("/", 1)
+        if name in index_of:
+            states.setdefault(index_of[name], {})[rest] = value
+    return states
 
 
 def _load_task_part(path: Path) -> RecoveredTask:
@@ -106,7 +148,7 @@ def recover_pool(
 ) -> MemoryBank:
     """Recover pseudo-tasks for every teacher not yet in the bank at ``bank_path``.
 
-    Each recovery is seeded by (run seed, teacher index, recovery index). Process ``r``
+    Each recovery is seeded by (run seed, teacher index, recovery index) (see :mod:`tgr_hub.seeds`). Process ``r``
     recovers the teachers ``i`` with ``i % world == r`` and saves each task as it finishes
     (``parts/`` beside the bank); the main process then adds the tasks to the bank in
     (teacher, recovery) order, as one process would have, and saves it. A stopped recovery
@@ -130,9 +172,14 @@ def recover_pool(
         return bank
     mine = set(dist.shard(len(members)))
     local = bank
+    warm: dict[str, WarmGenerator] | None = {} if _warm_upfront(cfg) else None
     for i, r in missing:  # parts this process saved before it was stopped
         if i in mine and r == local.tasks_of(members[i].name) and (parts / _part_name(i, r)).is_file():
             local.add(_load_task_part(parts / _part_name(i, r)))
+            state = _load_part_generator(parts / _part_name(i, r)) if warm is not None else {}
+            if warm is not None and state:
+                warm[members[i].name] = WarmGenerator.for_teacher(members[i].to(dist.device), cfg.recover, cfg.seed, i)
+                warm[members[i].name].load_state_tensors(state)
     if dist.is_main:
         parts.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -142,15 +189,22 @@ def recover_pool(
 
     def save_part(task: RecoveredTask) -> None:
         i = index_of[task.teacher]
-        _save_task_part(task, parts / _part_name(i, local.tasks_of(task.teacher) - 1))
+        _save_task_part(task, parts / _part_name(i, local.tasks_of(task.teacher) - 1),
+                        warm.get(task.teacher) if warm is not None else None)
 
     recover_teachers(members, cfg.recover, local, seed=cfg.seed, progress=progress,
-                     skip={m.name for i, m in enumerate(members) if i not in mine}, on_task=save_part)
+                     skip={m.name for i, m in enumerate(members) if i not in mine}, on_task=save_part, warm=warm)
     dist.barrier()
     if dist.is_main:
         merged = base()
+        generators: dict[str, torch.Tensor] = {}
         for i, r in missing:
             merged.add(_load_task_part(parts / _part_name(i, r)))
+            if warm is not None and r == count - 1:  # the generator after the teacher's last recovery
+                state = _load_part_generator(parts / _part_name(i, r))
+                generators.update({f"{members[i].name}/{k}": v for k, v in state.items()})
+        if generators:  # before the bank: a saved bank means the stage is done
+            save_safetensors_atomic(bank_path.parent / GENERATORS_FILE, generators)
         merged.save(bank_path)
         shutil.rmtree(parts)
     dist.barrier()
@@ -162,7 +216,7 @@ def recover_pool(
 
 def _embed_one(probe: torch.nn.Module, member: PoolMember, index: int, bank: MemoryBank,
                cfg: RunConfig) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng([cfg.seed, index, 2])
+    rng = np.random.default_rng(seed_sequence(cfg.seed, EMBED, index, 0))
     classes = bank.classes_of(member.name)
     if not classes:
         raise MemoryBankError(f"the memory bank holds nothing of teacher {member.name!r}",
@@ -171,8 +225,9 @@ def _embed_one(probe: torch.nn.Module, member: PoolMember, index: int, bank: Mem
     images, labels = bank.task_for(member.name, classes, per_class, rng, allow_fewer=True)
     remap = {c: i for i, c in enumerate(classes)}
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
+    fisher_seed = int(seed_sequence(cfg.seed, EMBED, index, 1).generate_state(1)[0])
     embedding = fisher_diagonal(probe, images, task_labels, num_classes=len(classes), method=cfg.embed.method,
-                                head_steps=cfg.embed.head_steps, seed=cfg.seed + index)
+                                head_steps=cfg.embed.head_steps, seed=fisher_seed)
     return {k: v.detach().cpu() for k, v in embedding.items()}
 
 
@@ -187,7 +242,7 @@ def embed_pool(
 ) -> list[dict[str, torch.Tensor]]:
     """Diagonal Fisher embedding of every teacher's pseudo-task through one shared probe.
 
-    Teacher ``i`` is embedded by process ``i % world`` (seeded by (seed, i)) and saved as a
+    Teacher ``i`` is embedded by process ``i % world`` (seeded by [seed, EMBED, i]) and saved as a
     part; the main process merges the parts into ``path``.
     """
     dist = _default_dist(cfg, dist)
@@ -445,8 +500,16 @@ def run_tgr(
                                    cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
         data_source = _data_source(cfg, val_split)
         model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
+        generators = load_generators(out / "recovered" / "bank.safetensors", members) if _warm_upfront(cfg) else None
+        if dist.is_main and generators is not None and len(generators) < len(members):
+            # a bank recovered by an earlier run without warm online recovery: recovery is skipped, so
+            # these teachers' online recovery starts from a new generator, unlike a run in a new folder
+            logger.warning("meta-train: %s lacks the warm generators of %d of %d teachers; their online recovery "
+                           "starts from a new generator (delete recovered/ to recover again)",
+                           out / "recovered" / GENERATORS_FILE, len(members) - len(generators), len(members))
         result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=cfg.seed,
-                            progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume)
+                            progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume,
+                            recover=cfg.recover, generators=generators)
         model.load_state_dict(result.best_state)
         timings["meta-train"] = time.perf_counter() - start
         history = result.history
@@ -466,10 +529,8 @@ def run_tgr(
                                     seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
         data_source = data_source or _data_source(cfg, test_split)
         model.eval()
-        metrics[cfg.eval.split] = evaluate_sharded(
-            model, test_split, way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query,
-            episodes=cfg.eval.episodes, learner=cfg.train.learner, seed=cfg.seed, dist=dist, progress=progress,
-        )
+        metrics[cfg.eval.split] = evaluate_model(model, test_split, seed=cfg.seed, dist=dist, progress=progress,
+                                                 **eval_settings(cfg.eval, cfg.train.learner))
         timings["evaluate"] = time.perf_counter() - start
 
     model = model.to("cpu")

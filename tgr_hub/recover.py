@@ -1,4 +1,4 @@
-"""Stage 1 of TGR: recover pseudo-tasks from teachers by model inversion, and keep them in a bank.
+"""Stage 1 of TGR: recover pseudo-tasks from teachers by model inversion (the bank that keeps them: :mod:`tgr_hub.bank`).
 
 For one teacher ``T`` and a set of its classes ``y``, a :class:`~tgr_hub.models.generator.Generator`
 ``G`` and latent codes ``Z`` are optimised together (Adam) so that the images ``X̂ = G(Z)``
@@ -15,38 +15,30 @@ so the augmentation shifts by the same *fraction* of the image whatever the teac
 ``norm`` is the teacher's own normalisation (:meth:`PoolMember.normalize`). The iterate with the
 lowest loss is kept (its images, not just its loss).
 
-Recovered images go into a :class:`MemoryBank` keyed by ``(teacher, class)``. The bank stores
-images as ``uint8`` (value ``round(255·x)``): a quarter of float32 memory, exactly what an 8-bit
-image would hold, and an error of at most 1/510 per pixel, far below what changes a teacher's
-prediction. A bank saves to / loads from ``X.safetensors`` + ``X.json`` (or a folder holding
-``bank.safetensors`` + ``bank.json``), and counts the tasks recovered per teacher, so a resumed
-run reuses its recoveries and :func:`recover_teachers` continues exactly where it stopped.
+Recovered tasks go into a :class:`~tgr_hub.bank.MemoryBank` keyed by ``(teacher, class)``; it
+counts the tasks recovered per teacher, so :func:`recover_teachers` on a saved bank continues
+exactly where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import secrets
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from .bank import MemoryBank, RecoveredTask
 from .config import RecoverConfig
-from .errors import EpisodeError, MemoryBankError, RecoverError, RunFolderError
+from .errors import RecoverError
 from .models.generator import Generator
 from .progress import progress_bar
+from .seeds import GENERATOR_INIT, RECOVER, seed_sequence
 
 if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
     from .pool import PoolMember
@@ -54,56 +46,125 @@ if TYPE_CHECKING:  # only for annotations: recover works with anything shaped li
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BankEpisode",
-    "MemoryBank",
-    "MemoryBankError",
     "RecoverError",
-    "RecoveredTask",
-    "bank_files",
+    "WarmGenerator",
     "bn_layers",
     "crop_padding_for",
     "random_crop_flip",
     "recover_task",
     "recover_teachers",
+    "recovery_quality",
     "sample_task_classes",
 ]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_BANK_FORMAT = "tgr-hub-memory-bank"
-_BANK_VERSION = 1
-BANK_TENSORS = "bank.safetensors"
-BANK_INDEX = "bank.json"
 
 
-@dataclass
-class RecoveredTask:
-    """One teacher's pseudo-task, as recovered by :func:`recover_task`.
+
+class WarmGenerator:
+    """One teacher's generator and its Adam state, kept across recoveries (the online warm start).
+
+    Only the teacher's own recoveries change it (:func:`recover_task` with ``warm=``), so its
+    history depends on nothing but that teacher's sequence of recoveries: not on which process
+    runs them. :meth:`state_tensors` / :meth:`load_state_tensors` save and restore it bitwise
+    (generator parameters and BatchNorm buffers, Adam moments and step counts, the counter).
 
     Attributes:
-        images: ``[n, 3, H, W]`` float32 in [0, 1], ``(H, W)`` = the teacher's input size; the
-            images of each class are contiguous, in the order of ``classes``.
-        labels: ``[n]`` int64 teacher class ids (not re-indexed).
-        teacher: the teacher's name.
-        loss: the lowest total loss reached (that of the kept images).
-        ce_history: cross-entropy at every step.
-        bn_history: BN-statistics loss (unweighted) at every step; zeros for a teacher without BN.
-        classes: the teacher class ids of the task, in order.
-        class_names: the teacher's label names of ``classes`` (empty strings when unknown).
-        best_step: the step whose images were kept.
-        generator: the generator after optimisation when it is meant to be reused
-            (``cfg.reuse_generator`` or a generator was passed in); otherwise ``None``.
+        generator: the teacher's :class:`~tgr_hub.models.generator.Generator`.
+        optimizer: Adam over the generator's parameters (``cfg.lr``, ``cfg.betas``).
+        recoveries: recoveries run with it so far.
     """
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    teacher: str
-    loss: float
-    ce_history: list[float] = field(default_factory=list)
-    bn_history: list[float] = field(default_factory=list)
-    classes: list[int] = field(default_factory=list)
-    class_names: list[str] = field(default_factory=list)
-    best_step: int = 0
-    generator: Generator | None = field(default=None, repr=False)
+    def __init__(self, generator: Generator, cfg: RecoverConfig) -> None:
+        self.generator = generator
+        self.optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.recoveries = 0
+
+    @classmethod
+    def fresh(cls, member: PoolMember, cfg: RecoverConfig, seed: int) -> WarmGenerator:
+        """A newly initialised generator for ``member``'s input size, seeded by ``seed``."""
+        _, height, width = (int(v) for v in member.input_size)
+        generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=int(seed))
+        return cls(generator.to(_device_of(member.model)), cfg)
+
+    @classmethod
+    def for_teacher(cls, member: PoolMember, cfg: RecoverConfig, run_seed: int, index: int) -> WarmGenerator:
+        """Teacher ``index``'s generator before its first recovery (stream ``[run_seed, GENERATOR_INIT, index]``)."""
+        return cls.fresh(member, cfg, int(seed_sequence(run_seed, GENERATOR_INIT, index).generate_state(1)[0]))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything that makes the next recovery what it will be, as named CPU tensors."""
+        tensors = {f"generator.{k}": v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        tensors["recoveries"] = torch.tensor(self.recoveries, dtype=torch.int64)
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (in place)."""
+        generator_state = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
+        self.generator.load_state_dict(generator_state)
+        saved = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("adam."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = value.clone()
+        saved["state"] = state
+        self.optimizer.load_state_dict(saved)
+        self.recoveries = int(tensors["recoveries"])
+
+
+class _Both:
+    """Two optimisers stepped as one (a warm generator's Adam and the fresh codes' Adam)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def recovery_quality(member: PoolMember, task: RecoveredTask) -> dict[str, float]:
+    """How good a recovered task is, as logged per online recovery.
+
+    Returns:
+        ``agreement``: fraction of the task's images the teacher classifies as their intended
+        label (no augmentation); ``bn_loss``: the BN-statistics loss of the kept iterate;
+        ``ce``: its cross-entropy; ``diversity``: mean pairwise Euclidean distance between the
+        teacher's penultimate features of the images (its logits when it has no
+        ``forward_features``/``forward_head``), over distinct pairs.
+    """
+    model = member.model
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = member.normalize(task.images.to(device))
+            if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+                hidden = model.forward_features(x)
+                features, logits = model.forward_head(hidden, pre_logits=True), model.forward_head(hidden)
+            else:
+                logits = model(x)
+                features = logits
+    finally:
+        model.train(was_training)
+    agreement = float((logits.argmax(dim=1).cpu() == task.labels).double().mean())
+    features = features.float().flatten(1)
+    n = features.shape[0]
+    distances = torch.cdist(features, features)
+    diversity = float(distances.sum() / (n * (n - 1))) if n > 1 else 0.0
+    step = task.best_step
+    bn = task.bn_history[step] if task.bn_history else float("nan")
+    ce = task.ce_history[step] if task.ce_history else float("nan")
+    return {"agreement": agreement, "bn_loss": float(bn), "ce": float(ce), "diversity": diversity}
 
 
 # --- pieces of the loss ------------------------------------------------------------------
@@ -240,6 +301,8 @@ def recover_task(
     *,
     seed: int,
     generator: Generator | None = None,
+    warm: WarmGenerator | None = None,
+    steps: int | None = None,
     progress: bool = False,
     padding: int | None = None,
 ) -> RecoveredTask:
@@ -259,6 +322,11 @@ def recover_task(
         seed: seeds the generator's initialisation, the latent codes and the augmentation.
         generator: a generator to continue optimising (per-teacher reuse); it is updated in place
             and returned in ``RecoveredTask.generator``. ``None``: a fresh one from ``seed``.
+        warm: a teacher's :class:`WarmGenerator` (generator *and* its Adam state) to continue: the
+            warm start of online recovery. Its generator and optimiser are updated in place and
+            its ``recoveries`` counter incremented; the latent codes are fresh (from ``seed``) and
+            get an Adam of their own. Excludes ``generator``.
+        steps: optimisation steps; default ``cfg.steps``.
         progress: show a tqdm bar over the steps.
         padding: crop padding in pixels; default :func:`crop_padding_for` of the input size.
 
@@ -270,6 +338,13 @@ def recover_task(
     device = _device_of(member.model)
     gen_seed, z_seed, aug_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(3))
 
+    steps = cfg.steps if steps is None else int(steps)
+    if steps < 1:
+        raise RecoverError(f"a recovery needs at least one step, got {steps}")
+    if warm is not None:
+        if generator is not None:
+            raise RecoverError("pass either generator or warm to recover_task, not both")
+        generator = warm.generator
     if generator is None:
         generator = Generator(cfg.latent_dim, (height, width), channels=3, width=cfg.generator_width, seed=gen_seed)
         keep_generator = cfg.reuse_generator
@@ -293,7 +368,10 @@ def recover_task(
     aug_rng = torch.Generator(device="cpu").manual_seed(aug_seed)
     pad = crop_padding_for(min(height, width)) if padding is None else int(padding)
     target = labels.to(device)
-    optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+    if warm is None:
+        optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+    else:  # the generator's Adam carries over between recoveries; the fresh codes start their own
+        optimizer = _Both(warm.optimizer, torch.optim.Adam([z], lr=cfg.lr, betas=tuple(cfg.betas)))
 
     model = member.model
     was_training = model.training
@@ -317,7 +395,7 @@ def recover_task(
         for p in model.parameters():
             p.requires_grad_(False)  # gradients flow to the images only
         with bn_loss:
-            bar = progress_bar(range(cfg.steps), desc=f"recover {member.name}", disable=not progress, leave=False)
+            bar = progress_bar(range(steps), desc=f"recover {member.name}", disable=not progress, leave=False)
             for step in bar:
                 images = generator(z)
                 logits = model(member.normalize(random_crop_flip(images, pad, aug_rng)))
@@ -347,7 +425,9 @@ def recover_task(
     ce_history = torch.stack(ce_values).float().cpu().tolist()
     bn_history = torch.stack(bn_values).float().cpu().tolist()
     best_loss, best_step = float(best_loss_t), int(best_step_t)
-    assert best_images is not None  # cfg.steps >= 1
+    assert best_images is not None  # steps >= 1
+    if warm is not None:
+        warm.recoveries += 1
     if not math.isfinite(best_loss):  # only when every loss was NaN (or infinite)
         raise RecoverError(
             f"recovery from teacher {member.name!r} gave a NaN loss at every step",
@@ -370,7 +450,7 @@ def recover_task(
         classes=classes,
         class_names=class_names,
         best_step=best_step,
-        generator=generator if keep_generator else None,
+        generator=generator if (keep_generator and warm is None) else None,
     )
 
 
@@ -386,11 +466,12 @@ def recover_teachers(
     return_generators: bool = False,
     progress: bool = False,
     on_task: Callable[[RecoveredTask], None] | None = None,
+    warm: dict[str, WarmGenerator] | None = None,
 ) -> dict[str, Generator]:
     """Bring every teacher to ``recoveries`` (default ``cfg.recoveries_per_teacher``) recoveries in ``bank``.
 
     Teachers are done one after the other. Recovery ``r`` of teacher ``i`` (its index in
-    ``members``) is seeded by ``(seed, i, r)``, and its classes are drawn with
+    ``members``) is seeded by the stream ``[seed, seeds.RECOVER, i, r]``, and its classes are drawn with
     :func:`sample_task_classes` from the same seed. Recoveries the bank already counts for a
     teacher (:meth:`MemoryBank.tasks_of`) are not redone, so calling this again on a bank saved
     by ``on_task`` resumes an interrupted run and gives the same bank as an uninterrupted one
@@ -408,6 +489,11 @@ def recover_teachers(
             otherwise each is dropped once its teacher is done, to bound memory.
         progress: a tqdm bar over the recoveries to run.
         on_task: called with each task after it is added (e.g. to save the bank).
+        warm: warm-start mode (online recovery's): every recovery of a teacher continues its
+            :class:`WarmGenerator` ``warm[name]`` (generator and Adam state), created with
+            :meth:`WarmGenerator.for_teacher` when missing; the dict is updated in place, so the
+            caller can hand the generators on to meta-training. Takes precedence over
+            ``cfg.reuse_generator``.
 
     Returns:
         The per-teacher generators if ``return_generators`` and ``cfg.reuse_generator``, else ``{}``.
@@ -421,10 +507,19 @@ def recover_teachers(
     bar = progress_bar(total=len(plan), desc="recover", disable=not progress)
     try:
         for i, member, r in plan:
-            seq = np.random.SeedSequence([int(seed), i, r])
+            seq = seed_sequence(seed, RECOVER, i, r)
             class_rng = np.random.default_rng(seq.spawn(1)[0])
             task_seed = int(seq.generate_state(1)[0])
             classes = sample_task_classes(member, cfg.max_way, class_rng)
+            if warm is not None:
+                if member.name not in warm:
+                    warm[member.name] = WarmGenerator.for_teacher(member, cfg, seed, i)
+                task = recover_task(member, classes, cfg, seed=task_seed, warm=warm[member.name])
+                bank.add(task)
+                if on_task is not None:
+                    on_task(task)
+                bar.update(1)
+                continue
             generator = None
             if cfg.reuse_generator:
                 generator = kept.get(member.name, given.get(member.name))
@@ -441,355 +536,3 @@ def recover_teachers(
     finally:
         bar.close()
     return kept if (cfg.reuse_generator and return_generators) else {}
-
-
-# --- memory bank -------------------------------------------------------------------------
-
-
-def bank_files(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(tensors, index)`` paths of a bank saved at ``path`` (a ``.safetensors`` file or a folder)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return path, path.with_suffix(".json")
-    return path / BANK_TENSORS, path / BANK_INDEX
-
-
-class BankEpisode(NamedTuple):
-    """An N-way K-shot episode drawn from a :class:`MemoryBank` (same fields as ``data.Episode``).
-
-    ``classes[i]`` is the ``(teacher, teacher class id)`` behind episode label ``i``.
-    """
-
-    support_x: torch.Tensor  # [way*shot, 3, S, S] float32 in [0, 1]
-    support_y: torch.Tensor  # [way*shot] int64 in 0..way-1
-    query_x: torch.Tensor  # [way*query, 3, S, S]
-    query_y: torch.Tensor  # [way*query]
-    classes: list[tuple[str, int]]
-
-
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-
-
-def _to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-2:] == (size, size):
-        return images
-    # antialias: a bank image may be larger than the episode size (e.g. an 84-px teacher into 32-px episodes)
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-
-
-class MemoryBank:
-    """Recovered images keyed by ``(teacher, class)``, at most ``bank_size`` recoveries per key.
-
-    Each :meth:`add` of a task stores, for every class of the task, that recovery's images of the
-    class as one *slot*; once a key holds ``bank_size`` slots the oldest is overwritten (cyclic
-    buffer, as the reference). Images are kept as ``uint8`` tensors on CPU at the teacher's
-    resolution.
-
-    ``len(bank)`` is the number of images stored.
-    """
-
-    def __init__(self, bank_size: int = 20) -> None:
-        if int(bank_size) < 1:
-            raise MemoryBankError(f"bank_size must be >= 1, got {bank_size}")
-        self.bank_size = int(bank_size)
-        self._slots: dict[tuple[str, int], list[torch.Tensor]] = {}  # uint8 [k, 3, H, W] per recovery
-        self._written: dict[tuple[str, int], int] = {}  # recoveries ever added (cursor = written % bank_size)
-        self._names: dict[tuple[str, int], str] = {}
-        self._tasks: dict[str, int] = {}  # tasks ever added per teacher (what recover_teachers resumes from)
-
-    # -- content ------------------------------------------------------------------------
-
-    def add(self, task: RecoveredTask) -> None:
-        """Store ``task``'s images, one slot per class (overwriting the oldest slot when full)."""
-        images, labels = task.images, task.labels
-        if images.dim() != 4 or images.shape[0] != labels.shape[0]:
-            raise MemoryBankError(
-                f"task of {task.teacher!r} has images {tuple(images.shape)} and labels {tuple(labels.shape)}; "
-                "expected [n, C, H, W] and [n]"
-            )
-        classes = task.classes or sorted(int(c) for c in labels.unique())
-        names = dict(zip(classes, task.class_names)) if task.class_names else {}
-        for c in classes:
-            chosen = images[labels == c]
-            if chosen.shape[0] == 0:
-                continue
-            key = (task.teacher, int(c))
-            slot = _to_uint8(chosen)
-            slots = self._slots.setdefault(key, [])
-            if slots and slots[0].shape[1:] != slot.shape[1:]:
-                raise MemoryBankError(
-                    f"bank images of {key} are {tuple(slots[0].shape[1:])}, the new ones {tuple(slot.shape[1:])}",
-                    hint="a teacher's recoveries must all have its input size",
-                )
-            self._add_slot(key, slot)
-            if names.get(c):
-                self._names[key] = str(names[c])
-        self._tasks[task.teacher] = self._tasks.get(task.teacher, 0) + 1
-
-    def teachers(self) -> list[str]:
-        """Teacher names, in the order they were first added."""
-        return list(dict.fromkeys(t for t, _ in self._slots))
-
-    def classes_of(self, teacher: str) -> list[int]:
-        """Sorted class ids of ``teacher`` held in the bank (empty for an unknown teacher)."""
-        return sorted(c for t, c in self._slots if t == teacher)
-
-    def tasks_of(self, teacher: str) -> int:
-        """How many recovered tasks of ``teacher`` were ever added (also those since overwritten)."""
-        return self._tasks.get(teacher, 0)
-
-    def keys(self) -> list[tuple[str, int]]:
-        """All ``(teacher, class)`` keys, in insertion order."""
-        return list(self._slots)
-
-    def class_name(self, teacher: str, cls: int) -> str:
-        """The teacher's label name of ``cls`` ('' when unknown)."""
-        return self._names.get((teacher, int(cls)), "")
-
-    def recoveries(self, teacher: str, cls: int) -> int:
-        """Number of slots (recoveries) currently held for ``(teacher, cls)``."""
-        return len(self._slots.get((teacher, int(cls)), []))
-
-    def images_of(self, teacher: str, cls: int) -> torch.Tensor:
-        """All stored images of ``(teacher, cls)`` as ``uint8 [m, 3, H, W]`` (slot order)."""
-        key = (teacher, int(cls))
-        if key not in self._slots:
-            raise MemoryBankError(f"the memory bank holds no images of class {cls} of teacher {teacher!r}")
-        return torch.cat(self._slots[key])
-
-    @property
-    def num_classes(self) -> int:
-        """Number of ``(teacher, class)`` keys."""
-        return len(self._slots)
-
-    def __len__(self) -> int:
-        return sum(s.shape[0] for slots in self._slots.values() for s in slots)
-
-    def __repr__(self) -> str:
-        return f"MemoryBank(teachers={len(self.teachers())}, classes={self.num_classes}, images={len(self)}, bank_size={self.bank_size})"
-
-    # -- sampling -----------------------------------------------------------------------
-
-    def task_for(
-        self,
-        teacher: str,
-        classes: Sequence[int] | None,
-        per_class: int | None,
-        rng: np.random.Generator,
-        *,
-        allow_fewer: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A pseudo-task of one teacher from the bank.
-
-        Args:
-            teacher: the teacher's name.
-            classes: its class ids to include; ``None``: every class it has in the bank.
-            per_class: images per class, drawn without replacement; ``None``: all stored images.
-            rng: draws the images.
-            allow_fewer: a class with fewer than ``per_class`` images gives all it has, instead of
-                raising :class:`~tgr_hub.errors.EpisodeError`.
-
-        Returns:
-            ``images [n, 3, H, W]`` float32 in [0, 1] (grouped by class, in ``classes`` order) and
-            ``labels [n]`` int64 teacher class ids.
-        """
-        if teacher not in self.teachers():
-            raise MemoryBankError(f"the memory bank holds nothing of teacher {teacher!r}; it has {self.teachers()}")
-        chosen = self.classes_of(teacher) if classes is None else [int(c) for c in classes]
-        xs, ys = [], []
-        for c in chosen:
-            stored = self.images_of(teacher, c)
-            if per_class is not None:
-                if per_class > stored.shape[0] and not allow_fewer:
-                    raise EpisodeError(
-                        f"class {c} of teacher {teacher!r} has {stored.shape[0]} images in the memory bank, "
-                        f"{per_class} were asked for"
-                    )
-                take = min(per_class, stored.shape[0])
-                stored = stored[torch.from_numpy(rng.choice(stored.shape[0], size=take, replace=False))]
-            xs.append(stored)
-            ys.append(torch.full((stored.shape[0],), c, dtype=torch.int64))
-        if not xs:
-            raise MemoryBankError(f"no classes asked for from teacher {teacher!r}")
-        return _to_float(torch.cat(xs)), torch.cat(ys)
-
-    def sample_episode(
-        self,
-        way: int,
-        shot: int,
-        query: int,
-        rng: np.random.Generator,
-        resize_to: int,
-        *,
-        distinct_names: bool = True,
-    ) -> BankEpisode:
-        """An N-way K-shot episode whose classes are ``(teacher, class)`` keys from across the bank.
-
-        The ``way`` classes are drawn uniformly among the keys holding at least ``shot + query``
-        images, so an episode mixes teachers; two keys with the same label name (two teachers
-        that share a class) never appear in one episode, since they are one class.
-
-        Args:
-            way, shot, query: classes, support and query images per class.
-            rng: draws the classes and images.
-            resize_to: side of the episode's images (teachers' input sizes may differ).
-            distinct_names: skip keys whose label name is already in the episode.
-
-        Returns:
-            A :class:`BankEpisode`; support/query grouped by class, labels ``0..way-1``.
-        """
-        if way < 1 or shot < 1 or query < 0:
-            raise EpisodeError(f"way and shot must be >= 1 and query >= 0, got way={way}, shot={shot}, query={query}")
-        need = shot + query
-        candidates = [k for k, slots in self._slots.items() if sum(s.shape[0] for s in slots) >= need]
-        chosen: list[tuple[str, int]] = []
-        seen: set[str] = set()
-        for index in rng.permutation(len(candidates)):
-            key = candidates[int(index)]
-            name = self._names.get(key, "")
-            if distinct_names and name:
-                if name in seen:
-                    continue
-                seen.add(name)
-            chosen.append(key)
-            if len(chosen) == way:
-                break
-        if len(chosen) < way:
-            raise EpisodeError(
-                f"the memory bank has {len(chosen)} distinct classes with at least {need} images; "
-                f"a {way}-way {shot}-shot episode with {query} queries needs {way}",
-                hint="recover more teachers/classes or lower the episode size",
-            )
-        sx, qx = [], []
-        for key in chosen:
-            stored = self.images_of(*key)
-            pick = torch.from_numpy(rng.choice(stored.shape[0], size=need, replace=False))
-            images = _resize(_to_float(stored[pick]), resize_to)
-            sx.append(images[:shot])
-            qx.append(images[shot:])
-        labels = torch.arange(way, dtype=torch.int64)
-        return BankEpisode(
-            support_x=torch.cat(sx),
-            support_y=labels.repeat_interleave(shot),
-            query_x=torch.cat(qx),
-            query_y=labels.repeat_interleave(query),
-            classes=chosen,
-        )
-
-    # -- persistence --------------------------------------------------------------------
-
-    def _chronological(self, key: tuple[str, int]) -> list[torch.Tensor]:
-        slots, written = self._slots[key], self._written[key]
-        if written <= self.bank_size:
-            return list(slots)
-        start = written % self.bank_size  # the oldest slot is the next one to be overwritten
-        return slots[start:] + slots[:start]
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the bank to ``path``, atomically.
-
-        ``path`` is either a ``.safetensors`` file (the index goes beside it, same name with
-        ``.json``) or a folder (``bank.safetensors`` + ``bank.json`` inside it).
-
-        Each file is written under a temporary name and renamed; both carry the same random
-        ``generation`` token, and :meth:`load` refuses a pair whose tokens differ (a save that
-        stopped between the two renames).
-        """
-        tensors_path, index_path = bank_files(path)
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        generation = secrets.token_hex(8)
-        tensors: dict[str, torch.Tensor] = {}
-        entries = []
-        for i, key in enumerate(self._slots):
-            slots = self._slots[key]
-            for j, slot in enumerate(slots):
-                tensors[f"k{i}.s{j}"] = slot.contiguous()
-            entries.append({
-                "teacher": key[0],
-                "class": key[1],
-                "name": self._names.get(key, ""),
-                "written": self._written[key],
-                "slots": len(slots),
-                "images": [int(s.shape[0]) for s in slots],
-                "shape": list(slots[0].shape[1:]),
-            })
-        index = {
-            "format": _BANK_FORMAT,
-            "version": _BANK_VERSION,
-            "generation": generation,
-            "bank_size": self.bank_size,
-            "storage": "uint8 (value = round(255 * x), x in [0, 1])",
-            "num_images": len(self),
-            "tasks": dict(self._tasks),
-            "entries": entries,
-        }
-        tmp_tensors = tensors_path.with_name(tensors_path.name + ".tmp")
-        save_file(tensors, str(tmp_tensors), metadata={"format": _BANK_FORMAT, "generation": generation})
-        os.replace(tmp_tensors, tensors_path)
-        tmp_index = index_path.with_name(index_path.name + ".tmp")
-        tmp_index.write_text(json.dumps(index, indent=2) + "\n")
-        os.replace(tmp_index, index_path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, bank_size: int | None = None) -> MemoryBank:
-        """Read a bank written by :meth:`save`.
-
-        Args:
-            path: the ``.safetensors`` file or the folder given to :meth:`save`.
-            bank_size: a new cap; ``None`` keeps the saved one. When smaller, the most recent
-                recoveries of each key are kept.
-        """
-        tensors_path, index_path = bank_files(path)
-        for needed in (index_path, tensors_path):
-            if not needed.is_file():
-                raise RunFolderError(f"memory bank file {needed} does not exist", hint="was the bank saved with MemoryBank.save?")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as error:
-            raise MemoryBankError(f"{index_path} is not valid JSON: {error}") from None
-        if not isinstance(index, dict) or index.get("format") != _BANK_FORMAT:
-            raise MemoryBankError(f"{index_path} is not a tgr-hub memory bank index")
-        if index.get("version") != _BANK_VERSION:
-            raise MemoryBankError(f"{index_path} has bank format version {index.get('version')}; this tgr-hub reads {_BANK_VERSION}")
-        with safe_open(str(tensors_path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("generation") != index.get("generation"):
-                raise MemoryBankError(
-                    f"{tensors_path} and {index_path} come from different saves",
-                    hint="the save was interrupted; delete both files to recover again",
-                )
-            saved = cls(int(index["bank_size"]))
-            saved._tasks = {str(t): int(n) for t, n in (index.get("tasks") or {}).items()}
-            for i, entry in enumerate(index["entries"]):
-                key = (str(entry["teacher"]), int(entry["class"]))
-                slots = [handle.get_tensor(f"k{i}.s{j}") for j in range(int(entry["slots"]))]
-                if any(s.dtype != torch.uint8 or list(s.shape[1:]) != list(entry["shape"]) for s in slots):
-                    raise MemoryBankError(f"{tensors_path}: tensors of {key} do not match the index")
-                saved._slots[key] = slots
-                saved._written[key] = int(entry["written"])
-                if entry.get("name"):
-                    saved._names[key] = str(entry["name"])
-        if bank_size is None or int(bank_size) == saved.bank_size:
-            return saved
-        resized = cls(int(bank_size))
-        resized._tasks = dict(saved._tasks)
-        for key in saved._slots:
-            for slot in saved._chronological(key):  # re-add oldest first: the newest survive a smaller cap
-                resized._add_slot(key, slot)
-            if key in saved._names:
-                resized._names[key] = saved._names[key]
-        return resized
-
-    def _add_slot(self, key: tuple[str, int], slot: torch.Tensor) -> None:
-        slots = self._slots.setdefault(key, [])
-        written = self._written.get(key, 0)
-        if written < self.bank_size:
-            slots.append(slot)
-        else:
-            slots[written % self.bank_size] = slot
-        self._written[key] = written + 1

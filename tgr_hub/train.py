@@ -1,14 +1,21 @@
-"""Meta-training with implicit gradient regularisation inside teacher groups (ALGORITHM.md stage 3).
+"""Meta-training with implicit gradient regularisation inside teacher groups (docs/method.md, stage 3).
 
 One iteration (step ``s``):
 
-    group  ─► m teachers ─► one pseudo-task each (from the memory bank)
-           ─► per-task losses L_i(θ) ─► IGR direction ─► Adam step
-           ─► replay: episodes mixing classes across teachers ─► Adam step
+    group  ─► m teachers ─► one pseudo-task each: freshly recovered (online recovery, every
+              ``recover.online_every`` steps) and added to the bank, else drawn from the bank
+           ─► per-task losses L_i(θ) ─► IGR direction (:func:`tgr_hub.igr.igr_direction`) ─► Adam step
+           ─► replay: episodes mixing classes across teachers, from the bank ─► Adam step
 
 Every ``eval_every`` steps the meta-model is evaluated on real episodes of the
 meta-*validation* split and the best state is kept. β = 0 with a single group of all
 teachers is the ERM baseline.
+
+Online recovery: teacher ``t``'s recovery at step ``s`` is seeded by the stream
+``[seed, RECOVER_ONLINE, s, t]`` and runs on process ``t % world``, which also keeps the
+teacher's warm-started generator (and its Adam state; ``recover.online_start = "warm"``); the
+images are exchanged as uint8 and inserted in task order, so every process holds the same bank.
+Checkpoints add the bank and the warm generators, so a resumed run continues exactly.
 
 Several processes (Accelerate)
 ------------------------------
@@ -21,10 +28,11 @@ The same code runs on 1 or N processes and gives the same meta-model (see
   depends on the number of processes, and resuming needs only the step number. Validation
   episodes come from their own seeded sampler and never touch the training streams.
 * **Tasks are split across processes.** Task ``i`` of a step is computed by process
-  ``i % world``. Its gradient ``g_i`` is exchanged exactly (:meth:`Distributed.gather_rows`),
-  every process forms ``ḡ`` in task order, displaces its own tasks ``θ_i' = θ + β(g_i − ḡ)``,
-  and the displaced gradients are exchanged the same way: the IGR direction is bitwise the one
-  a single process computes with :func:`tgr_hub.igr.igr_direction`. β = 0 skips the second
+  ``i % world``. The step is :func:`tgr_hub.igr.igr_direction` itself, given the exact exchange
+  (:meth:`Distributed.gather_rows`) as its ``gather``: every process forms ``ḡ`` in task order
+  from the exchanged ``g_i``, displaces its own tasks ``θ_i' = θ + β(g_i − ḡ)``, and the
+  displaced gradients are exchanged the same way: the IGR direction is bitwise the one a
+  single process computes. β = 0 skips the second
   pass (the direction is exactly ḡ). Replay episodes are shared out the same way. The
   second-order variant couples all tasks through ḡ's graph, so it is computed by the main
   process and broadcast.
@@ -57,12 +65,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .config import TrainConfig
+from . import seeds
+from .config import RecoverConfig, TrainConfig
 from .data import ImageSplit
-from .data.fewshot import EpisodeSampler
 from .distributed import (
     TRAINER_STATE,
     Distributed,
@@ -75,13 +83,20 @@ from .distributed import (
     unflatten,
 )
 from .errors import ConfigError, RunFolderError
-from .evaluate import confidence_interval, resolve_learner
-from .igr import displaced_params, igr_direction, mean_gradient, task_gradients
+from .evaluate import evaluate_model
+from .io import save_safetensors_atomic, write_json_atomic
+from .igr import Gather, igr_direction, mean_gradient
 from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
-from .recover import MemoryBank
+from .bank import MemoryBank, RecoveredTask, to_uint8
 from .progress import progress_bar
+from .recover import (
+    WarmGenerator,
+    recover_task,
+    recovery_quality,
+    sample_task_classes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +104,19 @@ __all__ = [
     "PseudoTask",
     "StepInfo",
     "TrainResult",
-    "evaluate_sharded",
     "make_pseudo_task",
     "meta_train",
     "pseudo_task_loss",
     "step_rng",
 ]
 
-_TRAIN_STREAM = 3  # SeedSequence key of meta-training (recovery uses [seed, i, r], embedding [seed, i, 2])
+_TRAIN_STREAM = seeds.TRAIN
 _CHOICE, _TASK, _REPLAY = 0, 1, 2
 _STATE_FORMAT = "tgr-hub-trainer-state"
 BEST_MODEL = "best_model.safetensors"
+BANK_FOLDER = "bank"  # inside a checkpoint: the memory bank as online recovery left it
+GENERATORS_FOLDER = "generators"  # inside a checkpoint: t00003.safetensors per warm-started teacher
+QUALITY = ("agreement", "bn_loss", "ce", "diversity")  # logged per online recovery (recovery_quality)
 # settings that may change between a checkpoint and its resumption without changing the result
 _RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "sync_check_every"}
 
@@ -137,6 +154,7 @@ class TrainResult:
     best_val_accuracy: float
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     resumed_from: int = 0  # the checkpoint step training continued from (0: from scratch)
+    bank: MemoryBank | None = None  # with online recovery: the bank as it ended (the input bank is left alone)
 
 
 @dataclass
@@ -196,7 +214,7 @@ def make_pseudo_task(
         query_idx += idx[shot:shot + query]
     remap = {cls: position for position, cls in enumerate(classes)}
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
-    support_idx_t, query_idx_t = torch.tensor(support_idx), torch.tensor(query_idx)
+    support_idx_t, query_idx_t = torch.tensor(support_idx, dtype=torch.long), torch.tensor(query_idx, dtype=torch.long)
     device = next(iter(member.model.parameters()), torch.empty(0)).device
     query_x = images[query_idx_t].to(device)
     with torch.no_grad():
@@ -319,40 +337,31 @@ class _Combiner:
         rows = {i: torch.tensor([loss], dtype=torch.float64) for i, loss in zip(own, losses)}
         return self.dist.gather_rows(rows, n, 1, torch.float64)[:, 0].tolist()
 
+    def gather(self, n: int) -> Gather:
+        """The exact exchange :func:`igr_direction` is given: own ``{i: g_i}`` -> all n, in task order."""
+        def exchange(rows: Mapping[int, Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
+            flat = {i: flatten(g, self.keys, self.dtype) for i, g in rows.items()}
+            table = self.dist.gather_rows(flat, n, self.grad_size, self.dtype)
+            return [unflatten(table[i], self.params, self.keys) for i in range(n)]
+        return exchange
+
     def combine(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
         """First-order IGR (β > 0) or the plain mean (β = 0) over ``n`` items, ``items`` being this process's.
 
-        Identical, operation for operation, to :func:`igr_direction` (order "first") on one process.
+        :func:`igr_direction` itself, with the exact cross-process exchange injected: bitwise what
+        it gives on one process. With a loss scale S the closures return S·L_i, so the
+        displacement uses β / S (the true gradients' displacement).
         """
         own = sorted(items)
         params = {k: self.params[k] for k in self.keys}
-        losses, grads = task_gradients([items[i] for i in own], params) if own else ([], [])
-        rows = {}
-        for i, g in zip(own, grads):
-            bn = flatten(items[i].buffers_after or {}, self.bn_keys, self.dtype)
-            rows[i] = torch.cat([flatten(g, self.keys, self.dtype), bn.to(self.dist.device)])
-        table = self.dist.gather_rows(rows, n, self.grad_size + self.bn_size, self.dtype)
-        all_grads = [unflatten(table[i, :self.grad_size], params, self.keys) for i in range(n)]
-        all_bn = [unflatten(table[i, self.grad_size:], self.buffers, self.bn_keys) for i in range(n)]
-        mean = mean_gradient(all_grads)
-        if beta == 0:
-            direction = mean
-        else:
-            # θ_i' = θ + β (g_i − ḡ) with the true (unscaled) gradients
-            unscaled = 1.0 / scale
-            own_grads = [{k: all_grads[i][k] * unscaled for k in self.keys} for i in own] if scale != 1.0 \
-                else [all_grads[i] for i in own]
-            own_mean = {k: v * unscaled for k, v in mean.items()} if scale != 1.0 else mean
-            displaced = displaced_params(params, own_grads, own_mean, beta)
-            rows = {}
-            for i, theta in zip(own, displaced):
-                _, (grad,) = task_gradients([items[i]], theta)
-                rows[i] = flatten(grad, self.keys, self.dtype)
-            table = self.dist.gather_rows(rows, n, self.grad_size, self.dtype)
-            direction = mean_gradient([unflatten(table[i], params, self.keys) for i in range(n)])
-        buffers = mean_gradient(all_bn) if self.bn_keys else {}
-        all_losses = self._exchange_losses(own, [v / scale for v in losses], n)
-        return _Combined(direction, all_losses, buffers)
+        result = igr_direction({i: items[i] for i in own}, params, beta / scale, gather=self.gather(n))
+        buffers: dict[str, Tensor] = {}
+        if self.bn_keys:  # the BatchNorm statistics each item's pass at θ left, averaged in item order
+            rows = {i: flatten(items[i].buffers_after or {}, self.bn_keys, self.dtype) for i in own}
+            table = self.dist.gather_rows(rows, n, self.bn_size, self.dtype)
+            buffers = mean_gradient([unflatten(table[i], self.buffers, self.bn_keys) for i in range(n)])
+        losses = self._exchange_losses(own, [v / scale for v in result.losses], n)
+        return _Combined(result.direction, losses, buffers)
 
     def second_order(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
         """The authors' second-order IGR: computed on the main process (``items`` = all n) and broadcast.
@@ -377,68 +386,15 @@ class _Combiner:
         return _Combined(direction, losses, mean_gradient(all_bn) if self.bn_keys else {})
 
 
-# --- evaluation on several processes ---------------------------------------------------------
-
-
-def evaluate_sharded(
-    model: MetaModel,
-    split: ImageSplit,
-    *,
-    way: int,
-    shots: Sequence[int],
-    query: int,
-    episodes: int,
-    learner: str,
-    seed: int,
-    dist: Distributed | None = None,
-    progress: bool = False,
-    desc: str = "evaluate",
-) -> dict[str, dict[str, Any]]:
-    """:func:`tgr_hub.evaluate.evaluate_model` with the episodes shared out over the processes.
-
-    Episode ``j`` is scored by process ``j % world``; the accuracies are exchanged exactly, so
-    every process returns the same dict, equal to what ``evaluate_model`` returns on one
-    process (same episodes, same adaptation, same statistics).
-    """
-    adapt_with, method = resolve_learner(learner, model)
-    device = next(model.parameters()).device
-    results: dict[str, dict[str, Any]] = {}
-    world_rank = (dist.world, dist.rank) if dist is not None else (1, 0)
-    mine = list(range(world_rank[1], episodes, world_rank[0]))
-    bar = progress_bar(total=len(mine) * len(shots), desc=f"{desc} {way}-way ({method})", disable=not progress,
-               unit="ep", leave=False)
-    try:
-        for shot in shots:
-            sampler = EpisodeSampler(split, way, int(shot), query, seed=seed)
-            rows = {}
-            for index in mine:
-                episode = sampler.episode(index)
-                classifier = adapt_with.adapt(model, episode.support_x.to(device), episode.support_y.to(device))
-                predicted = classifier.predict(episode.query_x.to(device))
-                rows[index] = torch.tensor([float((predicted.cpu() == episode.query_y).double().mean())],
-                                           dtype=torch.float64)
-                bar.update(1)
-            if dist is not None:
-                table = dist.gather_rows(rows, episodes, 1, torch.float64)[:, 0].cpu().numpy()
-            else:
-                table = torch.cat([rows[i] for i in range(episodes)]).numpy()
-            accuracies = np.asarray(table, dtype=np.float64)
-            mean, ci95 = confidence_interval(accuracies)
-            results[f"{int(shot)}shot"] = {
-                "mean": mean, "ci95": ci95, "std": float(accuracies.std()), "episodes": episodes,
-                "way": way, "shot": int(shot), "query": query, "method": method,
-            }
-    finally:
-        bar.close()
-    return results
-
-
 # --- checkpoint state ----------------------------------------------------------------------------
 
 
-def _settings(cfg: TrainConfig, seed: int) -> dict[str, Any]:
-    """What must match between a checkpoint and the run resuming it."""
-    return {"seed": int(seed), **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}}
+def _settings(cfg: TrainConfig, seed: int, recover: RecoverConfig | None = None) -> dict[str, Any]:
+    """What must match between a checkpoint and the run resuming it (``recover``: with online recovery)."""
+    settings = {"seed": int(seed), **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}}
+    if recover is not None:
+        settings["recover"] = asdict(recover)
+    return settings
 
 
 def _bank_summary(bank: MemoryBank) -> dict[str, int]:
@@ -455,16 +411,17 @@ def _read_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _check_resumable(state: dict[str, Any], cfg: TrainConfig, seed: int, bank: MemoryBank, path: Path) -> None:
-    saved, now = state.get("settings", {}), json.loads(json.dumps(_settings(cfg, seed)))
+def _check_resumable(state: dict[str, Any], cfg: TrainConfig, seed: int, bank_summary: dict[str, int], path: Path,
+                     recover: RecoverConfig | None = None) -> None:
+    saved, now = state.get("settings", {}), json.loads(json.dumps(_settings(cfg, seed, recover)))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(f"cannot resume from {path}: the settings changed ({detail})",
                           hint="resume with the interrupted run's settings, or delete the checkpoints to start over")
-    if state.get("bank") != _bank_summary(bank):
+    if state.get("bank") != bank_summary:
         raise ConfigError(f"cannot resume from {path}: the memory bank changed since it was saved "
-                          f"({state.get('bank')} -> {_bank_summary(bank)})",
+                          f"({state.get('bank')} -> {bank_summary})",
                           hint="delete the checkpoints to start meta-training over")
 
 
@@ -480,8 +437,17 @@ class _MetaTrainer:
 
     def __init__(self, model: MetaModel, members: list[PoolMember], bank: MemoryBank, groups: list[list[int]],
                  cfg: TrainConfig, *, val_split: ImageSplit, seed: int, dist: Distributed,
-                 checkpoint_dir: Path | None) -> None:
-        self.members, self.bank, self.groups, self.cfg = members, bank, groups, cfg
+                 checkpoint_dir: Path | None, recover: RecoverConfig | None = None,
+                 generators: Mapping[int, Mapping[str, Tensor]] | None = None) -> None:
+        self.members, self.groups, self.cfg = members, groups, cfg
+        # online recovery: the bank grows during training (on a copy: the caller's bank is left alone)
+        self.online = recover if recover is not None and recover.online_every > 0 else None
+        self.initial_bank = _bank_summary(bank)
+        self.bank = bank.copy() if self.online is not None else bank
+        self.warm: dict[int, WarmGenerator] = {}  # warm-started generators of the teachers this process owns
+        self.last_quality: dict[str, float] | None = None  # of the last step's online recoveries
+        self.recoveries = [0] * len(members)  # online recoveries per teacher (every process counts all)
+
         self.val_split, self.seed, self.dist, self.checkpoint_dir = val_split, seed, dist, checkpoint_dir
         self.accelerator = dist.accelerator
         self.learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
@@ -492,9 +458,16 @@ class _MetaTrainer:
         self.optimizer = self.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.lr))
         for member in members:
             member.to(dist.device)
+        if self.online is not None and self.online.online_start == "warm":
+            for t in self._owned_teachers():  # the generators the up-front recovery left, if any (on the teachers' device)
+                if t in (generators or {}):
+                    self.warm[t] = self._fresh_warm(t)
+                    self.warm[t].load_state_tensors(dict(generators[t]))
         dist.broadcast_module(self.model)  # identical start on every process, whatever each one built
 
         self.history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
+        if self.online is not None:
+            self.history.update({f"recover_{k}": [] for k in QUALITY})
         self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.best_step, self.best_acc = 0, -math.inf
 
@@ -525,8 +498,10 @@ class _MetaTrainer:
                 logger.info("no checkpoint in %s: meta-training starts from step 0", folder)
             return 0
         state = _read_trainer_state(found)
-        _check_resumable(state, self.cfg, self.seed, self.bank, found)
+        _check_resumable(state, self.cfg, self.seed, self.initial_bank, found, self.online)
         load_checkpoint(dist, found)
+        if self.online is not None:
+            self._restore_online(found, state)
         start = int(state["step"])
         self.history = {k: [(int(s), float(v)) for s, v in values] for k, values in state["history"].items()}
         self.best_step, self.best_acc = int(state["best_step"]), float(state["best_val_accuracy"])
@@ -534,29 +509,52 @@ class _MetaTrainer:
         logger.info("resuming meta-training from %s (step %d of %d)", found.name, start, self.cfg.iterations)
         return start
 
+    def _restore_online(self, found: Path, state: dict[str, Any]) -> None:
+        """The bank, the per-teacher recovery counts and this process's warm generators of a checkpoint."""
+        self.bank = MemoryBank.load(found / BANK_FOLDER)
+        self.recoveries = [int(r) for r in state["online"]["recoveries"]]
+        self.warm = {}
+        for t in self._owned_teachers():
+            path = found / GENERATORS_FOLDER / f"t{t:05d}.safetensors"
+            if path.is_file():
+                warm = self._fresh_warm(t)
+                warm.load_state_tensors(load_file(str(path)))
+                self.warm[t] = warm
+
     def checkpoint(self, step: int) -> None:
         assert self.checkpoint_dir is not None  # meta_train checks it
         save_checkpoint(self.dist, self.checkpoint_dir, step, lambda folder: self._write_state(folder, step),
-                        keep=self.cfg.keep_checkpoints)
+                        keep=self.cfg.keep_checkpoints, write_own=self._write_generators if self.warm else None)
+
+    def _write_generators(self, folder: Path) -> None:
+        """Every process writes the warm generators of the teachers it owns (into the temp folder)."""
+        target = folder / GENERATORS_FOLDER
+        target.mkdir(exist_ok=True)
+        for t, warm in sorted(self.warm.items()):
+            save_safetensors_atomic(target / f"t{t:05d}.safetensors", warm.state_tensors())
 
     def _write_state(self, folder: Path, step: int) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.best_state.items()}, str(folder / BEST_MODEL))
+        save_safetensors_atomic(folder / BEST_MODEL, self.best_state)
         state = {
             "format": _STATE_FORMAT, "version": 1, "step": step, "iterations": self.cfg.iterations,
-            "world_size": self.dist.world, "settings": _settings(self.cfg, self.seed), "bank": _bank_summary(self.bank),
+            "world_size": self.dist.world, "settings": _settings(self.cfg, self.seed, self.online),
+            "bank": self.initial_bank,
             "sampling": "counter-based: numpy default_rng([seed, 3, step, ...]); the step is the position",
             "best_step": self.best_step, "best_val_accuracy": self.best_acc, "history": self.history,
         }
-        (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")  # inside the temp folder
+        if self.online is not None:
+            self.bank.save(folder / BANK_FOLDER)
+            state["online"] = {"recoveries": self.recoveries}
+        write_json_atomic(folder / TRAINER_STATE, state)  # inside the temp folder
 
     # --- one step --------------------------------------------------------------------------------
 
     def validate(self, step: int) -> None:
         """Meta-validation accuracy on real episodes; keeps the best state."""
         cfg, shot = self.cfg, self.cfg.replay_shot
-        metrics = evaluate_sharded(self.model, self.val_split, way=cfg.replay_way, shots=[shot], query=cfg.replay_query,
-                                   episodes=cfg.val_episodes, learner=cfg.learner, seed=self.seed + 1, dist=self.dist,
-                                   progress=False)
+        metrics = evaluate_model(self.model, self.val_split, way=cfg.replay_way, shots=[shot], query=cfg.replay_query,
+                                 episodes=cfg.val_episodes, learner=cfg.learner, seed=self.seed + 1, dist=self.dist,
+                                 progress=False)
         accuracy = metrics[f"{shot}shot"]["mean"]
         self.history["val_acc"].append((step, accuracy))
         if accuracy > self.best_acc:
@@ -573,12 +571,18 @@ class _MetaTrainer:
         scale = self._loss_scale()
         chosen = _choose_teachers(self.groups, cfg.teachers_per_step, step_rng(self.seed, step, _CHOICE))
         n = len(chosen)
+        self.last_quality = None
+        fresh = self.recover_fresh(step, chosen) if self._online_step(step) else None
         second = cfg.igr_order == "second" and cfg.beta != 0
         # second order couples all tasks through ḡ's graph: the main process computes them all
         mine = (range(n) if dist.is_main else range(0)) if second else dist.shard(n)
         items = {}
         for i in mine:
-            task = make_pseudo_task(self.members[chosen[i]], self.bank, way=cfg.replay_way, shot=cfg.replay_shot,
+            source = self.bank
+            if fresh is not None:  # this step's IGR uses the freshly recovered task, not the bank
+                source = MemoryBank(1)
+                source.add(fresh[i])
+            task = make_pseudo_task(self.members[chosen[i]], source, way=cfg.replay_way, shot=cfg.replay_shot,
                                     query=cfg.replay_query, temperature=cfg.distill_temperature,
                                     rng=step_rng(self.seed, step, _TASK, i)).to(dist.device)
             items[i] = self._item(lambda p, t=task: pseudo_task_loss(self.learner, self.model, t, p, kind=cfg.task_loss,
@@ -590,6 +594,74 @@ class _MetaTrainer:
             combined = self.combiner.combine(items, n, beta=cfg.beta, scale=scale)
         self._apply(combined)
         return combined
+
+    # --- online recovery ---------------------------------------------------------------------------
+
+    def _online_step(self, step: int) -> bool:
+        return self.online is not None and step % self.online.online_every == 0
+
+    def _owned_teachers(self) -> list[int]:
+        """Teachers whose recoveries (and warm generator) live on this process: ``t % world == rank``."""
+        return self.dist.shard(len(self.members))
+
+    def _fresh_warm(self, t: int) -> WarmGenerator:
+        assert self.online is not None
+        return WarmGenerator.for_teacher(self.members[t], self.online, self.seed, t)
+
+    def recover_fresh(self, step: int, chosen: list[int]) -> list[RecoveredTask]:
+        """Recover a fresh pseudo-task from each chosen teacher and add them to the bank, in task order.
+
+        Teacher ``t``'s recovery runs on process ``t % world`` from the stream
+        ``[seed, RECOVER_ONLINE, step, t]`` (warm: continuing the teacher's own generator and
+        Adam state); the images are exchanged as uint8 (exactly what the bank stores), so every
+        process inserts the same images in the same order and holds the same bank.
+
+        Returns:
+            The tasks in ``chosen`` order, images as the bank holds them (uint8 / 255).
+        """
+        cfg, dist = self.online, self.dist
+        assert cfg is not None
+        plans = []
+        for t in chosen:
+            sequence = seeds.seed_sequence(self.seed, seeds.RECOVER_ONLINE, step, t)
+            classes = sample_task_classes(self.members[t], cfg.max_way, np.random.default_rng(sequence.spawn(1)[0]))
+            plans.append((t, classes, int(sequence.generate_state(1)[0])))
+        shapes = [(len(classes) * cfg.images_per_class, 3, *(int(v) for v in self.members[t].input_size[1:]))
+                  for t, classes, _ in plans]
+        size = max(math.prod(shape) for shape in shapes)
+        rows, quality_rows = {}, {}
+        for i, (t, classes, task_seed) in enumerate(plans):
+            if t % dist.world != dist.rank:
+                continue
+            member = self.members[t]
+            if cfg.online_start == "warm":
+                warm = self.warm.get(t)
+                if warm is None:
+                    warm = self.warm[t] = self._fresh_warm(t)
+                steps = cfg.steps if warm.recoveries == 0 else cfg.online_steps  # a new generator starts cold
+                task = recover_task(member, classes, cfg, seed=task_seed, warm=warm, steps=steps)
+            else:
+                task = recover_task(member, classes, cfg, seed=task_seed, steps=cfg.online_steps)
+            quality = recovery_quality(member, task)
+            flat = to_uint8(task.images).reshape(-1)
+            rows[i] = torch.cat([flat, flat.new_zeros(size - flat.numel())])
+            quality_rows[i] = torch.tensor([quality[k] for k in QUALITY], dtype=torch.float64)
+        images = dist.gather_rows(rows, len(plans), size, torch.uint8).cpu()
+        qualities = dist.gather_rows(quality_rows, len(plans), len(QUALITY), torch.float64).cpu()
+        tasks = []
+        for i, ((t, classes, _), shape) in enumerate(zip(plans, shapes)):
+            member = self.members[t]
+            names = list(member.label_names or [])
+            task = RecoveredTask(
+                images=images[i, :math.prod(shape)].view(shape).float() / 255,
+                labels=torch.tensor(classes, dtype=torch.int64).repeat_interleave(cfg.images_per_class),
+                teacher=member.name, loss=float("nan"), classes=classes,
+                class_names=[str(names[c]) if c < len(names) else "" for c in classes])
+            self.bank.add(task)
+            self.recoveries[t] += 1
+            tasks.append(task)
+        self.last_quality = {f"recover_{k}": float(qualities[:, j].mean()) for j, k in enumerate(QUALITY)}
+        return tasks
 
     def replay_step(self, step: int) -> _Combined | None:
         """The replay step: episodes mixing classes across teachers, their mean gradient applied."""
@@ -642,7 +714,8 @@ class _MetaTrainer:
             best_acc = float("nan")
         unwrapped = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         assert unwrapped is self.model or isinstance(unwrapped, MetaModel)
-        return TrainResult(self.best_state, self.best_step, best_acc, self.history, resumed_from=resumed_from)
+        return TrainResult(self.best_state, self.best_step, best_acc, self.history, resumed_from=resumed_from,
+                           bank=self.bank if self.online is not None else None)
 
 
 def meta_train(
@@ -659,6 +732,8 @@ def meta_train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
+    recover: RecoverConfig | None = None,
+    generators: Mapping[int, Mapping[str, Tensor]] | None = None,
 ) -> TrainResult:
     """Meta-train ``model`` in place with IGR inside teacher groups, then replay episodes.
 
@@ -682,6 +757,15 @@ def meta_train(
         resume: continue from the newest complete checkpoint in ``checkpoint_dir``, if any.
             Without ``resume``, an existing checkpoint is an error (nothing is overwritten).
         on_step: called with a :class:`StepInfo` after every step, on every process.
+        recover: the recovery settings, for online recovery (``recover.online_every > 0``): every
+            ``online_every`` steps each chosen teacher's task is recovered afresh, used for the
+            IGR step and added to (a copy of) ``bank``; ``None`` or ``online_every = 0``: every
+            task comes from ``bank`` as given. The recovery quality goes into the history
+            (``recover_agreement``, ``recover_bn_loss``, ``recover_ce``, ``recover_diversity``).
+        generators: with warm online recovery, ``{teacher index: WarmGenerator.state_tensors()}``
+            the up-front recovery left (see :func:`tgr_hub.pipeline.recover_pool`): those teachers'
+            online recoveries continue them; a teacher without one starts a new generator, whose
+            first recovery runs ``recover.steps`` steps instead of ``recover.online_steps``.
 
     Raises:
         ConfigError: checkpointing without ``checkpoint_dir``, or resuming with other settings.
@@ -693,7 +777,7 @@ def meta_train(
     if cfg.checkpoint_every > 0 and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
     trainer = _MetaTrainer(model, members, bank, groups, cfg, val_split=val_split, seed=seed, dist=dist,
-                           checkpoint_dir=checkpoint_dir)
+                           checkpoint_dir=checkpoint_dir, recover=recover, generators=generators)
     start = trainer.restore(resume)
     if start == 0:
         trainer.validate(0)
@@ -704,6 +788,8 @@ def meta_train(
         done = step + 1
         combined = trainer.task_step(step)
         losses = {"task_loss": float(np.mean(combined.losses))}
+        if trainer.last_quality is not None:
+            losses.update(trainer.last_quality)
         replayed = trainer.replay_step(step)
         if replayed is not None:
             losses["replay_loss"] = float(np.mean(replayed.losses))

@@ -1,0 +1,253 @@
+"""Mutation check: plant one-line bugs in a copy of the repository and see whether the tests catch them.
+
+Not part of the test suite (it runs the relevant tests once per mutant: tens of minutes on a
+2-core CPU). Each mutant below is a file, an exact snippet of that file and its replacement;
+for each one the repository is copied to a temporary folder, the snippet replaced (exactly
+once), and ``python -m pytest -q -x <tests>`` run inside the copy (the copy first on
+``PYTHONPATH``, so the copy's ``tgr_hub`` is the one imported, in the tests and in the
+subprocesses they start). A failing run means the mutant was **caught**; a passing one that it
+**survived**. A snippet that is not found exactly once is reported as ``NOT APPLIED`` (a stale
+mutant after the code moved: update its snippet), never as caught.
+
+    python bench/mutants.py                  # every mutant; prints the table at the end
+    python bench/mutants.py --list           # the mutants, and whether each snippet still applies
+    python bench/mutants.py --only replay-off --only igr-sign
+    python bench/mutants.py --baseline       # first run each test selection unmutated (must pass)
+
+Exit status 0 when every mutant that was run is caught, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    original: str  # must occur exactly once in the file
+    replacement: str
+    tests: tuple[str, ...]  # pytest arguments (files, node ids, -k expressions)
+    why: str
+
+
+# The mutation list: data, so that snippets can be updated when the code they point at moves.
+MUTANTS: list[Mutant] = [
+    # --- the four bugs of issue 16 ------------------------------------------------------------------
+    Mutant("no-optimiser-step", "tgr_hub/train.py",
+           "        self.optimizer.step()\n",
+           "        pass  # MUTANT: the optimiser never steps\n",
+           ("tests/test_train.py",),
+           "meta-training never updates the model"),
+    Mutant("replay-off", "tgr_hub/train.py",
+           "        if not (cfg.replay and cfg.replay_batch > 0):\n",
+           "        if True:  # MUTANT: replay never runs\n",
+           ("tests/test_train.py",),
+           "the replay step returns nothing"),
+    Mutant("no-token-scrub", "tgr_hub/hub/client.py",
+           '    """``text`` without any token in it (the explicit one, the configured one, or any ``hf_...``)."""\n',
+           '    return text  # MUTANT: no scrubbing\n',
+           ("tests/test_hub.py", "-k", "token or error"),
+           "error and log text is not scrubbed of the token"),
+    Mutant("no-pickle-gate", "tgr_hub/hub/resolve.py",
+           "        if not allow_pickle:\n",
+           "        if False:  # MUTANT: the resolver downloads pickles without opt-in\n",
+           ("tests/test_hub.py", "-k", "pickle or download"),
+           "the Hub resolver's pickle gate removed"),
+    Mutant("duplicate-resolved-twice", "tgr_hub/hub/resolve.py",
+           "                   for key, i in first_of.items()}\n",
+           "                   for key, i in [*first_of.items(), *((keys[j], j) for j in range(len(keys))"
+           " if j != first_of[keys[j]])]}  # MUTANT: duplicates resolved again\n",
+           ("tests/test_hub.py", "-k", "concurrently"),
+           "a duplicate pool entry is resolved twice"),
+    # --- online recovery (issue 11) -------------------------------------------------------------------
+    Mutant("online-task-not-banked", "tgr_hub/train.py",
+           "            self.bank.add(task)\n",
+           "            pass  # MUTANT: the fresh online task never enters the memory bank\n",
+           ("tests/test_online.py",),
+           "an online recovery is used for the IGR step but not inserted into the bank"),
+    Mutant("warm-generator-not-carried", "tgr_hub/train.py",
+           "                warm = self.warm.get(t)\n",
+           "                warm = None  # MUTANT: every warm online recovery starts a new generator\n",
+           ("tests/test_online.py", "-k", "warm"),
+           "warm online recovery does not carry the teacher's generator and Adam state over"),
+    # --- the method's core ---------------------------------------------------------------------------
+    Mutant("igr-sign", "tgr_hub/igr.py",
+           "        diff = torch._foreach_sub([g[k].detach() for k in keys], mean)\n",
+           "        diff = torch._foreach_sub(mean, [g[k].detach() for k in keys])  # MUTANT: displaced the wrong way\n",
+           ("tests/test_igr.py",),
+           "IGR displaces θ by β(ḡ − g_i) instead of β(g_i − ḡ)"),
+    Mutant("fisher-abs", "tgr_hub/embed.py",
+           "                sq_sum[k] += (g.detach() ** 2).sum(dim=0)\n",
+           "                sq_sum[k] += g.detach().abs().sum(dim=0)  # MUTANT: |g| instead of g²\n",
+           ("tests/test_embed.py",),
+           "the vmapped Fisher diagonal sums |g| instead of g²"),
+    Mutant("similarity-not-dissimilarity", "tgr_hub/embed.py",
+           "            dist[i] += 1.0 - cos.clamp(0.0, 1.0)\n",
+           "            dist[i] += cos.clamp(0.0, 1.0)  # MUTANT: similarity\n",
+           ("tests/test_embed.py",),
+           "the dissimilarity matrix holds cosine similarities"),
+    Mutant("group-similar-teachers", "tgr_hub/group.py",
+           "            labels = model.fit_predict(mat)\n",
+           "            labels = model.fit_predict(mat.max() - mat)  # MUTANT: affinity = similarity\n",
+           ("tests/test_group.py",),
+           "spectral grouping puts similar teachers together instead of dissimilar ones"),
+    Mutant("query-overlaps-support", "tgr_hub/data/fewshot.py",
+           "            query.append(chosen[self.shot:])\n",
+           "            query.append(chosen[self.shot - 1:-1])  # MUTANT: a support image among the queries\n",
+           ("tests/test_episodes.py", "tests/test_data.py"),
+           "episodes reuse a support image as a query"),
+    Mutant("resume-redoes-a-step", "tgr_hub/train.py",
+           '        start = int(state["step"])\n',
+           '        start = max(int(state["step"]) - 1, 0)  # MUTANT: resumes one step early\n',
+           ("tests/test_resume.py",),
+           "a resumed run applies the checkpoint's last step twice"),
+    Mutant("bn-loss-no-variance", "tgr_hub/recover.py",
+           "            torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var)\n",
+           "            torch.linalg.vector_norm(mean - module.running_mean)  # MUTANT: variance term dropped\n",
+           ("tests/test_recover.py",),
+           "model inversion's BatchNorm loss ignores the variances"),
+    Mutant("bank-not-cyclic", "tgr_hub/bank.py",
+           "            slots[written % self.bank_size] = slot\n",
+           "            slots[0] = slot  # MUTANT: always overwrites the first slot\n",
+           ("tests/test_recover.py",),
+           "the memory bank overwrites one slot instead of the oldest"),
+    Mutant("no-divergence-check", "tgr_hub/distributed.py",
+           "        if len(set(digests)) != 1:\n",
+           "        if False:  # MUTANT: ranks never compare\n",
+           ("tests/test_distributed.py", "-k", "diverged"),
+           "ranks never notice that they hold different models"),
+    Mutant("pickle-loaded-unsafely", "tgr_hub/models/hub_layout.py",
+           '            state = torch.load(path, map_location="cpu", weights_only=True)\n',
+           '            state = torch.load(path, map_location="cpu", weights_only=False)  # MUTANT\n',
+           ("tests/test_pool.py",),
+           "opted-in pickles are unpickled with arbitrary objects allowed"),
+]
+
+# Folders never copied (they are large or belong to the machine, not the code).
+IGNORE = shutil.ignore_patterns(".git", ".venv", "runs", "pool", "__pycache__", ".pytest_cache", "*.egg-info",
+                                "artifacts")
+
+
+def apply(mutant: Mutant, root: Path) -> str | None:
+    """Apply ``mutant`` to the copy at ``root``; the reason when it cannot be applied, else None."""
+    path = root / mutant.file
+    if not path.is_file():
+        return f"{mutant.file} does not exist"
+    text = path.read_text(encoding="utf-8")
+    count = text.count(mutant.original)
+    if count != 1:
+        return f"snippet found {count} times in {mutant.file} (must be exactly once)"
+    path.write_text(text.replace(mutant.original, mutant.replacement), encoding="utf-8")
+    return None
+
+
+def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
+    """Run pytest on ``tests`` inside the copy; ``(outcome, seconds, tail of the output)``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TQDM_DISABLE": "1"}
+    # which tgr_hub the copy's tests import: it must be the copy's
+    where = subprocess.run([sys.executable, "-c", "import tgr_hub, sys; sys.stdout.write(tgr_hub.__file__)"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    if not where.stdout.startswith(str(root)):
+        return "ERROR", 0.0, f"the copy imports tgr_hub from {where.stdout or where.stderr[-500:]}, not from {root}"
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
+                               *tests], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "TIMEOUT", time.perf_counter() - start, ""
+    seconds = time.perf_counter() - start
+    output = done.stdout + done.stderr
+    tail = output[-1500:]
+    failed = [line.split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ")
+              for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if failed:
+        tail = failed[0]  # the first failing test: what caught the mutant
+    if done.returncode == 0:
+        return "passed", seconds, tail
+    if done.returncode == 1:
+        return "failed", seconds, tail
+    return f"pytest status {done.returncode}", seconds, tail
+
+
+def copy_repo(where: Path) -> Path:
+    root = where / "repo"
+    shutil.copytree(ROOT, root, ignore=IGNORE, symlinks=True)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and whether each still applies")
+    parser.add_argument("--baseline", action="store_true",
+                        help="first run each mutant's tests on the unmutated copy (they must pass)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per pytest run (default 1200)")
+    args = parser.parse_args(argv)
+
+    names = [m.name for m in MUTANTS]
+    unknown = sorted(set(args.only or []) - set(names))
+    if unknown:
+        parser.error(f"unknown mutant(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+
+    if args.list:
+        with tempfile.TemporaryDirectory(prefix="tgr-mutants-") as tmp:
+            root = copy_repo(Path(tmp))
+            for mutant in chosen:
+                text = (root / mutant.file).read_text(encoding="utf-8") if (root / mutant.file).is_file() else ""
+                state = "applies" if text.count(mutant.original) == 1 else "NOT APPLIED (snippet not found once)"
+                print(f"{mutant.name:<30} {mutant.file:<28} {' '.join(mutant.tests):<40} {state}\n    {mutant.why}")
+        return 0
+
+    rows: list[tuple[str, str, str, float, str]] = []
+    started = time.perf_counter()
+    baseline_done: dict[tuple[str, ...], str] = {}
+    for mutant in chosen:
+        with tempfile.TemporaryDirectory(prefix="tgr-mutants-") as tmp:
+            root = copy_repo(Path(tmp))
+            if args.baseline and mutant.tests not in baseline_done:
+                outcome, seconds, tail = run_tests(root, mutant.tests, args.timeout)
+                baseline_done[mutant.tests] = outcome
+                print(f"baseline {' '.join(mutant.tests)}: {outcome} ({seconds:.0f} s)", flush=True)
+                if outcome != "passed":
+                    print(tail, flush=True)
+            if args.baseline and baseline_done[mutant.tests] != "passed":
+                rows.append((mutant.name, " ".join(mutant.tests), "ERROR (tests fail unmutated)", 0.0, ""))
+                continue
+            problem = apply(mutant, root)
+            if problem is not None:
+                rows.append((mutant.name, " ".join(mutant.tests), f"NOT APPLIED: {problem}", 0.0, ""))
+                print(f"{mutant.name}: NOT APPLIED ({problem})", flush=True)
+                continue
+            outcome, seconds, tail = run_tests(root, mutant.tests, args.timeout)
+        verdict = {"failed": "caught", "passed": "SURVIVED", "TIMEOUT": "caught (timeout)"}.get(outcome, f"ERROR ({outcome})")
+        caught_by = tail if verdict == "caught" else ""
+        rows.append((mutant.name, " ".join(mutant.tests), verdict, seconds, caught_by))
+        print(f"{mutant.name}: {verdict} ({seconds:.0f} s) {caught_by}", flush=True)
+        if verdict.startswith("ERROR"):
+            print(tail, flush=True)
+
+    print()
+    print(f"{'mutant':<30} {'tests':<40} {'result':<12} {'time':>7}  first failing test")
+    for name, tests, verdict, seconds, caught_by in rows:
+        print(f"{name:<30} {tests:<40} {verdict:<12} {seconds:>6.0f}s  {caught_by}")
+    caught = sum(row[2].startswith("caught") for row in rows)
+    print(f"\n{caught}/{len(rows)} caught in {time.perf_counter() - started:.0f} s")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
