@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads while training (default 1: fastest for small teachers, even on a busy CPU; "
                         "0 keeps torch's default)")
+    parser.add_argument("--device", default=None,
+                        help="where the teachers train: cpu, cuda, cuda:1 ... (default: Accelerate's device, "
+                        "the GPU when one is visible; only the CPU is bit-exact from run to run)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--push-org", metavar="ORG",
                         help="also push each teacher to the Hub as ORG/<pool>-tNN and write OUT/repo-list-hub.txt")
@@ -49,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from tgr_hub.teachers import format_table, make_pool
 
     pool: dict = {}
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         way=cfg.pool.way, epochs=cfg.pool.epochs, seed=cfg.seed, batch_size=cfg.pool.batch_size, lr=cfg.pool.lr,
         data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, image_size=cfg.data.image_size,
         num_threads=args.threads or None, progress=not args.no_progress,
+        device=args.device or PartialState().device,
     )
     elapsed = time.perf_counter() - started
     say(format_table(reports))

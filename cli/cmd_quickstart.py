@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from tgr_hub.data import load_split
     from tgr_hub.evaluate import average_baseline, eval_settings, evaluate_model, random_baseline
     from tgr_hub.pipeline import run_tgr
@@ -41,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     pool = cfg.pool
+    # Accelerate's device (a GPU when one is visible), the one the TGR and ERM runs use too.
+    device = PartialState().device
     make_pool(out / "pool", dataset=cfg.data.dataset, domains=pool.domains, archs=pool.archs, teachers=pool.teachers,
               way=pool.way, epochs=pool.epochs, seed=cfg.seed, batch_size=pool.batch_size, lr=pool.lr,
-              data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir)
+              data_seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, device=device)
     timings["make-pool"] = time.perf_counter() - start
     repo_list = out / "pool" / "repo-list.txt"
 
@@ -68,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
     test = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size, seed=cfg.data.seed,
                       cache_dir=cfg.data.cache_dir)
     eval_kwargs = dict(seed=cfg.seed, **eval_settings(cfg.eval, cfg.train.learner))  # as run_tgr's final test
+    # The baselines run where the runs ran (Accelerate's device: the GPU on a GPU machine), not on the CPU.
     rows = {
-        "Random": evaluate_model(random_baseline(cfg.train.arch, cfg.data.image_size, seed=cfg.seed), test, **eval_kwargs),
-        "Average": evaluate_model(average_baseline(load_pool(repo_list)), test, **eval_kwargs),
+        "Random": evaluate_model(random_baseline(cfg.train.arch, cfg.data.image_size, seed=cfg.seed).to(device), test,
+                                 **eval_kwargs),
+        "Average": evaluate_model(average_baseline(load_pool(repo_list)).to(device), test, **eval_kwargs),
         "ERM": erm.metrics[cfg.eval.split],
         "TGR": tgr.metrics[cfg.eval.split],
     }
@@ -88,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
         say(f"{method:<8}{cells}")
     say(f"total time {timings['total'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()
                                                              if k != "total") + ")")
-    write_json(out / "results.json", {"table": rows, "timings_s": timings, "config": cfg.to_dict()})
+    write_json(out / "results.json", {"table": rows, "timings_s": timings, "device": str(device),
+                                      "config": cfg.to_dict()})
     return 0

@@ -382,6 +382,7 @@ class RunResult:
     metrics: dict[str, Any]
     timings: dict[str, float]
     is_main: bool = True  # False on the other processes of a multi-process run (they write nothing)
+    device: torch.device = torch.device("cpu")  # where the stages ran (Accelerate's device)
 
 
 def run_tgr(
@@ -416,6 +417,7 @@ def run_tgr(
     dist = dist if dist is not None else Distributed(
         make_accelerator(cfg.train.mixed_precision, log_with=log_with, project_dir=out / "logs"))
     torch.manual_seed(cfg.seed)
+    logger.info("run %s on %s (mixed precision %s)", out, dist.device, cfg.train.mixed_precision)
     prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress, dist=dist)
     members, groups, timings = prepared.members, prepared.groups, prepared.timings
     progress = progress and dist.is_main
@@ -458,12 +460,13 @@ def run_tgr(
             "metrics": metrics,
             "history": result.history,
             "timings_s": timings,
+            "device": str(dist.device),
         }
         save_meta_model(model, out, tgr_config=tgr_config)
     dist.barrier()
     if log_with:
         dist.accelerator.end_training()
-    return RunResult(out, model, groups, metrics, timings, is_main=dist.is_main)
+    return RunResult(out, model, groups, metrics, timings, is_main=dist.is_main, device=dist.device)
 
 
 def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
