@@ -6,7 +6,8 @@ still leaves what it finished):
 
 1. ``tests``: ``TGR_HUB_TEST_DEVICE=<device> pytest`` on the device-independent numerical tests
    (IGR against double-backward autograd, fused against sequential IGR, vmapped Fisher against the
-   per-sample loop; ``tests/conftest.py``'s ``device`` fixture puts them on the device).
+   per-sample loop, a teacher trained on the device; ``tests/conftest.py``'s ``device`` fixture
+   puts them on the device).
 2. ``paper``: the ``paper`` preset's recovery and meta-training (MAML learner) on ``m`` teachers of
    the quickstart pool: the up-front recovery per teacher, then a few meta-training iterations with
    online recovery every step, (a) cold at the reference's ``recover.online_steps`` (200) and (b)
@@ -59,8 +60,8 @@ README_CPU_REFERENCE = {
     "stages_s": {"make-pool": 162.0, "tgr": 383.0, "tgr/meta-train": 337.0, "erm": 287.0, "baselines": 65.0},
 }
 
-TESTS = ["tests/test_igr.py", "tests/test_embed.py"]
-TEST_SELECTION = "penalty_gradient or fused_and_sequential or vmapped_fisher"
+TESTS = ["tests/test_igr.py", "tests/test_embed.py", "tests/test_teachers.py"]
+TEST_SELECTION = "penalty_gradient or fused_and_sequential or vmapped_fisher or train_teacher_on_the_test_device"
 
 
 def _sync(device: torch.device) -> None:
@@ -230,12 +231,12 @@ def print_table(report: dict[str, Any]) -> None:
         same = ref.get("workload") == qs["workload"]
         print(f"\nquickstart per stage (s); CPU reference: {ref.get('source', 'none')}"
               f"{'' if same else ' [DIFFERENT WORKLOAD: no speed-up computed]'}")
-        print(f"{'stage':<12}{dev + ' fp32':>14}{dev + ' bf16':>14}{'CPU ref':>10}{'speed-up':>10}")
+        print(f"{'stage':<18}{dev + ' fp32':>14}{dev + ' bf16':>14}{'CPU ref':>10}{'speed-up':>10}")
         for stage, t in qs["stages_s"].items():
             b = (bf or {}).get("stages_s", {}).get(stage)
             r = ref.get("stages_s", {}).get(stage)
             speed = f"{r / t:.1f}x" if (same and r and t) else "-"
-            print(f"{stage:<12}{t:>14.1f}{_fmt(b):>14}{_fmt(r):>10}{speed:>10}")
+            print(f"{stage:<18}{t:>14.2f}{_fmt(b):>14}{_fmt(r):>10}{speed:>10}")
         print(f"\naccuracy (%, 95% CI){'':<6}{'fp32':>24}{'bf16':>24}")
         for method, cells in qs["table"].items():
             for shot, c in cells.items():
