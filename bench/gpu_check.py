@@ -49,6 +49,18 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# A checkout that is not pip-installed (a bare GPU machine): this tree's tgr_hub, here and in the children.
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+# The CLI ships as tgr_hub.cli from the cli/ folder (pyproject's package-dir); without an install,
+# alias the folder under that name, then run the CLI's main.
+CLI_BOOT = ("import sys, importlib.util\n"
+            "if importlib.util.find_spec('tgr_hub.cli') is None:\n"
+            "    import tgr_hub, cli\n"
+            "    sys.modules['tgr_hub.cli'] = tgr_hub.cli = cli\n"
+            "from tgr_hub.cli.main import main\n"
+            "sys.argv[0] = 'tgr-hub'\n"
+            "sys.exit(main())\n")
 
 # The README's quickstart timing ("What `tgr-hub quickstart` printed ..."): full `quick` preset,
 # busy shared 2-core CPU, one torch thread, pool and up-front recovery reused for the TGR/ERM
@@ -104,7 +116,7 @@ def run_quickstart(out: Path, preset: str, overrides: list[str], precision: str)
     """``tgr-hub quickstart`` in a subprocess; its per-stage times and table."""
     # fp32 is the default ("no"; a literal `no` would read as YAML false)
     sets = [*overrides] + ([f"train.mixed_precision={precision}"] if precision != "no" else [])
-    cmd = [sys.executable, "-m", "tgr_hub.cli", "quickstart", "--out", str(out), "--preset", preset]
+    cmd = [sys.executable, "-c", CLI_BOOT, "quickstart", "--out", str(out), "--preset", preset]
     for s in sets:
         cmd += ["--set", s]
     start = time.perf_counter()
@@ -119,7 +131,7 @@ def run_quickstart(out: Path, preset: str, overrides: list[str], precision: str)
         stages[f"tgr/{k}"] = v
     table = {method: {k: {"mean": m[k]["mean"], "ci95": m[k]["ci95"]} for k in m if k.endswith("shot")}
              for method, m in results["table"].items()}
-    return {"command": " ".join(cmd[1:]), "wall_s": wall, "device": results.get("device"),
+    return {"command": "tgr-hub " + " ".join(cmd[3:]), "wall_s": wall, "device": results.get("device"),
             "run_record_device": tgr_record.get("device"), "stages_s": stages, "table": table,
             "workload": {"preset": preset, "overrides": overrides}}
 
