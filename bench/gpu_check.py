@@ -40,6 +40,7 @@ if __name__ == "__main__" and "--device" in sys.argv and sys.argv[sys.argv.index
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -243,12 +244,14 @@ def print_table(report: dict[str, Any]) -> None:
         same = ref.get("workload") == qs["workload"]
         print(f"\nquickstart per stage (s); CPU reference: {ref.get('source', 'none')}"
               f"{'' if same else ' [DIFFERENT WORKLOAD: no speed-up computed]'}")
-        print(f"{'stage':<18}{dev + ' fp32':>14}{dev + ' bf16':>14}{'CPU ref':>10}{'speed-up':>10}")
+        print(f"{'stage':<18}{dev + ' fp32':>14}{dev + ' bf16':>24}{'CPU ref':>10}{'speed-up':>10}")
         for stage, t in qs["stages_s"].items():
             b = (bf or {}).get("stages_s", {}).get(stage)
             r = ref.get("stages_s", {}).get(stage)
             speed = f"{r / t:.1f}x" if (same and r and t) else "-"
-            print(f"{stage:<18}{t:>14.2f}{_fmt(b):>14}{_fmt(r):>10}{speed:>10}")
+            # the bf16 run reuses the fp32 run's teachers (make-pool has no mixed precision): only checked
+            bcell = f"{_fmt(b)}{' (reused)' if stage == 'make-pool' and b is not None else ''}"
+            print(f"{stage:<18}{t:>14.2f}{bcell:>24}{_fmt(r):>10}{speed:>10}")
         print(f"\naccuracy (%, 95% CI){'':<6}{'fp32':>24}{'bf16':>24}")
         for method, cells in qs["table"].items():
             for shot, c in cells.items():
@@ -317,6 +320,9 @@ def main() -> int:
         save()
     preset, overrides = quickstart_args(args.tiny)
     if "quickstart" not in args.skip:
+        # a rerun into the same --out would reuse finished stages and time nothing: start afresh
+        for name in ("quickstart-fp32", "quickstart-bf16"):
+            shutil.rmtree(out / name, ignore_errors=True)
         report["quickstart"] = run_quickstart(out / "quickstart-fp32", preset, overrides, "no")
         save()
     repo_list = out / "quickstart-fp32" / "pool" / "repo-list.txt"
@@ -327,8 +333,6 @@ def main() -> int:
     if "bf16" not in args.skip and "quickstart" not in args.skip:
         bf_out = out / "quickstart-bf16"
         if not (bf_out / "pool").exists():  # the same teachers: make-pool then only checks them
-            import shutil
-
             shutil.copytree(out / "quickstart-fp32" / "pool", bf_out / "pool")
         report["quickstart_bf16"] = run_quickstart(bf_out, preset, overrides, "bf16")
         save()
