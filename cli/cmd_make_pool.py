@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads while training (default 1: fastest for small teachers, even on a busy CPU; "
                         "0 keeps torch's default)")
+    parser.add_argument("--device", default=None,
+                        help="where the teachers train: cpu, cuda, cuda:1 ... (default: Accelerate's device, "
+                        "the GPU when one is visible; only the CPU is bit-exact from run to run)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--push-org", metavar="ORG",
                         help="also push each teacher to the Hub as ORG/<pool>-tNN and write OUT/repo-list-hub.txt")
@@ -52,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from tgr_hub.teachers import format_table, make_pool
 
     pool: dict = {}
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     reports = make_pool(out, cfg.pool, seed=cfg.seed, data=cfg.data, num_threads=args.threads or None,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, device=args.device or PartialState().device)
     elapsed = time.perf_counter() - started
     say(format_table(reports))
     say()

@@ -164,6 +164,7 @@ def make_fake_run(folder: Path, *, seed: int = 0, pool_members: list[dict] | Non
         },
         "history": {"task_loss": [[0, 1.0], [2, 0.8], [4, 0.7]], "val_acc": [[2, 0.38], [4, 0.40]]},
         "timings_s": {"recover": 1.0, "meta-train": 2.0},
+        "device": "cpu",
     }
     folder.mkdir(parents=True, exist_ok=True)
     model = create_meta_model("conv4", image_size=32, seed=seed).eval()
@@ -228,3 +229,20 @@ def glyph_test():
     from tgr_hub.data import load_split
 
     return load_split("glyphs", "test")
+
+
+@pytest.fixture(scope="session")
+def device() -> "torch.device":
+    """The device of the device-independent numerical tests: ``TGR_HUB_TEST_DEVICE`` (default ``cpu``).
+
+    ``TGR_HUB_TEST_DEVICE=cuda python -m pytest tests/test_igr.py tests/test_embed.py`` runs the
+    IGR-vs-autograd and vmapped-Fisher-vs-loop checks on a GPU (``bench/gpu_check.py`` does). A
+    requested device that is missing fails the test rather than quietly running on the CPU.
+    """
+    import torch
+
+    name = os.environ.get("TGR_HUB_TEST_DEVICE", "cpu")
+    chosen = torch.device(name)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"TGR_HUB_TEST_DEVICE={name} but torch sees no CUDA device")
+    return chosen

@@ -72,7 +72,8 @@ def test_body_explains_the_model(fake_run: Path) -> None:
     config = json.loads(config_block)
     saved = json.loads((fake_run / "tgr_config.json").read_text())
     assert config == {k: v for k, v in saved.items()
-                      if k not in ("tgr_hub_version", "data_source", "pool_members", "groups", "metrics", "history", "timings_s")}
+                      if k not in ("tgr_hub_version", "data_source", "pool_members", "groups", "metrics", "history", "timings_s",
+                                   "device")}
     assert config == json.loads(json.dumps(load_config(path=fake_run / "tgr_config.json").to_dict()))  # --config of it
     assert card_text.count("---\n") >= 2
 

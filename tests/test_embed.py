@@ -58,9 +58,9 @@ def _task(n: int = 13, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, t
         dict(method="reference", per_filter=False, include_head=True, chunk_size=6),
     ],
 )
-def test_vmapped_fisher_equals_per_sample_loop(kwargs: dict) -> None:
-    net = _probe()
-    x, y = _task()
+def test_vmapped_fisher_equals_per_sample_loop(kwargs: dict, device: torch.device) -> None:
+    net = _probe().to(device)
+    x, y = (t.to(device) for t in _task())
     fast = fisher_diagonal(net, x, y, num_classes=3, head_steps=20, seed=3, **kwargs)
     slow = fisher_diagonal_loop(net, x, y, num_classes=3, head_steps=20, seed=3, **kwargs)
     assert fast.keys() == slow.keys()

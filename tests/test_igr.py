@@ -19,8 +19,10 @@ from tgr_hub.igr import (
 DT = torch.float64
 
 
-def _mlp_tasks(m: int = 4, seed: int = 0):
-    """m tasks: a 2-layer tanh MLP regression/classification on different data (float64)."""
+def _mlp_tasks(m: int = 4, seed: int = 0, device: torch.device | str = "cpu"):
+    """m tasks: a 2-layer tanh MLP regression/classification on different data (float64), on ``device``.
+
+    The data are drawn on the CPU (the same numbers on every device), then moved."""
     gen = torch.Generator().manual_seed(seed)
     params = {
         "w1": torch.randn(6, 5, generator=gen, dtype=DT) * 0.5,
@@ -36,7 +38,8 @@ def _mlp_tasks(m: int = 4, seed: int = 0):
 
         return loss
 
-    return [make(x, y) for x, y in data], params
+    params = {k: v.to(device) for k, v in params.items()}
+    return [make(x.to(device), y.to(device)) for x, y in data], params
 
 
 def _autograd_reference(loss_fns, params, beta: float, penalty_factor: float = 1.0) -> dict[str, torch.Tensor]:
@@ -57,8 +60,8 @@ def _err(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize("order,factor", [("first", 1.0), ("second", 2.0)])
-def test_direction_matches_penalty_gradient_to_second_order(order: str, factor: float) -> None:
-    loss_fns, params = _mlp_tasks()
+def test_direction_matches_penalty_gradient_to_second_order(order: str, factor: float, device: torch.device) -> None:
+    loss_fns, params = _mlp_tasks(device=device)
     betas = [1e-2, 5e-3, 2.5e-3, 1.25e-3]
     errors = []
     for beta in betas:
@@ -168,8 +171,8 @@ def test_displaced_params_sign_and_the_distributed_composition() -> None:
 
 
 @pytest.mark.parametrize("beta", [0.0, 2e-2])
-def test_fused_and_sequential_evaluation_agree(beta: float) -> None:
-    loss_fns, params = _mlp_tasks()
+def test_fused_and_sequential_evaluation_agree(beta: float, device: torch.device) -> None:
+    loss_fns, params = _mlp_tasks(device=device)
     fused = igr_direction(loss_fns, params, beta, return_task_grads=True)
     seq = igr_direction(loss_fns, params, beta, return_task_grads=True, fuse_tasks=False)
     for k in params:

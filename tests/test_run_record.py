@@ -40,6 +40,10 @@ def test_round_trip_keeps_the_format(tmp_path: Path, fake_run: Path) -> None:
         assert {k: new[k] for k in old} == old  # everything an old record held is kept as it was
         assert new["kind"] in ("hub", "local")
     assert RunRecord.from_dict(again) == record
+    assert record.device == "cpu"
+    # a record written before the device was recorded reads None, and is still a config file
+    del saved["device"]
+    assert RunRecord.from_dict(saved).device is None and "device" not in config_part(again)
 
 
 def test_a_member_records_its_kind_from_the_pool(tiny_pool: Path) -> None:

@@ -112,6 +112,36 @@ def test_train_teacher_learns_and_is_deterministic():
         assert torch.equal(a, b), name
 
 
+def test_train_teacher_on_the_test_device(device):
+    """Trained on ``device`` (TGR_HUB_TEST_DEVICE), returned on the CPU; on the CPU bitwise the default."""
+    spec = TeacherSpec(name="t00", index=0, architecture="conv4", domain="toy", classes=[0, 1, 2],
+                       label_names=["a", "b", "c"], seed=3, epochs=4, batch_size=12, lr=3e-3, image_size=32,
+                       dataset="toy", data_seed=0)
+    x, y = _toy_data(12, 0)
+    with torch_threads(1):
+        model = train_teacher(spec, x, y, mean=(0.5,) * 3, std=(0.25,) * 3, device=device)
+    assert {t.device.type for t in model.state_dict().values()} == {"cpu"}
+    test_x, test_y = _toy_data(10, 1)
+    with torch.no_grad():
+        assert (model((test_x - 0.5) / 0.25).argmax(1) == test_y).float().mean().item() >= 0.9
+    if device.type == "cpu":
+        with torch_threads(1):
+            default = train_teacher(spec, x, y, mean=(0.5,) * 3, std=(0.25,) * 3)
+        for (name, a), b in zip(model.state_dict().items(), default.state_dict().values()):
+            assert torch.equal(a, b), name
+
+
+def test_make_pool_refuses_a_bad_device(tmp_path):
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        make_pool(tmp_path, PoolBuildConfig(domains=["latin"], archs=["conv4"], teachers=1, way=3, epochs=1), seed=0,
+                  progress=False, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA device"):
+            make_pool(tmp_path, PoolBuildConfig(domains=["latin"], archs=["conv4"], teachers=1, way=3, epochs=1),
+                      seed=0, progress=False, device="cuda")
+    assert not (tmp_path / "repo-list.txt").exists()
+
+
 def test_unknown_architecture_is_refused(tmp_path):
     with pytest.raises(UnknownArchitectureError, match="unknown architecture 'resnet_nope'"):
         make_pool(tmp_path, PoolBuildConfig(domains=["latin"], archs=["conv4", "resnet_nope"], teachers=2, way=3, epochs=1),

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
+import torch
 
 from . import stats
 from .config import RunConfig
@@ -360,6 +361,17 @@ class _Runner:
         self._test: ImageSplit | None = None
         self._episodes: dict[int, dict[int, EpisodeList]] = {}
         self._fingerprints: dict[int, dict[int, str]] = {}
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Accelerate's device (a GPU when one is visible): teachers train there and every method is scored
+        there, the baselines included, as the trained methods' runs (run_tgr) train there."""
+        if self._device is None:
+            from accelerate import PartialState
+
+            self._device = PartialState().device
+        return self._device
 
     # the meta-test split and the per-seed episode lists, built once
     def episodes(self, seed: int) -> dict[int, EpisodeList]:
@@ -393,7 +405,7 @@ class _Runner:
             teachers = max(cfg.pool.teachers, len(scenario.domains) * len(scenario.archs))
             pool = dataclasses.replace(cfg.pool, domains=list(scenario.domains), archs=list(scenario.archs),
                                        teachers=teachers)
-            make_pool(folder, pool, seed=seed, data=cfg.data, progress=self.progress)
+            make_pool(folder, pool, seed=seed, data=cfg.data, progress=self.progress, device=self.device)
             write_json_atomic(record, {"timings_s": {"make-pool": time.perf_counter() - start}, "teachers": teachers})
             return repo_list
 
@@ -452,7 +464,7 @@ class _Runner:
         start = time.perf_counter()
         episodes = self.episodes(seed)
         witnesses = {shot: _Witness(lst) for shot, lst in episodes.items()}
-        model.eval()
+        model = model.to(self.device).eval()  # run_tgr hands its model back on the CPU
         assert self._test is not None  # loaded by self.episodes
         # the run's eval section (eval.method, the fine-tuning schedule) for every method, baselines
         # included, as run_tgr's final test; way / shots / query / episodes come from the episode lists
@@ -471,6 +483,7 @@ class _Runner:
             "data_source": {"dataset": cfg.data.dataset, "revision": self._test.revision,
                             "class_split": self._test.class_split},
             "timings_s": timings,
+            "device": str(self.device),
             **extra,
         }
 
@@ -599,6 +612,7 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                               "learner": spec.cfg.train.learner, "eval": dataclasses.asdict(spec.cfg.eval),
                               "preset": spec.cfg.preset, "scenarios": {}, "missing_cells": []}
     data_sources: dict[str, Any] = {}  # every distinct resolved meta-test source the cells were scored on
+    devices: set[str] = set()  # where the cells were scored
     shots = [f"{int(s)}shot" for s in spec.cfg.eval.shots]
     for scenario in spec.scenarios:
         records: dict[tuple[int, str], dict[str, Any]] = {}
@@ -607,6 +621,8 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
             if path.exists():
                 record = _read_cell(path)
                 records[(cell.seed, cell.method.name)] = record
+                if record.get("device"):
+                    devices.add(str(record["device"]))
                 if record.get("data_source") is not None:
                     data_sources[json.dumps(record["data_source"], sort_keys=True)] = record["data_source"]
             else:
@@ -656,6 +672,7 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
         report["scenarios"][scenario.name] = {"scenario": scenario.describe(), "seeds": list(spec.seeds),
                                               "methods": methods, "paired": paired, "prepare": prepare}
     report["data_sources"] = list(data_sources.values())
+    report["devices"] = sorted(devices)
     return report
 
 

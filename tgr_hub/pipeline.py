@@ -446,6 +446,7 @@ class RunResult:
     metrics: dict[str, Any]
     timings: dict[str, float]
     is_main: bool = True  # False on the other processes of a multi-process run (they write nothing)
+    device: torch.device = torch.device("cpu")  # where the stages ran (Accelerate's device)
 
 
 def run_tgr(
@@ -480,6 +481,7 @@ def run_tgr(
     dist = dist if dist is not None else Distributed(
         make_accelerator(cfg.train.mixed_precision, log_with=log_with, project_dir=out / "logs"))
     torch.manual_seed(cfg.seed)
+    logger.info("run %s on %s (mixed precision %s)", out, dist.device, cfg.train.mixed_precision)
     prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress, dist=dist)
     members, groups, timings = prepared.members, prepared.groups, prepared.timings
     progress = progress and dist.is_main
@@ -542,18 +544,19 @@ def run_tgr(
             data_source=data_source,
             pool_members=[MemberRecord.from_member(m) for m in members],
             groups=[[members[i].name for i in group] for group in groups],
-            metrics=metrics, history=history, timings_s=timings,
+            metrics=metrics, history=history, timings_s=timings, device=str(dist.device),
         )
         save_meta_model(model, out, tgr_config=record.to_dict())
     elif dist.is_main and evaluated:  # same model, new eval settings: only the record changes
         done.config, done.metrics = cfg.to_dict(), metrics
         done.data_source = done.data_source or data_source
         done.timings_s = {**done.timings_s, **timings}
+        done.device = done.device or str(dist.device)  # where the training ran, when recorded
         done.write(out / TGR_CONFIG_NAME)
     dist.barrier()
     if log_with:
         dist.accelerator.end_training()
-    return RunResult(out, model, groups, metrics, timings, is_main=dist.is_main)
+    return RunResult(out, model, groups, metrics, timings, is_main=dist.is_main, device=dist.device)
 
 
 def _data_source(cfg: RunConfig, split: ImageSplit) -> dict[str, Any]:

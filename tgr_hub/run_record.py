@@ -14,7 +14,8 @@ run config's sections at the top level (``seed``, ``preset``, ``data``, ``recove
      "groups": [["t00", "t02"], ["t01", "t03"]],          # teacher names
      "metrics": {"val": {"best_step", "1shot"}, "test": {"1shot": {"mean", "ci95", ...}}},
      "history": {"task_loss": [[step, value], ...], ...},
-     "timings_s": {"pool": 0.2, ...}}
+     "timings_s": {"pool": 0.2, ...},
+     "device": "cuda:0"}                                    # where the stages ran
 
 Records written before ``kind``/``repo_id`` existed still load: the kind of a member is then
 read from its ``source`` by :mod:`tgr_hub.repo_id`, the one parser of repository references.
@@ -51,7 +52,8 @@ class Teacher(Protocol):
 
 
 #: The keys of ``tgr_config.json`` that are not run config sections.
-RECORD_KEYS = ("tgr_hub_version", "data_source", "pool_members", "groups", "metrics", "history", "timings_s")
+RECORD_KEYS = ("tgr_hub_version", "data_source", "pool_members", "groups", "metrics", "history", "timings_s",
+               "device")
 
 
 @dataclass
@@ -141,6 +143,8 @@ class RunRecord:
         metrics: ``{"val": {...}, "test": {"1shot": {"mean", "ci95", ...}, ...}}``.
         history: training curves, ``{name: [[step, value], ...]}``.
         timings_s: seconds per stage.
+        device: where the stages ran (Accelerate's device, e.g. ``"cpu"`` or ``"cuda:0"``); None
+            in records written before it existed.
     """
 
     config: dict[str, Any]
@@ -151,6 +155,7 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``tgr_config.json`` (config sections first, then the record's keys)."""
@@ -163,6 +168,7 @@ class RunRecord:
             "metrics": self.metrics,
             "history": self.history,
             "timings_s": self.timings_s,
+            "device": self.device,
         }
 
     @classmethod
@@ -177,7 +183,8 @@ class RunRecord:
         return cls(config=config_part(data), tgr_hub_version=str(data.get("tgr_hub_version") or ""),
                    data_source=dict(source) if isinstance(source, dict) else None,
                    pool_members=members, groups=groups, metrics=dict(data.get("metrics") or {}),
-                   history=dict(data.get("history") or {}), timings_s=dict(data.get("timings_s") or {}))
+                   history=dict(data.get("history") or {}), timings_s=dict(data.get("timings_s") or {}),
+                   device=str(data["device"]) if data.get("device") else None)
 
     @classmethod
     def read(cls, path: str | Path) -> RunRecord:

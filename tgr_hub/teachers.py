@@ -199,6 +199,17 @@ def _augment(x: torch.Tensor, generator: torch.Generator, shift: int = 3, scale:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _training_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that exists here (ConfigError otherwise)."""
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device", hint="use --device cpu")
+    return chosen
+
+
 @contextmanager
 def torch_threads(num_threads: int | None) -> Iterator[None]:
     """Run a block with ``torch.set_num_threads(num_threads)`` (None: unchanged), then restore.
@@ -259,6 +270,7 @@ def train_teacher(
     mean: Sequence[float],
     std: Sequence[float],
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Train one teacher with AdamW and a one-cycle schedule.
 
@@ -267,13 +279,16 @@ def train_teacher(
         train_x: ``[N, 3, S, S]`` float in [0, 1].
         train_y: ``[N]`` int64 in ``0..way-1``.
         mean, std: the normalisation the teacher applies (recorded in its config).
+        device: where the model trains. Batches are drawn and augmented on the CPU (the same
+            random stream on every device), then moved; bit-exact repeatability holds on the CPU.
 
     Returns:
-        The trained model in eval mode.
+        The trained model in eval mode, on the CPU.
     """
     from .progress import progress_bar
 
-    model = create_teacher_model(spec.architecture, len(spec.classes), spec.image_size, spec.seed)
+    device = torch.device(device)
+    model = create_teacher_model(spec.architecture, len(spec.classes), spec.image_size, spec.seed).to(device)
     normalize = _normalizer(mean, std)
     g = torch.Generator().manual_seed(spec.seed + 1)
     n = len(train_x)
@@ -298,17 +313,17 @@ def train_teacher(
             idx = order[s * spec.batch_size:(s + 1) * spec.batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs two samples; fold a lone last sample away
                 continue
-            x = normalize(_augment(train_x[idx], g))
-            loss = F.cross_entropy(model(x), train_y[idx])
+            x = normalize(_augment(train_x[idx], g)).to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), train_y[idx].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if progress:  # .item() waits for the device: only when the loss is shown
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    model.eval()
-    return model
+    return model.to("cpu").eval()
 
 
 def _read_existing(folder: Path, spec: TeacherSpec) -> TeacherReport | None:
@@ -354,6 +369,7 @@ def make_pool(
     data: DataConfig | None = None,
     num_threads: int | None = 1,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> list[TeacherReport]:
     """Train ``teachers`` teachers and write the pool folder.
 
@@ -379,6 +395,9 @@ def make_pool(
             two when the machine is idle, and several times faster when it is busy (OpenMP
             threads spin waiting for each other).
         progress: show tqdm bars.
+        device: where the teachers train (``"cuda"`` on a GPU machine; the quickstart passes
+            Accelerate's device). The saved teachers are the same recipe on any device, but only
+            the CPU is bit-exact from run to run.
 
     Returns:
         One :class:`TeacherReport` per teacher, in order.
@@ -394,6 +413,7 @@ def make_pool(
     domains, archs, teachers, way = list(pool.domains), list(pool.archs), pool.teachers, pool.way
     epochs, batch_size, lr = pool.epochs, pool.batch_size, pool.lr
     dataset, data_seed, cache_dir, image_size = data.dataset, data.seed, data.cache_dir, data.image_size
+    device = _training_device(device)
     for arch in archs:
         if not timm.is_model(arch):
             raise UnknownArchitectureError(
@@ -436,7 +456,7 @@ def make_pool(
         train_x, train_y = sub.float_images(train_idx), sub.labels[train_idx]
         held_x, held_y = sub.float_images(held_idx), sub.labels[held_idx]
         with torch_threads(num_threads):
-            model = train_teacher(spec, train_x, train_y, mean=mean, std=std, progress=progress)
+            model = train_teacher(spec, train_x, train_y, mean=mean, std=std, progress=progress, device=device)
         normalize = _normalizer(mean, std)
         logits = _predict(model, held_x, normalize)
         accuracy = float((logits.argmax(1) == held_y).float().mean())
