@@ -59,12 +59,15 @@ def test_ctrl_c_during_make_pool(tmp_path: Path) -> None:
     assert (out / "t00" / "model.safetensors").is_file() and not (out / "repo-list.txt").exists()
 
 
+POOL = Path("config") / "seed-0" / "pool"  # the quickstart's pool (the benchmark's layout: scenario, seed)
+
+
 def test_ctrl_c_during_quickstart(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     done = _interrupt_when(["quickstart", "--preset", "smoke", "--out", str(out), "--set", "pool.epochs=40"],
-                           out / "pool" / "t00" / "config.json")
+                           out / POOL / "t00" / "config.json")
     _check_interrupted(done, "rerun the same command")
-    assert (out / "pool" / "t00" / "model.safetensors").is_file() and not (out / "results.json").exists()
+    assert (out / POOL / "t00" / "model.safetensors").is_file() and not (out / "results.json").exists()
 
 
 def test_ctrl_c_during_inspect(tiny_pool: Path, tmp_path: Path) -> None:
