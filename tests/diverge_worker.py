@@ -40,9 +40,13 @@ def main(pool: str, run: str) -> int:
         meta_train(model, prepared.members, prepared.bank, prepared.groups, cfg.train, val_split=val, seed=cfg.seed,
                    progress=False, dist=dist, on_step=on_step)
     except RankDivergenceError as error:
-        print(f"rank {dist.rank}: RankDivergenceError: {error}", flush=True)
+        # one write per line: print() writes the text and the newline apart, and the two ranks share
+        # one pipe, so their lines could run together (seen once in the full suite)
+        sys.stdout.write(f"rank {dist.rank}: RankDivergenceError: {error}\n")
+        sys.stdout.flush()
         return 3
-    print(f"rank {dist.rank}: finished", flush=True)
+    sys.stdout.write(f"rank {dist.rank}: finished\n")
+    sys.stdout.flush()
     return 0
 
 
