@@ -462,7 +462,6 @@ def recover_teachers(
     seed: int,
     recoveries: int | None = None,
     skip: Collection[str] = (),
-    generators: dict[str, Generator] | None = None,
     return_generators: bool = False,
     progress: bool = False,
     on_task: Callable[[RecoveredTask], None] | None = None,
@@ -484,7 +483,6 @@ def recover_teachers(
         seed: the run's seed.
         recoveries: recoveries each teacher should have in the bank.
         skip: names of teachers to leave alone.
-        generators: per-teacher generators to continue from (with ``cfg.reuse_generator``).
         return_generators: return each teacher's generator (with ``cfg.reuse_generator``);
             otherwise each is dropped once its teacher is done, to bound memory.
         progress: a tqdm bar over the recoveries to run.
@@ -502,7 +500,6 @@ def recover_teachers(
     skipped = set(skip)
     plan = [(i, m, r) for i, m in enumerate(members) if m.name not in skipped
             for r in range(bank.tasks_of(m.name), count)]
-    given = dict(generators or {})
     kept: dict[str, Generator] = {}
     bar = progress_bar(total=len(plan), desc="recover", disable=not progress)
     try:
@@ -522,7 +519,7 @@ def recover_teachers(
                 continue
             generator = None
             if cfg.reuse_generator:
-                generator = kept.get(member.name, given.get(member.name))
+                generator = kept.get(member.name)
                 if not return_generators:
                     kept.clear()  # the previous teacher is done: let its generator go
             task = recover_task(member, classes, cfg, seed=task_seed, generator=generator)
