@@ -116,8 +116,9 @@ def eval_settings(cfg: EvalConfig, trained_with: str) -> dict[str, Any]:
 
     ``eval.method = "auto"`` means the meta-model's own learner, ``trained_with``
     (``train.learner``: ProtoNet, or fine-tuning for MAML); ``eval.inner_steps`` and
-    ``eval.inner_lr`` are the fine-tuning schedule. Every evaluation of a run (the final test
-    of ``tgr-hub train``, the quickstart's baselines, ``tgr-hub evaluate``) uses these.
+    ``eval.inner_lr`` are the fine-tuning schedule. Every evaluation a run makes (the final test
+    of ``tgr-hub train``, every method and baseline of the benchmark and so the quickstart) uses
+    these; ``tgr-hub evaluate`` takes the same settings from its own flags instead.
     """
     return {"way": cfg.way, "shots": list(cfg.shots), "query": cfg.query, "episodes": cfg.episodes,
             "learner": trained_with if cfg.method == "auto" else cfg.method, "inner_steps": cfg.inner_steps,
