@@ -156,6 +156,16 @@ def test_unknown_hub_dataset_is_a_dataset_error(pushed, tmp_path: Path) -> None:
         load_split("tgr-org/no-such-benchmark", "test", cache_dir=tmp_path)
 
 
+def test_a_dataset_error_never_repeats_a_token_the_hub_echoes(pushed, hub, hf_token, tmp_path: Path) -> None:
+    """Dataset failures are worded by the one Hub translator, which scrubs tokens (a proxy may echo one)."""
+    hub.inject_fault(r"^/api/datasets/" + BENCH, status=403, times=50, echo_token=True)
+    with pytest.raises(DatasetError) as refused:
+        load_split(f"{BENCH}@main", "test", cache_dir=tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"cannot load Hub dataset '{BENCH}@main'")
+    assert hf_token not in message and "***" in message  # the echo was there, and was scrubbed
+
+
 # --- the CLI by id, then offline ------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DatasetError
+from ..hub.client import translate
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,17 @@ class HubDataset:
             self._builder.download_and_prepare()
             loaded = self._builder.as_dataset()
         except Exception as error:  # noqa: BLE001 - network, disk, bad shard: all make the dataset unusable
-            raise DatasetError(f"cannot load Hub dataset {self.repo_id}@{self.revision or self.requested}: "
-                               f"{type(error).__name__}: {error}",
-                               hint="check your network, or the datasets cache when offline") from error
+            raise _dataset_error(error, self.repo_id, self.revision or self.requested,
+                                 hint="check your network, or the datasets cache when offline") from error
         return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"all": loaded}
+
+
+def _dataset_error(error: Exception, repo_id: str, revision: str | None, *, hint: str, note: str = "") -> DatasetError:
+    """A :class:`DatasetError` from whatever ``datasets`` raised, worded by the one Hub failure translator
+    (:func:`tgr_hub.hub.client.translate`: typed causes, tokens scrubbed), with its hint when it has one."""
+    hub_error = translate(error, repo_id, revision)
+    label = repo_id + (f"@{revision}" if revision else "")
+    return DatasetError(f"cannot load Hub dataset {label!r}{note}: {hub_error.args[0]}", hint=hub_error.hint or hint)
 
 
 def resolve_hub_dataset(repo_id: str, revision: str | None = None) -> HubDataset:
@@ -83,11 +91,9 @@ def resolve_hub_dataset(repo_id: str, revision: str | None = None) -> HubDataset
     try:
         builder = datasets.load_dataset_builder(repo_id, revision=revision or None)
     except Exception as error:  # noqa: BLE001 - network, auth, missing repo, bad format...
-        raise DatasetError(
-            f"cannot load Hub dataset {repo_id + ('@' + revision if revision else '')!r} "
-            f"(and there is no local folder of that name): {type(error).__name__}: {error}",
-            hint="check the id and your network (offline, only datasets already in the cache load), "
-                 "or pass a local folder") from error
+        raise _dataset_error(error, repo_id, revision, note=" (and there is no local folder of that name)",
+                             hint="check the id and your network (offline, only datasets already in the cache "
+                                  "load), or pass a local folder") from error
     resolved = str(builder.hash) if is_commit_id(str(builder.hash)) else None
     if resolved is None:
         logger.warning("%s: datasets reported no commit id (hash %r); the run record will not pin it",
