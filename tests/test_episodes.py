@@ -107,6 +107,19 @@ def test_select_classes_relabels_in_the_given_order() -> None:
         split.select_classes([7])
 
 
+def test_a_malformed_image_split_is_a_dataset_error() -> None:
+    images, labels = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    ImageSplit(images, labels, ["a", "b"], ["toy", "toy"])  # well formed
+    with pytest.raises(DatasetError, match=r"\[N, 3, H, W\] uint8"):
+        ImageSplit(images.float(), labels, ["a", "b"], ["toy", "toy"])
+    with pytest.raises(DatasetError, match="labels must be"):
+        ImageSplit(images, labels[:3], ["a", "b"], ["toy", "toy"])
+    with pytest.raises(DatasetError, match="class domains"):
+        ImageSplit(images, labels, ["a", "b"], ["toy"])
+    with pytest.raises(DatasetError, match=r"0\.\.1, got 0\.\.2"):
+        ImageSplit(images, torch.tensor([0, 1, 2, 1]), ["a", "b"], ["toy", "toy"])
+
+
 # --- EpisodeSampler --------------------------------------------------------------------
 
 

@@ -359,6 +359,8 @@ def test_channel_stats_match_a_float64_reference() -> None:
     reference = images.to(torch.float64) / 255
     torch.testing.assert_close(mean, reference.mean(dim=(0, 2, 3)), rtol=0, atol=1e-12)
     torch.testing.assert_close(std, reference.std(dim=(0, 2, 3)), rtol=0, atol=1e-10)
+    with pytest.raises(DatasetError, match="uint8"):
+        channel_stats(reference)
 
 
 def test_conv4_takes_84px_images_as_in_the_literature() -> None:

@@ -92,7 +92,8 @@ def channel_stats(images: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor,
     Returns:
         ``(mean [C], std [C])`` float64.
     """
-    assert images.dtype == torch.uint8 and images.dim() == 4, "channel_stats expects [N, C, H, W] uint8"
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise DatasetError(f"channel_stats expects [N, C, H, W] uint8 images, got {tuple(images.shape)} {images.dtype}")
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros(images.shape[1], dtype=torch.float64)
     for start in range(0, images.shape[0], chunk):
@@ -128,12 +129,16 @@ class ImageSplit:
     _by_class: list[torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        assert self.images.dtype == torch.uint8 and self.images.dim() == 4 and self.images.shape[1] == 3, \
-            f"images must be [N,3,H,W] uint8, got {tuple(self.images.shape)} {self.images.dtype}"
-        assert self.labels.dtype == torch.int64 and self.labels.shape == (self.images.shape[0],)
-        assert len(self.class_names) == len(self.class_domains)
-        if self.labels.numel():
-            assert 0 <= int(self.labels.min()) and int(self.labels.max()) < len(self.class_names)
+        images, labels = self.images, self.labels
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise DatasetError(f"images must be [N, 3, H, W] uint8, got {tuple(images.shape)} {images.dtype}")
+        if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+            raise DatasetError(f"labels must be [N] = [{images.shape[0]}] int64, got {tuple(labels.shape)} {labels.dtype}")
+        if len(self.class_names) != len(self.class_domains):
+            raise DatasetError(f"{len(self.class_names)} class names but {len(self.class_domains)} class domains")
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < len(self.class_names)):
+            raise DatasetError(f"labels must lie in 0..{len(self.class_names) - 1}, got "
+                               f"{int(labels.min())}..{int(labels.max())}")
 
     @property
     def num_classes(self) -> int:
