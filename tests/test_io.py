@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tgr_hub.io import atomic_path, save_safetensors_atomic, write_json_atomic, write_text_atomic
+from tgr_hub.io import atomic_path, copy_atomic, save_safetensors_atomic, write_json_atomic, write_text_atomic
 from tgr_hub.metamodel import create_meta_model, save_meta_model
 
 
@@ -60,3 +60,30 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path: P
         raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_copy_atomic_copies_files_and_folders_and_leaves_nothing_when_interrupted(tmp_path: Path, monkeypatch) -> None:
+    source = tmp_path / "src"
+    (source / "inner").mkdir(parents=True)
+    (source / "a.txt").write_text("a")
+    (source / "inner" / "b.bin").write_bytes(b"\x00\x01")
+    copy_atomic(source, tmp_path / "copy")
+    assert (tmp_path / "copy" / "a.txt").read_text() == "a"
+    assert (tmp_path / "copy" / "inner" / "b.bin").read_bytes() == b"\x00\x01"
+    copy_atomic(source / "a.txt", tmp_path / "one.txt")
+    assert (tmp_path / "one.txt").read_text() == "a"
+
+    # a copy killed after its files are written, before the rename, leaves no target and no temporary
+    import shutil
+
+    real_copytree = shutil.copytree
+
+    def killed_after_copying(src, dst, *args, **kwargs):
+        real_copytree(src, dst, *args, **kwargs)
+        if Path(src) == source:  # the top-level call (copytree recurses through its own name)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copytree", killed_after_copying)
+    with pytest.raises(KeyboardInterrupt):
+        copy_atomic(source, tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "one.txt", "src"]

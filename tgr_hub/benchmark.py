@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from .config import RunConfig
 from .data import load_split
 from .data.fewshot import Episode, EpisodeSampler, ImageSplit
 from .errors import BenchmarkError, ConfigError
-from .io import write_json_atomic, write_text_atomic
+from .io import copy_atomic, write_json_atomic, write_text_atomic
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -339,19 +338,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _copy_into(source: Path, target: Path) -> None:
-    """Copy a file or folder to ``target`` under a temporary name, then rename (never half a copy)."""
-    if target.exists() or not source.exists():
-        return
-    tmp = target.with_name(target.name + ".copying")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    elif tmp.exists():
-        tmp.unlink()
-    (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp)
-    os.replace(tmp, target)
-
-
 class _Runner:
     """Runs cells of one benchmark, preparing each (scenario, seed) once and caching the episode lists."""
 
@@ -453,7 +439,8 @@ class _Runner:
             run_dir.mkdir(parents=True, exist_ok=True)
             # the method starts from the pseudo-tasks (and embeddings) recovered once for this pool and seed
             for name in ("recovered", "embeddings.safetensors"):
-                _copy_into(shared / name, run_dir / name)
+                if (shared / name).exists() and not (run_dir / name).exists():
+                    copy_atomic(shared / name, run_dir / name)
             result = run_tgr(repo_list, run_dir, method_config(cfg, method, seed), evaluate_test=False,
                              progress=self.progress, resume=True)
             model = result.model

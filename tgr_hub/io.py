@@ -1,4 +1,4 @@
-"""Atomic file writes: text, JSON, safetensors and anything written through a path.
+"""Atomic file writes: text, JSON, safetensors, copies and anything written through a path.
 
 Every file tgr-hub writes into a run folder, a pool folder or a cache goes through here. A
 file is written under a temporary name in its own folder (``.NAME.<random>.tmp``) and renamed
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_path", "write_bytes_atomic", "write_json_atomic", "write_text_atomic",
-           "save_safetensors_atomic"]
+__all__ = ["TMP_SUFFIX", "atomic_path", "copy_atomic", "write_bytes_atomic", "write_json_atomic",
+           "write_text_atomic", "save_safetensors_atomic"]
 
 #: Every temporary name ends with this; listings (figures, Space files) skip such names.
 TMP_SUFFIX = ".tmp"
@@ -32,9 +33,10 @@ TMP_SUFFIX = ".tmp"
 def atomic_path(path: str | Path, *, mkdir: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path``; renamed to ``path`` when the block ends without error.
 
-    The caller writes the file at the yielded path with any writer (``save_file``, ``savefig``,
-    ``Image.save``...). A writer that infers the format from the name must be told the format:
-    the temporary name ends in ``.tmp``. On an error the temporary file is removed.
+    The caller writes the file (or a whole folder) at the yielded path with any writer
+    (``save_file``, ``savefig``, ``Image.save``, ``shutil.copytree``...). A writer that infers the
+    format from the name must be told the format: the temporary name ends in ``.tmp``. On an
+    error the temporary file or folder is removed. A folder replaces only a missing or empty one.
 
     Args:
         path: the final file.
@@ -48,8 +50,21 @@ def atomic_path(path: str | Path, *, mkdir: bool = True) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def copy_atomic(source: str | Path, target: str | Path) -> None:
+    """Copy a file or a whole folder to ``target`` atomically (a reader never sees half a copy).
+
+    Files keep their permissions and times (``shutil.copy2``); ``target`` must not exist yet.
+    """
+    source, target = Path(source), Path(target)
+    with atomic_path(target) as tmp:
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
