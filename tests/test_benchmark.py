@@ -283,6 +283,33 @@ def test_a_folder_of_other_settings_is_refused(bench, tmp_path) -> None:
         bm.run_benchmark(spec, out, progress=False)
 
 
+def test_a_cell_whose_episodes_or_data_would_differ_from_its_finished_neighbours_is_refused_before_training(
+        bench, tmp_path, monkeypatch) -> None:
+    out = _copy(bench[0], tmp_path)
+    cells = bm.plan_cells(_spec())
+    bm._cell_path(out, cells[2]).unlink()  # seed 0, erm: to be run again
+    neighbour = bm._cell_path(out, cells[0])  # seed 0, random: finished
+    original = json.loads(neighbour.read_text())
+    monkeypatch.setattr(bm._Runner, "prepared", lambda *a: pytest.fail("trained although the data changed"))
+
+    moved = json.loads(json.dumps(original))
+    moved["data_source"]["revision"] = "0" * 40  # as if the dataset's branch had moved since
+    neighbour.write_text(json.dumps(moved))
+    with pytest.raises(bm.BenchmarkError, match=r"differ from those of the finished cell .*random\.json.*@0000"):
+        bm.run_benchmark(_spec(), out, progress=False)
+
+    other = json.loads(json.dumps(original))
+    other["episodes"]["1shot"]["list"] = "f" * 64  # other episode indices (e.g. another class split)
+    neighbour.write_text(json.dumps(other))
+    with pytest.raises(bm.BenchmarkError, match="meta-test episodes of"):
+        bm.run_benchmark(_spec(), out, progress=False)
+    assert not bm._cell_path(out, cells[2]).exists()
+
+    neighbour.write_text(json.dumps(original))  # the control: unchanged neighbours let it run
+    monkeypatch.undo()
+    assert bm.run_benchmark(_spec(), out, progress=False)["missing_cells"] == []
+
+
 def test_quickstart_prints_its_table_from_the_benchmark(bench, tmp_path, monkeypatch, capsys) -> None:
     """The quickstart is the benchmark's special case: seed 0 of the module's benchmark is its whole grid."""
     from tgr_hub.cli import cmd_quickstart

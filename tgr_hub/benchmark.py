@@ -410,11 +410,33 @@ class _Runner:
                                            "teachers": [m.name for m in prepared.members]})
         return repo_list, folder / "shared"
 
+    def check_episodes_unchanged(self, cell: Cell) -> None:
+        """Refuse to run a cell whose episodes would differ from its finished neighbours' (same scenario
+        and seed): other episode indices, another dataset commit (a Hub branch that moved) or another
+        class split. Found before training, not when the report compares the cells' image hashes."""
+        self.episodes(cell.seed)
+        mine = {f"{shot}shot": fingerprint for shot, fingerprint in self._fingerprints[cell.seed].items()}
+        folder = _cell_path(self.out, cell).parent
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            record = _read_cell(path)
+            then, test = record.get("data_source") or {}, self._test
+            theirs = {shot: entry["list"] for shot, entry in record.get("episodes", {}).items()}
+            same_data = test is not None and (then.get("revision"), then.get("class_split")) == (
+                test.revision, test.class_split)
+            if theirs != mine or not same_data:
+                raise BenchmarkError(
+                    f"the meta-test episodes of {cell.scenario.name} seed {cell.seed} differ from those of the "
+                    f"finished cell {path} (it was scored on {then.get('dataset')}@{then.get('revision')}, "
+                    f"class split {then.get('class_split')}; now {self.cfg.data.dataset}@"
+                    f"{test.revision if test else None}, class split {test.class_split if test else None})",
+                    hint="pin the dataset to the commit the folder used (NAME@COMMIT), or use another --out")
+
     def run(self, cell: Cell) -> dict[str, Any]:
         """Train (if needed) and score one cell; returns its record (not yet written)."""
         from .evaluate import average_baseline, eval_settings, evaluate_model, random_baseline
 
         cfg, method, seed = self.cfg, cell.method, cell.seed
+        self.check_episodes_unchanged(cell)
         timings: dict[str, float] = {}
         extra: dict[str, Any] = {}
         # building / preparing the pool is timed apart: only the first cell of a (scenario, seed) pays for it
