@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tgr_hub.cli.common import add_config_args, config_from_args, say
+from tgr_hub.cli.common import add_config_args, add_data_args, config_from_args, data_values, say
 from tgr_hub.errors import ConfigError
 
 
@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard", default="0/1", metavar="I/N",
                         help="run only the cells at grid positions I mod N (N processes share the grid)")
     parser.add_argument("--merge", action="store_true", help="run nothing: write the report from the finished cells")
+    add_data_args(parser)
     add_config_args(parser, default_preset="quick")
     parser.set_defaults(func=run)
 
@@ -62,7 +63,7 @@ def spec_from_args(args: argparse.Namespace):
     """The :class:`~tgr_hub.benchmark.BenchmarkSpec` the flags describe."""
     from tgr_hub.benchmark import BenchmarkSpec, scenario_from_name, scenario_from_pool
 
-    values = {"train": {"learner": args.learner}} if args.learner else None
+    values = {"data": data_values(args), "train": {"learner": args.learner} if args.learner else {}}
     cfg = config_from_args(args, values)
     if args.pool:
         scenarios = (scenario_from_pool(args.pool),)

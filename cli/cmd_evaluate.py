@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Any
 
-from tgr_hub.cli.common import add_config_args, config_from_args, say, write_json
+from tgr_hub.cli.common import add_config_args, add_data_args, config_from_args, data_values, say, write_json
 
 
 def _csv(text: str) -> list[str]:
@@ -34,13 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool", metavar="REPO_LIST", help="repo-list.txt of the teachers (average baseline)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept pickled teacher weights (loaded with weights_only=True)")
-    parser.add_argument("--dataset", default=None, help="glyphs (built in), a local image folder, or a Hub dataset id")
     parser.add_argument("--split", default=None, choices=("train", "val", "test"), help="split to draw episodes from")
     parser.add_argument("--domains", type=_csv, default=None, help="comma-separated domains to keep (default: all)")
     parser.add_argument("--image-size", type=int, default=None, help="image size of the dataset (default: data.image_size)")
-    parser.add_argument("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/tgr_hub)")
-    parser.add_argument("--class-split", default=None, metavar="FILE|NAME",
-                        help="a built-in class split (cub-200) or a JSON file {\"train\": [...], \"validation\": [...], \"test\": [...]} of class names or ids, instead of the dataset's own splits or the seeded 60/20/20 one")
     parser.add_argument("--way", type=int, default=None, help="classes per episode (default 5)")
     parser.add_argument("--shot", type=int, action="append", default=None,
                         help="support images per class; repeat for several settings (default: 1 and 5)")
@@ -54,16 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_data_args(parser)
     add_config_args(parser)
     parser.set_defaults(func=run)
 
 
 def _config(args: argparse.Namespace):
-    data: dict[str, Any] = {}
-    for key, flag in (("dataset", "dataset"), ("image_size", "image_size"), ("cache_dir", "cache_dir"),
-                      ("class_split", "class_split")):
-        if getattr(args, flag) is not None:
-            data[key] = getattr(args, flag)
+    data: dict[str, Any] = data_values(args)
+    if args.image_size is not None:
+        data["image_size"] = args.image_size
     evaluation: dict[str, Any] = {}
     for key in ("split", "way", "query", "episodes", "method", "inner_steps", "inner_lr"):
         if getattr(args, key) is not None:

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from tgr_hub.cli.common import add_config_args, config_from_args, say
+from tgr_hub.cli.common import add_config_args, add_data_args, config_from_args, data_values, say
 
 
 def _csv(text: str) -> list[str]:
@@ -27,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Flags left out take their value from --config / --preset (section pool, and data for the dataset).",
     )
     parser.add_argument("--out", required=True, help="pool folder (teachers t00, t01, ... and repo-list.txt)")
-    parser.add_argument("--dataset", default=None, help="glyphs (built in), a local image folder, or a Hub dataset id")
     parser.add_argument("--domains", type=_csv, default=None,
                         help="comma-separated domains, e.g. latin,greek; '*' for every domain of the dataset")
     parser.add_argument("--archs", type=_csv, default=None, help="comma-separated timm architectures, e.g. conv4,resnet10t")
@@ -37,9 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
     parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
     parser.add_argument("--data-seed", type=int, default=None, help="seed of the class split of non-glyph datasets")
-    parser.add_argument("--class-split", default=None, metavar="FILE|NAME",
-                        help="a built-in class split (cub-200) or a JSON file {\"train\": [...], \"validation\": [...], \"test\": [...]} of class names or ids, instead of the dataset's own splits or the seeded 60/20/20 one")
-    parser.add_argument("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/tgr_hub)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads while training (default 1: fastest for small teachers, even on a busy CPU; "
                         "0 keeps torch's default)")
@@ -50,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--push-org", metavar="ORG",
                         help="also push each teacher to the Hub as ORG/<pool>-tNN and write OUT/repo-list-hub.txt")
     parser.add_argument("--private", action="store_true", help="with --push-org: create private repositories")
+    add_data_args(parser)
     add_config_args(parser)
     parser.set_defaults(func=run)
 
@@ -63,15 +60,9 @@ def run(args: argparse.Namespace) -> int:
     for key in ("domains", "archs", "teachers", "way", "epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             pool[key] = getattr(args, key)
-    data: dict = {}
-    if args.dataset is not None:
-        data["dataset"] = args.dataset
+    data = data_values(args)
     if args.data_seed is not None:
         data["seed"] = args.data_seed
-    if args.cache_dir is not None:
-        data["cache_dir"] = args.cache_dir
-    if args.class_split is not None:
-        data["class_split"] = args.class_split
     cfg = config_from_args(args, {"pool": pool, "data": data})
 
     started = time.perf_counter()

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 
-from tgr_hub.cli.common import add_config_args, config_from_args, say
+from tgr_hub.cli.common import DATA_FLAGS, add_config_args, add_data_args, config_from_args, data_values, say
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
 
@@ -30,11 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--pool", required=True, help="repo-list.txt naming the teachers")
     parser.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
-    parser.add_argument("--dataset", default=None,
-                        help="meta-val / meta-test episodes: glyphs (built in), a local image folder, or a Hub "
-                             "dataset id org/name[@revision] (data.dataset)")
-    parser.add_argument("--class-split", default=None, metavar="FILE|NAME",
-                        help="a built-in class split (cub-200) or a JSON file of class lists (data.class_split)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept pickled teacher weights (loaded with weights_only=True)")
     parser.add_argument("--no-test", action="store_true", help="skip the final meta-test evaluation")
@@ -52,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--push", metavar="REPO_ID", help="push the meta-model to this Hub model repo")
     parser.add_argument("--space", metavar="SPACE_ID", help="with --push: also create/update this Gradio Space")
     parser.add_argument("--private", action="store_true", help="with --push: create private repos")
+    add_data_args(parser)
     add_config_args(parser)
     parser.set_defaults(func=run)
 
@@ -74,8 +70,8 @@ def child_arguments(args: argparse.Namespace) -> list[str]:
             argv.append(flag)
     for flag, value in (("--mixed-precision", args.mixed_precision), ("--push", args.push),
                         ("--space", args.space), ("--preset", args.preset), ("--config", args.config),
-                        ("--seed", args.seed), ("--recipe", args.recipe), ("--dataset", args.dataset),
-                        ("--class-split", args.class_split)):
+                        ("--seed", args.seed), ("--recipe", args.recipe),
+                        *((flag, getattr(args, key)) for flag, key in DATA_FLAGS.items())):
         if value is not None:
             argv += [flag, str(value)]
     for tracker in args.log_with or []:
@@ -94,17 +90,10 @@ def _mixed_precision_values(args: argparse.Namespace) -> dict:
     return {"train": {"mixed_precision": chosen}} if chosen else {}
 
 
-def _data_values(args: argparse.Namespace) -> dict:
-    """``--dataset`` and ``--class-split`` as config values."""
-    data = {key: value for key, value in (("dataset", args.dataset), ("class_split", args.class_split))
-            if value is not None}
-    return {"data": data} if data else {}
-
-
 def run(args: argparse.Namespace) -> int:
     from tgr_hub.errors import ConfigError
 
-    cfg = config_from_args(args, {**_mixed_precision_values(args), **_data_values(args)})
+    cfg = config_from_args(args, {**_mixed_precision_values(args), "data": data_values(args)})
     if args.space and not args.push:
         raise ConfigError("--space needs --push REPO_ID (the Space loads the pushed meta-model)")
 

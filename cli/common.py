@@ -26,6 +26,28 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None 
                             "paper), applied over --preset; flags and --set still override it")
 
 
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--dataset``, ``--class-split`` and ``--cache-dir`` (the config's data section) to a subcommand."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=None,
+                       help="glyphs (built in), a local image folder, or a Hub dataset id org/name[@revision] "
+                            "(data.dataset)")
+    group.add_argument("--class-split", default=None, metavar="FILE|NAME",
+                       help="a built-in class split (cub-200) or a JSON file {\"train\": [...], \"validation\": [...], "
+                            "\"test\": [...]} of class names or ids, instead of the dataset's own splits or the "
+                            "seeded 60/20/20 one (data.class_split)")
+    group.add_argument("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/tgr_hub; data.cache_dir)")
+
+
+#: The flags of :func:`add_data_args` and the data keys they set.
+DATA_FLAGS = {"--dataset": "dataset", "--class-split": "class_split", "--cache-dir": "cache_dir"}
+
+
+def data_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The data-section values the flags of :func:`add_data_args` set (flags left out are absent)."""
+    return {key: getattr(args, key) for key in DATA_FLAGS.values() if getattr(args, key, None) is not None}
+
+
 def config_from_args(args: argparse.Namespace, values: dict[str, Any] | None = None) -> RunConfig:
     """Build the run config from the flags of :func:`add_config_args` plus command-specific values."""
     values = dict(values or {})

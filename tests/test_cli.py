@@ -27,3 +27,24 @@ def test_ctrl_c_exits_130_with_the_commands_resume_hint(monkeypatch, capsys, mod
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("tgr-hub: interrupted; ") and hint in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--pool", "p.txt", "--out", "runs/x"], ["make-pool", "--out", "pool"], ["evaluate", "runs/x"],
+    ["benchmark"],
+])
+def test_every_data_command_takes_the_same_data_flags(command, tmp_path) -> None:
+    from tgr_hub.cli import cmd_benchmark
+    from tgr_hub.cli.common import config_from_args, data_values
+
+    split = tmp_path / "split.json"
+    args = build_parser().parse_args([*command, "--dataset", "org/name@v1", "--class-split", str(split),
+                                      "--cache-dir", str(tmp_path / "cache"), "--preset", "smoke"])
+    expected = {"dataset": "org/name@v1", "class_split": str(split), "cache_dir": str(tmp_path / "cache")}
+    assert data_values(args) == expected
+    cfg = (cmd_benchmark.spec_from_args(args).cfg if command[0] == "benchmark"
+           else config_from_args(args, {"data": data_values(args)}))
+    assert {key: getattr(cfg.data, key) for key in expected} == expected
+    # flags left out leave the config's values alone
+    plain = build_parser().parse_args([*command, "--preset", "smoke"])
+    assert data_values(plain) == {}

@@ -156,14 +156,23 @@ def test_unknown_hub_dataset_is_a_dataset_error(pushed, tmp_path: Path) -> None:
         load_split("tgr-org/no-such-benchmark", "test", cache_dir=tmp_path)
 
 
-def test_a_dataset_error_never_repeats_a_token_the_hub_echoes(pushed, hub, hf_token, tmp_path: Path) -> None:
-    """Dataset failures are worded by the one Hub translator, which scrubs tokens (a proxy may echo one)."""
-    hub.inject_fault(r"^/api/datasets/" + BENCH, status=403, times=50, echo_token=True)
+def test_a_dataset_error_never_repeats_a_token_the_hub_echoes(hf_token, tmp_path: Path, monkeypatch) -> None:
+    """Dataset failures are worded by the one Hub translator, which scrubs tokens.
+
+    ``datasets`` quotes the Hub's answer in its errors, and a server or proxy may echo the token
+    there (seen with the test Hub's ``echo_token`` fault when ``datasets`` asks the API with an
+    empty cache; with a warm cache it takes another path, so the echo is played here directly)."""
+    import datasets
+
+    def echoing(repo_id, **kwargs):  # datasets wraps the Hub's answer in its own exception types
+        raise FileNotFoundError(f"403 Forbidden: injected fault 403 (token {hf_token}) for {repo_id}")
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", echoing)
     with pytest.raises(DatasetError) as refused:
         load_split(f"{BENCH}@main", "test", cache_dir=tmp_path)
     message = str(refused.value)
-    assert message.startswith(f"cannot load Hub dataset '{BENCH}@main'")
-    assert hf_token not in message and "***" in message  # the echo was there, and was scrubbed
+    assert message.startswith(f"cannot load Hub dataset '{BENCH}@main'") and "(token ***)" in message
+    assert hf_token not in message
 
 
 # --- the CLI by id, then offline ------------------------------------------------------------------

@@ -255,7 +255,7 @@ def test_launched_processes_get_the_same_arguments(monkeypatch: pytest.MonkeyPat
         "--debug", "train", "--pool", "p.txt", "--out", "runs/x", "--num-processes", "2", "--resume", "--no-test",
         "--preset", "smoke", "--set", "train.beta=0", "--set", "train.checkpoint_every=5", "--seed", "3",
         "--log-with", "tensorboard", "--mixed-precision", "bf16", "--push", "me/m", "--space", "me/s", "--private",
-        "--recipe", "cifar-fs", "--dataset", "tgr-org/tiny@main", "--class-split", "split.json"])
+        "--recipe", "cifar-fs", "--dataset", "tgr-org/tiny@main", "--class-split", "split.json", "--cache-dir", "cache"])
     child = cmd_train.child_arguments(args)
     assert "--num-processes" not in child
     assert vars(build_parser().parse_args(child)) == {**vars(args), "num_processes": None}
