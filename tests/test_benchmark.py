@@ -310,6 +310,20 @@ def test_a_cell_whose_episodes_or_data_would_differ_from_its_finished_neighbours
     assert bm.run_benchmark(_spec(), out, progress=False)["missing_cells"] == []
 
 
+def test_the_report_shows_the_checkpoint_meta_validation_chose_and_the_groups(bench) -> None:
+    out, report, finished = bench
+    markdown = (out / "results.md").read_text()
+    methods = report["scenarios"][bm.CONFIG_SCENARIO]["methods"]
+    for key, record in finished:
+        chosen = methods[record["method"]].get("selection", {}).get(str(record["seed"]))
+        if record["method"] in ("random", "average"):
+            assert chosen is None  # nothing was selected for the baselines
+            continue
+        assert chosen == {"val": record["val"], "group_sizes": [len(g) for g in record["groups"]]}
+        label = bm.METHODS[record["method"]].label
+        assert f"| {label} | {record['seed']} | {record['val']['best_step']} | " in markdown
+
+
 def test_quickstart_prints_its_table_from_the_benchmark(bench, tmp_path, monkeypatch, capsys) -> None:
     """The quickstart is the benchmark's special case: seed 0 of the module's benchmark is its whole grid."""
     from tgr_hub.cli import cmd_quickstart

@@ -655,6 +655,10 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                 pooled["seeds"] = stats.across_seeds([per_seed[str(s)]["mean"] for s in seeds]).to_dict()
                 entry[shot] = {"per_seed": per_seed, "pooled": pooled}
             entry["timings_s"] = {str(s): records[(s, name)]["timings_s"] for s in seeds}
+            # trained methods: the checkpoint meta-validation chose, and the groups it trained with
+            entry["selection"] = {str(s): {"val": records[(s, name)].get("val"),
+                                           "group_sizes": [len(g) for g in records[(s, name)].get("groups") or []]}
+                                  for s in seeds if records[(s, name)].get("val") is not None}
             methods[name] = entry
             if name == spec.reference:
                 continue
@@ -695,6 +699,32 @@ def _p(value: float | None) -> str:
     if value is None:
         return "n/a"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
+    """Per trained method and seed: the step meta-validation chose, its meta-val accuracy, the group
+    sizes, and the cell's times; then each seed's shared preparation times."""
+    rows = []
+    for entry in sc["methods"].values():
+        for seed, chosen in entry.get("selection", {}).items():
+            val = chosen["val"]
+            scores = ", ".join(f"{k[:-4]}-shot {_pct(v)}" for k, v in val.items() if k.endswith("shot"))
+            times = entry["timings_s"][seed]
+            rows.append(f"| {entry['label']} | {seed} | {val.get('best_step')} | {scores} | "
+                        f"{'+'.join(map(str, chosen['group_sizes']))} | {times.get('train', 0):.0f} | "
+                        f"{times.get('evaluate', 0):.0f} |")
+    if not rows:
+        return []
+    lines = ["Checkpoints are chosen on meta-validation only; the step chosen, its meta-val accuracy, the group "
+             "sizes each method trained with, and the cell's times (seconds):", "",
+             "| method | seed | step chosen | meta-val accuracy | groups | train s | evaluate s |",
+             "|---|---|---|---|---|---|---|", *rows, ""]
+    prepare = sc.get("prepare", {})
+    if prepare:
+        lines += ["Shared per seed (seconds): " + "; ".join(
+            f"seed {seed}: " + ", ".join(f"{k} {v:.0f}" for k, v in p["timings_s"].items())
+            for seed, p in prepare.items()), ""]
+    return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -765,6 +795,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                             cells.append("n/a")
                     lines.append(f"| {entry['label']} | {seed} | " + " | ".join(cells) + " |")
             lines.append("")
+        lines += _selection_and_cost_lines(sc)
     if report["missing_cells"]:
         lines += [f"Not finished yet ({len(report['missing_cells'])} cells): " + ", ".join(report["missing_cells"]), ""]
     return "\n".join(lines)
