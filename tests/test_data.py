@@ -443,6 +443,33 @@ def test_dataset_dict_with_shared_classes_is_split_by_class(tmp_path: Path) -> N
         assert (test.images[:, 0, 0, 0] == torch.tensor([60, 70, 80, 90])[test.labels]).all()
 
 
+def test_splits_that_number_their_classes_separately_are_taken_per_split(tmp_path: Path) -> None:
+    """Integer labels 0..63 / 0..15 / 0..19 (a CIFAR-FS-style upload): label 3 of test is not label 3 of train."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+
+    def part(split_code: int, classes: int) -> datasets.Dataset:  # pixel (split, class): the true identity
+        labels = list(range(classes)) * 2
+        return datasets.Dataset.from_dict(
+            {"image": [Image.new("RGB", (8, 8), (40 * split_code, 10 * c, 0)) for c in labels], "label": labels},
+            features=features)
+
+    numbered = datasets.DatasetDict({"train": part(1, 6), "validation": part(2, 3), "test": part(3, 4)})
+    numbered.save_to_disk(str(tmp_path / "numbered"))
+    for split, code, count in (("train", 1, 6), ("val", 2, 3), ("test", 3, 4)):
+        loaded = load_split(str(tmp_path / "numbered"), split, image_size=8, cache_dir=tmp_path / "cache")
+        key = "validation" if split == "val" else split
+        assert loaded.class_names == [f"{key}/{c}" for c in range(count)] and loaded.class_split == "dataset"
+        assert (loaded.images[:, 0, 0, 0] == 40 * code).all()  # every image comes from its own split
+        assert (loaded.images[:, 1, 0, 0] == 10 * loaded.labels).all()
+    # the control: one shared numbering with equal counts (an image-level split) is still pooled by class
+    shared = datasets.DatasetDict({"train": part(1, 9), "validation": part(2, 9), "test": part(3, 9)})
+    shared.save_to_disk(str(tmp_path / "shared"))
+    pooled = load_split(str(tmp_path / "shared"), "test", image_size=8, seed=0, cache_dir=tmp_path / "cache")
+    assert pooled.class_split == "seeded-60/20/20:0" and not pooled.class_names[0].startswith("test/")
+
+
 def test_source_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
     from huggingface_hub import constants

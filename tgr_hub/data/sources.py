@@ -226,6 +226,25 @@ def _write_cache(path: Path, split: ImageSplit) -> None:
         logger.warning("could not cache the converted dataset at %s: %s", path, error)
 
 
+def _numbered_per_split(labels: dict[str, np.ndarray]) -> bool:
+    """True when the dataset has exactly a train, a validation and a test split of integer labels, each
+    split's labels are exactly ``0..n-1``, and the counts ``n`` are not all equal: the splits number
+    their classes separately (a few-shot upload such as CIFAR-FS as 64 / 16 / 20 classes), rather than
+    sharing one numbering (an image-level split of the same classes, or a global numbering)."""
+    canonical = {k: next((c for c, keys in _SPLIT_KEYS.items() if k.lower() in keys), None) for k in labels}
+    if sorted(filter(None, canonical.values())) != ["test", "train", "val"] or len(labels) != 3:
+        return False
+    counts = []
+    for values in labels.values():
+        if values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+            return False
+        present = np.unique(values)
+        if present[0] != 0 or present[-1] != len(present) - 1:
+            return False
+        counts.append(len(present))
+    return len(set(counts)) > 1
+
+
 def _predefined_splits(splits: dict[str, Any], labels: dict[str, np.ndarray]) -> dict[str, str] | None:
     """``{"train": key, "val": key, "test": key}`` if the dataset's own splits are class-disjoint."""
     chosen: dict[str, str] = {}
@@ -346,6 +365,18 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
         names = list(feature.names)
         codes = {k: v.astype(np.int64) for k, v in labels.items()}
         ids = list(range(len(names)))
+    elif _numbered_per_split(labels):
+        # train / validation / test each number their own classes 0..n-1 (e.g. 64 / 16 / 20): label 3 of
+        # the test split is another class than label 3 of train, so a class is (split, label)
+        names, codes, offset = [], {}, 0
+        for key, values in labels.items():
+            count = int(values.max()) + 1
+            names += [f"{key}/{v}" for v in range(count)]
+            codes[key] = values.astype(np.int64) + offset
+            offset += count
+        ids = None
+        logger.info("%s: the splits number their classes separately (%s): classes are taken per split",
+                    source, ", ".join(f"{k} 0..{int(v.max())}" for k, v in labels.items()))
     else:
         values = sorted({v.item() if hasattr(v, "item") else v for arr in labels.values() for v in arr.tolist()},
                         key=lambda v: (str(type(v)), v))
