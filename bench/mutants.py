@@ -133,6 +133,23 @@ MUTANTS: list[Mutant] = [
            '            state = torch.load(path, map_location="cpu", weights_only=False)  # MUTANT\n',
            ("tests/test_pool.py",),
            "opted-in pickles are unpickled with arbitrary objects allowed"),
+    # --- fourth session ---------------------------------------------------------------------------------
+    Mutant("dataset-error-unscrubbed", "tgr_hub/data/hub_datasets.py",
+           '    return DatasetError(f"cannot load Hub dataset {label!r}{note}: {hub_error.args[0]}", '
+           'hint=hub_error.hint or hint)\n',
+           '    return DatasetError(f"cannot load Hub dataset {label!r}{note}: {error}", hint=hint)  # MUTANT\n',
+           ("tests/test_hub_datasets.py", "-k", "echo"),
+           "a Hub dataset's error text reaches DatasetError unscrubbed"),
+    Mutant("benchmark-no-episode-check", "tgr_hub/benchmark.py",
+           "        self.check_episodes_unchanged(cell)\n",
+           "        pass  # MUTANT: a cell trains although its data changed\n",
+           ("tests/test_benchmark.py", "-k", "refused"),
+           "a benchmark cell trains on episodes that differ from its finished neighbours'"),
+    Mutant("classes-merged-across-splits", "tgr_hub/data/sources.py",
+           "    elif _numbered_per_split(labels):\n",
+           "    elif False:  # MUTANT: per-split class numbers merged by value\n",
+           ("tests/test_data.py", "-k", "separately"),
+           "label 3 of test is taken for label 3 of train"),
 ]
 
 # Folders never copied (they are large or belong to the machine, not the code).
