@@ -22,8 +22,9 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None 
                        help="override one setting, e.g. --set train.beta=0 (repeatable)")
     group.add_argument("--seed", type=int, default=None, help="random seed of the whole run")
     group.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                       help="a paper benchmark (dataset, image size, class split, teacher pool; default preset "
-                            "paper), applied over --preset; flags and --set still override it")
+                       help="a paper benchmark (dataset, image size, class split, teacher pool), with the "
+                            f"{default_preset or 'paper'} preset unless --preset says otherwise; flags and --set "
+                            "still override it")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
