@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DatasetError
-from ..hub.client import translate
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +66,8 @@ class HubDataset:
 def _dataset_error(error: Exception, repo_id: str, revision: str | None, *, hint: str, note: str = "") -> DatasetError:
     """A :class:`DatasetError` from whatever ``datasets`` raised, worded by the one Hub failure translator
     (:func:`tgr_hub.hub.client.translate`: typed causes, tokens scrubbed), with its hint when it has one."""
+    from ..hub.client import translate  # on the error path only: tgr_hub.hub pulls in push, resolve and the card
+
     hub_error = translate(error, repo_id, revision)
     label = repo_id + (f"@{revision}" if revision else "")
     return DatasetError(f"cannot load Hub dataset {label!r}{note}: {hub_error.args[0]}", hint=hub_error.hint or hint)
