@@ -415,20 +415,21 @@ class _Runner:
         and seed): other episode indices, another dataset commit (a Hub branch that moved) or another
         class split. Found before training, not when the report compares the cells' image hashes."""
         self.episodes(cell.seed)
+        test = self._test
+        assert test is not None  # loaded by self.episodes
         mine = {f"{shot}shot": fingerprint for shot, fingerprint in self._fingerprints[cell.seed].items()}
         folder = _cell_path(self.out, cell).parent
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             record = _read_cell(path)
-            then, test = record.get("data_source") or {}, self._test
+            then = record.get("data_source") or {}
             theirs = {shot: entry["list"] for shot, entry in record.get("episodes", {}).items()}
-            same_data = test is not None and (then.get("revision"), then.get("class_split")) == (
-                test.revision, test.class_split)
+            same_data = (then.get("revision"), then.get("class_split")) == (test.revision, test.class_split)
             if theirs != mine or not same_data:
                 raise BenchmarkError(
                     f"the meta-test episodes of {cell.scenario.name} seed {cell.seed} differ from those of the "
                     f"finished cell {path} (it was scored on {then.get('dataset')}@{then.get('revision')}, "
-                    f"class split {then.get('class_split')}; now {self.cfg.data.dataset}@"
-                    f"{test.revision if test else None}, class split {test.class_split if test else None})",
+                    f"class split {then.get('class_split')}; now {self.cfg.data.dataset}@{test.revision}, "
+                    f"class split {test.class_split})",
                     hint="pin the dataset to the commit the folder used (NAME@COMMIT), or use another --out")
 
     def run(self, cell: Cell) -> dict[str, Any]:
