@@ -2,8 +2,12 @@
 
 Every method of a seed is scored on the same meta-test episodes; the report gives each
 method's accuracy and its paired difference from the reference (ERM by default) with 95%
-intervals and p-values, per seed and across seeds. Finished cells are kept: rerunning the
-same command resumes, and ``--shard i/n`` shares the cells out over processes.
+intervals and p-values, per seed and across seeds. With ``erm-replicate`` (ERM again with
+another training seed) beside ``erm``, it also gives the noise floor (ERM − ERM) a method
+difference must exceed. Finished cells are kept: rerunning the same command resumes, and
+``--shard i/n`` shares the cells out over processes.
+
+    tgr-hub benchmark --scenario standard --seeds 0,1,2 --methods random,average,erm,erm-replicate,tgr
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from tgr_hub.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from tgr_hub.benchmark import METHODS, SCENARIOS
+    from tgr_hub.benchmark import METHODS, REPLICATE_SEED_OFFSET, SCENARIOS
 
     parser = subparsers.add_parser(
         "benchmark",
@@ -26,10 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scenario", default=None,
                        help=f"comma-separated scenarios: {', '.join(SCENARIOS)}, or config (the config's pool "
-                            "section); default multi-domain")
+                            "section); default multi-domain. standard is the paper's main setting: >= 24 Conv4 "
+                            "teachers, each on a random 5-class subset of cyrillic's meta-train classes, scored on "
+                            "cyrillic's meta-val/test classes only")
     where.add_argument("--pool", metavar="LIST", help="your own repo-list file instead of a built scenario")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: --seed or 0)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, from: {', '.join(METHODS)} (default: all). erm-replicate is ERM "
+                             f"meta-trained with another seed (train.seed = seed + {REPLICATE_SEED_OFFSET}) on the same "
+                             "pool, tasks and episodes: with erm, the report shows this noise floor (ERM - ERM)")
     parser.add_argument("--learner", choices=["protonet", "maml"], default=None,
                         help="meta-training learner of every method, and its test-time adaptation (default: config)")
     parser.add_argument("--reference", default="erm", help="the method the others are compared with (paired)")

@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept pickled teacher weights (loaded with weights_only=True)")
     parser.add_argument("--split", default=None, choices=("train", "val", "test"), help="split to draw episodes from")
-    parser.add_argument("--domains", type=_csv, default=None, help="comma-separated domains to keep (default: all)")
+    parser.add_argument("--domains", type=_csv, default=None,
+                        help="comma-separated domains whose classes the episodes use (data.domains; default: the "
+                             "config's, else every domain)")
     parser.add_argument("--image-size", type=int, default=None, help="image size of the dataset (default: data.image_size)")
     parser.add_argument("--way", type=int, default=None, help="classes per episode (default 5)")
     parser.add_argument("--shot", type=int, action="append", default=None,
@@ -57,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace):
     data: dict[str, Any] = data_values(args)
+    if args.domains is not None:
+        data["domains"] = args.domains
     if args.image_size is not None:
         data["image_size"] = args.image_size
     evaluation: dict[str, Any] = {}
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     model.to(device)
-    split = load_split(cfg.data.dataset, cfg.eval.split, domains=args.domains, image_size=cfg.data.image_size,
+    split = load_split(cfg.data.dataset, cfg.eval.split, domains=cfg.data.domains, image_size=cfg.data.image_size,
                        seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
     pinned = f" (commit {split.revision[:12]})" if split.revision else ""
     say(f"evaluating {name} on {cfg.data.dataset}{pinned} {cfg.eval.split} ({split.num_classes} classes): "
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             "dataset_revision": split.revision,
             "class_split": split.class_split,
             "split": cfg.eval.split,
-            "domains": args.domains,
+            "domains": cfg.data.domains,
             "seed": cfg.seed,
             "results": results,
             "seconds": round(elapsed, 2),

@@ -15,7 +15,9 @@ from tgr_hub import benchmark as bm
 from tgr_hub import stats
 from tgr_hub.config import load_config
 from tgr_hub.data import load_split
+from tgr_hub.errors import DatasetError
 from tgr_hub.evaluate import evaluate_model, random_baseline
+from tgr_hub.run_record import RunRecord
 
 # --- statistics against hand computations ------------------------------------------------------------
 
@@ -64,7 +66,7 @@ def test_episode_interval_is_the_literature_convention() -> None:
 
 
 def _fake_cell(out: Path, scenario: str, seed: int, method: str, accuracies: list[float], digest: str,
-               seen: str = "same") -> None:
+               seen: str = "same", **extra) -> None:
     path = out / "cells" / scenario / f"seed-{seed}" / f"{method}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
@@ -72,6 +74,7 @@ def _fake_cell(out: Path, scenario: str, seed: int, method: str, accuracies: lis
         "accuracies": {"1shot": accuracies},
         "episodes": {"1shot": {"count": len(accuracies), "list": f"list-{seed}", "seen": f"{seen}-{seed}"}},
         "timings_s": {"train": 1.0, "evaluate": 1.0},
+        **extra,
     }))
 
 
@@ -114,7 +117,7 @@ def test_method_configs_are_the_ablations() -> None:
         "erm": (0.0, "none", "first"), "tgr": (cfg.train.beta, "spectral", "first"),
         "groups-no-igr": (0.0, "spectral", "first"), "igr-no-groups": (cfg.train.beta, "none", "first"),
         "igr-random-groups": (cfg.train.beta, "random", "first"),
-        "tgr-second-order": (cfg.train.beta, "spectral", "second"),
+        "tgr-second-order": (cfg.train.beta, "spectral", "second"), "erm-replicate": (0.0, "none", "first"),
     }
     for name, (beta, strategy, order) in expected.items():
         run = bm.method_config(cfg, bm.METHODS[name], seed=7)
@@ -125,9 +128,224 @@ def test_method_configs_are_the_ablations() -> None:
         bm.scenario_from_name("multi-everything", cfg)
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """``{"train.seed": value, ...}``: every leaf of a nested dict by its dotted name."""
+    flat: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_erm_replicate_differs_from_erm_in_the_training_seed_only() -> None:
+    cfg = load_config("smoke")
+    assert cfg.train.seed is None  # the methods' own training seed is the run seed unless a method sets one
+    for seed in (0, 7):
+        erm = bm.method_config(cfg, bm.METHODS["erm"], seed)
+        replicate = bm.method_config(cfg, bm.METHODS["erm-replicate"], seed)
+        a, b = _leaves(erm.to_dict()), _leaves(replicate.to_dict())
+        assert a.keys() == b.keys()
+        assert {key for key in a if a[key] != b[key]} == {"train.seed"}
+        assert erm.seed == replicate.seed == seed  # the run seed: pool, recovered tasks, episodes
+        assert erm.train.seed is None and replicate.train.seed == seed + bm.REPLICATE_SEED_OFFSET == seed + 1000
+    assert bm.METHODS["erm-replicate"].label == "ERM, another seed"
+    # a training seed set in the config is kept by the other methods, replaced by the replicate's
+    fixed = load_config("smoke", overrides=["train.seed=3"])
+    assert bm.method_config(fixed, bm.METHODS["erm"], 0).train.seed == 3
+    assert bm.method_config(fixed, bm.METHODS["erm-replicate"], 0).train.seed == 1000
+
+
+def test_the_standard_scenario_builds_overlapping_five_class_conv4_teachers_from_one_domain(tmp_path, monkeypatch):
+    """The pool the runner hands make_pool, planned as make_pool plans it (plan_teachers), without training."""
+    import itertools
+
+    import tgr_hub.teachers as teachers
+
+    class Stop(Exception):
+        pass
+
+    seen: dict = {}
+
+    def fake_make_pool(folder, pool, **kwargs):
+        seen["pool"], seen["data"] = pool, kwargs["data"]
+        raise Stop
+
+    monkeypatch.setattr(teachers, "make_pool", fake_make_pool)
+    cfg = load_config("smoke")
+    assert cfg.pool.teachers < 24 and cfg.pool.domains != ["cyrillic"]  # the scenario decides, not the preset
+    scenario = bm.scenario_from_name("standard", cfg)
+    spec = bm.BenchmarkSpec(cfg, (scenario,), (0,), ("erm",))
+    with pytest.raises(Stop):
+        bm._Runner(spec, tmp_path / "bench", progress=False).pool_list(scenario, 0)
+    pool, data = seen["pool"], seen["data"]
+    assert (pool.domains, pool.archs, pool.way, pool.teachers) == (["cyrillic"], ["conv4"], 5, 24)
+    train = load_split(data.dataset, "train", domains=pool.domains, image_size=data.image_size, seed=data.seed)
+    assert train.num_classes == 55 and set(train.class_domains) == {"cyrillic"}
+    specs = teachers.plan_teachers(train.class_names, train.class_domains, domains=pool.domains, archs=pool.archs,
+                                   teachers=pool.teachers, way=pool.way, seed=0, epochs=pool.epochs,
+                                   batch_size=pool.batch_size, lr=pool.lr, image_size=data.image_size,
+                                   dataset=data.dataset, data_seed=data.seed)
+    assert len(specs) >= 24
+    assert all(s.architecture == "conv4" and s.domain == "cyrillic" for s in specs)
+    assert all(len(set(s.classes)) == len(s.classes) == 5 for s in specs)
+    assert all(name.startswith("cyrillic/") for s in specs for name in s.label_names)
+    sets = [frozenset(s.label_names) for s in specs]
+    assert any(a & b for a, b in itertools.combinations(sets, 2))  # teachers overlap...
+    assert len(set(sets)) > 1  # ...by chance, not by being one teacher repeated
+    # a larger configured pool is kept
+    assert bm.scenario_pool(load_config("smoke", overrides=["pool.teachers=30"]), scenario).teachers == 30
+
+
+def test_the_standard_scenario_is_scored_on_its_domain_and_the_others_are_unchanged(tmp_path) -> None:
+    cfg = load_config("smoke")
+    standard, multi = bm.scenario_from_name("standard", cfg), bm.scenario_from_name("multi-domain", cfg)
+    assert bm.scenario_config(cfg, standard).data.domains == ["cyrillic"]
+    assert bm.scenario_config(cfg, multi) is cfg
+    # the settings digest sees the scenario's data.domains; the other scenarios' settings are as before
+    settings = bm._settings(cfg, standard)
+    assert settings["config"]["data"]["domains"] == ["cyrillic"] and settings["scenario"]["eval_domains"] == ["cyrillic"]
+    config = cfg.to_dict()
+    config.pop("seed")
+    assert bm._settings(cfg, multi) == {"config": config, "scenario": {
+        "name": "multi-domain", "domains": ["latin", "greek", "cyrillic", "symbols"], "archs": ["conv4"],
+        "pool_list": None}}
+    # the episode lists of each scenario come from its own meta-test classes
+    spec = bm.BenchmarkSpec(cfg, (standard, multi), (0,), ("random",), reference="random")
+    runner = bm._Runner(spec, tmp_path / "bench", progress=False)
+    assert set(runner.test_split(standard).class_domains) == {"cyrillic"}
+    assert set(runner.test_split(multi).class_domains) == {"latin", "greek", "cyrillic", "symbols"}
+    test = runner.test_split(standard)
+    classes = {int(c) for i in range(cfg.eval.episodes) for c in runner.episodes(standard, 0)[1].sampler.indices(i)[0]}
+    assert {test.class_domains[c] for c in classes} == {"cyrillic"}
+    assert runner.fingerprints(standard, 0) != runner.fingerprints(multi, 0)
+    # a data.domains at odds with the scenario's is refused up front; a domain the dataset lacks is a DatasetError
+    with pytest.raises(bm.ConfigError, match="data.domains"):
+        bm.BenchmarkSpec(load_config("smoke", overrides=["data.domains=[latin]"]), (standard,), (0,), ("erm",))
+    lacking = bm.Scenario("lacking", ("latin",), ("conv4",), eval_domains=("klingon",))
+    odd = bm._Runner(bm.BenchmarkSpec(cfg, (lacking,), (0,), ("random",), reference="random"), tmp_path, False)
+    with pytest.raises(DatasetError, match="klingon"):
+        odd.episodes(lacking, 0)
+
+
+def test_data_domains_restricts_the_meta_validation_and_meta_test_classes(tmp_path, monkeypatch) -> None:
+    everything = load_split("glyphs", "test")
+    cyrillic = load_split("glyphs", "test", domains=["cyrillic"])
+    assert set(everything.class_domains) == {"latin", "greek", "cyrillic", "symbols"}
+    assert set(cyrillic.class_domains) == {"cyrillic"} and 0 < cyrillic.num_classes < everything.num_classes
+    assert set(cyrillic.class_names) == {n for n, d in zip(everything.class_names, everything.class_domains)
+                                         if d == "cyrillic"}
+    # a domain the dataset lacks is a DatasetError, also beside one it has (not silently dropped)
+    from PIL import Image
+
+    for c in range(5):
+        (tmp_path / "colours" / f"class_{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (40 * c, 0, 0)).save(tmp_path / "colours" / f"class_{c}" / f"{i}.png")
+    folder = str(tmp_path / "colours")  # no domain column: its classes' domain is the dataset's name
+    assert set(load_split(folder, "test", domains=["colours"], cache_dir=tmp_path / "cache").class_domains) == {"colours"}
+    with pytest.raises(DatasetError, match="klingon"):
+        load_split(folder, "test", domains=["colours", "klingon"], cache_dir=tmp_path / "cache")
+    with pytest.raises(DatasetError, match="klingon"):
+        load_split("glyphs", "test", domains=["cyrillic", "klingon"])
+
+    # run_tgr's meta-validation split, and tgr-hub evaluate's split, take the config's data.domains
+    import tgr_hub.data as data_mod
+    import tgr_hub.pipeline as pipeline
+    from tgr_hub.cli.main import main
+
+    class Stop(Exception):
+        pass
+
+    asked: list = []
+
+    def fake_load_split(dataset, split, **kwargs):
+        asked.append((split, kwargs.get("domains")))
+        raise Stop
+
+    cfg = load_config("smoke", overrides=["data.domains=[cyrillic]"])
+    monkeypatch.setattr(pipeline, "prepare_pool", lambda *a, **k: pipeline.PreparedPool([], None, np.zeros((0, 0)),
+                                                                                      [], {}))
+    monkeypatch.setattr(pipeline, "load_split", fake_load_split)
+    with pytest.raises(Stop):
+        pipeline.run_tgr(tmp_path / "list.txt", tmp_path / "run", cfg, progress=False)
+    monkeypatch.setattr(data_mod, "load_split", fake_load_split)
+    with pytest.raises(Stop):
+        main(["evaluate", "--baseline", "random", "--preset", "smoke", "--set", "data.domains=[cyrillic]"])
+    with pytest.raises(Stop):
+        main(["evaluate", "--baseline", "random", "--preset", "smoke", "--domains", "greek,latin"])
+    assert asked == [("val", ["cyrillic"]), ("test", ["cyrillic"]), ("test", ["greek", "latin"])]
+
+
+def test_the_noise_floor_is_erm_replicate_minus_erm_across_seeds(tmp_path: Path) -> None:
+    from scipy import stats as sps
+
+    cfg = load_config("smoke", overrides=["eval.shots=[1]"])
+    scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
+    methods = ("erm", "erm-replicate", "tgr")
+    spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), methods)
+    digest = bm._digest(bm._settings(cfg, scenario))
+    acc = {
+        "erm": {0: [0.5, 0.6, 0.7, 0.4], 1: [0.4, 0.4, 0.5, 0.6], 2: [0.6, 0.6, 0.6, 0.5]},
+        "erm-replicate": {0: [0.6, 0.6, 0.6, 0.4], 1: [0.4, 0.3, 0.5, 0.5], 2: [0.7, 0.6, 0.8, 0.5]},
+        "tgr": {0: [0.7, 0.6, 0.8, 0.5], 1: [0.5, 0.4, 0.6, 0.6], 2: [0.6, 0.7, 0.6, 0.6]},
+    }
+    agreement = {0: 0.5, 1: 0.7, 2: None}  # seed 2's run had no online recovery
+    for method, per_seed in acc.items():
+        for seed, values in per_seed.items():
+            _fake_cell(tmp_path, "multi-domain", seed, method, values, digest,
+                       val={"best_step": 2, "1shot": 0.5}, groups=[[0, 1]], recover_agreement=agreement[seed])
+    report = bm.summarize(spec, tmp_path)
+    sc = report["scenarios"]["multi-domain"]
+    floor = sc["noise_floor"]
+    assert floor["seeds"] == [0, 1, 2]
+    # by hand: per seed, a paired t over the episodes; across seeds, a t-interval over the seeds' mean differences
+    diffs = {s: np.array(acc["erm-replicate"][s]) - np.array(acc["erm"][s]) for s in (0, 1, 2)}
+    for s, d in diffs.items():
+        got = floor["1shot"]["per_seed"][str(s)]
+        assert got["mean"] == pytest.approx(d.mean()) and got["n"] == 4
+        assert got["p"] == pytest.approx(sps.ttest_rel(acc["erm-replicate"][s], acc["erm"][s]).pvalue)
+    means = np.array([d.mean() for d in diffs.values()])  # 0.025, -0.05, 0.075
+    half = sps.t.ppf(0.975, 2) * means.std(ddof=1) / math.sqrt(3)
+    across = floor["1shot"]["across_seeds"]
+    assert across["mean"] == pytest.approx(means.mean())
+    assert (across["low"], across["high"]) == (pytest.approx(means.mean() - half), pytest.approx(means.mean() + half))
+    assert across["p"] == pytest.approx(sps.ttest_1samp(means, 0.0).pvalue)
+    # the same numbers beside the method differences in results.md, named and explained
+    md = bm.render_markdown(report)
+    shown = f"1-shot {100 * means.mean():+.2f} [{100 * (means.mean() - half):+.2f}, {100 * (means.mean() + half):+.2f}]"
+    line = next(line for line in md.splitlines() if line.startswith("**Noise floor**"))
+    assert shown in line and "must exceed" in line and "seed + 1000" in line
+    assert md.index("| TGR |") < md.index("**Noise floor**") < md.index("Accuracy: mean")
+    # the mean online-recovery agreement per trained method: per seed, n/a where absent, and over the seeds
+    erm = sc["methods"]["erm"]
+    assert [erm["selection"][str(s)]["recover_agreement"] for s in (0, 1, 2)] == [0.5, 0.7, None]
+    assert erm["recover_agreement"] == pytest.approx(0.6)
+    assert "| ERM | 0 | 2 | 1-shot 50.00 | 2 | 50.0% |" in md and "| ERM | 2 | 2 | 1-shot 50.00 | 2 | n/a |" in md
+    assert "Mean online-recovery agreement over the seeds: ERM 60.0%; ERM, another seed 60.0%; TGR 60.0%." in md
+    bm.write_report(spec, tmp_path)  # the figure draws the band
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+    # without the replicate there is no noise floor, and the report says none
+    without = bm.summarize(bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), ("erm", "tgr")), tmp_path)
+    assert without["scenarios"]["multi-domain"]["noise_floor"] is None
+    assert "Noise floor" not in bm.render_markdown(without)
+
+
+def test_a_cell_records_the_mean_online_recovery_agreement_of_its_run(tmp_path: Path) -> None:
+    cfg = load_config("smoke")
+    assert bm._mean_recover_agreement(tmp_path) is None  # no run record
+    RunRecord(config=cfg.to_dict(), history={"task_loss": [[1, 2.0]]}).write(tmp_path / "tgr_config.json")
+    assert bm._mean_recover_agreement(tmp_path) is None  # no online recovery
+    RunRecord(config=cfg.to_dict(), history={"recover_agreement": [[1, 0.25], [2, 0.5], [3, 1.0]]}).write(
+        tmp_path / "tgr_config.json")
+    assert bm._mean_recover_agreement(tmp_path) == pytest.approx(1.75 / 3)
+
+
 # --- a real smoke benchmark ---------------------------------------------------------------------------
 
-METHODS = ("random", "average", "erm", "tgr")
+METHODS = ("random", "average", "erm", "tgr", "erm-replicate")
 SEEDS = (0, 1)
 
 
@@ -138,7 +356,7 @@ def _spec(**overrides) -> bm.BenchmarkSpec:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list]:
-    """One smoke benchmark (config pool, 2 seeds, 4 methods), run once for the module; tests copy it."""
+    """One smoke benchmark (config pool, 2 seeds, 5 methods), run once for the module; tests copy it."""
     out = tmp_path_factory.mktemp("bench") / "bench"
     finished: list = []
     report = bm.run_benchmark(_spec(), out, progress=False, on_cell=lambda cell, rec: finished.append((cell.key, rec)))
@@ -195,22 +413,32 @@ def test_trained_methods_share_the_recovered_tasks_and_differ_only_in_their_sett
     for seed in SEEDS:
         folder = out / "config" / f"seed-{seed}"
         shared = (folder / "shared" / "recovered" / "bank.safetensors").read_bytes()
-        for method in ("erm", "tgr"):
+        for method in ("erm", "tgr", "erm-replicate"):
             assert (folder / method / "recovered" / "bank.safetensors").read_bytes() == shared
         erm = json.loads((folder / "erm" / "tgr_config.json").read_text())
         tgr = json.loads((folder / "tgr" / "tgr_config.json").read_text())
         assert erm["seed"] == tgr["seed"] == seed
         assert erm["train"]["beta"] == 0.0 and erm["group"]["strategy"] == "none" and len(erm["groups"]) == 1
         assert tgr["train"]["beta"] > 0 and tgr["group"]["strategy"] == "spectral"
+        # the replicate: ERM's run config but for meta-training's seed; the same run seed (pool, tasks, episodes)
+        replicate = RunRecord.read(folder / "erm-replicate" / "tgr_config.json").config
+        a, b = _leaves(RunRecord.read(folder / "erm" / "tgr_config.json").config), _leaves(replicate)
+        assert {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)} == {"train.seed"}
+        assert replicate["seed"] == seed and replicate["train"]["seed"] == seed + bm.REPLICATE_SEED_OFFSET
     sc = report["scenarios"]["config"]
-    assert set(sc["paired"]) == {"random", "average", "tgr"}
+    assert set(sc["paired"]) == {"random", "average", "tgr", "erm-replicate"}
+    # ... and trained with it: another model on the same episodes, whose difference from ERM is the noise floor
+    cells = {(rec["seed"], rec["method"]): rec for _, rec in bench[2]}
+    assert all(cells[(s, "erm-replicate")]["episodes"] == cells[(s, "erm")]["episodes"] for s in SEEDS)
+    assert any(cells[(s, "erm-replicate")]["accuracies"] != cells[(s, "erm")]["accuracies"] for s in SEEDS)
+    assert sc["noise_floor"] == sc["paired"]["erm-replicate"] and sc["noise_floor"]["seeds"] == list(SEEDS)
     d = sc["paired"]["tgr"]["5shot"]
     assert d["across_seeds"]["n"] == 2
     assert d["across_seeds"]["mean"] == pytest.approx(np.mean([d["per_seed"][str(s)]["mean"] for s in SEEDS]))
     for name in ("results.json", "results.md", "results.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "results.md").read_text()
-    assert "| TGR |" in md and "− ERM" in md and "seeds ± " in md
+    assert "| TGR |" in md and "− ERM" in md and "seeds ± " in md and "**Noise floor**" in md
 
 
 def test_resume_skips_finished_cells_and_an_interruption_loses_only_the_cell_in_flight(bench, tmp_path, monkeypatch):
@@ -319,9 +547,14 @@ def test_the_report_shows_the_checkpoint_meta_validation_chose_and_the_groups(be
         if record["method"] in ("random", "average"):
             assert chosen is None  # nothing was selected for the baselines
             continue
-        assert chosen == {"val": record["val"], "group_sizes": [len(g) for g in record["groups"]]}
+        assert chosen == {"val": record["val"], "group_sizes": [len(g) for g in record["groups"]],
+                          "recover_agreement": record["recover_agreement"]}
+        # smoke recovers online every step: the record holds the mean of the run's recover_agreement history
+        history = RunRecord.read(out / record["run_folder"] / "tgr_config.json").history["recover_agreement"]
+        assert history and record["recover_agreement"] == pytest.approx(np.mean([v for _, v in history]))
         label = bm.METHODS[record["method"]].label
         assert f"| {label} | {record['seed']} | {record['val']['best_step']} | " in markdown
+        assert f"| {100 * record['recover_agreement']:.1f}% |" in markdown
 
 
 def test_quickstart_prints_its_table_from_the_benchmark(bench, tmp_path, monkeypatch, capsys) -> None:

@@ -25,9 +25,22 @@ cells whose position in the grid is ``i`` modulo ``n``, so ``n`` processes (or m
 the folder) share the grid; preparing a (scenario, seed) is serialised by a file lock, and the
 report is written from whatever cells are finished (:func:`write_report`).
 
+Scenarios (``SCENARIOS``, glyph benchmark): ``standard``, the paper's main setting: at least 24
+Conv4 teachers (``max(pool.teachers, 24)``), each on a random 5-class subset of the 55 meta-train
+classes of one domain (cyrillic; each teacher draws its subset with its own seed, so subsets overlap
+as chance makes them), with meta-validation and meta-test on that domain's classes only
+(``data.domains = ["cyrillic"]`` for its cells); ``multi-domain`` (Conv4 teachers on the four
+domains), ``multi-arch`` (Conv4 / ResNet-10t / ResNet-18 teachers on the symbols domain) and
+``mixed`` (both), scored on every domain's classes (or the config's ``data.domains``).
+
 Methods (``METHODS``): Random, Average, ERM (β = 0, one group), TGR (β > 0, spectral groups),
 and the ablations groups-no-igr (spectral groups, β = 0), igr-no-groups (β > 0, one group),
 igr-random-groups (β > 0, random groups) and tgr-second-order (the authors' second-order IGR).
+``erm-replicate`` ("ERM, another seed") is ERM with only its meta-training seed changed
+(``train.seed = seed + REPLICATE_SEED_OFFSET``, 1000): the same pool, the same up-front recovered
+tasks and the same meta-test episodes. ``erm-replicate − erm`` is the report's **noise floor**: a
+difference between methods means something only if it exceeds what training ERM again gives.
+Each trained cell also records the mean online-recovery teacher agreement of its meta-training.
 Trained methods meta-train with ``cfg.train.learner`` (ProtoNet or MAML) and keep the checkpoint
 that is best on meta-**validation**; all methods, baselines included, are adapted at test time as
 the run's ``eval`` section says (:func:`tgr_hub.evaluate.eval_settings`: ``eval.method``, where
@@ -52,7 +65,7 @@ import numpy as np
 import torch
 
 from . import stats
-from .config import RunConfig
+from .config import PoolBuildConfig, RunConfig
 from .data import load_split
 from .data.fewshot import Episode, EpisodeSampler, ImageSplit
 from .errors import BenchmarkError, ConfigError
@@ -71,11 +84,15 @@ __all__ = [
     "QUICKSTART_METHODS",
     "SCENARIOS",
     "Scenario",
+    "NOISE_FLOOR",
+    "REPLICATE_SEED_OFFSET",
     "method_config",
     "plan_cells",
     "run_benchmark",
+    "scenario_config",
     "scenario_from_name",
     "scenario_from_pool",
+    "scenario_pool",
     "summarize",
     "write_report",
 ]
@@ -89,34 +106,61 @@ RESULTS_FORMAT = "tgr-hub-benchmark"
 _ALL_GLYPH_DOMAINS = ("latin", "greek", "cyrillic", "symbols")
 _THREE_ARCHS = ("conv4", "resnet10t", "resnet18")  # a 4-layer CNN, a light and a deeper timm ResNet
 
-#: Named scenarios (after the paper's settings): glyph domains × teacher architectures.
-SCENARIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "multi-domain": (_ALL_GLYPH_DOMAINS, ("conv4",)),
-    "multi-arch": (("symbols",), _THREE_ARCHS),  # symbols: the domain with the most classes
-    "mixed": (_ALL_GLYPH_DOMAINS, _THREE_ARCHS),
-}
-#: The pool the run config's ``pool`` section describes (the quickstart's).
-CONFIG_SCENARIO = "config"
-
 
 @dataclass(frozen=True)
 class Scenario:
-    """Where a benchmark's teachers come from.
+    """Where a benchmark's teachers come from, and which classes it is scored on.
 
     Attributes:
-        name: folder and table name (``multi-domain``, ``multi-arch``, ``mixed``, ``config``, ``pool``).
+        name: folder and table name (``standard``, ``multi-domain``, ``multi-arch``, ``mixed``,
+            ``config``, ``pool``).
         domains, archs: the pool built per seed with :func:`tgr_hub.teachers.make_pool` (one
             teacher per (domain, arch) pair at least, cycling as make_pool does).
         pool_list: the user's repo list instead (the same teachers for every seed).
+        min_teachers: the pool has at least this many teachers (``max(pool.teachers, min_teachers)``).
+        way: classes per teacher (None: the config's ``pool.way``).
+        eval_domains: meta-validation and meta-test use only these domains' classes (the cells'
+            ``data.domains``); None: the config's ``data.domains``.
     """
 
     name: str
     domains: tuple[str, ...] = ()
     archs: tuple[str, ...] = ()
     pool_list: str | None = None
+    min_teachers: int = 0
+    way: int | None = None
+    eval_domains: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_teachers < 0 or (self.way is not None and self.way < 2):
+            raise ConfigError(f"scenario {self.name!r}: min_teachers must be >= 0 and way >= 2")
+        if self.eval_domains is not None and not self.eval_domains:
+            raise ConfigError(f"scenario {self.name!r}: eval_domains must name a domain, or be None (every domain)")
 
     def describe(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The scenario as JSON (bench.json, the report, the settings digest).
+
+        ``name``, ``domains``, ``archs`` and ``pool_list`` always; ``min_teachers``, ``way`` and
+        ``eval_domains`` only when set, so the scenarios that lack them describe (and digest) as
+        they did before those fields existed.
+        """
+        described = dataclasses.asdict(self)
+        defaults = {"min_teachers": 0, "way": None, "eval_domains": None}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in described.items()
+                if k not in defaults or v != defaults[k]}
+
+
+#: Named scenarios (after the paper's settings): glyph domains × teacher architectures.
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    # the paper's main setting: >= 24 Conv4 teachers, each on a random 5-class subset of one domain's
+    # 55 meta-train classes (subsets overlap as chance makes them), scored on that domain's held-out classes
+    Scenario("standard", ("cyrillic",), ("conv4",), min_teachers=24, way=5, eval_domains=("cyrillic",)),
+    Scenario("multi-domain", _ALL_GLYPH_DOMAINS, ("conv4",)),
+    Scenario("multi-arch", ("symbols",), _THREE_ARCHS),  # symbols: the domain with the most classes
+    Scenario("mixed", _ALL_GLYPH_DOMAINS, _THREE_ARCHS),
+)}
+#: The pool the run config's ``pool`` section describes (the quickstart's).
+CONFIG_SCENARIO = "config"
 
 
 def scenario_from_name(name: str, cfg: RunConfig) -> Scenario:
@@ -126,8 +170,7 @@ def scenario_from_name(name: str, cfg: RunConfig) -> Scenario:
     if name not in SCENARIOS:
         raise ConfigError(f"unknown scenario {name!r}",
                           hint=f"choose {', '.join(SCENARIOS)} or {CONFIG_SCENARIO}, or give your own --pool LIST")
-    domains, archs = SCENARIOS[name]
-    return Scenario(name, domains, archs)
+    return SCENARIOS[name]
 
 
 def scenario_from_pool(pool_list: str | Path) -> Scenario:
@@ -136,6 +179,39 @@ def scenario_from_pool(pool_list: str | Path) -> Scenario:
     if not path.is_file():
         raise ConfigError(f"pool list {pool_list} does not exist", hint="give a repo-list file (one teacher per line)")
     return Scenario("pool", pool_list=str(path.resolve()))
+
+
+def scenario_config(cfg: RunConfig, scenario: Scenario) -> RunConfig:
+    """The run config of a scenario's cells: ``data.domains`` set to the scenario's ``eval_domains``.
+
+    Raises:
+        ConfigError: the config restricts ``data.domains`` to other domains than the scenario's.
+    """
+    if scenario.eval_domains is None:
+        return cfg
+    wanted = list(scenario.eval_domains)
+    if cfg.data.domains is not None and list(cfg.data.domains) != wanted:
+        raise ConfigError(f"scenario {scenario.name!r} is scored on the domains {wanted}, but data.domains is "
+                          f"{list(cfg.data.domains)}",
+                          hint=f"drop the data.domains setting, or set it to {wanted}")
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, domains=wanted))
+
+
+def scenario_pool(cfg: RunConfig, scenario: Scenario) -> PoolBuildConfig:
+    """The ``pool`` section :func:`tgr_hub.teachers.make_pool` builds a scenario's teachers with.
+
+    The config's pool section (epochs, batch size, lr) with the scenario's domains and
+    architectures, at least one teacher per (domain, arch) pair and at least ``min_teachers``,
+    ``way`` classes each (the scenario's, else ``pool.way``).
+
+    Raises:
+        ConfigError: the scenario is the user's pool list (it builds no teachers).
+    """
+    if scenario.pool_list is not None:
+        raise ConfigError(f"scenario {scenario.name!r} uses the pool list {scenario.pool_list}; it builds no teachers")
+    teachers = max(cfg.pool.teachers, scenario.min_teachers, len(scenario.domains) * len(scenario.archs))
+    return dataclasses.replace(cfg.pool, domains=list(scenario.domains), archs=list(scenario.archs),
+                               teachers=teachers, way=scenario.way if scenario.way is not None else cfg.pool.way)
 
 
 # --- methods ---------------------------------------------------------------------------------------
@@ -152,6 +228,10 @@ class Method:
         igr: β = ``train.beta`` (True) or β = 0 (False).
         groups: teacher grouping (``group.strategy``).
         igr_order: ``first`` or ``second`` (the authors' second-order IGR).
+        train_seed_offset: meta-training's seed (``train.seed``) is the cell's seed plus this
+            offset; None leaves ``train.seed`` as the config has it (None: the cell's seed). Only
+            meta-training changes with it: the pool, the up-front recovered tasks and the
+            meta-test episodes stay those of the cell's seed.
     """
 
     name: str
@@ -160,12 +240,20 @@ class Method:
     igr: bool = False
     groups: Literal["spectral", "random", "none"] = "none"
     igr_order: Literal["first", "second"] = "first"
+    train_seed_offset: int | None = None
 
+
+#: ``erm-replicate`` meta-trains with ``train.seed = seed + REPLICATE_SEED_OFFSET``: ERM again, another seed.
+REPLICATE_SEED_OFFSET = 1000
+#: The noise floor: (replicate, original), the same method trained with two training seeds.
+NOISE_FLOOR = ("erm-replicate", "erm")
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("random", "Random", "random"),
     Method("average", "Average", "average"),
     Method("erm", "ERM", "trained", igr=False, groups="none"),
+    Method("erm-replicate", "ERM, another seed", "trained", igr=False, groups="none",
+           train_seed_offset=REPLICATE_SEED_OFFSET),
     Method("tgr", "TGR", "trained", igr=True, groups="spectral"),
     Method("groups-no-igr", "groups, no IGR", "trained", igr=False, groups="spectral"),
     Method("igr-no-groups", "IGR, no groups", "trained", igr=True, groups="none"),
@@ -177,8 +265,14 @@ QUICKSTART_METHODS = ("random", "average", "erm", "tgr")
 
 
 def method_config(cfg: RunConfig, method: Method, seed: int) -> RunConfig:
-    """The run config of a trained method at ``seed``: β, grouping and IGR order set from the method."""
-    train = dataclasses.replace(cfg.train, beta=cfg.train.beta if method.igr else 0.0, igr_order=method.igr_order)
+    """The run config of a trained method at ``seed``: β, grouping, IGR order and training seed from the method.
+
+    The run seed is ``seed`` for every method; ``train.seed`` is ``seed + method.train_seed_offset``
+    for a method with an offset (``erm-replicate``), else the config's.
+    """
+    train_seed = cfg.train.seed if method.train_seed_offset is None else int(seed) + method.train_seed_offset
+    train = dataclasses.replace(cfg.train, beta=cfg.train.beta if method.igr else 0.0, igr_order=method.igr_order,
+                                seed=train_seed)
     group = dataclasses.replace(cfg.group, strategy=method.groups)
     return dataclasses.replace(cfg, seed=int(seed), train=train, group=group)
 
@@ -224,6 +318,8 @@ class BenchmarkSpec:
         if self.cfg.train.beta == 0 and any(METHODS[m].igr for m in self.methods):
             raise ConfigError("train.beta is 0, so the IGR methods would be ERM",
                               hint="set train.beta > 0 or drop the IGR methods")
+        for scenario in self.scenarios:  # a data.domains at odds with a scenario's, refused before any work
+            scenario_config(self.cfg, scenario)
 
 
 @dataclass(frozen=True)
@@ -254,10 +350,14 @@ def _seed_dir(out: Path, scenario: Scenario, seed: int) -> Path:
 
 
 def _settings(cfg: RunConfig, scenario: Scenario) -> dict[str, Any]:
-    """What a cell's result depends on besides its seed and method."""
+    """What a cell's result depends on besides its seed and method (the scenario's config: its data.domains)."""
+    return {"config": _config_without_seed(scenario_config(cfg, scenario)), "scenario": scenario.describe()}
+
+
+def _config_without_seed(cfg: RunConfig) -> dict[str, Any]:
     config = cfg.to_dict()
     config.pop("seed")
-    return {"config": config, "scenario": scenario.describe()}
+    return config
 
 
 def _digest(data: Any) -> str:
@@ -344,10 +444,20 @@ class _Runner:
     def __init__(self, spec: BenchmarkSpec, out: Path, progress: bool) -> None:
         self.spec, self.out, self.progress = spec, out, progress
         self.cfg = spec.cfg
-        self._test: ImageSplit | None = None
-        self._episodes: dict[int, dict[int, EpisodeList]] = {}
-        self._fingerprints: dict[int, dict[int, str]] = {}
+        # per meta-test domains (a scenario's data.domains; None: every domain): the split, and per
+        # seed the episode lists and their fingerprints
+        self._tests: dict[tuple[str, ...] | None, ImageSplit] = {}
+        self._episodes: dict[tuple[tuple[str, ...] | None, int], dict[int, EpisodeList]] = {}
+        self._fingerprints: dict[tuple[tuple[str, ...] | None, int], dict[int, str]] = {}
         self._device: torch.device | None = None
+
+    def config(self, scenario: Scenario) -> RunConfig:
+        """The run config of the scenario's cells (:func:`scenario_config`)."""
+        return scenario_config(self.cfg, scenario)
+
+    def _domains_key(self, scenario: Scenario) -> tuple[str, ...] | None:
+        domains = self.config(scenario).data.domains
+        return tuple(domains) if domains is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -359,19 +469,33 @@ class _Runner:
             self._device = PartialState().device
         return self._device
 
-    # the meta-test split and the per-seed episode lists, built once
-    def episodes(self, seed: int) -> dict[int, EpisodeList]:
-        if seed not in self._episodes:
+    # the meta-test split and the per-seed episode lists, built once per meta-test domains
+    def test_split(self, scenario: Scenario) -> ImageSplit:
+        """The meta-test split of the scenario's cells (restricted to its ``data.domains``)."""
+        key = self._domains_key(scenario)
+        if key not in self._tests:
+            cfg = self.config(scenario)
+            self._tests[key] = load_split(cfg.data.dataset, cfg.eval.split, domains=cfg.data.domains,
+                                          image_size=cfg.data.image_size, seed=cfg.data.seed,
+                                          cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+        return self._tests[key]
+
+    def episodes(self, scenario: Scenario, seed: int) -> dict[int, EpisodeList]:
+        """``{shot: episode list}`` every method of (scenario, seed) is scored on."""
+        key = (self._domains_key(scenario), seed)
+        if key not in self._episodes:
             cfg = self.cfg
-            if self._test is None:
-                self._test = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size,
-                                        seed=cfg.data.seed, cache_dir=cfg.data.cache_dir,
-                                        class_split=cfg.data.class_split)
-            self._episodes[seed] = {int(shot): EpisodeList(self._test, way=cfg.eval.way, shot=int(shot),
-                                                           query=cfg.eval.query, seed=seed, count=cfg.eval.episodes)
-                                    for shot in cfg.eval.shots}
-            self._fingerprints[seed] = {shot: lst.fingerprint() for shot, lst in self._episodes[seed].items()}
-        return self._episodes[seed]
+            test = self.test_split(scenario)
+            self._episodes[key] = {int(shot): EpisodeList(test, way=cfg.eval.way, shot=int(shot), query=cfg.eval.query,
+                                                          seed=seed, count=cfg.eval.episodes)
+                                   for shot in cfg.eval.shots}
+            self._fingerprints[key] = {shot: lst.fingerprint() for shot, lst in self._episodes[key].items()}
+        return self._episodes[key]
+
+    def fingerprints(self, scenario: Scenario, seed: int) -> dict[int, str]:
+        """``{shot: EpisodeList.fingerprint()}`` of :meth:`episodes`."""
+        self.episodes(scenario, seed)
+        return self._fingerprints[(self._domains_key(scenario), seed)]
 
     def pool_list(self, scenario: Scenario, seed: int) -> Path:
         """The repo list of (scenario, seed), building the teachers first if needed (``pool-build.json``: done)."""
@@ -387,12 +511,10 @@ class _Runner:
             if record.exists():
                 return repo_list
             start = time.perf_counter()
-            # at least one teacher per (domain, arch) pair, so the scenario really has them all
-            teachers = max(cfg.pool.teachers, len(scenario.domains) * len(scenario.archs))
-            pool = dataclasses.replace(cfg.pool, domains=list(scenario.domains), archs=list(scenario.archs),
-                                       teachers=teachers)
+            pool = scenario_pool(cfg, scenario)
             make_pool(folder, pool, seed=seed, data=cfg.data, progress=self.progress, device=self.device)
-            write_json_atomic(record, {"timings_s": {"make-pool": time.perf_counter() - start}, "teachers": teachers})
+            write_json_atomic(record, {"timings_s": {"make-pool": time.perf_counter() - start},
+                                       "teachers": pool.teachers})
             return repo_list
 
     def prepared(self, scenario: Scenario, seed: int) -> tuple[Path, Path]:
@@ -404,7 +526,7 @@ class _Runner:
         repo_list = self.pool_list(scenario, seed)
         with _locked(folder / ".prepare.lock"):
             if not record.exists():
-                cfg = method_config(self.cfg, METHODS["tgr"], seed)
+                cfg = method_config(self.config(scenario), METHODS["tgr"], seed)
                 prepared = prepare_pool(repo_list, folder / "shared", cfg, progress=self.progress)
                 write_json_atomic(record, {"timings_s": prepared.timings,
                                            "teachers": [m.name for m in prepared.members]})
@@ -414,10 +536,8 @@ class _Runner:
         """Refuse to run a cell whose episodes would differ from its finished neighbours' (same scenario
         and seed): other episode indices, another dataset commit (a Hub branch that moved) or another
         class split. Found before training, not when the report compares the cells' image hashes."""
-        self.episodes(cell.seed)
-        test = self._test
-        assert test is not None  # loaded by self.episodes
-        mine = {f"{shot}shot": fingerprint for shot, fingerprint in self._fingerprints[cell.seed].items()}
+        test = self.test_split(cell.scenario)
+        mine = {f"{shot}shot": fingerprint for shot, fingerprint in self.fingerprints(cell.scenario, cell.seed).items()}
         folder = _cell_path(self.out, cell).parent
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             record = _read_cell(path)
@@ -436,7 +556,7 @@ class _Runner:
         """Train (if needed) and score one cell; returns its record (not yet written)."""
         from .evaluate import average_baseline, eval_settings, evaluate_model, random_baseline
 
-        cfg, method, seed = self.cfg, cell.method, cell.seed
+        cfg, method, seed = self.config(cell.scenario), cell.method, cell.seed
         self.check_episodes_unchanged(cell)
         timings: dict[str, float] = {}
         extra: dict[str, Any] = {}
@@ -468,17 +588,19 @@ class _Runner:
                              progress=self.progress, resume=True)
             model = result.model
             extra = {"val": result.metrics.get("val"), "groups": [[int(i) for i in g] for g in result.groups],
-                     "run_folder": str(run_dir.relative_to(self.out))}
+                     "run_folder": str(run_dir.relative_to(self.out)),
+                     "recover_agreement": _mean_recover_agreement(run_dir)}
         timings["train"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        episodes = self.episodes(seed)
+        episodes = self.episodes(cell.scenario, seed)
+        fingerprints = self.fingerprints(cell.scenario, seed)
+        test = self.test_split(cell.scenario)
         witnesses = {shot: _Witness(lst) for shot, lst in episodes.items()}
         model = model.to(self.device).eval()  # run_tgr hands its model back on the CPU
-        assert self._test is not None  # loaded by self.episodes
         # the run's eval section (eval.method, the fine-tuning schedule) for every method, baselines
         # included, as run_tgr's final test; way / shots / query / episodes come from the episode lists
-        metrics = evaluate_model(model, self._test, **eval_settings(cfg.eval, cfg.train.learner),
+        metrics = evaluate_model(model, test, **eval_settings(cfg.eval, cfg.train.learner),
                                  progress=self.progress, keep_accuracies=True, episode_lists=witnesses)
         timings["evaluate"] = time.perf_counter() - start
         return {
@@ -486,16 +608,32 @@ class _Runner:
             "scenario": cell.scenario.name, "seed": seed, "method": method.name, "learner": cfg.train.learner,
             "settings_digest": _digest(_settings(cfg, cell.scenario)),
             "accuracies": {f"{shot}shot": metrics[f"{shot}shot"]["accuracies"] for shot in episodes},
-            "episodes": {f"{shot}shot": {"count": witnesses[shot].served, "list": self._fingerprints[seed][shot],
+            "episodes": {f"{shot}shot": {"count": witnesses[shot].served, "list": fingerprints[shot],
                                          "seen": witnesses[shot].digest()} for shot in episodes},
             "adaptation": metrics[f"{next(iter(episodes))}shot"]["method"],
             # the meta-test data as resolved: a Hub dataset's commit and the class split used (as in a run record)
-            "data_source": {"dataset": cfg.data.dataset, "revision": self._test.revision,
-                            "class_split": self._test.class_split},
+            "data_source": {"dataset": cfg.data.dataset, "revision": test.revision, "class_split": test.class_split},
             "timings_s": timings,
             "device": str(self.device),
             **extra,
         }
+
+
+def _mean_recover_agreement(run_dir: Path) -> float | None:
+    """Mean of meta-training's ``recover_agreement`` history in the run record of ``run_dir``.
+
+    How often the teacher predicted the intended label of the images online recovery made
+    (over every recovery of the run); None without online recovery (no such history) or record.
+    """
+    from .metamodel import TGR_CONFIG_NAME
+    from .run_record import RunRecord
+
+    path = run_dir / TGR_CONFIG_NAME
+    if not path.is_file():
+        return None
+    points = RunRecord.read(path).history.get("recover_agreement") or []
+    values = [float(value) for _, value in points]
+    return float(np.mean(values)) if values else None
 
 
 def _read_cell(path: Path) -> dict[str, Any]:
@@ -524,7 +662,8 @@ def _check_settings(spec: BenchmarkSpec, out: Path) -> None:
 
 def _write_settings(spec: BenchmarkSpec, out: Path) -> None:
     path = out / "bench.json"
-    data = {"format": RESULTS_FORMAT, "config": _settings(spec.cfg, spec.scenarios[0])["config"],
+    # the config as given; a scenario's own data.domains is in its description (eval_domains)
+    data = {"format": RESULTS_FORMAT, "config": _config_without_seed(spec.cfg),
             "scenarios": {s.name: s.describe() for s in spec.scenarios}, "seeds": list(spec.seeds),
             "methods": list(spec.methods), "reference": spec.reference}
     if path.exists():  # keep the union of what was asked of this folder
@@ -606,6 +745,26 @@ def _interval(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "ci95": ci95, "episodes": len(values)}
 
 
+def _paired(records: dict[tuple[int, str], dict[str, Any]], method: str, reference: str, seeds: Sequence[int],
+            shots: Sequence[str]) -> dict[str, Any] | None:
+    """``method − reference`` on the seeds that have both cells (None: no such seed).
+
+    Returns:
+        ``{"seeds": [...], SHOT: {"per_seed": {seed: paired t over the episodes}, "across_seeds":
+        t-interval over the seeds' mean differences}}`` (each a :meth:`stats.TInterval.to_dict`).
+    """
+    both = [s for s in seeds if (s, method) in records and (s, reference) in records]
+    if not both:
+        return None
+    diff: dict[str, Any] = {"seeds": both}
+    for shot in shots:
+        per_seed = {s: stats.paired_difference(records[(s, method)]["accuracies"][shot],
+                                               records[(s, reference)]["accuracies"][shot]) for s in both}
+        diff[shot] = {"per_seed": {str(s): d.to_dict() for s, d in per_seed.items()},
+                      "across_seeds": stats.across_seeds([d.mean for d in per_seed.values()]).to_dict()}
+    return diff
+
+
 def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
     """Statistics of every finished cell of ``spec`` in ``out`` (see :mod:`tgr_hub.stats`).
 
@@ -613,6 +772,11 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
     episodes of all seeds, episode CI; ``seeds``: t-interval over the seed means, with ≥ 2 seeds).
     Per method against the reference: ``per_seed[seed]`` (paired t over the identical episodes)
     and ``across_seeds`` (t-interval over the seeds' mean paired differences, ≥ 2 seeds).
+    ``noise_floor`` (None unless both ``erm-replicate`` and ``erm`` have cells): ``erm-replicate −
+    erm`` in the same form (``seeds``, then per shot ``per_seed`` and ``across_seeds``), the
+    spread of ERM trained again with another training seed on the same pool, tasks and episodes.
+    Per trained method, ``selection[seed]`` (the meta-validation result, group sizes and mean
+    online-recovery agreement) and ``recover_agreement`` (its mean over the seeds; None: n/a).
 
     Raises:
         BenchmarkError: the methods of one seed were not scored on identical episodes.
@@ -656,24 +820,22 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                 pooled["seeds"] = stats.across_seeds([per_seed[str(s)]["mean"] for s in seeds]).to_dict()
                 entry[shot] = {"per_seed": per_seed, "pooled": pooled}
             entry["timings_s"] = {str(s): records[(s, name)]["timings_s"] for s in seeds}
-            # trained methods: the checkpoint meta-validation chose, and the groups it trained with
+            # trained methods: the checkpoint meta-validation chose, the groups it trained with, and how
+            # often the teachers agreed with the labels online recovery intended (None: no online recovery)
             entry["selection"] = {str(s): {"val": records[(s, name)].get("val"),
-                                           "group_sizes": [len(g) for g in records[(s, name)].get("groups") or []]}
+                                           "group_sizes": [len(g) for g in records[(s, name)].get("groups") or []],
+                                           "recover_agreement": records[(s, name)].get("recover_agreement")}
                                   for s in seeds if records[(s, name)].get("val") is not None}
+            agreements = [c["recover_agreement"] for c in entry["selection"].values()
+                          if c["recover_agreement"] is not None]
+            entry["recover_agreement"] = float(np.mean(agreements)) if agreements else None
             methods[name] = entry
-            if name == spec.reference:
-                continue
-            both = [s for s in seeds if (s, spec.reference) in records]
-            if not both:
-                continue
-            diff: dict[str, Any] = {"seeds": both}
-            for shot in shots:
-                per_seed_diff = {s: stats.paired_difference(records[(s, name)]["accuracies"][shot],
-                                                            records[(s, spec.reference)]["accuracies"][shot])
-                                 for s in both}
-                diff[shot] = {"per_seed": {str(s): d.to_dict() for s, d in per_seed_diff.items()},
-                              "across_seeds": stats.across_seeds([d.mean for d in per_seed_diff.values()]).to_dict()}
-            paired[name] = diff
+            if name != spec.reference:
+                diff = _paired(records, name, spec.reference, spec.seeds, shots)
+                if diff is not None:
+                    paired[name] = diff
+        replicate, original = NOISE_FLOOR
+        noise_floor = _paired(records, replicate, original, spec.seeds, shots)
         prepare: dict[str, Any] = {}  # make-pool, then recovery / embedding / grouping, per seed
         for seed in spec.seeds:
             timings: dict[str, float] = {}
@@ -684,7 +846,8 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
             if timings:
                 prepare[str(seed)] = {"timings_s": timings}
         report["scenarios"][scenario.name] = {"scenario": scenario.describe(), "seeds": list(spec.seeds),
-                                              "methods": methods, "paired": paired, "prepare": prepare}
+                                              "methods": methods, "paired": paired, "noise_floor": noise_floor,
+                                              "prepare": prepare}
     report["data_sources"] = list(data_sources.values())
     report["devices"] = sorted(devices)
     return report
@@ -702,9 +865,39 @@ def _p(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _pair_interval(pair: dict[str, Any], shot: str) -> dict[str, Any]:
+    """The interval a paired difference is read with: across seeds with ≥ 2 seeds, else the one seed's paired t."""
+    return pair[shot]["across_seeds"] if len(pair["seeds"]) > 1 else pair[shot]["per_seed"][str(pair["seeds"][0])]
+
+
+def _difference(d: dict[str, Any]) -> str:
+    return f"{_pct(d['mean'], True)} [{_pct(d['low'], True)}, {_pct(d['high'], True)}], p {_p(d['p'])}"
+
+
+def _noise_floor_lines(sc: dict[str, Any], shots: Sequence[str]) -> list[str]:
+    """The ERM − ERM spread (``erm-replicate − erm``) every method difference is to be read against."""
+    floor = sc.get("noise_floor")
+    if not floor:
+        return []
+    seeds = floor["seeds"]
+    over = (f"95% t-interval over {len(seeds)} seeds (df = {len(seeds) - 1})" if len(seeds) > 1 else
+            f"one seed ({seeds[0]}): 95% paired-t interval over its episodes, which covers episode sampling only; "
+            f"run more seeds for the spread across training seeds")
+    parts = "; ".join(f"{shot[:-4]}-shot {_difference(_pair_interval(floor, shot))}" for shot in shots)
+    return [f"**Noise floor** (ERM − ERM), {METHODS[NOISE_FLOOR[0]].label} − {METHODS[NOISE_FLOOR[1]].label} in "
+            f"points: {parts}. That is ERM meta-trained again with training seed = seed + {REPLICATE_SEED_OFFSET} on "
+            f"the same pool, recovered tasks and meta-test episodes ({over}). A difference between methods must "
+            f"exceed this spread to mean anything: one inside it is what training ERM again with another seed "
+            f"already gives.", ""]
+
+
+def _agreement(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
     """Per trained method and seed: the step meta-validation chose, its meta-val accuracy, the group
-    sizes, and the cell's times; then each seed's shared preparation times."""
+    sizes, the mean online-recovery agreement and the cell's times; then each seed's shared preparation times."""
     rows = []
     for entry in sc["methods"].values():
         for seed, chosen in entry.get("selection", {}).items():
@@ -712,14 +905,19 @@ def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
             scores = ", ".join(f"{k[:-4]}-shot {_pct(v)}" for k, v in val.items() if k.endswith("shot"))
             times = entry["timings_s"][seed]
             rows.append(f"| {entry['label']} | {seed} | {val.get('best_step')} | {scores} | "
-                        f"{'+'.join(map(str, chosen['group_sizes']))} | {times.get('train', 0):.0f} | "
-                        f"{times.get('evaluate', 0):.0f} |")
+                        f"{'+'.join(map(str, chosen['group_sizes']))} | {_agreement(chosen.get('recover_agreement'))} | "
+                        f"{times.get('train', 0):.0f} | {times.get('evaluate', 0):.0f} |")
     if not rows:
         return []
+    means = "; ".join(f"{entry['label']} {_agreement(entry.get('recover_agreement'))}"
+                      for entry in sc["methods"].values() if entry.get("selection"))
     lines = ["Checkpoints are chosen on meta-validation only; the step chosen, its meta-val accuracy, the group "
-             "sizes each method trained with, and the cell's times (seconds):", "",
-             "| method | seed | step chosen | meta-val accuracy | groups | train s | evaluate s |",
-             "|---|---|---|---|---|---|---|", *rows, ""]
+             "sizes each method trained with, the mean online-recovery agreement (how often a teacher predicts the "
+             "label its recovered image was made for, over the run's online recoveries; n/a: no online recovery), "
+             "and the cell's times (seconds):", "",
+             "| method | seed | step chosen | meta-val accuracy | groups | recovery agreement | train s | evaluate s |",
+             "|---|---|---|---|---|---|---|---|", *rows, "",
+             f"Mean online-recovery agreement over the seeds: {means}.", ""]
     prepare = sc.get("prepare", {})
     if prepare:
         lines += ["Shared per seed (seconds): " + "; ".join(
@@ -738,6 +936,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         desc = sc["scenario"]
         where = (f"pool {desc['pool_list']}" if desc.get("pool_list")
                  else f"domains {', '.join(desc['domains'])} × archs {', '.join(desc['archs'])}")
+        if desc.get("min_teachers") or desc.get("way"):
+            where += (f" (at least {desc.get('min_teachers') or 1} teachers"
+                      + (f", {desc['way']} classes each" if desc.get("way") else "") + ")")
+        if desc.get("eval_domains"):
+            where += f"; meta-validation and meta-test on {', '.join(desc['eval_domains'])} only"
         seeds = sc["seeds"]
         lines += [f"## {name}: {where}; seeds {', '.join(map(str, seeds))}; {ev['episodes']} episodes per seed, "
                   f"{ev['query']} queries per class", ""]
@@ -755,17 +958,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                 if method == ref:
                     delta = "reference"
                 elif method in sc["paired"]:
-                    pair = sc["paired"][method]
-                    if len(pair["seeds"]) > 1:
-                        d = pair[shot]["across_seeds"]
-                    else:
-                        d = pair[shot]["per_seed"][str(pair["seeds"][0])]
-                    delta = f"{_pct(d['mean'], True)} [{_pct(d['low'], True)}, {_pct(d['high'], True)}], p {_p(d['p'])}"
+                    delta = _difference(_pair_interval(sc["paired"][method], shot))
                 else:
                     delta = "n/a"
                 cells += [acc, delta]
             lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _noise_floor_lines(sc, shots)  # beside the differences it is the yardstick of
         lines.append(f"Accuracy: mean over all episodes of the seeds listed ± 1.96·std/√n over those episodes "
                      f"(episode sampling only); '(seeds ± h)': 95% t-interval over the seed means (covers the pool, "
                      f"recovery, training and episode set of each seed). − {ref_label}: the paired difference on "
@@ -789,9 +988,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                         if method == ref:
                             cells.append("reference")
                         elif pair is not None and seed in pair["seeds"]:
-                            d = pair[shot]["per_seed"][str(seed)]
-                            cells.append(f"{_pct(d['mean'], True)} [{_pct(d['low'], True)}, {_pct(d['high'], True)}], "
-                                         f"p {_p(d['p'])}")
+                            cells.append(_difference(pair[shot]["per_seed"][str(seed)]))
                         else:
                             cells.append("n/a")
                     lines.append(f"| {entry['label']} | {seed} | " + " | ".join(cells) + " |")

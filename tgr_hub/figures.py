@@ -85,7 +85,8 @@ def plot_benchmark(report: dict, path: str | Path) -> None:
 
     Left: accuracy (%) per method and shot; error bars are the 95% t-interval over seed means with
     two or more seeds, else the episode interval. Right: the paired difference from the reference
-    (points) with its 95% interval: across seeds with two or more seeds, else over the episodes.
+    (points) with its 95% interval: across seeds with two or more seeds, else over the episodes;
+    with a noise floor in the report (``erm-replicate − erm``), its interval is a shaded band per shot.
     """
     scenarios = [(name, sc) for name, sc in report["scenarios"].items() if sc["methods"]]
     shots = [f"{s}shot" for s in report["eval"]["shots"]]
@@ -124,7 +125,14 @@ def plot_benchmark(report: dict, path: str | Path) -> None:
                 xs.append(100 * d["mean"])
                 lows.append(100 * (d["mean"] - d["low"]))
                 highs.append(100 * (d["high"] - d["mean"]))
-            ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", capsize=3, label=f"{shot[:-4]}-shot")
+            bars = ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", capsize=3, label=f"{shot[:-4]}-shot")
+            floor = sc.get("noise_floor")
+            if floor:  # ERM − ERM (another training seed): what a difference must exceed to mean anything
+                f = floor[shot]["across_seeds"] if len(floor["seeds"]) > 1 else \
+                    floor[shot]["per_seed"][str(floor["seeds"][0])]
+                if f["low"] is not None:
+                    ax.axvspan(100 * f["low"], 100 * f["high"], color=bars.lines[0].get_color(), alpha=0.12,
+                               label=f"noise floor (ERM − ERM), {shot[:-4]}-shot")
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks(np.arange(len(others)), [sc["methods"][m]["label"] for m in others], fontsize=8)
         ax.invert_yaxis()

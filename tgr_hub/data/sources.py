@@ -418,6 +418,11 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
         described = f"a seeded 60/20/20 class split (seed {seed}), as it has no class-disjoint train/validation/test"
     logger.info("%s: %s split of %d classes, from %s", source, split, len(members), described)
     if domains:
+        lacking = sorted(set(domains) - set(class_domain.values()))
+        if lacking:  # not silently dropped: the split would hold fewer domains than asked for
+            raise DatasetError(f"dataset {source!r} has no {split} classes in domains {lacking} "
+                               f"(its domains: {', '.join(sorted(set(class_domain.values())))})",
+                               hint="name domains the dataset has, or drop the domain filter")
         members = [c for c in members if class_domain[c] in set(domains)]
     if not members:
         known = sorted(set(class_domain.values()))
