@@ -118,3 +118,28 @@ def test_invalid_options_are_config_errors() -> None:
 def test_groups_to_labels() -> None:
     labels = groups_to_labels([[0, 3], [1], [2, 4]], 5)
     assert labels.tolist() == [0, 1, 2, 0, 2]
+
+
+def test_small_groups_merge_into_the_most_dissimilar_group() -> None:
+    from tgr_hub.group import merge_small_groups
+
+    d = np.full((6, 6), 0.1)
+    np.fill_diagonal(d, 0.0)
+    d[5, [0, 1]] = d[[0, 1], 5] = 0.9  # teacher 5 is most unlike group [0, 1]
+    assert merge_small_groups([[0, 1], [2, 3, 4], [5]], d, 2) == [[0, 1, 5], [2, 3, 4]]
+    d[5, [0, 1]] = d[[0, 1], 5] = 0.1
+    d[5, [2, 3, 4]] = d[[2, 3, 4], 5] = 0.9  # now most unlike [2, 3, 4]
+    assert merge_small_groups([[0, 1], [2, 3, 4], [5]], d, 2) == [[0, 1], [2, 3, 4, 5]]
+    assert merge_small_groups([[0, 1], [2, 3, 4], [5]], d, 1) == [[0, 1], [2, 3, 4], [5]]  # min size 1: as they are
+    assert merge_small_groups([[0], [1], [2]], d, 5) == [[0, 1, 2]]  # never fewer than one group
+
+
+def test_spectral_groups_respect_the_minimum_size() -> None:
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        x = rng.random((9, 9))
+        d = (x + x.T) / 2
+        np.fill_diagonal(d, 0.0)
+        groups = group_teachers(d, 4, n_init=5, seed=seed, min_size=2)
+        assert sorted(i for g in groups for i in g) == list(range(9))
+        assert min(len(g) for g in groups) >= 2 or len(groups) == 1

@@ -7,6 +7,8 @@ orientation, plus noise), at 16×16 so the reference-size generator stays cheap 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import math
@@ -587,3 +589,26 @@ def test_recovery_quality_against_a_direct_computation(teacher: PoolMember) -> N
     pairs = [float((logits[i] - logits[j]).norm()) for i in range(n) for j in range(n) if i != j]
     assert quality["diversity"] == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
     assert quality["bn_loss"] == task.bn_history[task.best_step] and quality["ce"] == task.ce_history[task.best_step]
+
+
+def test_oversampling_keeps_the_images_the_teacher_finds_most_on_label(teacher: PoolMember) -> None:
+    from tgr_hub.recover import _most_on_label
+
+    # a hand check of the choice: per class, the `keep` images with the highest log-probability of their label
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(WAY * 4, 3, SIZE, SIZE, generator=gen)
+    labels = torch.arange(WAY).repeat_interleave(4)
+    kept, kept_labels = _most_on_label(teacher, images, labels, 4, 2)
+    with torch.no_grad():
+        own = torch.log_softmax(teacher.logits(images), 1)[torch.arange(len(labels)), labels]
+    expected = torch.cat([4 * c + torch.topk(own[4 * c:4 * c + 4], 2).indices.sort().values for c in range(WAY)])
+    assert torch.equal(kept, images[expected]) and torch.equal(kept_labels, labels[expected])
+    # in a recovery: images_per_class images per class come back, at least as on-label as without the choice
+    cfg = small_cfg(steps=2, images_per_class=3)
+    plain = recover_task(teacher, list(range(WAY)), cfg, seed=0)
+    chosen = recover_task(teacher, list(range(WAY)), dataclasses.replace(cfg, oversample=3.0), seed=0)
+    assert chosen.images.shape == plain.images.shape and torch.equal(chosen.labels, plain.labels)
+    with torch.no_grad():
+        own_plain = torch.log_softmax(teacher.logits(plain.images), 1)[torch.arange(len(plain.labels)), plain.labels]
+        own_chosen = torch.log_softmax(teacher.logits(chosen.images), 1)[torch.arange(len(chosen.labels)), chosen.labels]
+    assert own_chosen.mean() > own_plain.mean()

@@ -379,7 +379,7 @@ def _config_table(tgr: dict[str, Any]) -> str:
         ("seed", "seed"), ("preset", "preset"), ("data.dataset", "benchmark"), ("data.image_size", "image size"),
         ("train.arch", "backbone"), ("train.learner", "learner"), ("train.iterations", "iterations"),
         ("train.teachers_per_step", "teachers per step"), ("train.beta", "IGR β"), ("train.igr_order", "IGR order"),
-        ("train.lr", "learning rate"), ("train.task_loss", "task loss"), ("train.replay", "replay"),
+        ("train.lr", "learning rate"), ("train.igr_loss", "IGR task loss"), ("train.distill_weight", "distillation weight"), ("train.replay", "replay"),
         ("group.strategy", "grouping"), ("group.num_groups", "groups"), ("embed.method", "task embedding"),
         ("recover.steps", "inversion steps"), ("recover.images_per_class", "images per class"),
         ("eval.way", "eval way"), ("eval.shots", "eval shots"), ("eval.episodes", "eval episodes"),

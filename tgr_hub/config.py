@@ -37,6 +37,9 @@ class DataConfig:
     cache_dir: str | None = None  # default: ~/.cache/tgr_hub
     seed: int = 0  # seeds the class-disjoint split (and, for glyphs, the rendering augmentations)
     class_split: str | None = None  # a built-in class split (cub-200) or a JSON file of class lists
+    # only these domains' classes for meta-validation and meta-test (None: every domain); the
+    # benchmark's `standard` scenario evaluates on its one domain, as the paper evaluates on its dataset
+    domains: list[str] | None = None
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
@@ -81,6 +84,9 @@ class RecoverConfig:
     online_every: int = 1  # 1: every step (reference); 0: only the up-front bank
     online_start: Literal["warm", "cold"] = "cold"  # cold: a new generator per recovery (reference)
     online_steps: int = 200  # steps of an online recovery (a warm teacher's first one runs `steps`)
+    # generate ceil(oversample × images_per_class) images per class and keep the images_per_class the
+    # teacher gives the highest probability of their own class (1: keep all, the reference)
+    oversample: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -91,6 +97,7 @@ class RecoverConfig:
         _check(self.images_per_class >= 2, "recover.images_per_class must be >= 2")
         _check(self.bank_size >= 1, "recover.bank_size must be >= 1")
         _check(self.bn_weight >= 0, "recover.bn_weight must be >= 0")
+        _check(self.oversample >= 1, "recover.oversample must be >= 1 (1: keep every generated image)")
 
 
 @dataclass
@@ -115,9 +122,13 @@ class GroupConfig:
     num_groups: int = 5
     n_init: int = 30
     strategy: Literal["spectral", "random", "none"] = "spectral"
+    # a group smaller than this is merged into the group most dissimilar to it: IGR aligns the
+    # gradients of *different* teachers, which a group of one cannot offer
+    min_size: int = 2
 
     def __post_init__(self) -> None:
         _check(self.num_groups >= 1, "group.num_groups must be >= 1")
+        _check(self.min_size >= 1, "group.min_size must be >= 1")
         _check(self.strategy in ("spectral", "random", "none"), f"unknown group.strategy {self.strategy!r}")
 
 
@@ -133,17 +144,32 @@ class TrainConfig:
     beta: float = 1e-3
     igr_order: Literal["first", "second"] = "first"
     lr: float = 1e-3
-    task_loss: Literal["distill", "episodic"] = "distill"
+    # the IGR step's per-task loss L_i: `head` (reference) scores a task's images with a shared
+    # N-way head on the teacher's own label order, no inner loop; `episodic` is the learner's own
+    # support/query loss (ProtoNet's does not depend on the label order)
+    igr_loss: Literal["head", "episodic"] = "head"
+    distill_weight: float = 0.0  # weight of T²·KL(teacher || meta-model) added to the CE; 0: CE only
     distill_temperature: float = 4.0
+    seed: int | None = None  # meta-training's own seed (init, task choice, online recovery); None: the run's
     replay: bool = True
     replay_way: int = 5
     replay_shot: int = 5
     replay_query: int = 15
     replay_batch: int = 16
+    replay_steps: int = 1  # replay optimiser steps (batches of replay_batch episodes) after each IGR step
+    # then, with patience > 0, more replay steps while the replay loss improved within the last
+    # `replay_patience` batches, up to replay_max_steps (the reference loops until training stops improving)
+    replay_patience: int = 0
+    replay_max_steps: int = 50
     inner_steps: int = 5
     inner_lr: float = 0.01
     eval_every: int = 200
     val_episodes: int = 100
+    # meta-validation episodes: the evaluation's way and query, and every shot the evaluation
+    # reports (checkpoints are chosen on the mean accuracy over these shots)
+    val_way: int = 5
+    val_shots: list[int] = field(default_factory=lambda: [1, 5])
+    val_query: int = 15
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (and at the end); 0: never
     keep_checkpoints: int = 2  # newest checkpoints kept in runs/NAME/checkpoints/
@@ -151,7 +177,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.learner in ("protonet", "maml"), f"train.learner must be protonet or maml, got {self.learner!r}")
-        _check(self.task_loss in ("distill", "episodic"), f"train.task_loss must be distill or episodic, got {self.task_loss!r}")
+        _check(self.igr_loss in ("head", "episodic"), f"train.igr_loss must be head or episodic, got {self.igr_loss!r}")
+        _check(self.distill_weight >= 0, "train.distill_weight must be >= 0 (0: CE only)")
+        _check(self.distill_temperature > 0, "train.distill_temperature must be > 0")
+        _check(self.replay_steps >= 1, "train.replay_steps must be >= 1")
+        _check(self.replay_patience >= 0, "train.replay_patience must be >= 0 (0: exactly replay_steps)")
+        _check(self.replay_max_steps >= self.replay_steps, "train.replay_max_steps must be >= train.replay_steps")
+        _check(self.val_way >= 2 and self.val_query >= 1, "train.val_way must be >= 2 and train.val_query >= 1")
+        _check(bool(self.val_shots) and all(s >= 1 for s in self.val_shots), "train.val_shots must be positive")
         _check(self.igr_order in ("first", "second"), f"train.igr_order must be first or second, got {self.igr_order!r}")
         _check(self.iterations >= 0, "train.iterations must be >= 0")
         _check(self.teachers_per_step >= 1, "train.teachers_per_step must be >= 1")
@@ -222,7 +255,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "embed": {"head_steps": 5, "max_samples": 20},
         "group": {"num_groups": 2, "n_init": 5},
         "train": {"iterations": 4, "teachers_per_step": 2, "replay_batch": 2, "replay_shot": 1,
-                  "replay_query": 2, "eval_every": 2, "val_episodes": 4, "inner_steps": 1},
+                  "replay_query": 2, "eval_every": 2, "val_episodes": 4, "val_query": 5, "inner_steps": 1},
         "eval": {"episodes": 10, "query": 5},
     },
     # minutes on a laptop CPU
@@ -238,9 +271,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the reference settings of docs/method.md
     "paper": {
         "pool": {"teachers": 100, "epochs": 30},
-        # hours of meta-training: a resumable checkpoint at every meta-validation
-        "train": {"learner": "maml", "iterations": 60000, "eval_every": 2000, "val_episodes": 600,
-                  "checkpoint_every": 2000},
+        # the reference's schedule: ~1,200 rounds, each one IGR step on 4 freshly recovered tasks (a cold
+        # 200-step recovery each, the recover defaults) then a replay loop of 16-episode batches, at least
+        # 5, until the replay loss stops improving; a resumable checkpoint at every meta-validation
+        "train": {"learner": "maml", "iterations": 1200, "replay_steps": 5, "replay_patience": 1,
+                  "replay_max_steps": 50, "eval_every": 100, "val_episodes": 600, "checkpoint_every": 100},
     },
 }
 
@@ -358,6 +393,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before ``train.igr_loss``: its ``task_loss`` was the learner's episodic loss,
+    with (``distill``) or without (``episodic``) a T²-scaled KL of weight 1."""
+    train = values.get("train")
+    if not isinstance(train, dict) or "task_loss" not in train:
+        return values
+    train = dict(train)
+    legacy = train.pop("task_loss")
+    train.setdefault("igr_loss", "episodic")
+    train.setdefault("distill_weight", 1.0 if legacy == "distill" else 0.0)
+    return {**values, "train": train}
+
+
 def load_config(
     preset: str | None = None,
     path: str | Path | None = None,
@@ -377,7 +425,7 @@ def load_config(
         values: a nested dict applied after the file (used by CLI flags).
     """
     # a saved tgr_config.json carries the run's results too: only its config sections count
-    file_values = config_part(read_config_file(path)) if path is not None else {}
+    file_values = _migrate(config_part(read_config_file(path))) if path is not None else {}
     recipe = recipe or file_values.get("recipe")
     recipe_values: dict[str, Any] = {}
     if recipe:

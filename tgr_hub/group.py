@@ -105,6 +105,7 @@ def group_teachers(
     n_init: int = 30,
     seed: int = 0,
     strategy: Strategy = "spectral",
+    min_size: int = 1,
 ) -> list[list[int]]:
     """Partition teachers into groups of mutually dissimilar tasks.
 
@@ -115,6 +116,8 @@ def group_teachers(
         n_init: k-means restarts inside spectral clustering.
         seed: Seeds spectral clustering's k-means and the ``"random"`` strategy.
         strategy: ``"spectral"``, ``"random"`` or ``"none"`` (one group of all teachers).
+        min_size: spectral groups smaller than this are merged, smallest first, into the group
+            whose members are on average most dissimilar to theirs (:func:`merge_small_groups`).
 
     Returns:
         Groups of teacher indices: every index in ``0..N-1`` exactly once, each group sorted,
@@ -156,7 +159,38 @@ def group_teachers(
     if groups is None:
         logger.warning("falling back to random groups (seed %d)", seed)
         return _random_groups(n, num_groups, seed)
-    return groups
+    return merge_small_groups(groups, mat, min_size)
+
+
+def merge_small_groups(groups: list[list[int]], dissimilarity: np.ndarray, min_size: int) -> list[list[int]]:
+    """Merge every group smaller than ``min_size`` into the group most dissimilar to it.
+
+    IGR aligns the gradients of *different* teachers, so a group of one has nothing to align
+    (spectral clustering has no size control). The smallest group (lowest first member on ties)
+    joins the other group with the highest mean dissimilarity to its members, which keeps the
+    method's intent of grouping teachers that see the world differently; repeat until every
+    group has ``min_size`` members or one group is left.
+
+    Args:
+        groups: a partition of ``0..N-1`` (as :func:`group_teachers` returns it).
+        dissimilarity: ``[N, N]``.
+        min_size: the smallest group kept as it is.
+
+    Returns:
+        The merged partition, each group sorted, groups ordered by their first member.
+    """
+    groups = [sorted(g) for g in groups]
+    while len(groups) > 1:
+        small = min(range(len(groups)), key=lambda k: (len(groups[k]), groups[k][0]))
+        if len(groups[small]) >= min_size:
+            break
+        others = [k for k in range(len(groups)) if k != small]
+        target = max(others, key=lambda k: (float(dissimilarity[np.ix_(groups[small], groups[k])].mean()), -k))
+        logger.info("group %s has fewer than %d teachers: merged into the most dissimilar group %s",
+                    groups[small], min_size, groups[target])
+        merged = sorted(groups[small] + groups[target])
+        groups = [g for k, g in enumerate(groups) if k not in (small, target)] + [merged]
+    return sorted(groups, key=lambda g: g[0])
 
 
 def groups_to_labels(groups: list[list[int]], n: int) -> torch.Tensor:

@@ -283,7 +283,7 @@ def group_pool(dissimilarity: np.ndarray, cfg: RunConfig, path: Path) -> list[li
     if path.exists():
         return json.loads(path.read_text())["groups"]
     groups = group_teachers(dissimilarity, cfg.group.num_groups, n_init=cfg.group.n_init, seed=cfg.seed,
-                            strategy=cfg.group.strategy)
+                            strategy=cfg.group.strategy, min_size=cfg.group.min_size)
     write_json_atomic(path, {"groups": groups})
     return groups
 
@@ -498,10 +498,12 @@ def run_tgr(
     else:
         start = time.perf_counter()
         with dist.local_main_first():
-            val_split = load_split(cfg.data.dataset, "val", image_size=cfg.data.image_size, seed=cfg.data.seed,
-                                   cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+            val_split = load_split(cfg.data.dataset, "val", domains=cfg.data.domains, image_size=cfg.data.image_size,
+                                   seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
         data_source = _data_source(cfg, val_split)
-        model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=cfg.seed)
+        # the training seed (init, task choice, online recovery); validation episodes stay on the run's
+        train_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed
+        model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=train_seed)
         generators = load_generators(out / "recovered" / "bank.safetensors", members) if _warm_upfront(cfg) else None
         if dist.is_main and generators is not None and len(generators) < len(members):
             # a bank recovered by an earlier run without warm online recovery: recovery is skipped, so
@@ -509,15 +511,18 @@ def run_tgr(
             logger.warning("meta-train: %s lacks the warm generators of %d of %d teachers; their online recovery "
                            "starts from a new generator (delete recovered/ to recover again)",
                            out / "recovered" / GENERATORS_FILE, len(members) - len(generators), len(members))
-        result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=cfg.seed,
+        result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=train_seed,
                             progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume,
-                            recover=cfg.recover, generators=generators)
+                            recover=cfg.recover, generators=generators, val_seed=cfg.seed + 1)
         model.load_state_dict(result.best_state)
         timings["meta-train"] = time.perf_counter() - start
         history = result.history
-        metrics = {
-            "val": {"best_step": result.best_step, f"{cfg.train.replay_shot}shot": result.best_val_accuracy},
-        }
+        chosen = {f"{shot}shot": value for shot in cfg.train.val_shots
+                  for step, value in history.get(f"val_acc_{shot}shot", []) if step == result.best_step}
+        # meta-val at the chosen step: the mean over shots it was chosen on, each shot, and the
+        # standard error over episodes of that mean (the selection noise)
+        metrics = {"val": {"best_step": result.best_step, "accuracy": result.best_val_accuracy, **chosen,
+                           "selection_noise": result.val_std_error}}
 
     evaluated = False
     if evaluate_test and done is not None and evaluation_done(done, cfg):
@@ -527,8 +532,9 @@ def run_tgr(
         evaluated = True
         start = time.perf_counter()
         with dist.local_main_first():
-            test_split = load_split(cfg.data.dataset, cfg.eval.split, image_size=cfg.data.image_size,
-                                    seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+            test_split = load_split(cfg.data.dataset, cfg.eval.split, domains=cfg.data.domains,
+                                    image_size=cfg.data.image_size, seed=cfg.data.seed, cache_dir=cfg.data.cache_dir,
+                                    class_split=cfg.data.class_split)
         data_source = data_source or _data_source(cfg, test_split)
         model.eval()
         metrics[cfg.eval.split] = evaluate_model(model, test_split, seed=cfg.seed, dist=dist, progress=progress,

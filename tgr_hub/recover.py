@@ -271,6 +271,37 @@ def sample_task_classes(member: PoolMember, max_way: int, rng: np.random.Generat
     return sorted(int(c) for c in rng.choice(n, size=max_way, replace=False))
 
 
+def _most_on_label(member: PoolMember, images: torch.Tensor, labels: torch.Tensor, per_class: int, keep: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the ``keep`` images the teacher gives the highest probability of their own label.
+
+    Args:
+        images: ``[C*G, 3, H, W]`` in [0, 1], class by class (``G`` per class).
+        labels: ``[C*G]`` teacher class ids, ``repeat_interleave``-ordered.
+        per_class: ``G``.
+        keep: images kept per class (``<= G``).
+
+    Returns:
+        ``(images [C*keep, ...], labels [C*keep])``, class by class, each class's images in
+        generation order (no reordering beyond the choice).
+    """
+    model = member.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            log_probs = F.log_softmax(model(member.normalize(images)).float(), dim=1)
+    finally:
+        model.train(was_training)
+    own = log_probs.gather(1, labels.to(log_probs.device)[:, None])[:, 0].cpu()
+    chosen = []
+    for start in range(0, labels.numel(), per_class):
+        top = torch.topk(own[start:start + per_class], keep).indices.sort().values
+        chosen.append(start + top)
+    index = torch.cat(chosen)
+    return images[index.to(images.device)], labels[index]
+
+
 def _check_classes(member: PoolMember, classes: Sequence[int]) -> list[int]:
     classes = [int(c) for c in classes]
     if not classes:
@@ -361,8 +392,9 @@ def recover_task(
     generator = generator.to(device).train()
 
     per_class = cfg.images_per_class
-    n = per_class * len(classes)
-    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(per_class)
+    generated = math.ceil(per_class * cfg.oversample)  # per class; the most on-label `per_class` are kept
+    n = generated * len(classes)
+    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(generated)
     z_rng = torch.Generator(device="cpu").manual_seed(z_seed)
     z = torch.randn(n, cfg.latent_dim, generator=z_rng).to(device).requires_grad_(True)
     aug_rng = torch.Generator(device="cpu").manual_seed(aug_seed)
@@ -438,6 +470,8 @@ def recover_task(
         n, len(classes), member.name, time.perf_counter() - start, best_loss, best_step,
         ce_history[best_step], bn_history[best_step],
     )
+    if generated > per_class:
+        best_images, labels = _most_on_label(member, best_images, labels, generated, per_class)
     names = list(getattr(member, "label_names", None) or [])
     class_names = [str(names[c]) if c < len(names) else "" for c in classes]
     return RecoveredTask(

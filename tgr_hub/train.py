@@ -86,7 +86,7 @@ from .errors import ConfigError, RunFolderError
 from .evaluate import evaluate_model
 from .io import save_safetensors_atomic, write_json_atomic
 from .igr import Gather, igr_direction, mean_gradient
-from .learners import make_learner
+from .learners import MAML, ProtoNet, features, make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
 from .bank import MemoryBank, RecoveredTask, to_uint8
@@ -127,11 +127,11 @@ class PseudoTask:
 
     Attributes:
         support_x: [way*shot, 3, S, S] recovered images in [0, 1].
-        support_y: [way*shot] labels 0..way-1.
+        support_y: [way*shot] labels 0..way-1 (the position of the class in the teacher's task).
         query_x: [way*q, 3, S, S].
         query_y: [way*q].
-        teacher_probs: [way*q, way] the teacher's softened predictions on the query images,
-            restricted to the task's classes (targets of the distillation term).
+        teacher_probs: [way*(shot+q), way] the teacher's softened predictions on the support
+            then the query images, restricted to the task's classes (the distillation targets).
     """
 
     support_x: Tensor
@@ -155,6 +155,7 @@ class TrainResult:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     resumed_from: int = 0  # the checkpoint step training continued from (0: from scratch)
     bank: MemoryBank | None = None  # with online recovery: the bank as it ended (the input bank is left alone)
+    val_std_error: float = float("nan")  # standard error over episodes of the last meta-validation accuracy
 
 
 @dataclass
@@ -216,41 +217,74 @@ def make_pseudo_task(
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
     support_idx_t, query_idx_t = torch.tensor(support_idx, dtype=torch.long), torch.tensor(query_idx, dtype=torch.long)
     device = next(iter(member.model.parameters()), torch.empty(0)).device
-    query_x = images[query_idx_t].to(device)
+    support_x, query_x = images[support_idx_t].to(device), images[query_idx_t].to(device)
     with torch.no_grad():
-        teacher_logits = member.logits(query_x)[:, classes]
+        teacher_logits = member.logits(torch.cat([support_x, query_x]))[:, classes]
         teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return PseudoTask(images[support_idx_t].to(device), task_labels[support_idx_t].to(device), query_x,
-                      task_labels[query_idx_t].to(device), teacher_probs)
+    return PseudoTask(support_x, task_labels[support_idx_t].to(device), query_x, task_labels[query_idx_t].to(device),
+                      teacher_probs)
+
+
+HEAD_WEIGHT, HEAD_BIAS = "__task_head__.weight", "__task_head__.bias"  # the shared N-way head of `head` losses
 
 
 def pseudo_task_loss(
-    learner,
+    learner: ProtoNet | MAML,
     model: MetaModel,
     task: PseudoTask,
     params: dict[str, Tensor],
     *,
     kind: str,
+    distill_weight: float,
     temperature: float,
 ) -> Tensor:
     """The meta-model's loss L_i(θ) on one pseudo-task, a function of ``params``.
 
-    ``episodic``: the learner's own loss (CE on the query split after adapting on the
-    support split). ``distill`` (the reference): that CE plus the KL divergence from the
-    teacher's softened predictions to the adapted meta-model's, scaled by T².
+    ``head`` (the reference): every image of the task (support and query) through the
+    meta-model and the **shared** N-way head ``params[HEAD_WEIGHT] [way_max, D]``,
+    ``params[HEAD_BIAS] [way_max]`` (its first ``way`` rows), cross-entropy against the
+    teacher's own label order, no inner adaptation. Teachers that order different classes
+    alike pull the shared parameters apart: the conflict IGR regularises.
+    ``episodic``: the learner's own loss, CE on the query split after adapting on the support.
+
+    With ``distill_weight`` w > 0 the loss adds ``w · T² · KL(p_teacher,T ‖ p_model,T)`` on the
+    same images (T² keeps the KL's gradient scale independent of T).
     """
-    logits = learner.logits(model, task.support_x, task.support_y, task.query_x, params=params).float()
-    loss = F.cross_entropy(logits, task.query_y)
-    if kind == "distill":
+    body = {k: v for k, v in params.items() if k not in (HEAD_WEIGHT, HEAD_BIAS)}
+    n_support = task.support_y.numel()
+    if kind == "head":
+        way = task.teacher_probs.shape[1]
+        feats = features(model, torch.cat([task.support_x, task.query_x]), body)
+        logits = (feats @ params[HEAD_WEIGHT][:way].T + params[HEAD_BIAS][:way]).float()
+        labels, targets = torch.cat([task.support_y, task.query_y]), task.teacher_probs
+    elif kind == "episodic":
+        logits = learner.logits(model, task.support_x, task.support_y, task.query_x, params=body).float()
+        labels, targets = task.query_y, task.teacher_probs[n_support:]
+    else:
+        raise ConfigError(f"unknown task loss {kind!r}", hint="train.igr_loss is head or episodic")
+    loss = F.cross_entropy(logits, labels)
+    if distill_weight > 0:
         log_student = F.log_softmax(logits / temperature, dim=-1)
-        loss = loss + F.kl_div(log_student, task.teacher_probs, reduction="batchmean") * temperature**2
+        loss = loss + distill_weight * temperature**2 * F.kl_div(log_student, targets, reduction="batchmean")
     return loss
 
 
 def _choose_teachers(groups: list[list[int]], m: int, rng: np.random.Generator) -> list[int]:
+    """A random group, then ``m`` of its teachers drawn **with replacement** (the reference): every
+    step has ``m`` tasks, whatever the group's size; a teacher drawn twice gives two fresh tasks."""
     group = groups[int(rng.integers(len(groups)))]
-    size = min(m, len(group))
-    return [int(i) for i in rng.choice(group, size=size, replace=False)]
+    return [int(i) for i in rng.choice(group, size=m, replace=True)]
+
+
+def _make_head(feature_dim: int, way: int, seed: int) -> nn.Linear:
+    """The shared ``way``-way head of ``head`` task losses, initialised as ``nn.Linear`` is, from its own stream."""
+    head = nn.Linear(feature_dim, way)
+    generator = torch.Generator().manual_seed(int(seeds.seed_sequence(seed, seeds.HEAD_INIT).generate_state(1)[0]))
+    bound = 1 / math.sqrt(feature_dim)
+    with torch.no_grad():
+        head.weight.uniform_(-bound, bound, generator=generator)
+        head.bias.uniform_(-bound, bound, generator=generator)
+    return head
 
 
 # --- BatchNorm running statistics ------------------------------------------------------------
@@ -438,7 +472,7 @@ class _MetaTrainer:
     def __init__(self, model: MetaModel, members: list[PoolMember], bank: MemoryBank, groups: list[list[int]],
                  cfg: TrainConfig, *, val_split: ImageSplit, seed: int, dist: Distributed,
                  checkpoint_dir: Path | None, recover: RecoverConfig | None = None,
-                 generators: Mapping[int, Mapping[str, Tensor]] | None = None) -> None:
+                 generators: Mapping[int, Mapping[str, Tensor]] | None = None, val_seed: int | None = None) -> None:
         self.members, self.groups, self.cfg = members, groups, cfg
         # online recovery: the bank grows during training (on a copy: the caller's bank is left alone)
         self.online = recover if recover is not None and recover.online_every > 0 else None
@@ -449,13 +483,20 @@ class _MetaTrainer:
         self.recoveries = [0] * len(members)  # online recoveries per teacher (every process counts all)
 
         self.val_split, self.seed, self.dist, self.checkpoint_dir = val_split, seed, dist, checkpoint_dir
+        self.val_seed = seed + 1 if val_seed is None else val_seed
         self.accelerator = dist.accelerator
         self.learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
                                     first_order=cfg.maml_first_order)
         # No DDP: prepare_model(evaluation_mode=True) only places the model and adds autocast;
         # gradients are combined explicitly (functional_call would bypass DDP's hooks anyway).
         self.model = self.accelerator.prepare_model(model, evaluation_mode=True)
-        self.optimizer = self.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.lr))
+        # `head` task losses train a shared N-way head beside the meta-model (not part of it)
+        self.head = _make_head(model.feature_dim, cfg.replay_way, seed) if cfg.igr_loss == "head" else None
+        trained = [*self.model.parameters()]
+        if self.head is not None:
+            self.head = self.accelerator.prepare_model(self.head, evaluation_mode=True)
+            trained += [*self.head.parameters()]
+        self.optimizer = self.accelerator.prepare_optimizer(torch.optim.Adam(trained, lr=cfg.lr))
         for member in members:
             member.to(dist.device)
         if self.online is not None and self.online.online_start == "warm":
@@ -464,17 +505,24 @@ class _MetaTrainer:
                     self.warm[t] = self._fresh_warm(t)
                     self.warm[t].load_state_tensors(dict(generators[t]))
         dist.broadcast_module(self.model)  # identical start on every process, whatever each one built
+        if self.head is not None:
+            dist.broadcast_module(self.head)
 
         self.history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
         if self.online is not None:
             self.history.update({f"recover_{k}": [] for k in QUALITY})
         self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.best_step, self.best_acc = 0, -math.inf
+        self.val_std_error = float("nan")
 
-        self.params = dict(self.model.named_parameters())
+        self.params = dict(self.model.named_parameters())  # θ: what replay trains
+        self.task_params = dict(self.params)  # what the IGR step trains: θ and the shared head, if any
+        if self.head is not None:
+            self.task_params.update({HEAD_WEIGHT: self.head.weight, HEAD_BIAS: self.head.bias})
         self.buffers = dict(self.model.named_buffers())
         self.bn_floats, self.bn_counters = _bn_buffer_names(self.model)
         self.combiner = _Combiner(dist, self.params, self.bn_floats, self.buffers)
+        self.task_combiner = _Combiner(dist, self.task_params, self.bn_floats, self.buffers)
         self.torch_seeded = _has_randomness(self.model)
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -550,19 +598,26 @@ class _MetaTrainer:
     # --- one step --------------------------------------------------------------------------------
 
     def validate(self, step: int) -> None:
-        """Meta-validation accuracy on real episodes; keeps the best state."""
-        cfg, shot = self.cfg, self.cfg.replay_shot
-        metrics = evaluate_model(self.model, self.val_split, way=cfg.replay_way, shots=[shot], query=cfg.replay_query,
-                                 episodes=cfg.val_episodes, learner=cfg.learner, seed=self.seed + 1, dist=self.dist,
-                                 progress=False)
-        accuracy = metrics[f"{shot}shot"]["mean"]
+        """Meta-validation on real episodes with its own settings (``val_way``, each of ``val_shots``,
+        ``val_query``); the checkpoint is chosen on the mean accuracy over the shots."""
+        cfg = self.cfg
+        metrics = evaluate_model(self.model, self.val_split, way=cfg.val_way, shots=list(cfg.val_shots),
+                                 query=cfg.val_query, episodes=cfg.val_episodes, learner=cfg.learner,
+                                 seed=self.val_seed, dist=self.dist, progress=False)
+        per_shot = [metrics[f"{shot}shot"] for shot in cfg.val_shots]
+        accuracy = float(np.mean([m["mean"] for m in per_shot]))
+        # the standard error of that mean over episodes: how far selection noise can move a checkpoint
+        self.val_std_error = float(np.sqrt(np.sum([(m["ci95"] / 1.96) ** 2 for m in per_shot])) / len(per_shot))
         self.history["val_acc"].append((step, accuracy))
+        for shot, m in zip(cfg.val_shots, per_shot):
+            self.history.setdefault(f"val_acc_{shot}shot", []).append((step, float(m["mean"])))
         if accuracy > self.best_acc:
             self.best_acc, self.best_step = accuracy, step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.accelerator.log({"val_acc": accuracy}, step=step)
-        logger.info("step %d: meta-val %d-way %d-shot accuracy %.2f%% (best %.2f%% at step %d)",
-                    step, cfg.replay_way, shot, 100 * accuracy, 100 * self.best_acc, self.best_step)
+        logger.info("step %d: meta-val %d-way %s-shot accuracy %.2f%% ± %.2f (best %.2f%% at step %d)", step,
+                    cfg.val_way, "/".join(map(str, cfg.val_shots)), 100 * accuracy, 100 * self.val_std_error,
+                    100 * self.best_acc, self.best_step)
 
     def task_step(self, step: int) -> _Combined:
         """The IGR step: one pseudo-task per chosen teacher, their combined direction applied."""
@@ -585,13 +640,13 @@ class _MetaTrainer:
             task = make_pseudo_task(self.members[chosen[i]], source, way=cfg.replay_way, shot=cfg.replay_shot,
                                     query=cfg.replay_query, temperature=cfg.distill_temperature,
                                     rng=step_rng(self.seed, step, _TASK, i)).to(dist.device)
-            items[i] = self._item(lambda p, t=task: pseudo_task_loss(self.learner, self.model, t, p, kind=cfg.task_loss,
-                                                                     temperature=cfg.distill_temperature),
-                                  scale, step, _TASK, i)
+            items[i] = self._item(lambda p, t=task: pseudo_task_loss(
+                self.learner, self.model, t, p, kind=cfg.igr_loss, distill_weight=cfg.distill_weight,
+                temperature=cfg.distill_temperature), scale, step, _TASK, i)
         if second:
-            combined = self.combiner.second_order(items, n, beta=cfg.beta, scale=scale)
+            combined = self.task_combiner.second_order(items, n, beta=cfg.beta, scale=scale)
         else:
-            combined = self.combiner.combine(items, n, beta=cfg.beta, scale=scale)
+            combined = self.task_combiner.combine(items, n, beta=cfg.beta, scale=scale)
         self._apply(combined)
         return combined
 
@@ -622,8 +677,9 @@ class _MetaTrainer:
         cfg, dist = self.online, self.dist
         assert cfg is not None
         plans = []
-        for t in chosen:
-            sequence = seeds.seed_sequence(self.seed, seeds.RECOVER_ONLINE, step, t)
+        for i, t in enumerate(chosen):
+            # a teacher drawn twice in one step gets a second stream: [.., t, 1] (the first, [.., t], is [.., t, 0])
+            sequence = seeds.seed_sequence(self.seed, seeds.RECOVER_ONLINE, step, t, chosen[:i].count(t))
             classes = sample_task_classes(self.members[t], cfg.max_way, np.random.default_rng(sequence.spawn(1)[0]))
             plans.append((t, classes, int(sequence.generate_state(1)[0])))
         shapes = [(len(classes) * cfg.images_per_class, 3, *(int(v) for v in self.members[t].input_size[1:]))
@@ -663,22 +719,47 @@ class _MetaTrainer:
         self.last_quality = {f"recover_{k}": float(qualities[:, j].mean()) for j, k in enumerate(QUALITY)}
         return tasks
 
-    def replay_step(self, step: int) -> _Combined | None:
-        """The replay step: episodes mixing classes across teachers, their mean gradient applied."""
+    def replay_step(self, step: int, round_step: int = 0) -> _Combined | None:
+        """Replay optimiser step ``round_step`` of step ``step``: episodes mixing classes across
+        teachers, their mean gradient applied."""
         cfg = self.cfg
         if not (cfg.replay and cfg.replay_batch > 0):
             return None
         scale = self._loss_scale()
         episodes = {}
         for e in self.dist.shard(cfg.replay_batch):
-            ep = self.bank.sample_episode(cfg.replay_way, cfg.replay_shot, cfg.replay_query,
-                                          step_rng(self.seed, step, _REPLAY, e), resize_to=self.model.input_size[-1])
+            stream = step_rng(self.seed, step, _REPLAY, round_step * cfg.replay_batch + e)
+            ep = self.bank.sample_episode(cfg.replay_way, cfg.replay_shot, cfg.replay_query, stream,
+                                          resize_to=self.model.input_size[-1])
             ep = [t.to(self.dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
             episodes[e] = self._item(lambda p, ep=ep: self.learner.episode_loss(self.model, *ep, params=p).float(),
                                      scale, step, _REPLAY, e)
         replayed = self.combiner.combine(episodes, cfg.replay_batch, beta=0.0, scale=scale)
         self._apply(replayed)
         return replayed
+
+    def replay_round(self, step: int) -> tuple[_Combined | None, list[float]]:
+        """The replay loop after step ``step``'s IGR step: ``replay_steps`` optimiser steps, then (with
+        ``replay_patience`` > 0) more while the batch's mean replay loss improved within the last
+        ``replay_patience`` batches, up to ``replay_max_steps``. Every process sees the same exchanged
+        losses, so all take the same number of steps.
+
+        Returns:
+            The last replay step's combined direction (``None`` without replay) and every episode loss.
+        """
+        cfg = self.cfg
+        last, losses = None, []
+        best, since_best, done = math.inf, 0, 0
+        while done < cfg.replay_steps or (cfg.replay_patience > 0 and since_best < cfg.replay_patience
+                                          and done < cfg.replay_max_steps):
+            replayed = self.replay_step(step, done)
+            if replayed is None:
+                break
+            last, losses = replayed, losses + replayed.losses
+            mean = float(np.mean(replayed.losses))
+            best, since_best = (mean, 0) if mean < best else (best, since_best + 1)
+            done += 1
+        return last, losses
 
     def record(self, step: int, losses: dict[str, float]) -> None:
         for name, value in losses.items():
@@ -698,9 +779,10 @@ class _MetaTrainer:
 
     def _apply(self, combined: _Combined) -> None:
         """An optimiser step along the combined direction; BatchNorm buffers to the items' mean."""
-        self.optimizer.zero_grad(set_to_none=True)
-        for name, parameter in self.params.items():
-            parameter.grad = combined.direction[name].detach().clone()
+        self.optimizer.zero_grad(set_to_none=True)  # a parameter without direction (the head in replay) stays
+        for name, parameter in self.task_params.items():
+            if name in combined.direction:
+                parameter.grad = combined.direction[name].detach().clone()
         self.optimizer.step()
         with torch.no_grad():
             for name, value in combined.buffers.items():
@@ -715,7 +797,7 @@ class _MetaTrainer:
         unwrapped = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         assert unwrapped is self.model or isinstance(unwrapped, MetaModel)
         return TrainResult(self.best_state, self.best_step, best_acc, self.history, resumed_from=resumed_from,
-                           bank=self.bank if self.online is not None else None)
+                           bank=self.bank if self.online is not None else None, val_std_error=self.val_std_error)
 
 
 def meta_train(
@@ -734,6 +816,7 @@ def meta_train(
     on_step: Callable[[StepInfo], None] | None = None,
     recover: RecoverConfig | None = None,
     generators: Mapping[int, Mapping[str, Tensor]] | None = None,
+    val_seed: int | None = None,
 ) -> TrainResult:
     """Meta-train ``model`` in place with IGR inside teacher groups, then replay episodes.
 
@@ -748,7 +831,7 @@ def meta_train(
         groups: teacher indices per group (one group of all teachers for ERM).
         cfg: the ``train`` section of the run config.
         val_split: real meta-validation images for checkpoint selection.
-        seed: seeds teacher/task/episode choice.
+        seed: seeds teacher/task/episode choice, online recovery and the shared head (the training seed).
         progress: show a progress bar (on the main process).
         dist: the processes (default: a fresh single-process view with ``cfg.mixed_precision``).
             With checkpoints, give each ``meta_train`` call its own accelerator: ``save_state``
@@ -766,6 +849,8 @@ def meta_train(
             the up-front recovery left (see :func:`tgr_hub.pipeline.recover_pool`): those teachers'
             online recoveries continue them; a teacher without one starts a new generator, whose
             first recovery runs ``recover.steps`` steps instead of ``recover.online_steps``.
+        val_seed: seeds the meta-validation episodes (default ``seed + 1``); the benchmark keeps it
+            on the run seed when only the training seed changes, so every run selects on the same episodes.
 
     Raises:
         ConfigError: checkpointing without ``checkpoint_dir``, or resuming with other settings.
@@ -777,7 +862,7 @@ def meta_train(
     if cfg.checkpoint_every > 0 and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
     trainer = _MetaTrainer(model, members, bank, groups, cfg, val_split=val_split, seed=seed, dist=dist,
-                           checkpoint_dir=checkpoint_dir, recover=recover, generators=generators)
+                           checkpoint_dir=checkpoint_dir, recover=recover, generators=generators, val_seed=val_seed)
     start = trainer.restore(resume)
     if start == 0:
         trainer.validate(0)
@@ -790,9 +875,9 @@ def meta_train(
         losses = {"task_loss": float(np.mean(combined.losses))}
         if trainer.last_quality is not None:
             losses.update(trainer.last_quality)
-        replayed = trainer.replay_step(step)
-        if replayed is not None:
-            losses["replay_loss"] = float(np.mean(replayed.losses))
+        replayed, replay_losses = trainer.replay_round(step)
+        if replay_losses:
+            losses["replay_loss"] = float(np.mean(replay_losses))
         trainer.record(done, losses)
         bar.set_postfix(task_loss=f"{losses['task_loss']:.3f}", best_val=f"{100 * max(trainer.best_acc, 0):.1f}%")
 
