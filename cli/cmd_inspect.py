@@ -33,4 +33,6 @@ def run(args: argparse.Namespace) -> int:
         revision = (member.revision or "-")[:12]
         say(f"{member.name:<10} {member.architecture:<16} {member.num_classes:>7}  {group_of[i]:>5}  {revision:<12} {member.source}")
     say(f"heatmap: {out / 'dissimilarity.png'}")
+    # the analyses reuse this folder's recovered tasks and embeddings
+    say(f"analyses: tgr-hub analyze cka|fisher --pool {args.pool} --out {out}")
     return 0

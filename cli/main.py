@@ -18,7 +18,7 @@ import traceback
 from tgr_hub.errors import TgrHubError
 
 # Subcommand modules in the order `tgr-hub --help` lists them.
-COMMANDS = ["quickstart", "benchmark", "make_pool", "inspect", "train", "evaluate", "push", "demo"]
+COMMANDS = ["quickstart", "benchmark", "make_pool", "inspect", "analyze", "train", "evaluate", "push", "demo"]
 
 # What to do after Ctrl-C, by subcommand: every stage saves its finished work as it goes.
 RESUME_HINTS = {
@@ -28,6 +28,7 @@ RESUME_HINTS = {
     "benchmark": "rerun the same command: finished cells are kept and skipped; the cell that was running starts over",
     "make-pool": "rerun the same command: the teachers that were finished are kept",
     "inspect": "rerun the same command: the recovered tasks and embeddings that were finished are kept",
+    "analyze": "rerun the same command: the teachers, recovered tasks and embeddings that were finished are kept",
     "push": "rerun the same command: an interrupted push leaves the repository as it was",
 }
 

@@ -171,6 +171,10 @@ class EvaluationError(TgrHubError, ValueError):
     """An evaluation cannot be run as asked (no accuracies, incompatible teachers...)."""
 
 
+class AnalysisError(TgrHubError, ValueError):
+    """An analysis (``tgr-hub analyze``) cannot be run as asked (too few teachers, bad features, bad ladder...)."""
+
+
 # --- benchmarks ----------------------------------------------------------------------------
 
 

@@ -143,3 +143,84 @@ def plot_benchmark(report: dict, path: str | Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _heatmap(ax: plt.Axes, matrix: np.ndarray, names: Sequence[str], title: str, label: str,
+             vmax: float | None = None) -> None:
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0.0,
+                      vmax=vmax if vmax is not None else max(float(np.nanmax(matrix)) if matrix.size else 1.0, 1e-12))
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
+
+
+def plot_cka(cka: np.ndarray, dissimilarity: np.ndarray, names: Sequence[str], path: str | Path, *,
+             rho: float | None = None, source: str = "recovered") -> None:
+    """Linear CKA between teachers beside their Fisher dissimilarity, and 1 − CKA against the dissimilarity.
+
+    Args:
+        cka: ``[N, N]`` linear CKA (``nan`` where undefined).
+        dissimilarity: ``[N, N]`` Fisher dissimilarity.
+        names: the ``N`` teacher names.
+        path: the PNG.
+        rho: Spearman's ρ between 1 − CKA and the dissimilarity, shown in the title.
+        source: where the probe images came from, shown in the title.
+    """
+    size = max(4.0, 0.35 * len(names) + 2)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * size + 3, size))
+    _heatmap(axes[0], cka, names, f"Linear CKA (probe: {source})", "CKA", vmax=1.0)
+    _heatmap(axes[1], dissimilarity, names, "Fisher dissimilarity", "1 - normalised cosine")
+    rows, cols = np.triu_indices(len(names), k=1)
+    axes[2].scatter(1.0 - cka[rows, cols], dissimilarity[rows, cols], s=14)
+    axes[2].set_xlabel("1 - CKA")
+    axes[2].set_ylabel("Fisher dissimilarity")
+    axes[2].set_title(f"teacher pairs (Spearman rho {'n/a' if rho is None else f'{rho:.2f}'})", fontsize=10)
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_fisher_validation(result: dict, path: str | Path) -> None:
+    """The Fisher validation: dissimilarity against class overlap, domain means, grouping stability.
+
+    Args:
+        result: :meth:`tgr_hub.analyze.FisherValidation.to_dict`.
+        path: the PNG.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    pairs = result["pairs"]
+    ax = axes[0]
+    for same, colour, label in ((True, "tab:blue", "same architecture"), (False, "tab:orange", "different architectures")):
+        chosen = [p for p in pairs if p["same_architecture"] is same]
+        if chosen:
+            ax.scatter([p["overlap"] for p in chosen], [p["dissimilarity"] for p in chosen], s=14, alpha=0.6,
+                       color=colour, label=label)
+    levels = result["by_overlap"]
+    ax.plot([lv["overlap"] for lv in levels], [lv["mean"] for lv in levels], color="black", marker="o", label="mean")
+    rho = result["spearman"]["rho"]
+    ax.set_xlabel("class overlap of the pair")
+    ax.set_ylabel("Fisher dissimilarity")
+    ax.set_title(f"dissimilarity vs overlap (Spearman rho {'n/a' if rho is None else f'{rho:.2f}'})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    bars = [("within domain", result["domain_means"]["within"]), ("within, disjoint", result["domain_means"]["within_disjoint"]),
+            ("cross domain", result["domain_means"]["cross"]), ("same classes,\nsame arch", result["architecture"]["same"]),
+            ("same classes,\ncross arch", result["architecture"]["cross"])]
+    ax.bar(range(len(bars)), [b["mean"] if b["mean"] is not None else 0.0 for _, b in bars], color="tab:green")
+    ax.set_xticks(range(len(bars)), [f"{name}\n({b['pairs']} pairs)" for name, b in bars], fontsize=7)
+    ax.set_ylabel("mean Fisher dissimilarity")
+    ax.set_title("domains and architectures", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[2]
+    stability = result["stability"]
+    image = ax.imshow(np.asarray(stability["ari"], dtype=np.float64), cmap="viridis", vmin=-0.5, vmax=1.0)
+    ax.set_xticks(range(len(stability["seeds"])), stability["seeds"], fontsize=7)
+    ax.set_yticks(range(len(stability["seeds"])), stability["seeds"], fontsize=7)
+    ax.set_xlabel("clustering seed")
+    ax.set_title(f"grouping stability: ARI mean {stability['ari_mean']:.2f}, min {stability['ari_min']:.2f}\n"
+                 f"group sizes (seed {stability['seeds'][0]}): {result['group_sizes'][0]}", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="adjusted Rand index")
+    fig.tight_layout()
+    _save(fig, path)

@@ -370,6 +370,7 @@ def make_pool(
     num_threads: int | None = 1,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    planner: Callable[[Sequence[str], Sequence[str]], list[TeacherSpec]] | None = None,
 ) -> list[TeacherReport]:
     """Train ``teachers`` teachers and write the pool folder.
 
@@ -398,6 +399,10 @@ def make_pool(
         device: where the teachers train (``"cuda"`` on a GPU machine; the quickstart passes
             Accelerate's device). The saved teachers are the same recipe on any device, but only
             the CPU is bit-exact from run to run.
+        planner: decides the teachers instead of :func:`plan_teachers` (e.g. the overlap ladder of
+            :mod:`tgr_hub.analyze`): called with the meta-train split's ``class_names`` and
+            ``class_domains`` (of ``pool.domains``), it returns the specs, whose ``classes`` index
+            that split; ``pool.teachers`` is then ignored.
 
     Returns:
         One :class:`TeacherReport` per teacher, in order.
@@ -430,9 +435,13 @@ def make_pool(
                        seed=data_seed, cache_dir=cache_dir, class_split=data.class_split)
     if every_domain:
         domains = split.domains()
-    specs = plan_teachers(split.class_names, split.class_domains, domains=domains, archs=archs, teachers=teachers,
-                          way=way, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
-                          image_size=split.image_size, dataset=dataset, data_seed=data_seed)
+    if planner is not None:
+        specs = planner(split.class_names, split.class_domains)
+        teachers = len(specs)
+    else:
+        specs = plan_teachers(split.class_names, split.class_domains, domains=domains, archs=archs, teachers=teachers,
+                              way=way, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+                              image_size=split.image_size, dataset=dataset, data_seed=data_seed)
     # the teachers' normalisation: per-channel statistics of the meta-train images they come from
     channel_mean, channel_std = channel_stats(split.images[:: max(1, len(split) // 4096)])
     mean = tuple(round(float(v), 4) for v in channel_mean)

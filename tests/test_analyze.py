@@ -1,0 +1,250 @@
+"""``tgr_hub.analyze`` and ``tgr-hub analyze``: CKA against closed forms and a hand computation, the
+overlap ladder's exact shared-class counts, the Fisher dissimilarity falling with class overlap,
+and both analyses on a pool served by the test Hub over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tgr_hub.analyze import (
+    TeacherInfo,
+    cka_matrix,
+    fisher_validation,
+    ladder_specs,
+    linear_cka,
+    plan_overlap_ladder,
+    run_fisher,
+)
+from tgr_hub.config import PoolBuildConfig, load_config
+from tgr_hub.errors import AnalysisError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _features(n: int, d: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _orthogonal(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(_features(d, d, seed))
+    return q
+
+
+# --- CKA -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, d", [(200, 12), (15, 40)])  # feature form (n > d) and Gram form (n < d)
+def test_cka_is_one_for_identical_rotated_and_scaled_features(n: int, d: int) -> None:
+    x = _features(n, d, 0) + 3.0  # an offset: CKA centres
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-5)
+    assert linear_cka(x, x @ _orthogonal(d, 1)) == pytest.approx(1.0, abs=1e-5)
+    assert linear_cka(x, 7.5 * x) == pytest.approx(1.0, abs=1e-5)
+    assert linear_cka(x.float(), (0.01 * x @ _orthogonal(d, 2)).float()) == pytest.approx(1.0, abs=1e-5)
+    # not invariant to an anisotropic scale: the closed forms above are not vacuous
+    assert linear_cka(x, x * torch.linspace(0.1, 10.0, d, dtype=torch.float64)) < 0.95
+
+
+def test_cka_of_independent_features_is_near_zero() -> None:
+    assert linear_cka(_features(4000, 8, 3), _features(4000, 6, 4)) < 0.1
+
+
+def test_cka_by_hand_on_a_tiny_matrix() -> None:
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([[1.0], [2.0], [4.0]])
+    # centred: Yᵀ X = (1/3, 4/3), ‖XᵀX‖_F = √90 / 9, ‖YᵀY‖_F = 42 / 9  =>  CKA = (17/9) / (√90/9 · 42/9)
+    assert linear_cka(x, y) == pytest.approx(153 / (42 * math.sqrt(90)), rel=1e-12)
+    # and HSIC with explicit kernels and centring matrix
+    h = np.eye(3) - 1 / 3
+    k, l_ = (x @ x.T).numpy(), (y @ y.T).numpy()
+    hsic = lambda a, b: np.trace(a @ h @ b @ h)  # noqa: E731
+    assert linear_cka(x, y) == pytest.approx(hsic(k, l_) / math.sqrt(hsic(k, k) * hsic(l_, l_)), rel=1e-12)
+    assert linear_cka(x, y) == pytest.approx(linear_cka(y, x), rel=1e-12)
+
+
+def test_cka_matrix_and_bad_inputs() -> None:
+    x = _features(50, 4, 5)
+    m = cka_matrix([x, 2 * x, _features(50, 3, 6)])
+    assert m.shape == (3, 3) and np.allclose(m, m.T) and np.allclose(np.diag(m), 1.0)
+    assert m[0, 1] == pytest.approx(1.0, abs=1e-9) and m[0, 2] < 0.5
+    assert math.isnan(linear_cka(torch.ones(5, 2), x[:5]))  # a constant representation: undefined
+    with pytest.raises(AnalysisError, match="same examples"):
+        linear_cka(x, x[:10])
+    with pytest.raises(AnalysisError, match=r"\[n, d\]"):
+        linear_cka(x.flatten(), x)
+    with pytest.raises(AnalysisError, match="NaN"):
+        linear_cka(torch.full((4, 2), float("nan")), x[:4])
+
+
+# --- the overlap ladder ---------------------------------------------------------------------------
+
+
+def test_overlap_ladder_shares_exactly_round_p_way_classes() -> None:
+    classes = list(range(100, 118))
+    fractions = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    pairs = plan_overlap_ladder(classes, way=5, fractions=fractions, seed=3, repeats=2)
+    assert [shared for shared, _, _ in pairs] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    for shared, a, b in pairs:
+        assert len(a) == len(set(a)) == 5 and len(b) == len(set(b)) == 5
+        assert set(a) <= set(classes) and set(b) <= set(classes)
+        assert len(set(a) & set(b)) == shared
+    assert pairs == plan_overlap_ladder(classes, way=5, fractions=fractions, seed=3, repeats=2)
+    assert pairs != plan_overlap_ladder(classes, way=5, fractions=fractions, seed=4, repeats=2)
+    # 3-way teachers: round(P * 3) shared
+    assert [s for s, a, b in plan_overlap_ladder(classes, way=3, fractions=[0.5, 0.9], seed=0)] == [2, 3]
+    with pytest.raises(AnalysisError, match="needs 10 classes"):
+        plan_overlap_ladder(range(9), way=5, fractions=[0.0], seed=0)
+    with pytest.raises(AnalysisError, match=r"in \[0, 1\]"):
+        plan_overlap_ladder(classes, way=5, fractions=[1.5], seed=0)
+
+
+def test_ladder_specs_add_architecture_and_domain_pairs() -> None:
+    names = [f"latin/{i}" for i in range(12)] + [f"greek/{i}" for i in range(6)]
+    domains = ["latin"] * 12 + ["greek"] * 6
+    pool = PoolBuildConfig(domains=["latin", "greek"], archs=["conv4", "resnet10t"], way=4, epochs=1)
+    specs, pairs = ladder_specs(names, domains, pool, seed=0, fractions=[0.0, 0.5, 1.0], image_size=32,
+                                dataset="glyphs", data_seed=0)
+    by_name = {s.name: s for s in specs}
+    assert [p.kind for p in pairs] == ["overlap"] * 3 + ["architecture", "domain"]
+    assert len(specs) == 10 and len(by_name) == 10 and [s.index for s in specs] == list(range(10))
+    for pair in pairs:
+        a, b = by_name[pair.a], by_name[pair.b]
+        assert len(set(a.classes) & set(b.classes)) == pair.shared
+        assert a.label_names == [names[c] for c in a.classes]
+    arch = next(p for p in pairs if p.kind == "architecture")
+    assert by_name[arch.a].classes == by_name[arch.b].classes
+    assert (by_name[arch.a].architecture, by_name[arch.b].architecture) == ("conv4", "resnet10t")
+    dom = next(p for p in pairs if p.kind == "domain")
+    assert (by_name[dom.a].domain, by_name[dom.b].domain) == ("latin", "greek")
+    assert all(names[c].startswith("greek/") for c in by_name[dom.b].classes)
+
+
+# --- Fisher validation ------------------------------------------------------------------------------
+
+
+def test_fisher_validation_statistics_on_a_constructed_matrix() -> None:
+    # two domains, teachers 0-3 on latin, 4-5 on greek; dissimilarity = 1 - overlap/2, cross domain 0.9
+    labels = [["l/a", "l/b"], ["l/a", "l/c"], ["l/d", "l/e"], ["l/a", "l/b"], ["g/x", "g/y"], ["g/x", "g/z"]]
+    teachers = [TeacherInfo(f"t{i}", "conv4" if i != 3 else "resnet10t", lab[0].split("/")[0], lab)
+                for i, lab in enumerate(labels)]
+    n = len(teachers)
+    d = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                shared = len(set(labels[i]) & set(labels[j])) / 2
+                d[i, j] = 0.9 if teachers[i].domain != teachers[j].domain else 0.6 - 0.5 * shared
+    result = fisher_validation(d, teachers, num_groups=2, n_init=5, seeds=range(4))
+    assert result.spearman["rho"] < -0.5 and result.spearman["pairs"] == 15
+    assert [lv["overlap"] for lv in result.by_overlap] == [0.0, 0.5, 1.0]
+    assert result.domain_means["cross"] == {"mean": pytest.approx(0.9), "pairs": 8}
+    assert result.domain_means["within_disjoint"]["mean"] == pytest.approx(0.6)
+    assert result.architecture["cross"] == {"mean": pytest.approx(0.1), "pairs": 1}
+    assert result.architecture["same"]["pairs"] == 0
+    assert len(result.group_sizes) == 4 and all(sum(s) == n for s in result.group_sizes)
+    assert -1.0 <= result.stability["ari_min"] <= result.stability["ari_mean"] <= 1.0
+    json.dumps(result.to_dict(), allow_nan=False)  # no NaN reaches the JSON
+    with pytest.raises(AnalysisError, match="at least 2"):
+        fisher_validation(np.zeros((1, 1)), teachers[:1], num_groups=1)
+
+
+@pytest.mark.slow
+def test_fisher_dissimilarity_falls_as_class_overlap_grows(tmp_path: Path) -> None:
+    """A tiny ladder (5-way conv4 teachers, 3 epochs) per seed: rho(overlap, dissimilarity) < 0 in each.
+
+    The tasks are embedded on real images of each teacher's classes (``images="real"``): this
+    tests the Fisher dissimilarity itself. (On recovered tasks of such tiny teachers the trend is
+    much weaker; the analysis measures that, it is not asserted here.)
+    """
+    rhos = []
+    for seed in (0, 1, 2):
+        cfg = load_config(preset="smoke", values={
+            "seed": seed, "pool": {"domains": ["latin"], "archs": ["conv4"], "way": 5, "epochs": 3},
+            "embed": {"max_samples": 150, "head_steps": 30}})
+        out = tmp_path / f"seed{seed}"
+        result = run_fisher(None, out, cfg, images="real", seeds=3, progress=False)
+        rhos.append(result.spearman["rho"])
+        assert result.spearman["pairs"] == 66  # 6 ladder pairs: 12 teachers
+        means = {lv["overlap"]: lv["mean"] for lv in result.by_overlap}
+        assert means[1.0] < means[0.0]
+        saved = json.loads((out / "fisher.json").read_text())
+        assert saved["images"] == "real" and saved["spearman"]["rho"] == pytest.approx(result.spearman["rho"])
+        assert (out / "fisher.png").read_bytes()[:8] == PNG
+        ladder = json.loads((out / "ladder-pool" / "ladder.json").read_text())
+        assert [p["shared"] for p in ladder["pairs"]] == [0, 1, 2, 3, 4, 5]
+    assert all(rho < 0 for rho in rhos), rhos
+
+
+# --- the CLI on a Hub pool ------------------------------------------------------------------------
+
+
+def _tgr_hub(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, "-m", "tgr_hub.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_analyze_cka_and_fisher_on_a_hub_pool(tiny_pool: Path, hub, hf_token, hub_cache, tmp_path: Path,
+                                              monkeypatch) -> None:
+    from tgr_hub.hub import push_pool
+
+    pool = tmp_path / "analyze-pool"
+    shutil.copytree(tiny_pool.parent, pool)
+    push_pool(pool, "tgr-org", progress=False)
+    hub_list = pool / "repo-list-hub.txt"
+    monkeypatch.delenv("HF_TOKEN")  # public teachers: reading needs no token
+    out = tmp_path / "analysis"
+    done = _tgr_hub("analyze", "cka", "--pool", str(hub_list), "--out", str(out), "--preset", "smoke",
+                    "--images", "120")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert hub.requests_matching("analyze-pool-t00")  # the teachers came over HTTP
+    saved = json.loads((out / "cka.json").read_text())
+    assert {"names", "architectures", "cka", "dissimilarity", "spearman", "probe", "feature_dims", "seconds"} <= set(saved)
+    assert saved["names"] == ["analyze-pool-t00", "analyze-pool-t01", "analyze-pool-t02", "analyze-pool-t03"]
+    cka = np.array(saved["cka"], dtype=np.float64)
+    assert cka.shape == (4, 4) and np.allclose(np.diag(cka), 1.0) and ((cka >= 0) & (cka <= 1)).all()
+    assert saved["probe"]["source"] == "recovered" and saved["probe"]["images"] == 120
+    assert saved["spearman"]["pairs"] == 6 and {"rho", "p"} <= set(saved["spearman"])
+    assert (out / "cka.png").read_bytes()[:8] == PNG
+    assert "Spearman rho(1 - CKA, Fisher dissimilarity)" in done.stdout
+
+    real = _tgr_hub("analyze", "cka", "--pool", str(hub_list), "--out", str(out), "--preset", "smoke",
+                    "--dataset", "glyphs", "--images", "60")
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert json.loads((out / "cka.json").read_text())["probe"]["source"] == "glyphs:test"
+
+    fisher = _tgr_hub("analyze", "fisher", "--pool", str(hub_list), "--out", str(out), "--preset", "smoke")
+    assert fisher.returncode == 0, fisher.stderr[-3000:]
+    saved = json.loads((out / "fisher.json").read_text())
+    assert {"pairs", "spearman", "by_overlap", "domain_means", "stability", "group_sizes"} <= set(saved)
+    assert len(saved["stability"]["seeds"]) == 10 and len(saved["group_sizes"]) == 10
+    assert saved["domain_means"]["cross"]["pairs"] == 4  # 2 latin, 2 greek teachers
+    assert (out / "fisher.png").read_bytes()[:8] == PNG
+
+
+def test_fewer_than_two_teachers_is_one_line_and_a_nonzero_exit(tmp_path: Path, capsys) -> None:
+    from tgr_hub.cli.main import main
+
+    listing = tmp_path / "one.txt"
+    listing.write_text("./t00\n")
+    for analysis in ("cka", "fisher"):
+        code = main(["analyze", analysis, "--pool", str(listing), "--out", str(tmp_path / "out")])
+        captured = capsys.readouterr()
+        assert code == 2
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tgr-hub: error:") and "at least 2" in lines[0]
+        assert "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()  # refused before any work
