@@ -262,10 +262,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "pool": {"teachers": 12},
         "recover": {"steps": 40, "images_per_class": 12, "bank_size": 20, "generator_width": 64, "bn_weight": 0.02,
-                    "online_every": 10, "online_start": "warm", "online_steps": 5},
+                    "online_every": 10, "online_start": "warm", "online_steps": 5, "oversample": 1.5},
         "embed": {"head_steps": 30, "max_samples": 60},
         "group": {"num_groups": 3, "n_init": 10},
-        "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 100},
+        "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 200},
         "eval": {"episodes": 600},
     },
     # the reference settings of docs/method.md
