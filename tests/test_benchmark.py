@@ -667,3 +667,79 @@ def test_every_benchmark_evaluation_uses_the_run_eval_section(tmp_path, monkeypa
     assert len(calls) == 1
     assert (calls[0]["learner"], calls[0]["inner_steps"], calls[0]["inner_lr"]) == ("finetune", 2, 0.05)
     assert record["adaptation"] == "finetune" and len(record["accuracies"]["1shot"]) == 3
+
+
+# --- paired statistics on strongly correlated accuracies -----------------------------------------------
+
+
+def _correlated(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Per-episode accuracies of a reference and of a method ~2 points better on the same episodes.
+
+    Episode difficulty spreads the accuracies over 0.2..0.9 and both methods share it (correlation
+    ≈ 0.99), so the paired difference is sharp while two per-method intervals overlap widely. The
+    method's gain varies from episode to episode (in steps of 1/25, a 5-way 5-query episode), so
+    sorting either list, or both, pairs other episodes and changes the answer.
+    """
+    rng = np.random.default_rng([7, seed])
+    reference = np.round(rng.uniform(0.2, 0.9, n) * 25) / 25
+    gain = rng.choice([-1, 0, 1, 1, 2, 2], size=n) / 25
+    return np.clip(reference + gain, 0, 1), reference
+
+
+def _by_hand(method: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    from scipy.stats import t as student
+
+    d = method - reference
+    n = d.size
+    mean, sd = d.mean(), np.sqrt(((d - d.mean()) ** 2).sum() / (n - 1))
+    se = sd / np.sqrt(n)
+    half = student.ppf(0.975, n - 1) * se
+    t = mean / se
+    return {"mean": mean, "sd": sd, "t": t, "half": half, "low": mean - half, "high": mean + half,
+            "p": 2 * student.sf(abs(t), n - 1), "n": n}
+
+
+def test_paired_difference_on_strongly_correlated_accuracies_matches_a_hand_computation() -> None:
+    from scipy import stats as sps
+
+    method, reference = _correlated(0)
+    assert np.corrcoef(method, reference)[0, 1] > 0.95
+    got, want = stats.paired_difference(method, reference), _by_hand(method, reference)
+    for key in ("mean", "sd", "t", "half", "low", "high", "p"):
+        assert getattr(got, key) == pytest.approx(want[key], rel=1e-9, abs=1e-15), key
+    assert got.n == 40
+    # the pairing matters: the paired test is sure, the unpaired one (same data) is not
+    assert got.p < 1e-6 and sps.ttest_ind(method, reference).pvalue > 0.3
+    assert got.high - got.low < 0.25 * (2 * stats.episode_interval(method)[1])  # the per-method interval
+    # and pairing is by episode: the same accuracies in another order give another answer
+    for shuffled in (np.sort(method), method[::-1]):
+        assert abs(stats.paired_difference(shuffled, reference).t - want["t"]) > 1.0
+    assert abs(stats.paired_difference(np.sort(method), np.sort(reference)).sd - want["sd"]) > 0.005
+
+
+def test_the_benchmark_pairs_each_episode_with_itself_and_takes_a_t_interval_over_the_seeds(tmp_path: Path) -> None:
+    from scipy.stats import t as student
+
+    cfg = load_config("smoke", overrides=["eval.shots=[1]"])
+    scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
+    spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), ("erm", "tgr"))
+    digest = bm._digest(bm._settings(cfg, scenario))
+    data = {seed: _correlated(seed) for seed in (0, 1, 2)}
+    for seed, (method, reference) in data.items():
+        # the method's cell lists its episodes in the order they were scored: the reference's order
+        _fake_cell(tmp_path, "multi-domain", seed, "erm", reference.tolist(), digest)
+        _fake_cell(tmp_path, "multi-domain", seed, "tgr", method.tolist(), digest)
+    paired = bm.summarize(spec, tmp_path)["scenarios"]["multi-domain"]["paired"]["tgr"]["1shot"]
+    for seed, (method, reference) in data.items():
+        got, want = paired["per_seed"][str(seed)], _by_hand(method, reference)
+        for key in ("mean", "sd", "t", "half", "low", "high", "p"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-15), (seed, key)
+        assert got["n"] == 40
+    means = np.array([(m - r).mean() for m, r in data.values()])
+    half = student.ppf(0.975, 2) * means.std(ddof=1) / np.sqrt(3)
+    across = paired["across_seeds"]
+    assert across["n"] == 3 and across["mean"] == pytest.approx(means.mean(), rel=1e-12)
+    assert (across["low"], across["high"]) == (pytest.approx(means.mean() - half, rel=1e-9),
+                                               pytest.approx(means.mean() + half, rel=1e-9))
+    t = means.mean() / (means.std(ddof=1) / np.sqrt(3))
+    assert across["t"] == pytest.approx(t, rel=1e-9) and across["p"] == pytest.approx(2 * student.sf(abs(t), 2), rel=1e-9)

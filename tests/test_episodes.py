@@ -170,6 +170,7 @@ def test_episodes_are_a_function_of_seed_and_index() -> None:
     other_seed = EpisodeSampler(split, way=5, shot=2, query=3, seed=8)
     assert any(other_seed.episode(i).support_idx.tolist() != forward[i].support_idx.tolist() for i in range(6))
     assert len({tuple(e.support_idx.tolist()) for e in forward}) == 6  # episodes differ from each other
+    assert [other_seed.episode(i).classes for i in range(6)] != [e.classes for e in forward]  # the classes too
 
 
 def test_iteration_is_episode_zero_one_two() -> None:

@@ -5,6 +5,14 @@ the work finished before the interrupt is still there.
 Each command is started, the test waits until it has written a file that shows it is inside
 its long work (the first teacher of a pool; the resolved pool of an inspect run, with recovery
 made long), then sends SIGINT.
+
+The command is started with SIGINT at its default disposition, whatever pytest's own is. A
+process started in the background by a non-interactive shell (``pytest ... > log &``, ``nohup``,
+most CI wrappers) has SIGINT *ignored*, and an ignored disposition survives ``exec``: CPython then
+installs no KeyboardInterrupt handler, the SIGINT is dropped, and the command runs to the end
+(status 0, the whole pool written). That is how this test failed in long whole-suite runs while
+passing when run alone from a terminal. The test also checks, from ``/proc``, that the command
+really catches SIGINT before it sends one, so such a run fails with that reason.
 """
 
 from __future__ import annotations
@@ -21,11 +29,27 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _sigint_caught(pid: int) -> bool | None:
+    """Whether process ``pid`` has a handler for SIGINT (None: /proc cannot tell, not Linux)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    except OSError:
+        return None
+    return bool(int(fields["SigCgt"], 16) & (1 << (signal.SIGINT - 1)))
+
+
 def _interrupt_when(argv: list[str], marker: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``tgr-hub ARGV``; send SIGINT as soon as ``marker`` exists; return the finished process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "tgr_hub.cli", *argv], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A Python-level handler in this process is reset to SIG_DFL by exec, an ignored SIGINT is not: with
+    # one installed around Popen the command starts as it would from a terminal (see the module doc).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "tgr_hub.cli", *argv], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        if previous is not None:  # None: a handler installed outside Python, which then stays replaced
+            signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + timeout
     try:
         while not marker.exists():
@@ -35,6 +59,8 @@ def _interrupt_when(argv: list[str], marker: Path, timeout: float = 240) -> subp
             if time.monotonic() > deadline:
                 pytest.fail(f"{marker} did not appear within {timeout} s")
             time.sleep(0.05)
+        if process.poll() is None:
+            assert _sigint_caught(process.pid) is not False, "the command does not catch SIGINT (ignored at its start?)"
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
     finally:

@@ -612,3 +612,51 @@ def test_oversampling_keeps_the_images_the_teacher_finds_most_on_label(teacher: 
         own_plain = torch.log_softmax(teacher.logits(plain.images), 1)[torch.arange(len(plain.labels)), plain.labels]
         own_chosen = torch.log_softmax(teacher.logits(chosen.images), 1)[torch.arange(len(chosen.labels)), chosen.labels]
     assert own_chosen.mean() > own_plain.mean()
+
+
+# --- seeded stages: the same seed gives the same result, another seed another one -------------------
+
+
+def test_recover_teachers_follows_the_run_seed(teacher: PoolMember) -> None:
+    """The run seed decides each recovery's classes (3 of the teacher's 5) and its images."""
+    cfg = small_cfg(steps=2, max_way=3)
+
+    def bank_of(seed: int) -> MemoryBank:
+        bank = MemoryBank(4)
+        recover_teachers([teacher], cfg, bank, seed=seed, recoveries=3)
+        return bank
+
+    first, again, other = bank_of(0), bank_of(0), bank_of(1)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first.images_of(*k), again.images_of(*k)) for k in first.keys())
+    assert [len(first.images_of(*k)) for k in first.keys()] != [len(other.images_of(*k)) for k in other.keys()] \
+        or first.keys() != other.keys()  # another seed draws other classes...
+    shared = [k for k in first.keys() if k in other.keys()]
+    assert shared and all(not torch.equal(first.images_of(*k), other.images_of(*k)) for k in shared)  # ...and images
+
+
+def _random_task(teacher: str, classes: list[int], per_class: int, seed: int, size: int = 8) -> RecoveredTask:
+    images = torch.rand(len(classes) * per_class, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return RecoveredTask(images=images, labels=torch.tensor(classes).repeat_interleave(per_class), teacher=teacher,
+                         loss=0.0, classes=classes, class_names=[f"{teacher}/c{c}" for c in classes])
+
+
+def test_bank_episodes_follow_their_random_stream() -> None:
+    bank = MemoryBank(2)
+    for i, teacher in enumerate(("a", "b")):
+        bank.add(_random_task(teacher, [0, 1, 2, 3], per_class=6, seed=i))
+
+    def draw(seed: int, way: int) -> list:
+        rng = np.random.default_rng(seed)
+        return [bank.sample_episode(way, 2, 3, rng, resize_to=8) for _ in range(3)]
+
+    def same(x, y) -> bool:
+        return x.classes == y.classes and torch.equal(x.support_x, y.support_x) and torch.equal(x.query_x, y.query_x)
+
+    first, again, other = draw(0, 3), draw(0, 3), draw(1, 3)
+    assert all(same(x, y) for x, y in zip(first, again))
+    assert [e.classes for e in first] != [e.classes for e in other]  # the classes follow the stream
+    # every key in every episode: the classes are the same set, so only the image choice can differ
+    whole = {seed: {k: torch.cat([e.support_x[e.support_y == i], e.query_x[e.query_y == i]])
+                    for e in draw(seed, 8)[:1] for i, k in enumerate(e.classes)} for seed in (0, 1)}
+    assert set(whole[0]) == set(whole[1]) and any(not torch.equal(whole[0][k], whole[1][k]) for k in whole[0])

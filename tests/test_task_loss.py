@@ -4,7 +4,10 @@
   teacher, the T² scaling and the weight, for both ``head`` and ``episodic`` losses;
 - the ``head`` loss carries the label conflict (its gradients change when a teacher orders its
   classes differently), ProtoNet's episodic loss does not;
-- ``_choose_teachers`` gives m tasks whatever the group's size.
+- ``_choose_teachers`` gives m tasks whatever the group's size;
+- the seeded draws of a step (group, teachers, the pseudo-task's classes and images) follow the run
+  seed through ``step_rng``, and ``make_pseudo_task``'s teacher targets are the softened teacher
+  probabilities of the task's classes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,18 @@ from tgr_hub.errors import ConfigError
 from tgr_hub.igr import task_gradients
 from tgr_hub.learners import make_learner
 from tgr_hub.metamodel import create_meta_model
-from tgr_hub.train import HEAD_BIAS, HEAD_WEIGHT, PseudoTask, _choose_teachers, _make_head, pseudo_task_loss
+from tgr_hub.bank import MemoryBank, RecoveredTask
+from tgr_hub.pool import PoolMember
+from tgr_hub.train import (
+    HEAD_BIAS,
+    HEAD_WEIGHT,
+    PseudoTask,
+    _choose_teachers,
+    _make_head,
+    make_pseudo_task,
+    pseudo_task_loss,
+    step_rng,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,3 +146,58 @@ def test_the_teacher_draw_follows_its_seed() -> None:
     groups = [[0, 1, 2], [3, 4, 5, 6]]
     draws = lambda seed: [_choose_teachers(groups, 4, np.random.default_rng([seed, s])) for s in range(20)]  # noqa: E731
     assert draws(0) == draws(0) and draws(0) != draws(1)
+
+
+def test_the_teacher_choice_of_a_step_follows_the_run_seed() -> None:
+    groups = [[0, 1, 2], [3, 4, 5, 6]]
+    draws = lambda seed: [_choose_teachers(groups, 3, step_rng(seed, s, 0)) for s in range(30)]  # noqa: E731
+    first = draws(0)
+    assert first == draws(0) and first != draws(1)
+    assert [c[0] < 3 for c in first] != [c[0] < 3 for c in draws(1)]  # the group too, not only its members
+    assert {c[0] < 3 for c in first} == {True, False}  # and both groups are drawn
+
+
+def _member(classes: int = 6, size: int = 8) -> PoolMember:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * size * size, classes)).eval().requires_grad_(False)
+    return PoolMember(name="t0", source="./t0", model=model, architecture="test",
+                      label_names=[f"t0/c{i}" for i in range(classes)], input_size=(3, size, size),
+                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _bank(member: PoolMember, per_class: int = 5) -> MemoryBank:
+    classes = list(range(member.num_classes))
+    images = torch.rand(len(classes) * per_class, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    bank = MemoryBank(1)
+    bank.add(RecoveredTask(images=images, labels=torch.tensor(classes).repeat_interleave(per_class), teacher=member.name,
+                           loss=0.0, classes=classes))
+    return bank
+
+
+def test_pseudo_task_targets_are_the_softened_teacher_probabilities_of_its_classes() -> None:
+    member = _member()
+    bank = _bank(member)
+    temperature = 3.0
+    task = make_pseudo_task(member, bank, way=3, shot=2, query=2, temperature=temperature, rng=np.random.default_rng(0))
+    images = torch.cat([task.support_x, task.query_x])
+    assert task.support_y.tolist() == [0, 0, 1, 1, 2, 2] and task.query_y.tolist() == [0, 0, 1, 1, 2, 2]
+    # by hand: which teacher class each image is (the bank's images are unique), then its softened probabilities
+    stored = [bank.images_of("t0", c).float() / 255 for c in range(6)]
+    owner = [next(c for c in range(6) if any(torch.equal(x, y) for y in stored[c])) for x in images]
+    classes = sorted(set(owner))
+    assert len(classes) == 3 and [classes.index(c) for c in owner] == torch.cat([task.support_y, task.query_y]).tolist()
+    with torch.no_grad():
+        logits = member.model((images - 0.5) / 0.25)[:, classes]
+    expected = torch.exp(logits / temperature) / torch.exp(logits / temperature).sum(1, keepdim=True)
+    torch.testing.assert_close(task.teacher_probs, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(task.teacher_probs, torch.softmax(logits, 1), atol=1e-3)  # T really softens
+
+
+def test_the_pseudo_task_of_a_step_follows_the_run_seed() -> None:
+    member = _member()
+    bank = _bank(member)
+    tasks = lambda seed: [make_pseudo_task(member, bank, way=3, shot=2, query=2, temperature=1.0,  # noqa: E731
+                                           rng=step_rng(seed, s, 1, 0)) for s in range(4)]
+    first, again, other = tasks(0), tasks(0), tasks(1)
+    assert all(torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x) for a, b in zip(first, again))
+    assert any(not torch.equal(a.support_x, b.support_x) for a, b in zip(first, other))

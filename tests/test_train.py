@@ -368,3 +368,37 @@ def test_validation_uses_its_own_way_shots_query_and_seed(prepared, monkeypatch:
         assert mean == pytest.approx((one + three) / 2)
     assert result.best_val_accuracy == max(v for _, v in result.history["val_acc"])
     assert np.isfinite(result.val_std_error) and result.val_std_error > 0
+
+
+# --- replay follows the run seed ---------------------------------------------------------------------
+
+
+def _replay_direction(seed: int, step: int = 0, round_step: int = 0) -> dict[str, torch.Tensor]:
+    """The replay gradient of one replay step of a fresh trainer (same model, same bank), seeded ``seed``."""
+    from tgr_hub.bank import MemoryBank, RecoveredTask
+    from tgr_hub.train import _MetaTrainer
+
+    bank = MemoryBank(1)
+    for t in range(2):
+        images = torch.rand(4 * 6, 3, 16, 16, generator=torch.Generator().manual_seed(t))
+        bank.add(RecoveredTask(images=images, labels=torch.arange(4).repeat_interleave(6), teacher=f"t{t}", loss=0.0,
+                               classes=[0, 1, 2, 3]))
+    cfg = load_config(preset="smoke", values={"train": {"replay_way": 3, "replay_batch": 2, "igr_loss": "episodic"}}).train
+    trainer = _MetaTrainer(create_meta_model("conv4", 16, seed=0), [], bank, [[0, 1]], cfg,
+                           val_split=None, seed=seed, dist=Distributed(make_accelerator("no")),  # type: ignore[arg-type]
+                           checkpoint_dir=None)
+    replayed = trainer.replay_step(step, round_step)
+    assert replayed is not None
+    return {k: v.detach().clone() for k, v in replayed.direction.items()}
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_replay_episodes_follow_the_run_seed_the_step_and_the_round(one_torch_thread) -> None:
+    first = _replay_direction(0)
+    assert _equal(first, _replay_direction(0))  # the same seed: bitwise the same replay gradient
+    assert not _equal(first, _replay_direction(1))  # another seed: other episodes
+    assert not _equal(first, _replay_direction(0, step=1))  # another step
+    assert not _equal(first, _replay_direction(0, round_step=1))  # the next replay step of a round draws anew
