@@ -1,4 +1,4 @@
-"""``tgr-hub analyze cka|fisher``: the paper's analyses of a pool, each written as JSON + PNG.
+"""``tgr-hub analyze cka|fisher|gradients``: the paper's analyses of a pool, each written as JSON + PNG.
 
 ``inspect`` shows a pool (table, dissimilarity heatmap, groups); ``analyze`` measures it. Both
 work in the same kind of run folder, so an analysis in the folder of an earlier ``inspect``
@@ -8,6 +8,7 @@ reuses its recovered tasks and embeddings (the default ``--out`` is inspect's).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -28,10 +29,22 @@ def _fractions(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}") from None
 
 
+def _methods(text: str) -> list[str]:
+    from tgr_hub.analyze import GRADIENT_METHODS
+
+    methods = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [m for m in methods if m not in GRADIENT_METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated methods of {', '.join(GRADIENT_METHODS)}, got {text!r}")
+    return methods
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "analyze",
-        help="analyses of a pool: CKA between teachers, validation of the Fisher dissimilarity (JSON + PNG)",
+        help="analyses of a pool: CKA between teachers, validation of the Fisher dissimilarity, gradient dynamics "
+             "of TGR against ERM (JSON + PNG)",
         description="Analyses of a teacher pool (Hub or local). Each writes NAME.json and NAME.png into --out, "
                     "reusing the recovered tasks and embeddings an earlier inspect/analyze left there.",
     )
@@ -63,7 +76,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "or on real images of its classes (the embedding alone)")
     fisher.set_defaults(func=run_fisher)
 
-    for sub in (cka, fisher):
+    gradients = analyses.add_parser(
+        "gradients", help="do the task gradients align under IGR and not under ERM? (P and cosine against step)",
+        description="Meta-trains each method from the same initialisation and, every --every steps, measures on a "
+                    "fixed probe of pseudo-tasks the gradient-variance penalty P = (1/2m) sum ||g_i - mean g||^2, the "
+                    "mean pairwise cosine of the task gradients and their relative spread.")
+    gradients.add_argument("--pool", required=True, help="repo-list.txt naming the teachers")
+    gradients.add_argument("--methods", type=_methods, default=["erm", "tgr"], metavar="M,M,...",
+                           help="what to train: erm (beta 0, one group), tgr (train.beta, spectral groups), "
+                                "igr (train.beta, one group), groups (beta 0, spectral groups); default erm,tgr")
+    gradients.add_argument("--every", type=int, default=None,
+                           help="measure every N steps (and at steps 0 and the last; default about 20 points)")
+    gradients.add_argument("--iterations", type=int, default=None,
+                           help="meta-training steps per method (train.iterations)")
+    gradients.add_argument("--probe-groups", type=int, default=8, help="K, the probe's groups of m tasks (default 8)")
+    gradients.add_argument("--loss", choices=("head", "episodic"), default=None,
+                           help="the probe's task loss: head (a fixed shared head, the same for every method) or "
+                                "episodic (the learner's support/query loss); default train.igr_loss")
+    gradients.set_defaults(func=run_gradients)
+
+    for sub in (cka, fisher, gradients):
         sub.add_argument("--out", help="folder for the artefacts (default: inspect's, runs/inspect-<pool folder>)")
         sub.add_argument("--allow-pickle", action="store_true", help="accept pickled teacher weights")
         add_config_args(sub)
@@ -117,4 +149,29 @@ def run_fisher(args: argparse.Namespace) -> int:
     say(f"grouping stability over {len(s['seeds'])} seeds: ARI mean {s['ari_mean']:.3f}, min {s['ari_min']:.3f}; "
         f"group sizes (seed {s['seeds'][0]}) {result.group_sizes[0]}")
     say(f"written: {out / 'fisher.json'}, {out / 'fisher.png'} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def run_gradients(args: argparse.Namespace) -> int:
+    from tgr_hub.analyze import run_gradients as analyze_gradients
+
+    cfg = config_from_args(args, {"train": {"iterations": args.iterations}} if args.iterations is not None else None)
+    out = Path(args.out) if args.out else default_out(args.pool, "gradients")
+    start = time.perf_counter()
+    result = analyze_gradients(args.pool, out, cfg, methods=args.methods, every=args.every,
+                               probe_groups=args.probe_groups, kind=args.loss, allow_pickle=args.allow_pickle)
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+    probe = result.probe
+    say(f"task gradients on a fixed probe ({probe['groups']} groups of {probe['tasks_per_group']} tasks, "
+        f"{probe['kind']} loss), {result.iterations} steps per method:")
+    say(f"  {'method':<8} {'beta':>8} {'step':>6} {'P':>10} {'cosine':>8} {'rel. spread':>12} {'|mean g|':>10}")
+    for trace in result.methods.values():
+        for index in sorted({0, len(trace.steps) - 1}):
+            say(f"  {trace.method:<8} {trace.beta:>8g} {trace.steps[index]:>6} {fmt(trace.P[index], '10.4g')} "
+                f"{fmt(trace.cosine[index], '8.3f')} {fmt(trace.relative_spread[index], '12.3f')} "
+                f"{fmt(trace.mean_norm[index], '10.4g')}")
+    say(f"written: {out / 'gradients.json'}, {out / 'gradients.png'} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -248,3 +248,147 @@ def test_fewer_than_two_teachers_is_one_line_and_a_nonzero_exit(tmp_path: Path, 
         assert len(lines) == 1 and lines[0].startswith("tgr-hub: error:") and "at least 2" in lines[0]
         assert "Traceback" not in captured.err
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+# --- gradient dynamics ------------------------------------------------------------------------------
+
+
+def test_gradient_spread_by_hand() -> None:
+    from tgr_hub.analyze import gradient_spread
+
+    # g1 = (1, 0), g2 = (0, 1), g3 = (1, 1), split over a [1, 1] and a [1] tensor; ḡ = (2/3, 2/3)
+    grads = [{"w": torch.tensor([[a]]), "b": torch.tensor([b])} for a, b in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0))]
+    stats = gradient_spread(grads)
+    # g_i − ḡ = (1/3, −2/3), (−2/3, 1/3), (1/3, 1/3): squared norms 5/9, 5/9, 2/9; P = (1/6)(12/9) = 2/9
+    assert stats.P == pytest.approx(2 / 9, rel=1e-12)
+    # cos(g1, g2) = 0, cos(g1, g3) = cos(g2, g3) = 1/√2: mean √2/3
+    assert stats.cosine == pytest.approx(math.sqrt(2) / 3, rel=1e-12)
+    # (√5/3 + √5/3 + √2/3)/3 / ‖ḡ‖ with ‖ḡ‖ = 2√2/3: (√10 + 1)/6
+    assert stats.relative_spread == pytest.approx((math.sqrt(10) + 1) / 6, rel=1e-12)
+    assert stats.mean_norm == pytest.approx(2 * math.sqrt(2) / 3, rel=1e-12)
+    assert stats.task_norm == pytest.approx((2 + math.sqrt(2)) / 3, rel=1e-12)
+    # float32 tensors of several shapes against a numpy loop over the concatenation, in float64
+    gen = torch.Generator().manual_seed(0)
+    many = [{"a": torch.randn(3, 4, generator=gen), "b": torch.randn(5, generator=gen)} for _ in range(4)]
+    flat = np.stack([np.concatenate([g["a"].double().numpy().ravel(), g["b"].double().numpy()]) for g in many])
+    mean = flat.mean(0)
+    cosines = [flat[i] @ flat[j] / np.linalg.norm(flat[i]) / np.linalg.norm(flat[j])
+               for i in range(4) for j in range(i + 1, 4)]
+    got = gradient_spread(many)
+    assert got.P == pytest.approx(((flat - mean) ** 2).sum() / 8, rel=1e-9)
+    assert got.cosine == pytest.approx(np.mean(cosines), rel=1e-9)
+    spread = np.linalg.norm(flat - mean, axis=1).mean() / np.linalg.norm(mean)
+    assert got.relative_spread == pytest.approx(spread, rel=1e-9)
+    assert math.isnan(gradient_spread(grads[:1]).cosine) and gradient_spread(grads[:1]).P == 0.0
+    with pytest.raises(AnalysisError, match="at least one"):
+        gradient_spread([])
+    with pytest.raises(AnalysisError, match="same parameters"):
+        gradient_spread([grads[0], {"w": torch.zeros(1, 1)}])
+
+
+def _conflicting_probe(way: int = 5):
+    """4 tasks on the same 15 images of 16 px, each naming the classes in its own (random) order."""
+    from tgr_hub.analyze import GradientProbe
+    from tgr_hub.metamodel import create_meta_model
+    from tgr_hub.train import PseudoTask, _make_head
+
+    gen = torch.Generator().manual_seed(0)
+    support_x, query_x = torch.rand(way, 3, 16, 16, generator=gen), torch.rand(2 * way, 3, 16, 16, generator=gen)
+    support_y, query_y = torch.arange(way), torch.arange(way).repeat_interleave(2)
+    tasks = []
+    for _ in range(4):
+        order = torch.randperm(way, generator=gen)
+        uniform = torch.full((3 * way, way), 1 / way)  # teacher probabilities: unused without distillation
+        tasks.append(PseudoTask(support_x, order[support_y], query_x, order[query_y], uniform))
+    model = create_meta_model("conv4", image_size=16, seed=0).train()
+    return model, GradientProbe([tasks], [[0, 1, 2, 3]], _make_head(model.feature_dim, way, 0))
+
+
+def test_igr_steps_lower_p_more_than_erm_steps() -> None:
+    """5 SGD steps along the IGR direction (β = 0.03) against 5 along the mean gradient (β = 0), same lr and start.
+
+    Measured: ERM leaves P at about 23 (from 30), IGR takes it to about 6; with the displacement's sign
+    flipped (θ − β(g_i − ḡ), planted in igr.displaced_params) P ends near 49, above ERM's.
+    """
+    from tgr_hub.analyze import probe_loss_fns, probe_statistics
+    from tgr_hub.igr import igr_direction
+    from tgr_hub.learners import make_learner
+
+    learner = make_learner("protonet")
+    ends = {}
+    for beta in (0.0, 0.03):
+        model, probe = _conflicting_probe()
+        start = probe_statistics(model, probe, learner, "head")
+        params = dict(model.named_parameters())
+        for _ in range(5):
+            fns = probe_loss_fns(model, probe.tasks[0], learner, "head", probe.head)
+            direction = igr_direction(fns, {k: v.detach() for k, v in params.items()}, beta).direction
+            with torch.no_grad():
+                for name, parameter in params.items():
+                    parameter -= 0.05 * direction[name]
+        ends[beta] = probe_statistics(model, probe, learner, "head")
+    assert start.P == pytest.approx(30.4, rel=0.05)  # the shared start: the head loss has conflict
+    assert ends[0.0].P < start.P and ends[0.03].P < start.P
+    assert ends[0.03].P < 0.5 * ends[0.0].P, (ends[0.0], ends[0.03])
+    assert ends[0.03].cosine > ends[0.0].cosine
+
+
+def test_probe_statistics_leave_the_model_alone_and_offer_both_losses() -> None:
+    from tgr_hub.analyze import probe_statistics
+    from tgr_hub.learners import make_learner
+
+    model, probe = _conflicting_probe()
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head = probe.head.weight.clone()
+    probe.tasks.append(probe.tasks[0][::-1])  # K = 2 groups: the mean of two identical measurements
+    stats = probe_statistics(model, probe, make_learner("protonet"), "head")
+    assert not model.training  # mode restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN running stats included
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(probe.head.weight, head)
+    single = probe_statistics(model, type(probe)(probe.tasks[:1], probe.teachers, probe.head), make_learner("protonet"))
+    assert stats.P == pytest.approx(single.P, rel=1e-9) and stats.cosine == pytest.approx(single.cosine, rel=1e-9)
+    episodic = probe_statistics(model, probe, make_learner("protonet"), "episodic")
+    assert math.isfinite(episodic.P) and episodic.P != pytest.approx(stats.P)
+    with pytest.raises(AnalysisError, match="'head' or 'episodic'"):
+        probe_statistics(model, probe, make_learner("protonet"), "bogus")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_analyze_gradients_cli_on_the_tiny_pool(tiny_pool: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gradients"
+    done = _tgr_hub("analyze", "gradients", "--pool", str(tiny_pool), "--out", str(out), "--preset", "smoke",
+                    "--iterations", "4", "--every", "2", "--probe-groups", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads((out / "gradients.json").read_text())
+    assert {"methods", "probe", "every", "iterations", "seconds"} <= set(saved)
+    assert list(saved["methods"]) == ["erm", "tgr"] and saved["every"] == 2 and saved["iterations"] == 4
+    for method, trace in saved["methods"].items():
+        assert trace["steps"] == [0, 2, 4]
+        for key in ("P", "cosine", "relative_spread", "mean_norm", "task_norm", "loss"):
+            assert len(trace[key]) == 3 and all(v is not None and math.isfinite(v) for v in trace[key]), (method, key)
+        assert all(v > 0 for v in trace["P"]) and all(-1 <= v <= 1 for v in trace["cosine"])
+    erm, tgr = saved["methods"]["erm"], saved["methods"]["tgr"]
+    assert erm["beta"] == 0 and tgr["beta"] == pytest.approx(1e-3) and len(erm["groups"]) == 1
+    assert sorted(n for g in tgr["groups"] for n in g) == sorted(erm["groups"][0])
+    # the same initialisation and probe: step 0 is measured identically for both
+    assert erm["P"][0] == tgr["P"][0] and erm["cosine"][0] == tgr["cosine"][0]
+    probe = saved["probe"]
+    assert probe["kind"] == "head" and probe["groups"] == 2 and len(probe["teachers"]) == 2
+    assert all(len(row) == probe["tasks_per_group"] == 2 for row in probe["teachers"])  # smoke: m = 2
+    assert (out / "gradients.png").read_bytes()[:8] == PNG
+    assert "task gradients on a fixed probe" in done.stdout
+
+
+def test_analyze_gradients_refuses_one_teacher_and_unknown_methods(tmp_path: Path, capsys) -> None:
+    from tgr_hub.analyze import run_gradients
+    from tgr_hub.cli.main import main
+
+    listing = tmp_path / "one.txt"
+    listing.write_text("./t00\n")
+    code = main(["analyze", "gradients", "--pool", str(listing), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "at least 2" in lines[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(AnalysisError, match="methods must be"):
+        run_gradients(listing, tmp_path / "out", load_config(preset="smoke"), methods=("erm", "maml"))

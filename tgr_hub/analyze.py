@@ -1,4 +1,5 @@
-"""The paper's analyses of a teacher pool: CKA between teachers, and a validation of the Fisher dissimilarity.
+"""The paper's analyses of a teacher pool: CKA between teachers, a validation of the Fisher dissimilarity, and
+the task-gradient dynamics of IGR against ERM.
 
 Both work on any pool (Hub or local, any architectures) and reuse the run-folder stages of
 :func:`tgr_hub.pipeline.prepare_pool` (recover, embed, dissimilarity, group), so an analysis in
@@ -21,6 +22,16 @@ the folder of an earlier ``tgr-hub inspect`` or ``train`` costs only its own par
     dissimilarity, the stability of the spectral grouping over clustering seeds (adjusted Rand
     index) and the group sizes.
 
+``gradients`` (:func:`run_gradients`)
+    Does IGR align the task gradients (the paper's Fig. 5)? Each method (ERM, TGR, and the
+    ablations of :data:`GRADIENT_METHODS`) is meta-trained from the same initialisation, and
+    every few steps the gradients of a fixed probe of pseudo-tasks (K groups of m tasks drawn once
+    from the recovered bank, :func:`make_gradient_probe`) are measured at the current parameters
+    (:func:`probe_statistics`): the penalty IGR descends ``P = (1/2m) Σ‖g_i − ḡ‖²``, the mean
+    pairwise cosine of the ``g_i`` and the relative spread ``mean ‖g_i − ḡ‖ / ‖ḡ‖``
+    (:func:`gradient_spread`). The probe's ``head`` loss uses one fixed head (the shared head's
+    initialisation), the same for every method; ``episodic`` needs none.
+
 Each analysis returns a typed result and writes ``NAME.json`` + ``NAME.png`` into the folder
 (atomically).
 
@@ -36,7 +47,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,7 +63,7 @@ from .seeds import seed_sequence
 
 if TYPE_CHECKING:  # annotations only: importing the pipeline pulls in training
     from .bank import MemoryBank
-    from .config import DataConfig, PoolBuildConfig, RunConfig
+    from .config import DataConfig, PoolBuildConfig, RunConfig, TrainConfig
     from .pool import PoolMember
     from .teachers import TeacherSpec
 
@@ -63,6 +74,11 @@ __all__ = [
     "CkaResult",
     "DEFAULT_FRACTIONS",
     "FisherValidation",
+    "GRADIENT_METHODS",
+    "GradientProbe",
+    "GradientStats",
+    "GradientTrace",
+    "GradientsResult",
     "LadderPair",
     "TeacherInfo",
     "build_ladder_pool",
@@ -70,6 +86,10 @@ __all__ = [
     "cka_matrix",
     "class_overlap",
     "fisher_validation",
+    "gradient_spread",
+    "make_gradient_probe",
+    "probe_loss_fns",
+    "probe_statistics",
     "ladder_specs",
     "linear_cka",
     "plan_overlap_ladder",
@@ -78,10 +98,12 @@ __all__ = [
     "real_image_bank",
     "run_cka",
     "run_fisher",
+    "run_gradients",
     "teacher_features",
     "teacher_info",
     "write_cka",
     "write_fisher",
+    "write_gradients",
 ]
 
 #: Seed stream of the analyses (see the module docstring); its keys below.
@@ -887,3 +909,430 @@ def run_fisher(
     result.seconds = {**seconds, **result.seconds, "total": time.perf_counter() - started}
     write_fisher(result, out)
     return result
+
+
+# --- gradient dynamics (paper Fig. 5) ------------------------------------------------------------
+
+# keys inside the analyses' seed stream for the gradient probe: [seed, ANALYZE, _GRADIENTS, 0, k] picks the
+# teachers of probe group k, [seed, ANALYZE, _GRADIENTS, 1, k, i] draws task i of it (different second keys,
+# so no stream pads into another)
+_GRADIENTS = 4
+_PROBE_CHOICE, _PROBE_TASK = 0, 1
+
+#: What ``run_gradients`` can train: method -> (β from the config or 0, spectral groups or one group of all).
+GRADIENT_METHODS: dict[str, tuple[bool, bool]] = {
+    "erm": (False, False),  # β = 0, one group of all teachers (the baseline)
+    "tgr": (True, True),  # cfg.train.beta inside the spectral groups (the method)
+    "igr": (True, False),  # ablation: IGR with one group of all teachers
+    "groups": (False, True),  # ablation: the spectral groups without IGR (β = 0)
+}
+
+
+@dataclass
+class GradientStats:
+    """How much the gradients of m tasks agree, at one parameter point.
+
+    Every quantity is over the concatenation of all parameter tensors, in float64. With the m
+    task gradients ``g_i`` and their mean ``ḡ``:
+
+    Attributes:
+        P: the gradient-variance penalty IGR descends, ``(1/2m) Σ_i ‖g_i − ḡ‖²``.
+        cosine: the mean cosine similarity ``cos(g_i, g_j)`` over the ``m(m−1)/2`` pairs ``i < j``
+            (``nan`` for m < 2 or a zero gradient).
+        relative_spread: ``(1/m) Σ_i ‖g_i − ḡ‖ / ‖ḡ‖`` (``nan`` when ``ḡ = 0``): the spread with
+            the overall gradient scale divided out (P falls as training shrinks every gradient).
+        mean_norm: ``‖ḡ‖``.
+        task_norm: ``(1/m) Σ_i ‖g_i‖``.
+        loss: the mean task loss (probe statistics only; ``nan`` from :func:`gradient_spread`).
+    """
+
+    P: float
+    cosine: float
+    relative_spread: float
+    mean_norm: float
+    task_norm: float
+    loss: float = float("nan")
+
+
+def gradient_spread(task_grads: Sequence[Mapping[str, Tensor]]) -> GradientStats:
+    """The spread of ``m`` task gradients: P, mean pairwise cosine and relative spread.
+
+    P is :func:`tgr_hub.igr.gradient_variance` (the same ``1/(2m)`` normalisation), evaluated on
+    float64 copies of the gradients.
+
+    Args:
+        task_grads: ``m`` gradients ``{name: tensor}``, the same names and shapes in each.
+
+    Returns:
+        :class:`GradientStats` (``loss`` is ``nan``).
+
+    Raises:
+        AnalysisError: no gradients, or gradients with different names or shapes.
+    """
+    from .igr import gradient_variance
+
+    if len(task_grads) == 0:
+        raise AnalysisError("gradient statistics need at least one task gradient")
+    keys = list(task_grads[0])
+    shapes = {k: tuple(task_grads[0][k].shape) for k in keys}
+    for g in task_grads[1:]:
+        if list(g) != keys or any(tuple(g[k].shape) != shapes[k] for k in keys):
+            raise AnalysisError("the task gradients do not have the same parameters and shapes")
+    grads64 = [{k: g[k].detach().to("cpu", torch.float64) for k in keys} for g in task_grads]
+    flat = torch.stack([torch.cat([g[k].reshape(-1) for k in keys]) for g in grads64])  # [m, D]
+    m = flat.shape[0]
+    mean = flat.mean(dim=0)
+    mean_norm = float(mean.norm())
+    norms = flat.norm(dim=1)
+    deviations = (flat - mean).norm(dim=1)
+    if m >= 2 and bool((norms > 0).all()):
+        unit = flat / norms[:, None]
+        rows, cols = torch.triu_indices(m, m, offset=1)
+        cosine = float((unit[rows] * unit[cols]).sum(dim=1).mean())
+    else:
+        cosine = float("nan")
+    relative = float(deviations.mean() / mean_norm) if mean_norm > 0 else float("nan")
+    return GradientStats(P=gradient_variance(grads64), cosine=cosine, relative_spread=relative, mean_norm=mean_norm,
+                         task_norm=float(norms.mean()))
+
+
+@dataclass
+class GradientProbe:
+    """A fixed set of pseudo-tasks the gradient statistics are measured on.
+
+    Attributes:
+        tasks: ``K`` groups of ``m`` :class:`tgr_hub.train.PseudoTask` (on the CPU).
+        teachers: ``[K][m]`` the teacher index of each task.
+        head: the fixed shared N-way head of ``head`` losses (:func:`tgr_hub.train._make_head`),
+            the same for every method measured: the head training starts from, never trained here.
+    """
+
+    tasks: list[list[Any]]
+    teachers: list[list[int]]
+    head: torch.nn.Linear
+
+
+def make_gradient_probe(
+    members: Sequence[PoolMember],
+    bank: MemoryBank,
+    groups: Sequence[Sequence[int]],
+    cfg: TrainConfig,
+    *,
+    num_groups: int,
+    feature_dim: int,
+    seed: int,
+    head_seed: int | None = None,
+) -> GradientProbe:
+    """Draw the probe: ``num_groups`` groups of ``cfg.teachers_per_step`` pseudo-tasks from the bank, once.
+
+    Probe group ``k`` picks a group of ``groups`` and ``m`` of its teachers with replacement (as a
+    training step does, :func:`tgr_hub.train._choose_teachers`) from the stream
+    ``[seed, ANALYZE, 4, 0, k]``; task ``i`` is a ``replay_way``-way task of ``replay_shot`` +
+    ``replay_query`` images per class from the bank (:func:`tgr_hub.train.make_pseudo_task`),
+    stream ``[seed, ANALYZE, 4, 1, k, i]``. The same pool, bank, groups and seed give the same probe.
+
+    Args:
+        members: the teachers.
+        bank: the pool's memory bank (the up-front recoveries).
+        groups: teacher indices per group (the spectral groups, or one group of all teachers).
+        cfg: the ``train`` section (m, way, shot, query, distillation temperature).
+        num_groups: K.
+        feature_dim: the meta-model's feature width (for the head).
+        seed: the probe's seed.
+        head_seed: seeds the fixed head (default ``seed``); meta-training's seed gives the head
+            the trainer's shared head starts from.
+
+    Raises:
+        AnalysisError: K < 1 or no teachers in ``groups``.
+    """
+    from .train import _choose_teachers, _make_head, make_pseudo_task
+
+    if num_groups < 1:
+        raise AnalysisError(f"the gradient probe needs at least 1 group of tasks, got {num_groups}")
+    groups = [list(g) for g in groups if len(g)]
+    if not groups:
+        raise AnalysisError("the gradient probe got no teachers to draw tasks from")
+    tasks, teachers = [], []
+    for k in range(num_groups):
+        chosen = _choose_teachers(groups, cfg.teachers_per_step,
+                                  np.random.default_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_CHOICE, k)))
+        row = []
+        for i, t in enumerate(chosen):
+            rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_TASK, k, i))
+            task = make_pseudo_task(members[t], bank, way=cfg.replay_way, shot=cfg.replay_shot, query=cfg.replay_query,
+                                    temperature=cfg.distill_temperature, rng=rng)
+            row.append(task.to(torch.device("cpu")))
+        tasks.append(row)
+        teachers.append(chosen)
+    head = _make_head(feature_dim, cfg.replay_way, seed if head_seed is None else head_seed)
+    return GradientProbe(tasks, teachers, head)
+
+
+def probe_loss_fns(
+    model: torch.nn.Module,
+    tasks: Sequence[Any],
+    learner: Any,
+    kind: Literal["head", "episodic"],
+    head: torch.nn.Linear | None = None,
+    *,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
+) -> list[Callable[[dict[str, Tensor]], Tensor]]:
+    """One loss closure ``{name: tensor} -> L_i`` per task: the training step's loss with a fixed head.
+
+    :func:`tgr_hub.train.pseudo_task_loss` with ``kind`` (``head``: the fixed ``head``, not
+    differentiated; ``episodic``: the learner's support/query loss). Every call runs on fresh
+    copies of the model's buffers, so measuring leaves the BatchNorm running statistics alone.
+    The closures take the meta-model's parameters only.
+    """
+    from .train import HEAD_BIAS, HEAD_WEIGHT, pseudo_task_loss
+
+    if kind not in ("head", "episodic"):
+        raise AnalysisError(f"the probe loss is 'head' or 'episodic', got {kind!r}")
+    if kind == "head" and head is None:
+        raise AnalysisError("a 'head' probe loss needs the probe's fixed head")
+    device = next(model.parameters()).device
+    fixed = {} if head is None else {HEAD_WEIGHT: head.weight.detach().to(device),
+                                     HEAD_BIAS: head.bias.detach().to(device)}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss_fn(task: Any) -> Callable[[dict[str, Tensor]], Tensor]:
+        def compute(params: dict[str, Tensor]) -> Tensor:
+            copies = {k: b.clone() for k, b in buffers.items()}
+            return pseudo_task_loss(learner, model, task, {**params, **copies, **fixed}, kind=kind,
+                                    distill_weight=distill_weight, temperature=temperature)
+        return compute
+
+    return [loss_fn(task.to(device)) for task in tasks]
+
+
+def probe_statistics(
+    model: torch.nn.Module,
+    probe: GradientProbe,
+    learner: Any,
+    kind: Literal["head", "episodic"] = "head",
+    *,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
+) -> GradientStats:
+    """The gradient statistics of the probe's task groups at the model's current parameters.
+
+    For each of the K groups, the m task gradients w.r.t. the meta-model's parameters (the fixed
+    head is not differentiated) go through :func:`gradient_spread`; every field is the mean over
+    the groups. No parameter, buffer or ``.grad`` of the model changes; the model is measured in
+    train mode (batch statistics, as the training step computes its losses) and its mode restored.
+
+    Args:
+        model: the meta-model.
+        probe: :func:`make_gradient_probe`'s tasks and head.
+        learner: the meta-learner (for ``episodic``).
+        kind: ``head`` (the reference's shared-head CE, with the probe's fixed head) or ``episodic``.
+        distill_weight, temperature: as the training step's loss.
+    """
+    from dataclasses import fields
+
+    from .igr import task_gradients
+
+    was_training = model.training
+    model.train()
+    try:
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        rows = []
+        for tasks in probe.tasks:
+            fns = probe_loss_fns(model, tasks, learner, kind, probe.head, distill_weight=distill_weight,
+                                 temperature=temperature)
+            losses, grads = task_gradients(fns, params)
+            stats = gradient_spread(grads)
+            stats.loss = float(np.mean(losses))
+            rows.append(stats)
+    finally:
+        model.train(was_training)
+    names = [f.name for f in fields(GradientStats)]
+    return GradientStats(**{f: float(np.mean([getattr(s, f) for s in rows])) for f in names})
+
+
+@dataclass
+class GradientTrace:
+    """One method's gradient statistics on the probe during meta-training.
+
+    Attributes:
+        method: ``erm``, ``tgr``, ``igr`` or ``groups`` (:data:`GRADIENT_METHODS`).
+        beta: the IGR displacement it trained with.
+        groups: the teacher groups it drew tasks from (names).
+        steps: the steps measured (0: the shared initialisation).
+        P, cosine, relative_spread, mean_norm, task_norm, loss: :class:`GradientStats` per step.
+        val_acc: its meta-validation accuracy history ``[[step, accuracy], ...]``.
+        seconds: wall time of its training, probes included.
+    """
+
+    method: str
+    beta: float
+    groups: list[list[str]]
+    steps: list[int] = field(default_factory=list)
+    P: list[float] = field(default_factory=list)
+    cosine: list[float] = field(default_factory=list)
+    relative_spread: list[float] = field(default_factory=list)
+    mean_norm: list[float] = field(default_factory=list)
+    task_norm: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    val_acc: list[list[float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, step: int, stats: GradientStats) -> None:
+        self.steps.append(int(step))
+        for name in ("P", "cosine", "relative_spread", "mean_norm", "task_norm", "loss"):
+            getattr(self, name).append(float(getattr(stats, name)))
+
+
+@dataclass
+class GradientsResult:
+    """The gradient dynamics of several methods trained from the same initialisation.
+
+    Attributes:
+        methods: per method, its :class:`GradientTrace`.
+        probe: how the statistics were measured: ``kind``, ``groups`` (K), ``tasks_per_group``
+            (m), the probe ``teachers`` (names), ``head``, ``way``/``shot``/``query``, ``seed``.
+        every: the measuring interval (steps).
+        iterations: meta-training steps per method.
+        seconds: wall time per part.
+    """
+
+    methods: dict[str, GradientTrace]
+    probe: dict[str, Any]
+    every: int
+    iterations: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (non-finite numbers as ``None``)."""
+        return _jsonable(asdict(self))
+
+
+def write_gradients(result: GradientsResult, out: str | Path) -> tuple[Path, Path]:
+    """Write ``out/gradients.json`` and ``out/gradients.png`` (P, cosine, relative spread against step)."""
+    from .figures import plot_gradient_dynamics
+
+    out = Path(out)
+    json_path, png_path = out / "gradients.json", out / "gradients.png"
+    data = result.to_dict()
+    write_json_atomic(json_path, data)
+    plot_gradient_dynamics(data, png_path)
+    return json_path, png_path
+
+
+def run_gradients(
+    pool_path: str | Path,
+    out: str | Path,
+    cfg: RunConfig,
+    *,
+    methods: Sequence[str] = ("erm", "tgr"),
+    every: int | None = None,
+    probe_groups: int = 8,
+    kind: Literal["head", "episodic"] | None = None,
+    allow_pickle: bool = False,
+    progress: bool = True,
+) -> GradientsResult:
+    """``tgr-hub analyze gradients``: do the task gradients align under IGR and not under ERM? JSON + PNG.
+
+    Prepares the pool once into ``out`` (:func:`tgr_hub.pipeline.prepare_pool`), draws one probe
+    (:func:`make_gradient_probe` from the spectral groups, ``cfg.seed``), then meta-trains each
+    method from the same initialisation (the meta-model ``create_meta_model`` gives for the
+    training seed) with :func:`tgr_hub.train.meta_train` as ``tgr-hub train`` would (online
+    recovery, replay and validation as configured, no checkpoints), and measures
+    :func:`probe_statistics` at step 0, every ``every`` steps and at the last step. ERM is β = 0
+    with one group of all teachers; TGR is ``cfg.train.beta`` inside the spectral groups.
+    Measuring does not change training (it draws no random numbers and touches no state).
+
+    Args:
+        pool_path: the repo-list file.
+        out: the run folder (stages reused); ``gradients.json`` / ``gradients.png`` go there.
+        cfg: the run config (``train.iterations`` steps per method).
+        methods: any of :data:`GRADIENT_METHODS`, in order.
+        every: steps between measurements (default: about 20 over the run).
+        probe_groups: K, the probe's task groups.
+        kind: the probe loss (default ``cfg.train.igr_loss``, the loss the IGR step regularises).
+        allow_pickle: accept pickled teacher weights.
+        progress: progress bars.
+
+    Raises:
+        AnalysisError: an unknown method, ``every`` < 1, fewer than 2 teachers.
+    """
+    from dataclasses import replace
+
+    from .data import load_split
+    from .metamodel import create_meta_model
+    from .pipeline import _warm_upfront, load_generators, prepare_pool
+    from .learners import make_learner
+    from .train import StepInfo, meta_train
+
+    unknown = [m for m in methods if m not in GRADIENT_METHODS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise AnalysisError(f"methods must be distinct names of {', '.join(GRADIENT_METHODS)}; got {list(methods)}")
+    iterations = cfg.train.iterations
+    every = max(1, iterations // 20) if every is None else every
+    if every < 1:
+        raise AnalysisError(f"--every must be >= 1 step, got {every}")
+    kind = kind or cfg.train.igr_loss
+    if kind not in ("head", "episodic"):
+        raise AnalysisError(f"the probe loss is 'head' or 'episodic', got {kind!r}")
+    if cfg.train.beta == 0 and any(GRADIENT_METHODS[m][0] for m in methods):
+        logger.warning("train.beta is 0: the IGR methods train without IGR")
+    _check_pool_size(pool_path)
+    started = time.perf_counter()
+    out = Path(out)
+    prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress)
+    members, names = prepared.members, [m.name for m in prepared.members]
+    seconds = {"prepare": time.perf_counter() - started}
+
+    val_split = load_split(cfg.data.dataset, "val", domains=cfg.data.domains, image_size=cfg.data.image_size,
+                           seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+    train_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed
+    learner = make_learner(cfg.train.learner, inner_steps=cfg.train.inner_steps, inner_lr=cfg.train.inner_lr,
+                           first_order=cfg.train.maml_first_order)
+    feature_dim = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=train_seed).feature_dim
+    start = time.perf_counter()
+    probe = make_gradient_probe(members, prepared.bank, prepared.groups, cfg.train, num_groups=probe_groups,
+                                feature_dim=feature_dim, seed=cfg.seed, head_seed=train_seed)
+    seconds["probe"] = time.perf_counter() - start
+    every_team = [list(range(len(members)))]
+
+    def measure(model: torch.nn.Module) -> GradientStats:
+        return probe_statistics(model, probe, learner, kind, distill_weight=cfg.train.distill_weight,
+                                temperature=cfg.train.distill_temperature)
+
+    traces: dict[str, GradientTrace] = {}
+    for method in methods:
+        start = time.perf_counter()
+        uses_beta, uses_groups = GRADIENT_METHODS[method]
+        train_cfg = replace(cfg.train, beta=cfg.train.beta if uses_beta else 0.0, checkpoint_every=0)
+        groups = prepared.groups if uses_groups else every_team
+        trace = GradientTrace(method, train_cfg.beta, [[names[i] for i in g] for g in groups])
+        model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=train_seed)
+        trace.add(0, measure(model))
+        logger.info("%s step 0: P %.4g, cosine %.3f", method, trace.P[-1], trace.cosine[-1])
+
+        def on_step(info: StepInfo, trace: GradientTrace = trace) -> None:
+            if info.step % every == 0 or info.step == iterations:
+                trace.add(info.step, measure(info.model))
+                logger.info("%s step %d: P %.4g, cosine %.3f", trace.method, info.step, trace.P[-1], trace.cosine[-1])
+
+        generators = load_generators(out / "recovered" / "bank.safetensors", members) if _warm_upfront(cfg) else None
+        trained = meta_train(model, members, prepared.bank, groups, train_cfg, val_split=val_split, seed=train_seed,
+                             progress=progress, on_step=on_step, recover=cfg.recover, generators=generators,
+                             val_seed=cfg.seed + 1)
+        trace.val_acc = [[int(s), float(v)] for s, v in trained.history.get("val_acc", [])]
+        trace.seconds = time.perf_counter() - start
+        seconds[method] = trace.seconds
+        traces[method] = trace
+
+    probe_info = {"kind": kind, "groups": probe_groups, "tasks_per_group": cfg.train.teachers_per_step,
+                  "teachers": [[names[t] for t in row] for row in probe.teachers], "drawn_from": "spectral groups",
+                  "head": "fixed: the shared head's initialisation (train._make_head, the training seed), not trained"
+                  if kind == "head" else None,
+                  "parameters": "the meta-model's (the head is not differentiated)",
+                  "way": cfg.train.replay_way, "shot": cfg.train.replay_shot, "query": cfg.train.replay_query,
+                  "seed": cfg.seed}
+    seconds["total"] = time.perf_counter() - started
+    analysis = GradientsResult(traces, probe_info, every, iterations, seconds)
+    write_gradients(analysis, out)
+    return analysis

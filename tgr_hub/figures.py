@@ -224,3 +224,40 @@ def plot_fisher_validation(result: dict, path: str | Path) -> None:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="adjusted Rand index")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_gradient_dynamics(result: dict, path: str | Path) -> None:
+    """Task-gradient statistics against meta-training step, one line per method (the paper's Fig. 5).
+
+    Three panels: the gradient-variance penalty P (log scale), the mean pairwise cosine of the task
+    gradients, and the relative spread ``mean ‖g_i − ḡ‖ / ‖ḡ‖``.
+
+    Args:
+        result: :meth:`tgr_hub.analyze.GradientsResult.to_dict`.
+        path: the PNG.
+    """
+    colours = {"erm": "tab:gray", "tgr": "tab:red", "igr": "tab:blue", "groups": "tab:green"}
+    panels = [("P", "P = (1/2m) Σ‖g_i − ḡ‖²", True), ("cosine", "mean pairwise cosine of g_i", False),
+              ("relative_spread", "relative spread mean‖g_i − ḡ‖ / ‖ḡ‖", False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8))
+    probe = result.get("probe", {})
+    for ax, (key, title, log) in zip(axes, panels):
+        for method, trace in result["methods"].items():
+            points = [(s, v) for s, v in zip(trace["steps"], trace[key]) if v is not None]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            count = len(trace["groups"])
+            label = f"{method} (β={trace['beta']:g}, {count} group{'s' if count != 1 else ''})"
+            ax.plot(steps, values, label=label, color=colours.get(method), marker="o" if len(points) < 30 else None,
+                    markersize=3)
+        if log and any(v is not None and v > 0 for trace in result["methods"].values() for v in trace[key]):
+            ax.set_yscale("log")
+        ax.set_xlabel("meta-training step")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"task gradients on a fixed probe ({probe.get('groups')} groups of {probe.get('tasks_per_group')} "
+                 f"tasks, {probe.get('kind')} loss)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
