@@ -95,3 +95,19 @@ def test_online_recovery_settings_are_checked() -> None:
     for bad in ("recover.online_every=-1", "recover.online_steps=0", "recover.online_start=lukewarm"):
         with pytest.raises(ConfigError, match="online"):
             load_config(preset="smoke", overrides=[bad])
+
+
+@pytest.mark.parametrize("legacy, weight", [("distill", 1.0), ("episodic", 0.0)])
+def test_a_config_saved_with_the_old_task_loss_still_loads(tmp_path, legacy: str, weight: float) -> None:
+    path = tmp_path / "tgr_config.json"
+    path.write_text(json.dumps({"preset": "smoke", "train": {"task_loss": legacy, "beta": 0.002}}))
+    cfg = load_config(path=path)
+    assert (cfg.train.igr_loss, cfg.train.distill_weight, cfg.train.beta) == ("episodic", weight, 0.002)
+
+
+def test_the_tgr_step_settings_are_checked() -> None:
+    for override, fragment in [("train.igr_loss=prototypes", "igr_loss"), ("train.distill_weight=-1", "distill_weight"),
+                               ("train.val_shots=[0]", "val_shots"), ("group.min_size=0", "min_size"),
+                               ("recover.oversample=0.5", "oversample"), ("train.replay_steps=0", "replay_steps")]:
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(preset="smoke", overrides=[override])

@@ -57,25 +57,45 @@ def _bank_digest(bank: MemoryBank) -> str:
     return tensor_digest({f"{t}/{c}": bank.images_of(t, c) for t, c in bank.keys()})
 
 
+def _online_draws(teachers: int, steps: int, m: int, seed: int = 0) -> dict[int, list[tuple[int, int]]]:
+    """Teacher -> its online recoveries in order, as (step, k-th draw of it in that step): one group of
+    all teachers, m drawn with replacement per step (what meta_train's task step does)."""
+    from tgr_hub.train import _CHOICE, _choose_teachers, step_rng
+
+    draws: dict[int, list[tuple[int, int]]] = {t: [] for t in range(teachers)}
+    for step in range(steps):
+        chosen = _choose_teachers([list(range(teachers))], m, step_rng(seed, step, _CHOICE))
+        for i, t in enumerate(chosen):
+            draws[t].append((step, chosen[:i].count(t)))
+    return draws
+
+
 def test_online_bank_is_capped_and_overwritten_cyclically(prepared) -> None:
     before = _bank_digest(prepared.bank)
-    steps = 3  # all 4 teachers every step (one group, m = 4): 1 up-front + 3 online recoveries each, cap 2
+    steps = 4  # m = 4 of the 4 teachers per step, with replacement: 16 online recoveries, cap 2 per class
     cfg, result = _train(prepared, ["recover.online_start=cold", "recover.bank_size=2", f"train.iterations={steps}",
                                     "train.teachers_per_step=4"])
     bank = result.bank
     assert _bank_digest(prepared.bank) == before  # the caller's bank is left alone
+    online = _online_draws(len(prepared.members), steps, 4)
+    assert sum(map(len, online.values())) == 4 * steps
+    checked = 0
     for t, member in enumerate(prepared.members):
-        assert bank.tasks_of(member.name) == 1 + steps
+        assert bank.tasks_of(member.name) == 1 + len(online[t])
         for c in bank.classes_of(member.name):
             assert bank.recoveries(member.name, c) == 2
-        # slots in chronological order are the recoveries of steps 1 and 2 (step 0 and up-front overwritten)
+        if len(online[t]) < 2:
+            continue
+        # the two slots, oldest first, are the teacher's last two online recoveries (the rest overwritten)
         newest = bank._chronological((member.name, 0))
-        for slot, step in zip(newest, (steps - 2, steps - 1)):
-            sequence = seed_sequence(0, RECOVER_ONLINE, step, t)
+        for slot, (step, k) in zip(newest, online[t][-2:]):
+            sequence = seed_sequence(0, RECOVER_ONLINE, step, t, k)
             classes = sample_task_classes(member, cfg.recover.max_way, np.random.default_rng(sequence.spawn(1)[0]))
             task = recover_task(member, classes, cfg.recover, seed=int(sequence.generate_state(1)[0]),
                                 steps=cfg.recover.online_steps)
             assert torch.equal(slot, to_uint8(task.images[task.labels == 0]))
+        checked += 1
+    assert checked >= 2
     assert len(result.history["recover_agreement"]) == steps
 
 
@@ -97,20 +117,21 @@ def test_online_every_zero_keeps_the_bank(prepared) -> None:
 
 
 def test_warm_online_recovery_continues_each_teachers_generator(prepared) -> None:
-    steps = 3  # all 4 teachers every step; no saved generators: each teacher's first recovery starts one
+    steps = 4  # no saved generators: each teacher's first recovery starts one
     cfg, result = _train(prepared, ["recover.online_start=warm", "recover.bank_size=2", f"train.iterations={steps}",
                                     "train.teachers_per_step=4"])
+    online = _online_draws(len(prepared.members), steps, 4)
     for t, member in enumerate(prepared.members):
         warm = WarmGenerator.for_teacher(member, cfg.recover, 0, t)
         expected = []
-        for step in range(steps):  # the same generator and Adam state, carried from step to step
-            sequence = seed_sequence(0, RECOVER_ONLINE, step, t)
+        for n, (step, k) in enumerate(online[t]):  # the same generator and Adam state, carried from draw to draw
+            sequence = seed_sequence(0, RECOVER_ONLINE, step, t, k)
             classes = sample_task_classes(member, cfg.recover.max_way, np.random.default_rng(sequence.spawn(1)[0]))
             task = recover_task(member, classes, cfg.recover, seed=int(sequence.generate_state(1)[0]), warm=warm,
-                                steps=cfg.recover.steps if step == 0 else cfg.recover.online_steps)
+                                steps=cfg.recover.steps if n == 0 else cfg.recover.online_steps)
             expected.append(to_uint8(task.images[task.labels == 0]))
-        assert warm.recoveries == steps
+        assert warm.recoveries == len(online[t])
         newest = result.bank._chronological((member.name, 0))
-        assert len(newest) == 2
-        for slot, image in zip(newest, expected[-2:]):
+        assert len(newest) == min(2, 1 + len(online[t]))
+        for slot, image in zip(newest[len(newest) - min(2, len(expected)):], expected[-2:]):
             assert torch.equal(slot, image)
