@@ -36,8 +36,7 @@ Each analysis returns a typed result and writes ``NAME.json`` + ``NAME.png`` int
 (atomically).
 
 Random streams: the ladder plan and the probe-image choice draw from
-``seed_sequence(seed, ANALYZE, kind, ...)`` (``ANALYZE`` is defined here, not in
-:mod:`tgr_hub.seeds`, and is far from that module's small constants so no stream can coincide).
+``seed_sequence(seed, ANALYZE, kind, ...)`` (:data:`tgr_hub.seeds.ANALYZE`).
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ from torch import Tensor
 
 from .errors import AnalysisError
 from .io import write_json_atomic
-from .seeds import seed_sequence
+from .seeds import ANALYZE, seed_sequence
 
 if TYPE_CHECKING:  # annotations only: importing the pipeline pulls in training
     from .bank import MemoryBank
@@ -106,8 +105,7 @@ __all__ = [
     "write_gradients",
 ]
 
-#: Seed stream of the analyses (see the module docstring); its keys below.
-ANALYZE = 1001
+# the keys inside the analyses' seed stream (tgr_hub.seeds.ANALYZE)
 _LADDER, _LADDER_TEACHER, _PROBE, _DOMAIN_PAIR = 0, 1, 2, 3
 
 #: The class-overlap fractions of the ladder: 0, 0.2, ..., 1.

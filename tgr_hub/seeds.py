@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EMBED", "GENERATOR_INIT", "HEAD_INIT", "RECOVER", "RECOVER_ONLINE", "TRAIN", "seed_sequence"]
+__all__ = ["ANALYZE", "EMBED", "GENERATOR_INIT", "HEAD_INIT", "RECOVER", "RECOVER_ONLINE", "TRAIN", "seed_sequence"]
 
 RECOVER = 1  # up-front recovery: [seed, RECOVER, teacher, recovery]
 EMBED = 2  # Fisher embedding's image choice: [seed, EMBED, teacher]
@@ -20,6 +20,7 @@ TRAIN = 3  # meta-training: [seed, TRAIN, step, kind, item] (see tgr_hub.train.s
 RECOVER_ONLINE = 4  # recovery inside meta-training: [seed, RECOVER_ONLINE, step, teacher]
 GENERATOR_INIT = 5  # a teacher's online generator at its first recovery: [seed, GENERATOR_INIT, teacher]
 HEAD_INIT = 6  # the shared N-way head of `head` task losses: [seed, HEAD_INIT]
+ANALYZE = 7  # tgr-hub analyze: ladder plans and probe images, [seed, ANALYZE, kind, ...]
 
 
 def seed_sequence(seed: int, stream: int, *key: int) -> np.random.SeedSequence:
