@@ -1,6 +1,6 @@
 """``python -m tgr_hub.cli`` (and ``accelerate launch -m tgr_hub.cli``) runs the CLI."""
 
-from tgr_hub.cli.main import main
+from .main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from tgr_hub.cli.common import add_config_args, config_from_args, say
+from .common import add_config_args, config_from_args, say
 
 
 def default_out(pool: str | None, analysis: str) -> Path:

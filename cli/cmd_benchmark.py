@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tgr_hub.cli.common import add_config_args, add_data_args, config_from_args, data_values, say
+from .common import add_config_args, add_data_args, config_from_args, data_values, say
 from tgr_hub.errors import ConfigError
 
 

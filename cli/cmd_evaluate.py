@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Any
 
-from tgr_hub.cli.common import add_config_args, add_data_args, config_from_args, data_values, say, write_json
+from .common import add_config_args, add_data_args, config_from_args, data_values, say, write_json
 
 
 def _csv(text: str) -> list[str]:

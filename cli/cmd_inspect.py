@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tgr_hub.cli.common import add_config_args, config_from_args, say
+from .common import add_config_args, config_from_args, say
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

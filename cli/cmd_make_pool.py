@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from tgr_hub.cli.common import add_config_args, add_data_args, config_from_args, data_values, say
+from .common import add_config_args, add_data_args, config_from_args, data_values, say
 
 
 def _csv(text: str) -> list[str]:

@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 
-from tgr_hub.cli.common import say
+from .common import say
 from tgr_hub.errors import PushError
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 
-from tgr_hub.cli.common import DATA_FLAGS, add_config_args, add_data_args, config_from_args, data_values, say
+from .common import DATA_FLAGS, add_config_args, add_data_args, config_from_args, data_values, say
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
 
