@@ -28,23 +28,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--scenario", default=None,
-                       help=f"comma-separated scenarios: {', '.join(SCENARIOS)}, or config (the config's pool "
-                            "section); default multi-domain. standard is the paper's main setting: >= 24 Conv4 "
-                            "teachers, each on a random 5-class subset of cyrillic's meta-train classes, scored on "
-                            "cyrillic's meta-val/test classes only")
+    where.add_argument(
+        "--scenario",
+        default=None,
+        help=f"comma-separated scenarios: {', '.join(SCENARIOS)}, or config (the config's pool "
+        "section); default multi-domain. standard is the paper's main setting: >= 24 Conv4 "
+        "teachers, each on a random 5-class subset of cyrillic's meta-train classes, scored on "
+        "cyrillic's meta-val/test classes only",
+    )
     where.add_argument("--pool", metavar="LIST", help="your own repo-list file instead of a built scenario")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: --seed or 0)")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, from: {', '.join(METHODS)} (default: all). erm-replicate is ERM "
-                             f"meta-trained with another seed (train.seed = seed + {REPLICATE_SEED_OFFSET}) on the same "
-                             "pool, tasks and episodes: with erm, the report shows this noise floor (ERM - ERM)")
-    parser.add_argument("--learner", choices=["protonet", "maml"], default=None,
-                        help="meta-training learner of every method, and its test-time adaptation (default: config)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: all). erm-replicate is ERM "
+        f"meta-trained with another seed (train.seed = seed + {REPLICATE_SEED_OFFSET}) on the same "
+        "pool, tasks and episodes: with erm, the report shows this noise floor (ERM - ERM)",
+    )
+    parser.add_argument(
+        "--learner",
+        choices=["protonet", "maml"],
+        default=None,
+        help="meta-training learner of every method, and its test-time adaptation (default: config)",
+    )
     parser.add_argument("--reference", default="erm", help="the method the others are compared with (paired)")
     parser.add_argument("--out", default="runs/bench", help="the benchmark folder (reused: finished cells are skipped)")
-    parser.add_argument("--shard", default="0/1", metavar="I/N",
-                        help="run only the cells at grid positions I mod N (N processes share the grid)")
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="run only the cells at grid positions I mod N (N processes share the grid)",
+    )
     parser.add_argument("--merge", action="store_true", help="run nothing: write the report from the finished cells")
     add_data_args(parser)
     add_config_args(parser, default_preset="quick")

@@ -24,12 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="run the few-shot Gradio app (the Space) locally",
         description="Serve the Space's Gradio app on this machine for a meta-model: define classes from "
-                    "your images, adapt, classify; the API endpoint `classify` is served too.",
+        "your images, adapt, classify; the API endpoint `classify` is served too.",
     )
     parser.add_argument("model", metavar="MODEL", help="meta-model folder, run folder, or Hub repo id (owner/name)")
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -45,8 +48,10 @@ def app_path() -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise RunFolderError("cannot find the Space app (spaces_app/app.py)",
-                         hint="run from a source checkout of tgr-hub, or set TGR_SPACE_APP to the app.py path")
+    raise RunFolderError(
+        "cannot find the Space app (spaces_app/app.py)",
+        hint="run from a source checkout of tgr-hub, or set TGR_SPACE_APP to the app.py path",
+    )
 
 
 def load_app_module() -> ModuleType:

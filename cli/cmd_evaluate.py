@@ -1,5 +1,7 @@
 """``tgr-hub evaluate``: few-shot accuracy of a meta-model or a baseline on real episodes.
 
+Examples::
+
     tgr-hub evaluate runs/x --dataset glyphs --split test --way 5 --shot 1 --shot 5 --episodes 600
     tgr-hub evaluate --baseline random --arch conv4 --shot 1 --shot 5
     tgr-hub evaluate --baseline average --pool pool/repo-list.txt --json average.json
@@ -27,26 +29,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "folder holding one in meta_model/. Episodes are a deterministic function of --seed.",
     )
     parser.add_argument("model", nargs="?", metavar="MODEL", help="meta-model folder or run folder")
-    parser.add_argument("--baseline", choices=("random", "average"),
-                        help="evaluate a baseline instead of MODEL: random (randomly initialised --arch) "
-                        "or average (parameter average of the --pool teachers of the most common architecture)")
+    parser.add_argument(
+        "--baseline",
+        choices=("random", "average"),
+        help="evaluate a baseline instead of MODEL: random (randomly initialised --arch) "
+        "or average (parameter average of the --pool teachers of the most common architecture)",
+    )
     parser.add_argument("--arch", default=None, help="architecture of the random baseline (default: train.arch)")
     parser.add_argument("--pool", metavar="REPO_LIST", help="repo-list.txt of the teachers (average baseline)")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="accept pickled teacher weights (loaded with weights_only=True)")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="accept pickled teacher weights (loaded with weights_only=True)"
+    )
     parser.add_argument("--split", default=None, choices=("train", "val", "test"), help="split to draw episodes from")
-    parser.add_argument("--domains", type=_csv, default=None,
-                        help="comma-separated domains whose classes the episodes use (data.domains; default: the "
-                             "config's, else every domain)")
-    parser.add_argument("--image-size", type=int, default=None, help="image size of the dataset (default: data.image_size)")
+    parser.add_argument(
+        "--domains",
+        type=_csv,
+        default=None,
+        help="comma-separated domains whose classes the episodes use (data.domains; default: the "
+        "config's, else every domain)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="image size of the dataset (default: data.image_size)"
+    )
     parser.add_argument("--way", type=int, default=None, help="classes per episode (default 5)")
-    parser.add_argument("--shot", type=int, action="append", default=None,
-                        help="support images per class; repeat for several settings (default: 1 and 5)")
+    parser.add_argument(
+        "--shot",
+        type=int,
+        action="append",
+        default=None,
+        help="support images per class; repeat for several settings (default: 1 and 5)",
+    )
     parser.add_argument("--query", type=int, default=None, help="query images per class (default 15)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per setting (default 600)")
-    parser.add_argument("--method", default=None, choices=("auto", "protonet", "finetune"),
-                        help="adaptation: protonet (nearest class mean), finetune (MAML-style, --inner-steps SGD "
-                        "steps with --inner-lr), auto (protonet for ProtoNet meta-models, else finetune)")
+    parser.add_argument(
+        "--method",
+        default=None,
+        choices=("auto", "protonet", "finetune"),
+        help="adaptation: protonet (nearest class mean), finetune (MAML-style, --inner-steps SGD "
+        "steps with --inner-lr), auto (protonet for ProtoNet meta-models, else finetune)",
+    )
     parser.add_argument("--inner-steps", type=int, default=None, help="fine-tuning steps (default 10)")
     parser.add_argument("--inner-lr", type=float, default=None, help="fine-tuning learning rate (default 0.01)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)")
@@ -105,38 +126,64 @@ def run(args: argparse.Namespace) -> int:
         model = load_meta_model(args.model)
         name = f"{args.model} ({model.architecture})"
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if args.device == "auto"
+        else torch.device(args.device)
+    )
     model.to(device)
-    split = load_split(cfg.data.dataset, cfg.eval.split, domains=cfg.data.domains, image_size=cfg.data.image_size,
-                       seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+    split = load_split(
+        cfg.data.dataset,
+        cfg.eval.split,
+        domains=cfg.data.domains,
+        image_size=cfg.data.image_size,
+        seed=cfg.data.seed,
+        cache_dir=cfg.data.cache_dir,
+        class_split=cfg.data.class_split,
+    )
     pinned = f" (commit {split.revision[:12]})" if split.revision else ""
-    say(f"evaluating {name} on {cfg.data.dataset}{pinned} {cfg.eval.split} ({split.num_classes} classes): "
-        f"{cfg.eval.way}-way, {cfg.eval.query} queries, {cfg.eval.episodes} episodes, seed {cfg.seed}")
+    say(
+        f"evaluating {name} on {cfg.data.dataset}{pinned} {cfg.eval.split} ({split.num_classes} classes): "
+        f"{cfg.eval.way}-way, {cfg.eval.query} queries, {cfg.eval.episodes} episodes, seed {cfg.seed}"
+    )
     start = time.perf_counter()
     results = evaluate_model(
-        model, split, way=cfg.eval.way, shots=cfg.eval.shots, query=cfg.eval.query, episodes=cfg.eval.episodes,
-        learner=cfg.eval.method, seed=cfg.seed, inner_steps=cfg.eval.inner_steps, inner_lr=cfg.eval.inner_lr,
+        model,
+        split,
+        way=cfg.eval.way,
+        shots=cfg.eval.shots,
+        query=cfg.eval.query,
+        episodes=cfg.eval.episodes,
+        learner=cfg.eval.method,
+        seed=cfg.seed,
+        inner_steps=cfg.eval.inner_steps,
+        inner_lr=cfg.eval.inner_lr,
         progress=not args.no_progress,
     )
     elapsed = time.perf_counter() - start
     for value in results.values():
-        say(f"  {value['way']}-way {value['shot']}-shot ({value['method']}): "
-            f"{100 * value['mean']:.2f}% ± {100 * value['ci95']:.2f}%")
+        say(
+            f"  {value['way']}-way {value['shot']}-shot ({value['method']}): "
+            f"{100 * value['mean']:.2f}% ± {100 * value['ci95']:.2f}%"
+        )
     say(f"({elapsed:.1f} s; chance is {100 / cfg.eval.way:.1f}%)")
     if args.json:
-        write_json(args.json, {
-            "model": args.model,
-            "baseline": args.baseline,
-            "pool": args.pool,
-            "architecture": model.architecture,
-            "dataset": cfg.data.dataset,
-            "dataset_revision": split.revision,
-            "class_split": split.class_split,
-            "split": cfg.eval.split,
-            "domains": cfg.data.domains,
-            "seed": cfg.seed,
-            "results": results,
-            "seconds": round(elapsed, 2),
-        })
+        write_json(
+            args.json,
+            {
+                "model": args.model,
+                "baseline": args.baseline,
+                "pool": args.pool,
+                "architecture": model.architecture,
+                "dataset": cfg.data.dataset,
+                "dataset_revision": split.revision,
+                "class_split": split.class_split,
+                "split": cfg.eval.split,
+                "domains": cfg.data.domains,
+                "seed": cfg.seed,
+                "results": results,
+                "seconds": round(elapsed, 2),
+            },
+        )
         say(f"results written to {args.json}")
     return 0

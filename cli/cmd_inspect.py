@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     say(f"{'teacher':<10} {'arch':<16} {'classes':>7}  {'group':>5}  {'revision':<12} source")
     for i, member in enumerate(prepared.members):
         revision = (member.revision or "-")[:12]
-        say(f"{member.name:<10} {member.architecture:<16} {member.num_classes:>7}  {group_of[i]:>5}  {revision:<12} {member.source}")
+        say(
+            f"{member.name:<10} {member.architecture:<16} {member.num_classes:>7}  {group_of[i]:>5}  {revision:<12} {member.source}"
+        )
     say(f"heatmap: {out / 'dissimilarity.png'}")
     # the analyses reuse this folder's recovered tasks and embeddings
     say(f"analyses: tgr-hub analyze cka|fisher --pool {args.pool} --out {out}")

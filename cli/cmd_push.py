@@ -30,8 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", required=True, metavar="NAMESPACE/NAME", help="model repository to push to")
     parser.add_argument("--private", action="store_true", help="make the repository (and Space) private")
     parser.add_argument("--space", metavar="NAMESPACE/NAME", default=None, help="also push the demo Space")
-    parser.add_argument("--token-env", metavar="VAR", default=None,
-                        help="read the token from this environment variable (default: HF_TOKEN, then hf auth login)")
+    parser.add_argument(
+        "--token-env",
+        metavar="VAR",
+        default=None,
+        help="read the token from this environment variable (default: HF_TOKEN, then hf auth login)",
+    )
     parser.add_argument("--license", default="apache-2.0", help="license of the model card (default apache-2.0)")
     parser.set_defaults(func=run)
 
@@ -53,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().level > logging.DEBUG:
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    result = push_meta_model(args.run, args.repo, private=args.private, space_id=args.space,
-                             token=token_from_env(args.token_env), license=args.license)
+    result = push_meta_model(
+        args.run,
+        args.repo,
+        private=args.private,
+        space_id=args.space,
+        token=token_from_env(args.token_env),
+        license=args.license,
+    )
     say(f"model: {result.repo_url} (commit {result.commit_sha[:12]})")
     if result.space_url:
         say(f"space: {result.space_url} (commit {(result.space_commit_sha or '')[:12]})")

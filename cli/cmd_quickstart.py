@@ -30,8 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tgr_hub.benchmark import (CONFIG_SCENARIO, METHODS, QUICKSTART_METHODS, BenchmarkSpec, run_benchmark,
-                                   scenario_from_name)
+    from tgr_hub.benchmark import (
+        CONFIG_SCENARIO,
+        METHODS,
+        QUICKSTART_METHODS,
+        BenchmarkSpec,
+        run_benchmark,
+        scenario_from_name,
+    )
 
     cfg = config_from_args(args)
     out = Path(args.out)
@@ -43,14 +49,19 @@ def run(args: argparse.Namespace) -> int:
     scenario = report["scenarios"][CONFIG_SCENARIO]
     seed = str(cfg.seed)
     say("")
-    say(f"{cfg.eval.way}-way meta-test accuracy on '{cfg.data.dataset}' ({cfg.eval.episodes} episodes, "
-        f"{cfg.eval.query} queries/class, 95% CI)")
+    say(
+        f"{cfg.eval.way}-way meta-test accuracy on '{cfg.data.dataset}' ({cfg.eval.episodes} episodes, "
+        f"{cfg.eval.query} queries/class, 95% CI)"
+    )
     header = f"{'method':<8}" + "".join(f"{f'{shot}-shot':>18}" for shot in cfg.eval.shots)
     say(header)
     for name in QUICKSTART_METHODS:
         entry = scenario["methods"][name]
-        cells = "".join(f"{100 * entry[f'{s}shot']['per_seed'][seed]['mean']:>10.2f} ± "
-                        f"{100 * entry[f'{s}shot']['per_seed'][seed]['ci95']:<5.2f}" for s in cfg.eval.shots)
+        cells = "".join(
+            f"{100 * entry[f'{s}shot']['per_seed'][seed]['mean']:>10.2f} ± "
+            f"{100 * entry[f'{s}shot']['per_seed'][seed]['ci95']:<5.2f}"
+            for s in cfg.eval.shots
+        )
         say(f"{METHODS[name].label:<8}{cells}")
     # the timings of this call's work (a resumed run's finished parts were timed when they ran)
     timings = dict(scenario["prepare"].get(seed, {}).get("timings_s", {}))

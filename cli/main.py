@@ -23,7 +23,7 @@ COMMANDS = ["quickstart", "benchmark", "make_pool", "inspect", "analyze", "train
 # What to do after Ctrl-C, by subcommand: every stage saves its finished work as it goes.
 RESUME_HINTS = {
     "train": "rerun it with --resume: finished stages are kept, and meta-training continues from its "
-             "newest checkpoint (train.checkpoint_every > 0)",
+    "newest checkpoint (train.checkpoint_every > 0)",
     "quickstart": "rerun the same command: the teachers and the recovered tasks that were finished are kept",
     "benchmark": "rerun the same command: finished cells are kept and skipped; the cell that was running starts over",
     "make-pool": "rerun the same command: the teachers that were finished are kept",
@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tgr-hub",
         description="Data-free meta-learning from pools of pre-trained classifiers (TGR).",
     )
-    parser.add_argument("--version", action="version", version=version_text(),
-                        help="print the version of tgr-hub (and of python, torch, timm) and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_text(),
+        help="print the version of tgr-hub (and of python, torch, timm) and exit",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

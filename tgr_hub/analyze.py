@@ -137,8 +137,9 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        logger.warning("Spearman's rho is undefined on %d pairs%s", a.size,
-                       "" if a.size < 3 else " (one of the two is constant)")
+        logger.warning(
+            "Spearman's rho is undefined on %d pairs%s", a.size, "" if a.size < 3 else " (one of the two is constant)"
+        )
         return {"rho": None, "p": None, "pairs": int(a.size)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -152,8 +153,10 @@ def _check_pool_size(pool_path: str | Path) -> None:
 
     entries = parse_pool_list(pool_path)
     if len(entries) < 2:
-        raise AnalysisError(f"{pool_path} lists {len(entries)} teacher(s); an analysis compares teachers, it needs at least 2",
-                            hint="add teachers to the pool list")
+        raise AnalysisError(
+            f"{pool_path} lists {len(entries)} teacher(s); an analysis compares teachers, it needs at least 2",
+            hint="add teachers to the pool list",
+        )
 
 
 # --- CKA -----------------------------------------------------------------------------------
@@ -249,7 +252,7 @@ def teacher_features(member: PoolMember, images: Tensor, *, batch_size: int = 12
     try:
         with torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
-                x = member.normalize(images[start:start + batch_size].to(device))
+                x = member.normalize(images[start : start + batch_size].to(device))
                 out = model.forward_head(model.forward_features(x), pre_logits=True) if penultimate else model(x)
                 chunks.append(out.flatten(1).double().cpu())
     finally:
@@ -277,8 +280,10 @@ def probe_images_from_bank(bank: MemoryBank, members: Sequence[PoolMember], max_
         recoveries are upsampled; each teacher resizes to its own size anyway).
     """
     if max_images < len(members):
-        raise AnalysisError(f"{max_images} probe images cannot cover {len(members)} teachers",
-                            hint="ask for at least one image per teacher")
+        raise AnalysisError(
+            f"{max_images} probe images cannot cover {len(members)} teachers",
+            hint="ask for at least one image per teacher",
+        )
     size = max(int(m.input_size[1]) for m in members), max(int(m.input_size[2]) for m in members)
     per_teacher = max_images // len(members)
     parts = []
@@ -305,8 +310,14 @@ def probe_images_from_dataset(data: DataConfig, dataset: str, split: str, max_im
     """
     from .data import load_split
 
-    images = load_split(dataset, split, image_size=data.image_size, seed=data.seed, cache_dir=data.cache_dir,
-                        class_split=data.class_split if dataset == data.dataset else None)
+    images = load_split(
+        dataset,
+        split,
+        image_size=data.image_size,
+        seed=data.seed,
+        cache_dir=data.cache_dir,
+        class_split=data.class_split if dataset == data.dataset else None,
+    )
     rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _PROBE))
     pick = np.sort(rng.choice(len(images), size=min(max_images, len(images)), replace=False))
     return images.float_images(torch.from_numpy(pick))
@@ -374,11 +385,23 @@ def cka_analysis(
     cka = cka_matrix(features)
     rows, cols = _upper_pairs(n)
     spearman = _spearman(1.0 - cka[rows, cols], dis[rows, cols])
-    logger.info("CKA of %d teachers on %d images: Spearman rho(1 - CKA, dissimilarity) = %s over %d pairs",
-                n, features[0].shape[0], spearman["rho"], spearman["pairs"])
-    return CkaResult(names=list(names), architectures=list(architectures), cka=cka.tolist(), dissimilarity=dis.tolist(),
-                     spearman=spearman, probe=dict(probe), feature_dims=[int(f.shape[1]) for f in features],
-                     seconds={"cka": time.perf_counter() - start})
+    logger.info(
+        "CKA of %d teachers on %d images: Spearman rho(1 - CKA, dissimilarity) = %s over %d pairs",
+        n,
+        features[0].shape[0],
+        spearman["rho"],
+        spearman["pairs"],
+    )
+    return CkaResult(
+        names=list(names),
+        architectures=list(architectures),
+        cka=cka.tolist(),
+        dissimilarity=dis.tolist(),
+        spearman=spearman,
+        probe=dict(probe),
+        feature_dims=[int(f.shape[1]) for f in features],
+        seconds={"cka": time.perf_counter() - start},
+    )
 
 
 def write_cka(result: CkaResult, out: str | Path) -> tuple[Path, Path]:
@@ -389,8 +412,14 @@ def write_cka(result: CkaResult, out: str | Path) -> tuple[Path, Path]:
     json_path, png_path = out / "cka.json", out / "cka.png"
     write_json_atomic(json_path, result.to_dict())
     cka = np.array([[np.nan if v is None else v for v in row] for row in result.cka], dtype=np.float64)
-    plot_cka(cka, np.asarray(result.dissimilarity), result.names, png_path, rho=result.spearman.get("rho"),
-             source=str(result.probe.get("source")))
+    plot_cka(
+        cka,
+        np.asarray(result.dissimilarity),
+        result.names,
+        png_path,
+        rho=result.spearman.get("rho"),
+        source=str(result.probe.get("source")),
+    )
     return json_path, png_path
 
 
@@ -441,8 +470,9 @@ def run_cka(
     features = [teacher_features(m, images) for m in members]
     seconds["features"] = time.perf_counter() - start
     probe = {"source": source, "images": int(images.shape[0]), "image_size": list(images.shape[-2:])}
-    result = cka_analysis([m.name for m in members], [m.architecture for m in members], features,
-                          prepared.dissimilarity, probe)
+    result = cka_analysis(
+        [m.name for m in members], [m.architecture for m in members], features, prepared.dissimilarity, probe
+    )
     result.seconds = {**seconds, **result.seconds, "total": time.perf_counter() - started}
     write_cka(result, out)
     return result
@@ -508,14 +538,17 @@ def plan_overlap_ladder(
     for k, fraction in enumerate(fractions):
         shared = int(round(float(fraction) * way))
         if 2 * way - shared > len(pool):
-            raise AnalysisError(f"a pair of {way}-way teachers sharing {shared} classes needs {2 * way - shared} classes, "
-                                f"the domain has {len(pool)}", hint="use a smaller pool.way or a larger domain")
+            raise AnalysisError(
+                f"a pair of {way}-way teachers sharing {shared} classes needs {2 * way - shared} classes, "
+                f"the domain has {len(pool)}",
+                hint="use a smaller pool.way or a larger domain",
+            )
         for r in range(repeats):
             rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _LADDER, r, k))
             order = [pool[i] for i in rng.permutation(len(pool))]
             common, rest = order[:shared], order[shared:]
-            a = common + rest[:way - shared]
-            b = common + rest[way - shared:2 * way - 2 * shared]
+            a = common + rest[: way - shared]
+            b = common + rest[way - shared : 2 * way - 2 * shared]
             pairs.append((shared, [a[i] for i in rng.permutation(way)], [b[i] for i in rng.permutation(way)]))
     return pairs
 
@@ -556,7 +589,9 @@ def ladder_specs(
     by_domain = {d: [c for c, cd in enumerate(class_domains) if cd == d] for d in domains}
     for d, members in by_domain.items():
         if len(members) < pool.way:
-            raise AnalysisError(f"domain {d!r} has {len(members)} meta-train classes, a {pool.way}-way teacher needs {pool.way}")
+            raise AnalysisError(
+                f"domain {d!r} has {len(members)} meta-train classes, a {pool.way}-way teacher needs {pool.way}"
+            )
     d0, a0, way = domains[0], pool.archs[0], pool.way
     specs: list[TeacherSpec] = []
     pairs: list[LadderPair] = []
@@ -564,22 +599,44 @@ def ladder_specs(
     def add(name: str, arch: str, domain: str, classes: list[int]) -> str:
         index = len(specs)
         teacher_seed = int(seed_sequence(seed, ANALYZE, _LADDER_TEACHER, index).generate_state(1)[0]) % (2**31 - 1)
-        specs.append(TeacherSpec(name=_safe(name), index=index, architecture=arch, domain=domain, classes=classes,
-                                 label_names=[class_names[c] for c in classes], seed=teacher_seed, epochs=pool.epochs,
-                                 batch_size=pool.batch_size, lr=pool.lr, image_size=image_size, dataset=dataset,
-                                 data_seed=data_seed))
+        specs.append(
+            TeacherSpec(
+                name=_safe(name),
+                index=index,
+                architecture=arch,
+                domain=domain,
+                classes=classes,
+                label_names=[class_names[c] for c in classes],
+                seed=teacher_seed,
+                epochs=pool.epochs,
+                batch_size=pool.batch_size,
+                lr=pool.lr,
+                image_size=image_size,
+                dataset=dataset,
+                data_seed=data_seed,
+            )
+        )
         return specs[-1].name
 
     planned = plan_overlap_ladder(by_domain[d0], way=way, fractions=fractions, seed=seed, repeats=repeats)
     for n, (shared, a, b) in enumerate(planned):
         r = n % repeats
-        pairs.append(LadderPair("overlap", shared, add(f"ov{shared}of{way}-r{r}-a", a0, d0, a),
-                                add(f"ov{shared}of{way}-r{r}-b", a0, d0, b)))
+        pairs.append(
+            LadderPair(
+                "overlap",
+                shared,
+                add(f"ov{shared}of{way}-r{r}-a", a0, d0, a),
+                add(f"ov{shared}of{way}-r{r}-b", a0, d0, b),
+            )
+        )
     same = plan_overlap_ladder(by_domain[d0], way=way, fractions=[1.0], seed=seed + 1, repeats=repeats)
     for arch in pool.archs[1:]:
         for r, (_, a, _) in enumerate(same):
-            pairs.append(LadderPair("architecture", way, add(f"arch-{a0}-r{r}-a", a0, d0, a),
-                                    add(f"arch-{arch}-r{r}-b", arch, d0, a)))
+            pairs.append(
+                LadderPair(
+                    "architecture", way, add(f"arch-{a0}-r{r}-a", a0, d0, a), add(f"arch-{arch}-r{r}-b", arch, d0, a)
+                )
+            )
     for d in domains[1:]:
         for r in range(repeats):
             rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _DOMAIN_PAIR, domains.index(d), r))
@@ -618,14 +675,31 @@ def build_ladder_pool(
     planned: list[LadderPair] = []
 
     def planner(class_names: Sequence[str], class_domains: Sequence[str]) -> list[TeacherSpec]:
-        specs, pairs = ladder_specs(class_names, class_domains, pool, seed=seed, fractions=fractions, repeats=repeats,
-                                    image_size=data.image_size, dataset=data.dataset, data_seed=data.seed)
+        specs, pairs = ladder_specs(
+            class_names,
+            class_domains,
+            pool,
+            seed=seed,
+            fractions=fractions,
+            repeats=repeats,
+            image_size=data.image_size,
+            dataset=data.dataset,
+            data_seed=data.seed,
+        )
         planned.extend(pairs)
         return specs
 
     make_pool(out, pool, seed=seed, data=data, progress=progress, num_threads=num_threads, planner=planner)
-    write_json_atomic(out / "ladder.json", {"seed": seed, "way": pool.way, "fractions": list(fractions),
-                                            "repeats": repeats, "pairs": [asdict(p) for p in planned]})
+    write_json_atomic(
+        out / "ladder.json",
+        {
+            "seed": seed,
+            "way": pool.way,
+            "fractions": list(fractions),
+            "repeats": repeats,
+            "pairs": [asdict(p) for p in planned],
+        },
+    )
     logger.info("overlap ladder: %d pairs in %s", len(planned), out)
     return out / "repo-list.txt"
 
@@ -751,19 +825,34 @@ def fisher_validation(
     for i, j in zip(*_upper_pairs(n)):
         a, b = teachers[i], teachers[j]
         same_domain = None if a.domain is None or b.domain is None else a.domain == b.domain
-        pairs.append({"i": int(i), "j": int(j), "overlap": class_overlap(a.label_names, b.label_names),
-                      "shared": len(set(a.label_names) & set(b.label_names)),
-                      "same_architecture": a.architecture == b.architecture, "same_domain": same_domain,
-                      "dissimilarity": float(dis[i, j])})
+        pairs.append(
+            {
+                "i": int(i),
+                "j": int(j),
+                "overlap": class_overlap(a.label_names, b.label_names),
+                "shared": len(set(a.label_names) & set(b.label_names)),
+                "same_architecture": a.architecture == b.architecture,
+                "same_domain": same_domain,
+                "dissimilarity": float(dis[i, j]),
+            }
+        )
     spearman = _spearman([p["overlap"] for p in pairs], [p["dissimilarity"] for p in pairs])
     by_overlap = []
     for level in sorted({round(p["overlap"], 6) for p in pairs}):
         values = [p["dissimilarity"] for p in pairs if round(p["overlap"], 6) == level]
-        by_overlap.append({"overlap": level, "mean": float(np.mean(values)),
-                           "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None, "pairs": len(values)})
+        by_overlap.append(
+            {
+                "overlap": level,
+                "mean": float(np.mean(values)),
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "pairs": len(values),
+            }
+        )
     identical = [p for p in pairs if p["overlap"] == 1.0]
-    architecture = {"same": _mean([p["dissimilarity"] for p in identical if p["same_architecture"]]),
-                    "cross": _mean([p["dissimilarity"] for p in identical if not p["same_architecture"]])}
+    architecture = {
+        "same": _mean([p["dissimilarity"] for p in identical if p["same_architecture"]]),
+        "cross": _mean([p["dissimilarity"] for p in identical if not p["same_architecture"]]),
+    }
     domain_means = {
         "within": _mean([p["dissimilarity"] for p in pairs if p["same_domain"] is True]),
         "within_disjoint": _mean([p["dissimilarity"] for p in pairs if p["same_domain"] is True and p["shared"] == 0]),
@@ -779,16 +868,36 @@ def fisher_validation(
         for t in range(s + 1, len(seeds)):
             ari[s, t] = ari[t, s] = adjusted_rand_score(labels[s], labels[t])
     off = ari[np.triu_indices(len(seeds), k=1)]
-    stability = {"seeds": [int(s) for s in seeds], "ari_mean": float(off.mean()), "ari_min": float(off.min()),
-                 "ari": ari.tolist()}
-    logger.info("Fisher validation of %d teachers: rho(overlap, dissimilarity) = %s; ARI over %d seeds %.3f (min %.3f)",
-                n, spearman["rho"], len(seeds), stability["ari_mean"], stability["ari_min"])
+    stability = {
+        "seeds": [int(s) for s in seeds],
+        "ari_mean": float(off.mean()),
+        "ari_min": float(off.min()),
+        "ari": ari.tolist(),
+    }
+    logger.info(
+        "Fisher validation of %d teachers: rho(overlap, dissimilarity) = %s; ARI over %d seeds %.3f (min %.3f)",
+        n,
+        spearman["rho"],
+        len(seeds),
+        stability["ari_mean"],
+        stability["ari_min"],
+    )
     return FisherValidation(
-        names=[t.name for t in teachers], architectures=[t.architecture for t in teachers],
-        domains=[t.domain for t in teachers], dissimilarity=dis.tolist(), pairs=pairs, spearman=spearman,
-        by_overlap=by_overlap, architecture=architecture, domain_means=domain_means, stability=stability,
-        group_sizes=sizes, num_groups=int(num_groups), n_init=int(n_init),
-        seconds={"validation": time.perf_counter() - start})
+        names=[t.name for t in teachers],
+        architectures=[t.architecture for t in teachers],
+        domains=[t.domain for t in teachers],
+        dissimilarity=dis.tolist(),
+        pairs=pairs,
+        spearman=spearman,
+        by_overlap=by_overlap,
+        architecture=architecture,
+        domain_means=domain_means,
+        stability=stability,
+        group_sizes=sizes,
+        num_groups=int(num_groups),
+        n_init=int(n_init),
+        seconds={"validation": time.perf_counter() - start},
+    )
 
 
 def write_fisher(result: FisherValidation, out: str | Path) -> tuple[Path, Path]:
@@ -822,15 +931,23 @@ def real_image_bank(members: Sequence[PoolMember], data: DataConfig, per_class: 
     from .bank import MemoryBank, RecoveredTask
     from .data import load_split
 
-    split = load_split(data.dataset, "train", image_size=data.image_size, seed=data.seed, cache_dir=data.cache_dir,
-                       class_split=data.class_split)
+    split = load_split(
+        data.dataset,
+        "train",
+        image_size=data.image_size,
+        seed=data.seed,
+        cache_dir=data.cache_dir,
+        class_split=data.class_split,
+    )
     index = {name: c for c, name in enumerate(split.class_names)}
     bank = MemoryBank(1)
     for t, member in enumerate(members):
         missing = [name for name in member.label_names if name not in index]
         if missing:
-            raise AnalysisError(f"teacher {member.name}: class {missing[0]!r} is not a meta-train class of {data.dataset}",
-                                hint="real images need teachers trained on the dataset's classes; use the recovered ones")
+            raise AnalysisError(
+                f"teacher {member.name}: class {missing[0]!r} is not a meta-train class of {data.dataset}",
+                hint="real images need teachers trained on the dataset's classes; use the recovered ones",
+            )
         rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _PROBE, t))
         xs, ys = [], []
         for label, name in enumerate(member.label_names):
@@ -838,8 +955,16 @@ def real_image_bank(members: Sequence[PoolMember], data: DataConfig, per_class: 
             idx = idx[torch.from_numpy(np.sort(rng.choice(len(idx), size=min(per_class, len(idx)), replace=False)))]
             xs.append(_to_size(split.float_images(idx), tuple(int(v) for v in member.input_size[1:])))
             ys.append(torch.full((len(idx),), label, dtype=torch.int64))
-        bank.add(RecoveredTask(images=torch.cat(xs), labels=torch.cat(ys), teacher=member.name, loss=0.0,
-                               classes=list(range(member.num_classes)), class_names=list(member.label_names)))
+        bank.add(
+            RecoveredTask(
+                images=torch.cat(xs),
+                labels=torch.cat(ys),
+                teacher=member.name,
+                loss=0.0,
+                classes=list(range(member.num_classes)),
+                class_names=list(member.label_names),
+            )
+        )
     return bank
 
 
@@ -881,8 +1006,15 @@ def run_fisher(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     if pool_path is None:
-        pool_path = build_ladder_pool(Path(out) / "ladder-pool", cfg.pool, seed=cfg.seed, data=cfg.data,
-                                      fractions=fractions, repeats=repeats, progress=progress)
+        pool_path = build_ladder_pool(
+            Path(out) / "ladder-pool",
+            cfg.pool,
+            seed=cfg.seed,
+            data=cfg.data,
+            fractions=fractions,
+            repeats=repeats,
+            progress=progress,
+        )
         seconds["ladder"] = time.perf_counter() - started
     _check_pool_size(pool_path)
     start = time.perf_counter()
@@ -897,12 +1029,17 @@ def run_fisher(
         folder.mkdir(parents=True, exist_ok=True)
         embeddings = embed_pool(members, bank, cfg, folder / "embeddings.safetensors", progress=progress)
         dissimilarity = dissimilarity_matrix(embeddings, eps=cfg.embed.epsilon).numpy()
-        write_json_atomic(folder / "dissimilarity.json", {"names": [m.name for m in members],
-                                                          "matrix": dissimilarity.tolist()})
+        write_json_atomic(
+            folder / "dissimilarity.json", {"names": [m.name for m in members], "matrix": dissimilarity.tolist()}
+        )
     seconds["prepare"] = time.perf_counter() - start
-    result = fisher_validation(dissimilarity, [teacher_info(m) for m in members],
-                               num_groups=cfg.group.num_groups, n_init=cfg.group.n_init,
-                               seeds=range(cfg.seed, cfg.seed + seeds))
+    result = fisher_validation(
+        dissimilarity,
+        [teacher_info(m) for m in members],
+        num_groups=cfg.group.num_groups,
+        n_init=cfg.group.n_init,
+        seeds=range(cfg.seed, cfg.seed + seeds),
+    )
     result.images = images
     result.seconds = {**seconds, **result.seconds, "total": time.perf_counter() - started}
     write_fisher(result, out)
@@ -990,8 +1127,13 @@ def gradient_spread(task_grads: Sequence[Mapping[str, Tensor]]) -> GradientStats
     else:
         cosine = float("nan")
     relative = float(deviations.mean() / mean_norm) if mean_norm > 0 else float("nan")
-    return GradientStats(P=gradient_variance(grads64), cosine=cosine, relative_spread=relative, mean_norm=mean_norm,
-                         task_norm=float(norms.mean()))
+    return GradientStats(
+        P=gradient_variance(grads64),
+        cosine=cosine,
+        relative_spread=relative,
+        mean_norm=mean_norm,
+        task_norm=float(norms.mean()),
+    )
 
 
 @dataclass
@@ -1052,13 +1194,23 @@ def make_gradient_probe(
         raise AnalysisError("the gradient probe got no teachers to draw tasks from")
     tasks, teachers = [], []
     for k in range(num_groups):
-        chosen = _choose_teachers(groups, cfg.teachers_per_step,
-                                  np.random.default_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_CHOICE, k)))
+        chosen = _choose_teachers(
+            groups,
+            cfg.teachers_per_step,
+            np.random.default_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_CHOICE, k)),
+        )
         row = []
         for i, t in enumerate(chosen):
             rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_TASK, k, i))
-            task = make_pseudo_task(members[t], bank, way=cfg.replay_way, shot=cfg.replay_shot, query=cfg.replay_query,
-                                    temperature=cfg.distill_temperature, rng=rng)
+            task = make_pseudo_task(
+                members[t],
+                bank,
+                way=cfg.replay_way,
+                shot=cfg.replay_shot,
+                query=cfg.replay_query,
+                temperature=cfg.distill_temperature,
+                rng=rng,
+            )
             row.append(task.to(torch.device("cpu")))
         tasks.append(row)
         teachers.append(chosen)
@@ -1090,15 +1242,24 @@ def probe_loss_fns(
     if kind == "head" and head is None:
         raise AnalysisError("a 'head' probe loss needs the probe's fixed head")
     device = next(model.parameters()).device
-    fixed = {} if head is None else {HEAD_WEIGHT: head.weight.detach().to(device),
-                                     HEAD_BIAS: head.bias.detach().to(device)}
+    fixed = (
+        {} if head is None else {HEAD_WEIGHT: head.weight.detach().to(device), HEAD_BIAS: head.bias.detach().to(device)}
+    )
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
     def loss_fn(task: Any) -> Callable[[dict[str, Tensor]], Tensor]:
         def compute(params: dict[str, Tensor]) -> Tensor:
             copies = {k: b.clone() for k, b in buffers.items()}
-            return pseudo_task_loss(learner, model, task, {**params, **copies, **fixed}, kind=kind,
-                                    distill_weight=distill_weight, temperature=temperature)
+            return pseudo_task_loss(
+                learner,
+                model,
+                task,
+                {**params, **copies, **fixed},
+                kind=kind,
+                distill_weight=distill_weight,
+                temperature=temperature,
+            )
+
         return compute
 
     return [loss_fn(task.to(device)) for task in tasks]
@@ -1137,8 +1298,9 @@ def probe_statistics(
         params = {k: v.detach() for k, v in model.named_parameters()}
         rows = []
         for tasks in probe.tasks:
-            fns = probe_loss_fns(model, tasks, learner, kind, probe.head, distill_weight=distill_weight,
-                                 temperature=temperature)
+            fns = probe_loss_fns(
+                model, tasks, learner, kind, probe.head, distill_weight=distill_weight, temperature=temperature
+            )
             losses, grads = task_gradients(fns, params)
             stats = gradient_spread(grads)
             stats.loss = float(np.mean(losses))
@@ -1282,21 +1444,46 @@ def run_gradients(
     members, names = prepared.members, [m.name for m in prepared.members]
     seconds = {"prepare": time.perf_counter() - started}
 
-    val_split = load_split(cfg.data.dataset, "val", domains=cfg.data.domains, image_size=cfg.data.image_size,
-                           seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+    val_split = load_split(
+        cfg.data.dataset,
+        "val",
+        domains=cfg.data.domains,
+        image_size=cfg.data.image_size,
+        seed=cfg.data.seed,
+        cache_dir=cfg.data.cache_dir,
+        class_split=cfg.data.class_split,
+    )
     train_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed
-    learner = make_learner(cfg.train.learner, inner_steps=cfg.train.inner_steps, inner_lr=cfg.train.inner_lr,
-                           first_order=cfg.train.maml_first_order)
+    learner = make_learner(
+        cfg.train.learner,
+        inner_steps=cfg.train.inner_steps,
+        inner_lr=cfg.train.inner_lr,
+        first_order=cfg.train.maml_first_order,
+    )
     feature_dim = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=train_seed).feature_dim
     start = time.perf_counter()
-    probe = make_gradient_probe(members, prepared.bank, prepared.groups, cfg.train, num_groups=probe_groups,
-                                feature_dim=feature_dim, seed=cfg.seed, head_seed=train_seed)
+    probe = make_gradient_probe(
+        members,
+        prepared.bank,
+        prepared.groups,
+        cfg.train,
+        num_groups=probe_groups,
+        feature_dim=feature_dim,
+        seed=cfg.seed,
+        head_seed=train_seed,
+    )
     seconds["probe"] = time.perf_counter() - start
     every_team = [list(range(len(members)))]
 
     def measure(model: torch.nn.Module) -> GradientStats:
-        return probe_statistics(model, probe, learner, kind, distill_weight=cfg.train.distill_weight,
-                                temperature=cfg.train.distill_temperature)
+        return probe_statistics(
+            model,
+            probe,
+            learner,
+            kind,
+            distill_weight=cfg.train.distill_weight,
+            temperature=cfg.train.distill_temperature,
+        )
 
     traces: dict[str, GradientTrace] = {}
     for method in methods:
@@ -1315,21 +1502,40 @@ def run_gradients(
                 logger.info("%s step %d: P %.4g, cosine %.3f", trace.method, info.step, trace.P[-1], trace.cosine[-1])
 
         generators = load_generators(out / "recovered" / "bank.safetensors", members) if _warm_upfront(cfg) else None
-        trained = meta_train(model, members, prepared.bank, groups, train_cfg, val_split=val_split, seed=train_seed,
-                             progress=progress, on_step=on_step, recover=cfg.recover, generators=generators,
-                             val_seed=cfg.seed + 1)
+        trained = meta_train(
+            model,
+            members,
+            prepared.bank,
+            groups,
+            train_cfg,
+            val_split=val_split,
+            seed=train_seed,
+            progress=progress,
+            on_step=on_step,
+            recover=cfg.recover,
+            generators=generators,
+            val_seed=cfg.seed + 1,
+        )
         trace.val_acc = [[int(s), float(v)] for s, v in trained.history.get("val_acc", [])]
         trace.seconds = time.perf_counter() - start
         seconds[method] = trace.seconds
         traces[method] = trace
 
-    probe_info = {"kind": kind, "groups": probe_groups, "tasks_per_group": cfg.train.teachers_per_step,
-                  "teachers": [[names[t] for t in row] for row in probe.teachers], "drawn_from": "spectral groups",
-                  "head": "fixed: the shared head's initialisation (train._make_head, the training seed), not trained"
-                  if kind == "head" else None,
-                  "parameters": "the meta-model's (the head is not differentiated)",
-                  "way": cfg.train.replay_way, "shot": cfg.train.replay_shot, "query": cfg.train.replay_query,
-                  "seed": cfg.seed}
+    probe_info = {
+        "kind": kind,
+        "groups": probe_groups,
+        "tasks_per_group": cfg.train.teachers_per_step,
+        "teachers": [[names[t] for t in row] for row in probe.teachers],
+        "drawn_from": "spectral groups",
+        "head": "fixed: the shared head's initialisation (train._make_head, the training seed), not trained"
+        if kind == "head"
+        else None,
+        "parameters": "the meta-model's (the head is not differentiated)",
+        "way": cfg.train.replay_way,
+        "shot": cfg.train.replay_shot,
+        "query": cfg.train.replay_query,
+        "seed": cfg.seed,
+    }
     seconds["total"] = time.perf_counter() - started
     analysis = GradientsResult(traces, probe_info, every, iterations, seconds)
     write_gradients(analysis, out)

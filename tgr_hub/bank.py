@@ -10,7 +10,6 @@ folder holding ``bank.safetensors`` + ``bank.json``), and counts the tasks recov
 so a resumed run reuses its recoveries.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -34,7 +33,16 @@ from .models.generator import Generator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BANK_INDEX", "BANK_TENSORS", "BankEpisode", "MemoryBank", "MemoryBankError", "RecoveredTask", "bank_files", "to_uint8"]
+__all__ = [
+    "BANK_INDEX",
+    "BANK_TENSORS",
+    "BankEpisode",
+    "MemoryBank",
+    "MemoryBankError",
+    "RecoveredTask",
+    "bank_files",
+    "to_uint8",
+]
 
 _BANK_FORMAT = "tgr-hub-memory-bank"
 _BANK_VERSION = 1
@@ -346,15 +354,17 @@ class MemoryBank:
             slots = self._slots[key]
             for j, slot in enumerate(slots):
                 tensors[f"k{i}.s{j}"] = slot.contiguous()
-            entries.append({
-                "teacher": key[0],
-                "class": key[1],
-                "name": self._names.get(key, ""),
-                "written": self._written[key],
-                "slots": len(slots),
-                "images": [int(s.shape[0]) for s in slots],
-                "shape": list(slots[0].shape[1:]),
-            })
+            entries.append(
+                {
+                    "teacher": key[0],
+                    "class": key[1],
+                    "name": self._names.get(key, ""),
+                    "written": self._written[key],
+                    "slots": len(slots),
+                    "images": [int(s.shape[0]) for s in slots],
+                    "shape": list(slots[0].shape[1:]),
+                }
+            )
         index = {
             "format": _BANK_FORMAT,
             "version": _BANK_VERSION,
@@ -380,7 +390,9 @@ class MemoryBank:
         tensors_path, index_path = bank_files(path)
         for needed in (index_path, tensors_path):
             if not needed.is_file():
-                raise RunFolderError(f"memory bank file {needed} does not exist", hint="was the bank saved with MemoryBank.save?")
+                raise RunFolderError(
+                    f"memory bank file {needed} does not exist", hint="was the bank saved with MemoryBank.save?"
+                )
         try:
             index = json.loads(index_path.read_text())
         except json.JSONDecodeError as error:
@@ -388,7 +400,9 @@ class MemoryBank:
         if not isinstance(index, dict) or index.get("format") != _BANK_FORMAT:
             raise MemoryBankError(f"{index_path} is not a tgr-hub memory bank index")
         if index.get("version") != _BANK_VERSION:
-            raise MemoryBankError(f"{index_path} has bank format version {index.get('version')}; this tgr-hub reads {_BANK_VERSION}")
+            raise MemoryBankError(
+                f"{index_path} has bank format version {index.get('version')}; this tgr-hub reads {_BANK_VERSION}"
+            )
         with safe_open(str(tensors_path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("generation") != index.get("generation"):

@@ -146,19 +146,25 @@ class Scenario:
         """
         described = dataclasses.asdict(self)
         defaults = {"min_teachers": 0, "way": None, "eval_domains": None}
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in described.items()
-                if k not in defaults or v != defaults[k]}
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in described.items()
+            if k not in defaults or v != defaults[k]
+        }
 
 
 #: Named scenarios (after the paper's settings): glyph domains × teacher architectures.
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    # the paper's main setting: >= 24 Conv4 teachers, each on a random 5-class subset of one domain's
-    # 55 meta-train classes (subsets overlap as chance makes them), scored on that domain's held-out classes
-    Scenario("standard", ("cyrillic",), ("conv4",), min_teachers=24, way=5, eval_domains=("cyrillic",)),
-    Scenario("multi-domain", _ALL_GLYPH_DOMAINS, ("conv4",)),
-    Scenario("multi-arch", ("symbols",), _THREE_ARCHS),  # symbols: the domain with the most classes
-    Scenario("mixed", _ALL_GLYPH_DOMAINS, _THREE_ARCHS),
-)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        # the paper's main setting: >= 24 Conv4 teachers, each on a random 5-class subset of one domain's
+        # 55 meta-train classes (subsets overlap as chance makes them), scored on that domain's held-out classes
+        Scenario("standard", ("cyrillic",), ("conv4",), min_teachers=24, way=5, eval_domains=("cyrillic",)),
+        Scenario("multi-domain", _ALL_GLYPH_DOMAINS, ("conv4",)),
+        Scenario("multi-arch", ("symbols",), _THREE_ARCHS),  # symbols: the domain with the most classes
+        Scenario("mixed", _ALL_GLYPH_DOMAINS, _THREE_ARCHS),
+    )
+}
 #: The pool the run config's ``pool`` section describes (the quickstart's).
 CONFIG_SCENARIO = "config"
 
@@ -168,8 +174,10 @@ def scenario_from_name(name: str, cfg: RunConfig) -> Scenario:
     if name == CONFIG_SCENARIO:
         return Scenario(name, tuple(cfg.pool.domains), tuple(cfg.pool.archs))
     if name not in SCENARIOS:
-        raise ConfigError(f"unknown scenario {name!r}",
-                          hint=f"choose {', '.join(SCENARIOS)} or {CONFIG_SCENARIO}, or give your own --pool LIST")
+        raise ConfigError(
+            f"unknown scenario {name!r}",
+            hint=f"choose {', '.join(SCENARIOS)} or {CONFIG_SCENARIO}, or give your own --pool LIST",
+        )
     return SCENARIOS[name]
 
 
@@ -191,9 +199,11 @@ def scenario_config(cfg: RunConfig, scenario: Scenario) -> RunConfig:
         return cfg
     wanted = list(scenario.eval_domains)
     if cfg.data.domains is not None and list(cfg.data.domains) != wanted:
-        raise ConfigError(f"scenario {scenario.name!r} is scored on the domains {wanted}, but data.domains is "
-                          f"{list(cfg.data.domains)}",
-                          hint=f"drop the data.domains setting, or set it to {wanted}")
+        raise ConfigError(
+            f"scenario {scenario.name!r} is scored on the domains {wanted}, but data.domains is "
+            f"{list(cfg.data.domains)}",
+            hint=f"drop the data.domains setting, or set it to {wanted}",
+        )
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, domains=wanted))
 
 
@@ -210,8 +220,13 @@ def scenario_pool(cfg: RunConfig, scenario: Scenario) -> PoolBuildConfig:
     if scenario.pool_list is not None:
         raise ConfigError(f"scenario {scenario.name!r} uses the pool list {scenario.pool_list}; it builds no teachers")
     teachers = max(cfg.pool.teachers, scenario.min_teachers, len(scenario.domains) * len(scenario.archs))
-    return dataclasses.replace(cfg.pool, domains=list(scenario.domains), archs=list(scenario.archs),
-                               teachers=teachers, way=scenario.way if scenario.way is not None else cfg.pool.way)
+    return dataclasses.replace(
+        cfg.pool,
+        domains=list(scenario.domains),
+        archs=list(scenario.archs),
+        teachers=teachers,
+        way=scenario.way if scenario.way is not None else cfg.pool.way,
+    )
 
 
 # --- methods ---------------------------------------------------------------------------------------
@@ -248,18 +263,27 @@ REPLICATE_SEED_OFFSET = 1000
 #: The noise floor: (replicate, original), the same method trained with two training seeds.
 NOISE_FLOOR = ("erm-replicate", "erm")
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("random", "Random", "random"),
-    Method("average", "Average", "average"),
-    Method("erm", "ERM", "trained", igr=False, groups="none"),
-    Method("erm-replicate", "ERM, another seed", "trained", igr=False, groups="none",
-           train_seed_offset=REPLICATE_SEED_OFFSET),
-    Method("tgr", "TGR", "trained", igr=True, groups="spectral"),
-    Method("groups-no-igr", "groups, no IGR", "trained", igr=False, groups="spectral"),
-    Method("igr-no-groups", "IGR, no groups", "trained", igr=True, groups="none"),
-    Method("igr-random-groups", "IGR, random groups", "trained", igr=True, groups="random"),
-    Method("tgr-second-order", "TGR 2nd order", "trained", igr=True, groups="spectral", igr_order="second"),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("random", "Random", "random"),
+        Method("average", "Average", "average"),
+        Method("erm", "ERM", "trained", igr=False, groups="none"),
+        Method(
+            "erm-replicate",
+            "ERM, another seed",
+            "trained",
+            igr=False,
+            groups="none",
+            train_seed_offset=REPLICATE_SEED_OFFSET,
+        ),
+        Method("tgr", "TGR", "trained", igr=True, groups="spectral"),
+        Method("groups-no-igr", "groups, no IGR", "trained", igr=False, groups="spectral"),
+        Method("igr-no-groups", "IGR, no groups", "trained", igr=True, groups="none"),
+        Method("igr-random-groups", "IGR, random groups", "trained", igr=True, groups="random"),
+        Method("tgr-second-order", "TGR 2nd order", "trained", igr=True, groups="spectral", igr_order="second"),
+    )
+}
 #: The quickstart's four methods.
 QUICKSTART_METHODS = ("random", "average", "erm", "tgr")
 
@@ -271,8 +295,9 @@ def method_config(cfg: RunConfig, method: Method, seed: int) -> RunConfig:
     for a method with an offset (``erm-replicate``), else the config's.
     """
     train_seed = cfg.train.seed if method.train_seed_offset is None else int(seed) + method.train_seed_offset
-    train = dataclasses.replace(cfg.train, beta=cfg.train.beta if method.igr else 0.0, igr_order=method.igr_order,
-                                seed=train_seed)
+    train = dataclasses.replace(
+        cfg.train, beta=cfg.train.beta if method.igr else 0.0, igr_order=method.igr_order, seed=train_seed
+    )
     group = dataclasses.replace(cfg.group, strategy=method.groups)
     return dataclasses.replace(cfg, seed=int(seed), train=train, group=group)
 
@@ -304,20 +329,25 @@ class BenchmarkSpec:
         if len({s.name for s in self.scenarios}) != len(self.scenarios):
             raise ConfigError("scenario names repeat", hint="list each scenario once")
         if not self.seeds or any(int(s) < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct non-negative integers, got {list(self.seeds)}",
-                              hint="e.g. --seeds 0,1,2")
+            raise ConfigError(
+                f"seeds must be distinct non-negative integers, got {list(self.seeds)}", hint="e.g. --seeds 0,1,2"
+            )
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none given)'}",
-                              hint=f"choose from {', '.join(METHODS)}")
+            raise ConfigError(
+                f"unknown method(s) {', '.join(unknown) or '(none given)'}", hint=f"choose from {', '.join(METHODS)}"
+            )
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError("methods repeat", hint="list each method once")
         if self.reference not in self.methods:
-            raise ConfigError(f"the reference method {self.reference!r} is not among the methods",
-                              hint=f"add it to --methods or choose --reference from {', '.join(self.methods)}")
+            raise ConfigError(
+                f"the reference method {self.reference!r} is not among the methods",
+                hint=f"add it to --methods or choose --reference from {', '.join(self.methods)}",
+            )
         if self.cfg.train.beta == 0 and any(METHODS[m].igr for m in self.methods):
-            raise ConfigError("train.beta is 0, so the IGR methods would be ERM",
-                              hint="set train.beta > 0 or drop the IGR methods")
+            raise ConfigError(
+                "train.beta is 0, so the IGR methods would be ERM", hint="set train.beta > 0 or drop the IGR methods"
+            )
         for scenario in self.scenarios:  # a data.domains at odds with a scenario's, refused before any work
             scenario_config(self.cfg, scenario)
 
@@ -337,8 +367,12 @@ class Cell:
 
 def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
     """Every cell, in grid order: scenario, then seed, then method (the order shards count in)."""
-    return [Cell(scenario, int(seed), METHODS[name])
-            for scenario in spec.scenarios for seed in spec.seeds for name in spec.methods]
+    return [
+        Cell(scenario, int(seed), METHODS[name])
+        for scenario in spec.scenarios
+        for seed in spec.seeds
+        for name in spec.methods
+    ]
 
 
 def _cell_path(out: Path, cell: Cell) -> Path:
@@ -475,9 +509,15 @@ class _Runner:
         key = self._domains_key(scenario)
         if key not in self._tests:
             cfg = self.config(scenario)
-            self._tests[key] = load_split(cfg.data.dataset, cfg.eval.split, domains=cfg.data.domains,
-                                          image_size=cfg.data.image_size, seed=cfg.data.seed,
-                                          cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+            self._tests[key] = load_split(
+                cfg.data.dataset,
+                cfg.eval.split,
+                domains=cfg.data.domains,
+                image_size=cfg.data.image_size,
+                seed=cfg.data.seed,
+                cache_dir=cfg.data.cache_dir,
+                class_split=cfg.data.class_split,
+            )
         return self._tests[key]
 
     def episodes(self, scenario: Scenario, seed: int) -> dict[int, EpisodeList]:
@@ -486,9 +526,12 @@ class _Runner:
         if key not in self._episodes:
             cfg = self.cfg
             test = self.test_split(scenario)
-            self._episodes[key] = {int(shot): EpisodeList(test, way=cfg.eval.way, shot=int(shot), query=cfg.eval.query,
-                                                          seed=seed, count=cfg.eval.episodes)
-                                   for shot in cfg.eval.shots}
+            self._episodes[key] = {
+                int(shot): EpisodeList(
+                    test, way=cfg.eval.way, shot=int(shot), query=cfg.eval.query, seed=seed, count=cfg.eval.episodes
+                )
+                for shot in cfg.eval.shots
+            }
             self._fingerprints[key] = {shot: lst.fingerprint() for shot, lst in self._episodes[key].items()}
         return self._episodes[key]
 
@@ -513,8 +556,9 @@ class _Runner:
             start = time.perf_counter()
             pool = scenario_pool(cfg, scenario)
             make_pool(folder, pool, seed=seed, data=cfg.data, progress=self.progress, device=self.device)
-            write_json_atomic(record, {"timings_s": {"make-pool": time.perf_counter() - start},
-                                       "teachers": pool.teachers})
+            write_json_atomic(
+                record, {"timings_s": {"make-pool": time.perf_counter() - start}, "teachers": pool.teachers}
+            )
             return repo_list
 
     def prepared(self, scenario: Scenario, seed: int) -> tuple[Path, Path]:
@@ -528,8 +572,9 @@ class _Runner:
             if not record.exists():
                 cfg = method_config(self.config(scenario), METHODS["tgr"], seed)
                 prepared = prepare_pool(repo_list, folder / "shared", cfg, progress=self.progress)
-                write_json_atomic(record, {"timings_s": prepared.timings,
-                                           "teachers": [m.name for m in prepared.members]})
+                write_json_atomic(
+                    record, {"timings_s": prepared.timings, "teachers": [m.name for m in prepared.members]}
+                )
         return repo_list, folder / "shared"
 
     def check_episodes_unchanged(self, cell: Cell) -> None:
@@ -550,7 +595,8 @@ class _Runner:
                     f"finished cell {path} (it was scored on {then.get('dataset')}@{then.get('revision')}, "
                     f"class split {then.get('class_split')}; now {self.cfg.data.dataset}@{test.revision}, "
                     f"class split {test.class_split})",
-                    hint="pin the dataset to the commit the folder used (NAME@COMMIT), or use another --out")
+                    hint="pin the dataset to the commit the folder used (NAME@COMMIT), or use another --out",
+                )
 
     def run(self, cell: Cell) -> dict[str, Any]:
         """Train (if needed) and score one cell; returns its record (not yet written)."""
@@ -584,12 +630,21 @@ class _Runner:
             for name in ("recovered", "embeddings.safetensors"):
                 if (shared / name).exists() and not (run_dir / name).exists():
                     copy_atomic(shared / name, run_dir / name)
-            result = run_tgr(repo_list, run_dir, method_config(cfg, method, seed), evaluate_test=False,
-                             progress=self.progress, resume=True)
+            result = run_tgr(
+                repo_list,
+                run_dir,
+                method_config(cfg, method, seed),
+                evaluate_test=False,
+                progress=self.progress,
+                resume=True,
+            )
             model = result.model
-            extra = {"val": result.metrics.get("val"), "groups": [[int(i) for i in g] for g in result.groups],
-                     "run_folder": str(run_dir.relative_to(self.out)),
-                     "recover_agreement": _mean_recover_agreement(run_dir)}
+            extra = {
+                "val": result.metrics.get("val"),
+                "groups": [[int(i) for i in g] for g in result.groups],
+                "run_folder": str(run_dir.relative_to(self.out)),
+                "recover_agreement": _mean_recover_agreement(run_dir),
+            }
         timings["train"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -600,16 +655,32 @@ class _Runner:
         model = model.to(self.device).eval()  # run_tgr hands its model back on the CPU
         # the run's eval section (eval.method, the fine-tuning schedule) for every method, baselines
         # included, as run_tgr's final test; way / shots / query / episodes come from the episode lists
-        metrics = evaluate_model(model, test, **eval_settings(cfg.eval, cfg.train.learner),
-                                 progress=self.progress, keep_accuracies=True, episode_lists=witnesses)
+        metrics = evaluate_model(
+            model,
+            test,
+            **eval_settings(cfg.eval, cfg.train.learner),
+            progress=self.progress,
+            keep_accuracies=True,
+            episode_lists=witnesses,
+        )
         timings["evaluate"] = time.perf_counter() - start
         return {
-            "format": CELL_FORMAT, "version": 1,
-            "scenario": cell.scenario.name, "seed": seed, "method": method.name, "learner": cfg.train.learner,
+            "format": CELL_FORMAT,
+            "version": 1,
+            "scenario": cell.scenario.name,
+            "seed": seed,
+            "method": method.name,
+            "learner": cfg.train.learner,
             "settings_digest": _digest(_settings(cfg, cell.scenario)),
             "accuracies": {f"{shot}shot": metrics[f"{shot}shot"]["accuracies"] for shot in episodes},
-            "episodes": {f"{shot}shot": {"count": witnesses[shot].served, "list": fingerprints[shot],
-                                         "seen": witnesses[shot].digest()} for shot in episodes},
+            "episodes": {
+                f"{shot}shot": {
+                    "count": witnesses[shot].served,
+                    "list": fingerprints[shot],
+                    "seen": witnesses[shot].digest(),
+                }
+                for shot in episodes
+            },
             "adaptation": metrics[f"{next(iter(episodes))}shot"]["method"],
             # the meta-test data as resolved: a Hub dataset's commit and the class split used (as in a run record)
             "data_source": {"dataset": cfg.data.dataset, "revision": test.revision, "class_split": test.class_split},
@@ -640,8 +711,9 @@ def _read_cell(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise BenchmarkError(f"cannot read the benchmark cell {path}: {error}",
-                             hint="delete that file to run the cell again") from None
+        raise BenchmarkError(
+            f"cannot read the benchmark cell {path}: {error}", hint="delete that file to run the cell again"
+        ) from None
     if record.get("format") != CELL_FORMAT:
         raise BenchmarkError(f"{path} is not a benchmark cell", hint="delete that file to run the cell again")
     return record
@@ -657,15 +729,21 @@ def _check_settings(spec: BenchmarkSpec, out: Path) -> None:
                 raise BenchmarkError(
                     f"{out} holds results of scenario {scenario.name!r} made with other settings ({path})",
                     hint="use another --out for new settings (the preset, --set overrides, learner and "
-                         "evaluation must match a folder's; seeds and methods may be added)")
+                    "evaluation must match a folder's; seeds and methods may be added)",
+                )
 
 
 def _write_settings(spec: BenchmarkSpec, out: Path) -> None:
     path = out / "bench.json"
     # the config as given; a scenario's own data.domains is in its description (eval_domains)
-    data = {"format": RESULTS_FORMAT, "config": _config_without_seed(spec.cfg),
-            "scenarios": {s.name: s.describe() for s in spec.scenarios}, "seeds": list(spec.seeds),
-            "methods": list(spec.methods), "reference": spec.reference}
+    data = {
+        "format": RESULTS_FORMAT,
+        "config": _config_without_seed(spec.cfg),
+        "scenarios": {s.name: s.describe() for s in spec.scenarios},
+        "seeds": list(spec.seeds),
+        "methods": list(spec.methods),
+        "reference": spec.reference,
+    }
     if path.exists():  # keep the union of what was asked of this folder
         old = json.loads(path.read_text())
         data["scenarios"] = {**old.get("scenarios", {}), **data["scenarios"]}
@@ -700,8 +778,10 @@ def run_benchmark(
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # every process would train and write every cell: the grid is shared out by --shard instead
-        raise ConfigError("the benchmark does not run under accelerate launch / torchrun",
-                          hint="start one plain process per shard: --shard 0/N ... --shard N-1/N")
+        raise ConfigError(
+            "the benchmark does not run under accelerate launch / torchrun",
+            hint="start one plain process per shard: --shard 0/N ... --shard N-1/N",
+        )
     index, count = shard
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"shard must be i/n with 0 <= i < n, got {index}/{count}", hint="e.g. --shard 0/2")
@@ -712,11 +792,19 @@ def run_benchmark(
     cells = plan_cells(spec)
     mine = [cell for position, cell in enumerate(cells) if position % count == index]
     todo = [cell for cell in mine if not _cell_path(out, cell).exists()]
-    logger.info("benchmark: %d cells in the grid, %d in shard %d/%d, %d already done, %d to run",
-                len(cells), len(mine), index, count, len(mine) - len(todo), len(todo))
+    logger.info(
+        "benchmark: %d cells in the grid, %d in shard %d/%d, %d already done, %d to run",
+        len(cells),
+        len(mine),
+        index,
+        count,
+        len(mine) - len(todo),
+        len(todo),
+    )
     runner = _Runner(spec, out, progress)
-    bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc="benchmark cells", unit="cell",
-                       disable=not progress)
+    bar = progress_bar(
+        total=len(mine), initial=len(mine) - len(todo), desc="benchmark cells", unit="cell", disable=not progress
+    )
     try:
         for cell in todo:
             bar.set_postfix_str(cell.key)
@@ -727,9 +815,15 @@ def run_benchmark(
             write_json_atomic(path, record)
             bar.update(1)
             done = bar.n
-            logger.info("cell %s done in %.0f s (%s); %d of %d done, %d left", cell.key, time.perf_counter() - start,
-                        ", ".join(f"{k} {100 * float(np.mean(v)):.2f}%" for k, v in record["accuracies"].items()),
-                        done, len(mine), len(mine) - done)
+            logger.info(
+                "cell %s done in %.0f s (%s); %d of %d done, %d left",
+                cell.key,
+                time.perf_counter() - start,
+                ", ".join(f"{k} {100 * float(np.mean(v)):.2f}%" for k, v in record["accuracies"].items()),
+                done,
+                len(mine),
+                len(mine) - done,
+            )
             if on_cell is not None:
                 on_cell(cell, record)
     finally:
@@ -745,8 +839,13 @@ def _interval(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "ci95": ci95, "episodes": len(values)}
 
 
-def _paired(records: dict[tuple[int, str], dict[str, Any]], method: str, reference: str, seeds: Sequence[int],
-            shots: Sequence[str]) -> dict[str, Any] | None:
+def _paired(
+    records: dict[tuple[int, str], dict[str, Any]],
+    method: str,
+    reference: str,
+    seeds: Sequence[int],
+    shots: Sequence[str],
+) -> dict[str, Any] | None:
     """``method − reference`` on the seeds that have both cells (None: no such seed).
 
     Returns:
@@ -758,10 +857,16 @@ def _paired(records: dict[tuple[int, str], dict[str, Any]], method: str, referen
         return None
     diff: dict[str, Any] = {"seeds": both}
     for shot in shots:
-        per_seed = {s: stats.paired_difference(records[(s, method)]["accuracies"][shot],
-                                               records[(s, reference)]["accuracies"][shot]) for s in both}
-        diff[shot] = {"per_seed": {str(s): d.to_dict() for s, d in per_seed.items()},
-                      "across_seeds": stats.across_seeds([d.mean for d in per_seed.values()]).to_dict()}
+        per_seed = {
+            s: stats.paired_difference(
+                records[(s, method)]["accuracies"][shot], records[(s, reference)]["accuracies"][shot]
+            )
+            for s in both
+        }
+        diff[shot] = {
+            "per_seed": {str(s): d.to_dict() for s, d in per_seed.items()},
+            "across_seeds": stats.across_seeds([d.mean for d in per_seed.values()]).to_dict(),
+        }
     return diff
 
 
@@ -782,9 +887,16 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
         BenchmarkError: the methods of one seed were not scored on identical episodes.
     """
     out = Path(out)
-    report: dict[str, Any] = {"format": RESULTS_FORMAT, "version": 1, "reference": spec.reference,
-                              "learner": spec.cfg.train.learner, "eval": dataclasses.asdict(spec.cfg.eval),
-                              "preset": spec.cfg.preset, "scenarios": {}, "missing_cells": []}
+    report: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "version": 1,
+        "reference": spec.reference,
+        "learner": spec.cfg.train.learner,
+        "eval": dataclasses.asdict(spec.cfg.eval),
+        "preset": spec.cfg.preset,
+        "scenarios": {},
+        "missing_cells": [],
+    }
     data_sources: dict[str, Any] = {}  # every distinct resolved meta-test source the cells were scored on
     devices: set[str] = set()  # where the cells were scored
     shots = [f"{int(s)}shot" for s in spec.cfg.eval.shots]
@@ -804,9 +916,11 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
         for seed in spec.seeds:  # the invariant the paired statistics rest on
             seen = {name: rec["episodes"] for (s, name), rec in records.items() if s == seed}
             if len({json.dumps(v, sort_keys=True) for v in seen.values()}) > 1:
-                raise BenchmarkError(f"{scenario.name}, seed {seed}: the methods were not scored on identical "
-                                     f"episodes ({', '.join(sorted(seen))})",
-                                     hint="delete the cells of that seed and run them again")
+                raise BenchmarkError(
+                    f"{scenario.name}, seed {seed}: the methods were not scored on identical "
+                    f"episodes ({', '.join(sorted(seen))})",
+                    hint="delete the cells of that seed and run them again",
+                )
         methods: dict[str, Any] = {}
         paired: dict[str, Any] = {}
         for name in spec.methods:
@@ -822,12 +936,18 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
             entry["timings_s"] = {str(s): records[(s, name)]["timings_s"] for s in seeds}
             # trained methods: the checkpoint meta-validation chose, the groups it trained with, and how
             # often the teachers agreed with the labels online recovery intended (None: no online recovery)
-            entry["selection"] = {str(s): {"val": records[(s, name)].get("val"),
-                                           "group_sizes": [len(g) for g in records[(s, name)].get("groups") or []],
-                                           "recover_agreement": records[(s, name)].get("recover_agreement")}
-                                  for s in seeds if records[(s, name)].get("val") is not None}
-            agreements = [c["recover_agreement"] for c in entry["selection"].values()
-                          if c["recover_agreement"] is not None]
+            entry["selection"] = {
+                str(s): {
+                    "val": records[(s, name)].get("val"),
+                    "group_sizes": [len(g) for g in records[(s, name)].get("groups") or []],
+                    "recover_agreement": records[(s, name)].get("recover_agreement"),
+                }
+                for s in seeds
+                if records[(s, name)].get("val") is not None
+            }
+            agreements = [
+                c["recover_agreement"] for c in entry["selection"].values() if c["recover_agreement"] is not None
+            ]
             entry["recover_agreement"] = float(np.mean(agreements)) if agreements else None
             methods[name] = entry
             if name != spec.reference:
@@ -845,9 +965,14 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                     timings.update(json.loads(path.read_text())["timings_s"])
             if timings:
                 prepare[str(seed)] = {"timings_s": timings}
-        report["scenarios"][scenario.name] = {"scenario": scenario.describe(), "seeds": list(spec.seeds),
-                                              "methods": methods, "paired": paired, "noise_floor": noise_floor,
-                                              "prepare": prepare}
+        report["scenarios"][scenario.name] = {
+            "scenario": scenario.describe(),
+            "seeds": list(spec.seeds),
+            "methods": methods,
+            "paired": paired,
+            "noise_floor": noise_floor,
+            "prepare": prepare,
+        }
     report["data_sources"] = list(data_sources.values())
     report["devices"] = sorted(devices)
     return report
@@ -880,15 +1005,21 @@ def _noise_floor_lines(sc: dict[str, Any], shots: Sequence[str]) -> list[str]:
     if not floor:
         return []
     seeds = floor["seeds"]
-    over = (f"95% t-interval over {len(seeds)} seeds (df = {len(seeds) - 1})" if len(seeds) > 1 else
-            f"one seed ({seeds[0]}): 95% paired-t interval over its episodes, which covers episode sampling only; "
-            f"run more seeds for the spread across training seeds")
+    over = (
+        f"95% t-interval over {len(seeds)} seeds (df = {len(seeds) - 1})"
+        if len(seeds) > 1
+        else f"one seed ({seeds[0]}): 95% paired-t interval over its episodes, which covers episode sampling only; "
+        f"run more seeds for the spread across training seeds"
+    )
     parts = "; ".join(f"{shot[:-4]}-shot {_difference(_pair_interval(floor, shot))}" for shot in shots)
-    return [f"**Noise floor** (ERM − ERM), {METHODS[NOISE_FLOOR[0]].label} − {METHODS[NOISE_FLOOR[1]].label} in "
-            f"points: {parts}. That is ERM meta-trained again with training seed = seed + {REPLICATE_SEED_OFFSET} on "
-            f"the same pool, recovered tasks and meta-test episodes ({over}). A difference between methods must "
-            f"exceed this spread to mean anything: one inside it is what training ERM again with another seed "
-            f"already gives.", ""]
+    return [
+        f"**Noise floor** (ERM − ERM), {METHODS[NOISE_FLOOR[0]].label} − {METHODS[NOISE_FLOOR[1]].label} in "
+        f"points: {parts}. That is ERM meta-trained again with training seed = seed + {REPLICATE_SEED_OFFSET} on "
+        f"the same pool, recovered tasks and meta-test episodes ({over}). A difference between methods must "
+        f"exceed this spread to mean anything: one inside it is what training ERM again with another seed "
+        f"already gives.",
+        "",
+    ]
 
 
 def _agreement(value: float | None) -> str:
@@ -904,25 +1035,41 @@ def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
             val = chosen["val"]
             scores = ", ".join(f"{k[:-4]}-shot {_pct(v)}" for k, v in val.items() if k.endswith("shot"))
             times = entry["timings_s"][seed]
-            rows.append(f"| {entry['label']} | {seed} | {val.get('best_step')} | {scores} | "
-                        f"{'+'.join(map(str, chosen['group_sizes']))} | {_agreement(chosen.get('recover_agreement'))} | "
-                        f"{times.get('train', 0):.0f} | {times.get('evaluate', 0):.0f} |")
+            rows.append(
+                f"| {entry['label']} | {seed} | {val.get('best_step')} | {scores} | "
+                f"{'+'.join(map(str, chosen['group_sizes']))} | {_agreement(chosen.get('recover_agreement'))} | "
+                f"{times.get('train', 0):.0f} | {times.get('evaluate', 0):.0f} |"
+            )
     if not rows:
         return []
-    means = "; ".join(f"{entry['label']} {_agreement(entry.get('recover_agreement'))}"
-                      for entry in sc["methods"].values() if entry.get("selection"))
-    lines = ["Checkpoints are chosen on meta-validation only; the step chosen, its meta-val accuracy, the group "
-             "sizes each method trained with, the mean online-recovery agreement (how often a teacher predicts the "
-             "label its recovered image was made for, over the run's online recoveries; n/a: no online recovery), "
-             "and the cell's times (seconds):", "",
-             "| method | seed | step chosen | meta-val accuracy | groups | recovery agreement | train s | evaluate s |",
-             "|---|---|---|---|---|---|---|---|", *rows, "",
-             f"Mean online-recovery agreement over the seeds: {means}.", ""]
+    means = "; ".join(
+        f"{entry['label']} {_agreement(entry.get('recover_agreement'))}"
+        for entry in sc["methods"].values()
+        if entry.get("selection")
+    )
+    lines = [
+        "Checkpoints are chosen on meta-validation only; the step chosen, its meta-val accuracy, the group "
+        "sizes each method trained with, the mean online-recovery agreement (how often a teacher predicts the "
+        "label its recovered image was made for, over the run's online recoveries; n/a: no online recovery), "
+        "and the cell's times (seconds):",
+        "",
+        "| method | seed | step chosen | meta-val accuracy | groups | recovery agreement | train s | evaluate s |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Mean online-recovery agreement over the seeds: {means}.",
+        "",
+    ]
     prepare = sc.get("prepare", {})
     if prepare:
-        lines += ["Shared per seed (seconds): " + "; ".join(
-            f"seed {seed}: " + ", ".join(f"{k} {v:.0f}" for k, v in p["timings_s"].items())
-            for seed, p in prepare.items()), ""]
+        lines += [
+            "Shared per seed (seconds): "
+            + "; ".join(
+                f"seed {seed}: " + ", ".join(f"{k} {v:.0f}" for k, v in p["timings_s"].items())
+                for seed, p in prepare.items()
+            ),
+            "",
+        ]
     return lines
 
 
@@ -930,23 +1077,36 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The report's tables (results.md)."""
     ref = report["reference"]
     ev = report["eval"]
-    lines = [f"# Benchmark: {ev['way']}-way meta-test accuracy (%), learner {report['learner']}, "
-             f"preset {report['preset']}", ""]
+    lines = [
+        f"# Benchmark: {ev['way']}-way meta-test accuracy (%), learner {report['learner']}, preset {report['preset']}",
+        "",
+    ]
     for name, sc in report["scenarios"].items():
         desc = sc["scenario"]
-        where = (f"pool {desc['pool_list']}" if desc.get("pool_list")
-                 else f"domains {', '.join(desc['domains'])} × archs {', '.join(desc['archs'])}")
+        where = (
+            f"pool {desc['pool_list']}"
+            if desc.get("pool_list")
+            else f"domains {', '.join(desc['domains'])} × archs {', '.join(desc['archs'])}"
+        )
         if desc.get("min_teachers") or desc.get("way"):
-            where += (f" (at least {desc.get('min_teachers') or 1} teachers"
-                      + (f", {desc['way']} classes each" if desc.get("way") else "") + ")")
+            where += (
+                f" (at least {desc.get('min_teachers') or 1} teachers"
+                + (f", {desc['way']} classes each" if desc.get("way") else "")
+                + ")"
+            )
         if desc.get("eval_domains"):
             where += f"; meta-validation and meta-test on {', '.join(desc['eval_domains'])} only"
         seeds = sc["seeds"]
-        lines += [f"## {name}: {where}; seeds {', '.join(map(str, seeds))}; {ev['episodes']} episodes per seed, "
-                  f"{ev['query']} queries per class", ""]
+        lines += [
+            f"## {name}: {where}; seeds {', '.join(map(str, seeds))}; {ev['episodes']} episodes per seed, "
+            f"{ev['query']} queries per class",
+            "",
+        ]
         shots = [f"{s}shot" for s in ev["shots"]]
         ref_label = METHODS[ref].label
-        header = "| method | " + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots) + " |"
+        header = (
+            "| method | " + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots) + " |"
+        )
         lines += [header, "|---|" + "---|---|" * len(shots)]
         for method, entry in sc["methods"].items():
             cells = []
@@ -965,19 +1125,28 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
         lines.append("")
         lines += _noise_floor_lines(sc, shots)  # beside the differences it is the yardstick of
-        lines.append(f"Accuracy: mean over all episodes of the seeds listed ± 1.96·std/√n over those episodes "
-                     f"(episode sampling only); '(seeds ± h)': 95% t-interval over the seed means (covers the pool, "
-                     f"recovery, training and episode set of each seed). − {ref_label}: the paired difference on "
-                     f"identical episodes, in points; "
-                     + ("95% t-interval and p-value over the seeds' mean paired differences (df = seeds − 1)."
-                        if len(seeds) > 1 else "95% paired-t interval and p-value over the episodes (df = episodes − 1)."))
+        lines.append(
+            f"Accuracy: mean over all episodes of the seeds listed ± 1.96·std/√n over those episodes "
+            f"(episode sampling only); '(seeds ± h)': 95% t-interval over the seed means (covers the pool, "
+            f"recovery, training and episode set of each seed). − {ref_label}: the paired difference on "
+            f"identical episodes, in points; "
+            + (
+                "95% t-interval and p-value over the seeds' mean paired differences (df = seeds − 1)."
+                if len(seeds) > 1
+                else "95% paired-t interval and p-value over the episodes (df = episodes − 1)."
+            )
+        )
         lines.append("")
         if len(seeds) > 1:
-            lines += [f"Per seed: accuracy ± 1.96·std/√n over that seed's episodes, and the paired difference "
-                      f"− {ref_label} on them (95% paired-t interval, p-value; df = episodes − 1):", "",
-                      "| method | seed | " + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}"
-                                                        for s in shots) + " |",
-                      "|---|---|" + "---|---|" * len(shots)]
+            lines += [
+                f"Per seed: accuracy ± 1.96·std/√n over that seed's episodes, and the paired difference "
+                f"− {ref_label} on them (95% paired-t interval, p-value; df = episodes − 1):",
+                "",
+                "| method | seed | "
+                + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots)
+                + " |",
+                "|---|---|" + "---|---|" * len(shots),
+            ]
             for method, entry in sc["methods"].items():
                 for seed in entry["seeds"]:
                     cells = []
@@ -1010,6 +1179,10 @@ def write_report(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
     if any(sc["methods"] for sc in report["scenarios"].values()):
         plot_benchmark(report, out / "results.png")
     if report["missing_cells"]:
-        logger.warning("benchmark report covers the finished cells only; %d cells are not done (other shards, or "
-                       "rerun the same command): %s", len(report["missing_cells"]), ", ".join(report["missing_cells"]))
+        logger.warning(
+            "benchmark report covers the finished cells only; %d cells are not done (other shards, or "
+            "rerun the same command): %s",
+            len(report["missing_cells"]),
+            ", ".join(report["missing_cells"]),
+        )
     return report

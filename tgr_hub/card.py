@@ -224,8 +224,15 @@ def _run_files(run_or_model_folder: str | Path) -> tuple[Path, dict[str, Any], d
     model_folder = find_meta_model_folder(run)
     tgr = _read_json(model_folder / TGR_CONFIG_NAME) or _read_json(run / TGR_CONFIG_NAME)
     config = _read_json(model_folder / "config.json")
-    figures = sorted({p.name for folder in (model_folder, run) for pattern in ("*.png", "figures/*.png")
-                      for p in folder.glob(pattern) if ".tmp" not in p.name})
+    figures = sorted(
+        {
+            p.name
+            for folder in (model_folder, run)
+            for pattern in ("*.png", "figures/*.png")
+            for p in folder.glob(pattern)
+            if ".tmp" not in p.name
+        }
+    )
     return model_folder, tgr, config, figures
 
 
@@ -277,12 +284,19 @@ def eval_results_from_metrics(tgr: dict[str, Any], splits: tuple[str, ...] = ("t
                 name += f", ±{ci:.2f} 95% CI"
             if episodes:
                 name += f" over {episodes} episodes"
-            results.append(EvalResult(
-                task_type="image-classification", task_name=f"{way}-way {shot}-shot image classification",
-                dataset_type=dataset, dataset_name=f"{dataset_name}, meta-{split} classes",
-                dataset_config=f"{way}-way-{shot}-shot", dataset_split=split,
-                metric_type="accuracy", metric_value=round(mean, 2), metric_name=name,
-            ))
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name=f"{way}-way {shot}-shot image classification",
+                    dataset_type=dataset,
+                    dataset_name=f"{dataset_name}, meta-{split} classes",
+                    dataset_config=f"{way}-way-{shot}-shot",
+                    dataset_split=split,
+                    metric_type="accuracy",
+                    metric_value=round(mean, 2),
+                    metric_name=name,
+                )
+            )
     return results
 
 
@@ -323,8 +337,10 @@ def _pool_table(tgr: dict[str, Any]) -> str:
     members = RunRecord.from_dict(tgr).pool_members
     if not members:
         return "   (the pool is not recorded in tgr_config.json)"
-    lines = ["   | # | teacher | source | commit | architecture | classes | input |",
-             "   |---|---|---|---|---|---|---|"]
+    lines = [
+        "   | # | teacher | source | commit | architecture | classes | input |",
+        "   |---|---|---|---|---|---|---|",
+    ]
     for index, member in enumerate(members):
         repo_id = member.repo_id
         source = f"[{_md(repo_id)}](https://huggingface.co/{repo_id})" if repo_id else f"`{_md(member.source)}`"
@@ -333,13 +349,16 @@ def _pool_table(tgr: dict[str, Any]) -> str:
         classes: Any = member.num_classes
         if labels:
             described = member.label_descriptions
-            shown = ", ".join(f"{label} ({described[label]})" if described.get(label) else str(label)
-                              for label in labels[:5]) + (", …" if len(labels) > 5 else "")
+            shown = ", ".join(
+                f"{label} ({described[label]})" if described.get(label) else str(label) for label in labels[:5]
+            ) + (", …" if len(labels) > 5 else "")
             classes = f"{classes} ({_md(shown)})"
         size = member.input_size
         size_text = f"{size[-2]}×{size[-1]}" if len(size) >= 2 else ""
-        lines.append(f"   | {index} | {_md(member.name or index)} | {source} | {commit} | "
-                     f"`{_md(member.architecture)}` | {classes} | {size_text} |")
+        lines.append(
+            f"   | {index} | {_md(member.name or index)} | {source} | {commit} | "
+            f"`{_md(member.architecture)}` | {classes} | {size_text} |"
+        )
     return "\n".join(lines)
 
 
@@ -356,18 +375,30 @@ def _results(tgr: dict[str, Any]) -> str:
     for split, title in (("test", "meta-test"), ("val", "meta-validation")):
         for shot, mean, ci, raw in _shot_results(metrics.get(split)):
             way = int(raw.get("way") or eval_cfg.get("way") or 5)
-            default_episodes = eval_cfg.get("episodes") if split == "test" else (tgr.get("train") or {}).get("val_episodes")
+            default_episodes = (
+                eval_cfg.get("episodes") if split == "test" else (tgr.get("train") or {}).get("val_episodes")
+            )
             episodes = raw.get("episodes") or default_episodes or ""
             ci_text = f"± {ci:.2f}" if ci is not None else ""
             lines.append(f"| {title} | {way}-way {shot}-shot | {mean:.2f} | {ci_text} | {episodes} |")
     if not lines:
         return "No evaluation was recorded for this model."
-    head = [f"Accuracy (%) on few-shot episodes of unseen classes of {dataset_name}, with 95% confidence intervals:",
-            "", "| split | task | accuracy | 95% CI | episodes |", "|---|---|---|---|---|"]
+    head = [
+        f"Accuracy (%) on few-shot episodes of unseen classes of {dataset_name}, with 95% confidence intervals:",
+        "",
+        "| split | task | accuracy | 95% CI | episodes |",
+        "|---|---|---|---|---|",
+    ]
     baselines = metrics.get("baselines")
     tail = []
     if isinstance(baselines, dict) and baselines:
-        tail = ["", "Baselines on the same episodes:", "", "| baseline | task | accuracy | 95% CI |", "|---|---|---|---|"]
+        tail = [
+            "",
+            "Baselines on the same episodes:",
+            "",
+            "| baseline | task | accuracy | 95% CI |",
+            "|---|---|---|---|",
+        ]
         for name, values in baselines.items():
             for shot, mean, ci, _ in _shot_results(values if isinstance(values, dict) else {}):
                 tail.append(f"| {_md(name)} | {shot}-shot | {mean:.2f} | {'± %.2f' % ci if ci is not None else ''} |")
@@ -376,13 +407,28 @@ def _results(tgr: dict[str, Any]) -> str:
 
 def _config_table(tgr: dict[str, Any]) -> str:
     keys = [
-        ("seed", "seed"), ("preset", "preset"), ("data.dataset", "benchmark"), ("data.image_size", "image size"),
-        ("train.arch", "backbone"), ("train.learner", "learner"), ("train.iterations", "iterations"),
-        ("train.teachers_per_step", "teachers per step"), ("train.beta", "IGR β"), ("train.igr_order", "IGR order"),
-        ("train.lr", "learning rate"), ("train.igr_loss", "IGR task loss"), ("train.distill_weight", "distillation weight"), ("train.replay", "replay"),
-        ("group.strategy", "grouping"), ("group.num_groups", "groups"), ("embed.method", "task embedding"),
-        ("recover.steps", "inversion steps"), ("recover.images_per_class", "images per class"),
-        ("eval.way", "eval way"), ("eval.shots", "eval shots"), ("eval.episodes", "eval episodes"),
+        ("seed", "seed"),
+        ("preset", "preset"),
+        ("data.dataset", "benchmark"),
+        ("data.image_size", "image size"),
+        ("train.arch", "backbone"),
+        ("train.learner", "learner"),
+        ("train.iterations", "iterations"),
+        ("train.teachers_per_step", "teachers per step"),
+        ("train.beta", "IGR β"),
+        ("train.igr_order", "IGR order"),
+        ("train.lr", "learning rate"),
+        ("train.igr_loss", "IGR task loss"),
+        ("train.distill_weight", "distillation weight"),
+        ("train.replay", "replay"),
+        ("group.strategy", "grouping"),
+        ("group.num_groups", "groups"),
+        ("embed.method", "task embedding"),
+        ("recover.steps", "inversion steps"),
+        ("recover.images_per_class", "images per class"),
+        ("eval.way", "eval way"),
+        ("eval.shots", "eval shots"),
+        ("eval.episodes", "eval episodes"),
     ]
     rows = ["| setting | value |", "|---|---|"]
     for dotted, title in keys:
@@ -425,23 +471,33 @@ def build_model_card(
     members = tgr.get("pool_members") or []
     dataset, dataset_name = _dataset(tgr)
     learner = (tgr.get("train") or {}).get("learner", "protonet")
-    facts = "\n".join([
-        "| | |", "|---|---|",
-        f"| Backbone | `{architecture}` (timm), {feature_dim}-d features, input {_size(config)} |",
-        f"| Learned from | {len(members)} pre-trained classifiers, without any of their training data |",
-        f"| Method | TGR: task groupings regularization ([Wei et al., ICML 2024]({PAPER_URL})) |",
-        f"| Adaptation | {learner} on 1 to 5 labelled examples per class |",
-        f"| Evaluated on | {dataset_name} |",
-    ] + ([f"| Demo | [{space_id}](https://huggingface.co/spaces/{space_id}) |"] if space_id else []))
+    facts = "\n".join(
+        [
+            "| | |",
+            "|---|---|",
+            f"| Backbone | `{architecture}` (timm), {feature_dim}-d features, input {_size(config)} |",
+            f"| Learned from | {len(members)} pre-trained classifiers, without any of their training data |",
+            f"| Method | TGR: task groupings regularization ([Wei et al., ICML 2024]({PAPER_URL})) |",
+            f"| Adaptation | {learner} on 1 to 5 labelled examples per class |",
+            f"| Evaluated on | {dataset_name} |",
+        ]
+        + ([f"| Demo | [{space_id}](https://huggingface.co/spaces/{space_id}) |"] if space_id else [])
+    )
     intro = (
         f"A few-shot image **meta-model**: given a handful of labelled images of classes it has never "
         f"seen, it adapts into a classifier for them. It was learned *data-free* by "
         f"tgr-hub from a pool of {len(members)} pre-trained classifiers "
-        f"(\"teachers\"), using Task Groupings Regularization (TGR). It is a timm `{architecture}` "
+        f'("teachers"), using Task Groupings Regularization (TGR). It is a timm `{architecture}` '
         f"backbone without a classification head: it maps an image to a {feature_dim}-d feature vector."
     )
-    space_line = (f"\nTry it in the browser: [{space_id}](https://huggingface.co/spaces/{space_id}) (define a few "
-                  "classes with your own images and classify new ones).") if space_id else ""
+    space_line = (
+        (
+            f"\nTry it in the browser: [{space_id}](https://huggingface.co/spaces/{space_id}) (define a few "
+            "classes with your own images and classify new ones)."
+        )
+        if space_id
+        else ""
+    )
     return ModelCard.from_template(
         model_card_data(tgr, repo_id, license=license),
         template_str=_META_TEMPLATE,
@@ -453,7 +509,9 @@ def build_model_card(
         pool_count=len(members),
         pool_table=_pool_table(tgr),
         groups=_groups(tgr),
-        heatmap=_image(figures, "dissimilarity.png", "Dissimilarity of the teachers' tasks, ordered and outlined by group"),
+        heatmap=_image(
+            figures, "dissimilarity.png", "Dissimilarity of the teachers' tasks, ordered and outlined by group"
+        ),
         curve=_image(figures, "training_curve.png", "Meta-training losses and meta-validation accuracy"),
         config_table=_config_table(tgr),
         config_json=_config_json(tgr),
@@ -489,8 +547,12 @@ def build_teacher_card(
         rows.append(f"| Domain | {_md(report['domain'])} |")
     if report.get("heldout_accuracy") is not None:
         rows.append(f"| Held-out accuracy | {_pct(report['heldout_accuracy']):.1f}% |")
-    data = ModelCardData(library_name="timm", license=license, pipeline_tag="image-classification",
-                         tags=["timm", "image-classification", "tgr", "tgr-teacher"])
+    data = ModelCardData(
+        library_name="timm",
+        license=license,
+        pipeline_tag="image-classification",
+        tags=["timm", "image-classification", "tgr", "tgr-teacher"],
+    )
     return ModelCard.from_template(
         data,
         template_str=_TEACHER_TEMPLATE,
@@ -524,18 +586,25 @@ def build_space_readme(app_dir: str | Path | None, space_id: str, model_id: str,
     except PackageNotFoundError:  # gradio not installed here: let the Space pick its default
         sdk_version = None
     existing.update(
-        sdk="gradio", app_file="app.py", models=[model_id], license=existing.get("license") or license,
+        sdk="gradio",
+        app_file="app.py",
+        models=[model_id],
+        license=existing.get("license") or license,
         title=existing.get("title") or f"{model_id.split('/')[-1]} few-shot demo",
-        emoji=existing.get("emoji") or "🔠", colorFrom=existing.get("colorFrom") or "indigo",
-        colorTo=existing.get("colorTo") or "blue", pinned=existing.get("pinned", False),
+        emoji=existing.get("emoji") or "🔠",
+        colorFrom=existing.get("colorFrom") or "indigo",
+        colorTo=existing.get("colorTo") or "blue",
+        pinned=existing.get("pinned", False),
         tags=sorted(set(existing.get("tags") or []) | {"few-shot", "tgr", "meta-learning"}),
         short_description=existing.get("short_description") or "Few-shot image classification with a TGR meta-model",
     )
     if sdk_version and not existing.get("sdk_version"):
         existing["sdk_version"] = sdk_version
     data = SpaceCardData(**existing)
-    body = body or (f"# Few-shot classification with `{model_id}`\n\n"
-                    f"Define a few classes with your own images and classify new ones with the meta-model "
-                    f"[{model_id}](https://huggingface.co/{model_id}).")
+    body = body or (
+        f"# Few-shot classification with `{model_id}`\n\n"
+        f"Define a few classes with your own images and classify new ones with the meta-model "
+        f"[{model_id}](https://huggingface.co/{model_id})."
+    )
     body += f"\n\nThis Space loads the meta-model `{model_id}` (Space variable `TGR_MODEL_ID`, also in `tgr_model_id.txt`).\n"
     return f"---\n{data.to_yaml()}\n---\n\n{body}"

@@ -91,7 +91,10 @@ class RecoverConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         _check(self.online_every >= 0, "recover.online_every must be >= 0 (0: no recovery during meta-training)")
-        _check(self.online_start in ("warm", "cold"), f"recover.online_start must be warm or cold, got {self.online_start!r}")
+        _check(
+            self.online_start in ("warm", "cold"),
+            f"recover.online_start must be warm or cold, got {self.online_start!r}",
+        )
         _check(self.online_steps >= 1, "recover.online_steps must be >= 1")
         _check(self.steps >= 1, "recover.steps must be >= 1")
         _check(self.images_per_class >= 2, "recover.images_per_class must be >= 2")
@@ -112,7 +115,9 @@ class EmbedConfig:
     epsilon: float = 1e-8
 
     def __post_init__(self) -> None:
-        _check(self.method in ("task2vec", "reference"), f"embed.method must be task2vec or reference, got {self.method!r}")
+        _check(
+            self.method in ("task2vec", "reference"), f"embed.method must be task2vec or reference, got {self.method!r}"
+        )
 
 
 @dataclass
@@ -185,21 +190,27 @@ class TrainConfig:
         _check(self.replay_max_steps >= self.replay_steps, "train.replay_max_steps must be >= train.replay_steps")
         _check(self.val_way >= 2 and self.val_query >= 1, "train.val_way must be >= 2 and train.val_query >= 1")
         _check(bool(self.val_shots) and all(s >= 1 for s in self.val_shots), "train.val_shots must be positive")
-        _check(self.igr_order in ("first", "second"), f"train.igr_order must be first or second, got {self.igr_order!r}")
+        _check(
+            self.igr_order in ("first", "second"), f"train.igr_order must be first or second, got {self.igr_order!r}"
+        )
         _check(self.iterations >= 0, "train.iterations must be >= 0")
         _check(self.teachers_per_step >= 1, "train.teachers_per_step must be >= 1")
         _check(self.beta >= 0, "train.beta must be >= 0")
         _check(self.eval_every >= 1, "train.eval_every must be >= 1")
-        _check(self.mixed_precision in ("no", "fp16", "bf16"),
-               f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        _check(
+            self.mixed_precision in ("no", "fp16", "bf16"),
+            f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}",
+        )
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: no checkpoints)")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
         _check(self.sync_check_every >= 0, "train.sync_check_every must be >= 0 (0: never)")
         # torch's batch_norm has no 3rd derivative: second-order IGR differentiates through
         # second-order MAML's inner-loop gradients, which needs one
-        _check(not (self.igr_order == "second" and self.learner == "maml" and not self.maml_first_order),
-               "train.igr_order=second cannot be combined with second-order MAML (train.maml_first_order=false): "
-               "BatchNorm has no 3rd derivative; use train.igr_order=first or train.maml_first_order=true")
+        _check(
+            not (self.igr_order == "second" and self.learner == "maml" and not self.maml_first_order),
+            "train.igr_order=second cannot be combined with second-order MAML (train.maml_first_order=false): "
+            "BatchNorm has no 3rd derivative; use train.igr_order=first or train.maml_first_order=true",
+        )
 
 
 @dataclass
@@ -250,19 +261,44 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # seconds: for tests
     "smoke": {
         "pool": {"teachers": 4, "epochs": 2, "domains": ["latin", "greek"], "archs": ["conv4"]},
-        "recover": {"steps": 8, "images_per_class": 6, "bank_size": 2, "generator_width": 16,
-                    "online_every": 1, "online_start": "warm", "online_steps": 2},
+        "recover": {
+            "steps": 8,
+            "images_per_class": 6,
+            "bank_size": 2,
+            "generator_width": 16,
+            "online_every": 1,
+            "online_start": "warm",
+            "online_steps": 2,
+        },
         "embed": {"head_steps": 5, "max_samples": 20},
         "group": {"num_groups": 2, "n_init": 5},
-        "train": {"iterations": 4, "teachers_per_step": 2, "replay_batch": 2, "replay_shot": 1,
-                  "replay_query": 2, "eval_every": 2, "val_episodes": 4, "val_query": 5, "inner_steps": 1},
+        "train": {
+            "iterations": 4,
+            "teachers_per_step": 2,
+            "replay_batch": 2,
+            "replay_shot": 1,
+            "replay_query": 2,
+            "eval_every": 2,
+            "val_episodes": 4,
+            "val_query": 5,
+            "inner_steps": 1,
+        },
         "eval": {"episodes": 10, "query": 5},
     },
     # minutes on a laptop CPU
     "quick": {
         "pool": {"teachers": 12},
-        "recover": {"steps": 40, "images_per_class": 12, "bank_size": 20, "generator_width": 64, "bn_weight": 0.02,
-                    "online_every": 10, "online_start": "warm", "online_steps": 5, "oversample": 1.5},
+        "recover": {
+            "steps": 40,
+            "images_per_class": 12,
+            "bank_size": 20,
+            "generator_width": 64,
+            "bn_weight": 0.02,
+            "online_every": 10,
+            "online_start": "warm",
+            "online_steps": 5,
+            "oversample": 1.5,
+        },
         "embed": {"head_steps": 30, "max_samples": 60},
         "group": {"num_groups": 3, "n_init": 10},
         "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 200},
@@ -274,8 +310,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the reference's schedule: ~1,200 rounds, each one IGR step on 4 freshly recovered tasks (a cold
         # 200-step recovery each, the recover defaults) then a replay loop of 16-episode batches, at least
         # 5, until the replay loss stops improving; a resumable checkpoint at every meta-validation
-        "train": {"learner": "maml", "iterations": 1200, "replay_steps": 5, "replay_patience": 1,
-                  "replay_max_steps": 50, "eval_every": 100, "val_episodes": 600, "checkpoint_every": 100},
+        "train": {
+            "learner": "maml",
+            "iterations": 1200,
+            "replay_steps": 5,
+            "replay_patience": 1,
+            "replay_max_steps": 50,
+            "eval_every": 100,
+            "val_episodes": 600,
+            "checkpoint_every": 100,
+        },
     },
 }
 
@@ -349,7 +393,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {where or 'config'}; known: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(sorted(unknown))} in {where or 'config'}; known: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -385,7 +431,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+        raise ConfigError(
+            f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -171,7 +171,7 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor], keys: Sequence[str]) -
     start = 0
     for k in keys:
         n = like[k].numel()
-        out[k] = vector[start:start + n].view(like[k].shape).to(like[k].dtype)
+        out[k] = vector[start : start + n].view(like[k].shape).to(like[k].dtype)
         start += n
     assert start == vector.numel(), "flat vector and layout disagree"
     return out
@@ -326,8 +326,9 @@ def clean_checkpoint_leftovers(folder: str | os.PathLike) -> list[Path]:
     for path in removed:
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
     if removed:
-        logger.info("removed %d incomplete checkpoint entr%s in %s", len(removed), "y" if len(removed) == 1 else "ies",
-                    folder)
+        logger.info(
+            "removed %d incomplete checkpoint entr%s in %s", len(removed), "y" if len(removed) == 1 else "ies", folder
+        )
     return removed
 
 
@@ -429,9 +430,23 @@ def launch_command(
         raise ConfigError(f"--num-processes must be >= 1, got {num_processes}")
     use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
     env = dict(os.environ)
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--machine_rank", "0", "--main_process_port", "0",
-            "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
+    argv = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--machine_rank",
+        "0",
+        "--main_process_port",
+        "0",
+        "--mixed_precision",
+        mixed_precision,
+        "--dynamo_backend",
+        "no",
+    ]
     if num_processes > 1:
         argv.append("--multi_gpu")  # torchrun-style launcher; with ACCELERATE_USE_CPU it forms a gloo group
     if use_cpu:
@@ -442,8 +457,10 @@ def launch_command(
         argv += ["--num_cpu_threads_per_process", str(threads_per_process)]
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: keep gloo on the loopback interface
     elif torch.cuda.is_available() and num_processes > torch.cuda.device_count():
-        raise ConfigError(f"--num-processes {num_processes} but only {torch.cuda.device_count()} GPU(s) are visible",
-                          hint="use at most one process per GPU")
+        raise ConfigError(
+            f"--num-processes {num_processes} but only {torch.cuda.device_count()} GPU(s) are visible",
+            hint="use at most one process per GPU",
+        )
     argv += ["-m", "tgr_hub.cli", *module_args]
     return argv, env
 

@@ -105,8 +105,15 @@ class _Prepared:
         return out
 
 
-def _check_inputs(images: Tensor, labels: Tensor | None, num_classes: int, method: str, chunk_size: int,
-                  head_steps: int, mc_samples: int) -> None:
+def _check_inputs(
+    images: Tensor,
+    labels: Tensor | None,
+    num_classes: int,
+    method: str,
+    chunk_size: int,
+    head_steps: int,
+    mc_samples: int,
+) -> None:
     if method not in ("task2vec", "reference"):
         raise EmbeddingError(f"unknown Fisher method {method!r}", hint="use 'task2vec' or 'reference'")
     if not isinstance(images, Tensor) or images.dim() != 4:
@@ -115,8 +122,9 @@ def _check_inputs(images: Tensor, labels: Tensor | None, num_classes: int, metho
     if images.shape[0] == 0:
         raise EmbeddingError("no images to embed", hint="the pseudo-task is empty")
     if not images.is_floating_point():
-        raise EmbeddingError(f"images must be float in [0, 1], got dtype {images.dtype}",
-                             hint="convert uint8 images with .float() / 255")
+        raise EmbeddingError(
+            f"images must be float in [0, 1], got dtype {images.dtype}", hint="convert uint8 images with .float() / 255"
+        )
     if num_classes < 1:
         raise EmbeddingError(f"num_classes must be >= 1, got {num_classes}")
     if chunk_size < 1:
@@ -368,9 +376,20 @@ def fisher_diagonal(
         EmbeddingError: Bad shapes, dtypes, label range, or a probe not returning ``[B, D]``.
     """
     with _EvalMode(probe):
-        prep = _prepare(probe, images, labels, method=method, num_classes=num_classes, head_steps=head_steps,
-                        head_l2=head_l2, seed=seed, chunk_size=chunk_size, mc_samples=mc_samples,
-                        include_head=include_head, param_filter=param_filter)
+        prep = _prepare(
+            probe,
+            images,
+            labels,
+            method=method,
+            num_classes=num_classes,
+            head_steps=head_steps,
+            head_l2=head_l2,
+            seed=seed,
+            chunk_size=chunk_size,
+            mc_samples=mc_samples,
+            include_head=include_head,
+            param_filter=param_filter,
+        )
         if method == "reference":
             sq_sum, count = _reference_fisher(probe, prep, chunk_size, progress)
             return _finalise(sq_sum, count, per_filter)
@@ -387,8 +406,9 @@ def fisher_diagonal(
         n = prep.images.shape[0]
         for start in progress_bar(range(0, n, chunk_size), desc="fisher", disable=not progress, leave=False):
             with torch.enable_grad():
-                grads = per_sample_grad(gparams, prep.images[start : start + chunk_size],
-                                        prep.targets[start : start + chunk_size])
+                grads = per_sample_grad(
+                    gparams, prep.images[start : start + chunk_size], prep.targets[start : start + chunk_size]
+                )
             for k, g in grads.items():
                 sq_sum[k] += (g.detach() ** 2).sum(dim=0)
         return _finalise(sq_sum, n, per_filter)
@@ -421,9 +441,20 @@ def fisher_diagonal_loop(
     and benchmarks. ``"reference"`` is batch-level by definition and shares its implementation.
     """
     with _EvalMode(probe):
-        prep = _prepare(probe, images, labels, method=method, num_classes=num_classes, head_steps=head_steps,
-                        head_l2=head_l2, seed=seed, chunk_size=chunk_size, mc_samples=mc_samples,
-                        include_head=include_head, param_filter=param_filter)
+        prep = _prepare(
+            probe,
+            images,
+            labels,
+            method=method,
+            num_classes=num_classes,
+            head_steps=head_steps,
+            head_l2=head_l2,
+            seed=seed,
+            chunk_size=chunk_size,
+            mc_samples=mc_samples,
+            include_head=include_head,
+            param_filter=param_filter,
+        )
         if method == "reference":
             sq_sum, count = _reference_fisher(probe, prep, chunk_size, progress)
             return _finalise(sq_sum, count, per_filter)
@@ -485,11 +516,14 @@ def dissimilarity_matrix(embeddings: list[Mapping[str, Tensor]], eps: float = 1e
         rows = []
         for i, emb in enumerate(embeddings):
             if sorted(emb) != keys:
-                raise EmbeddingError(f"embedding {i} has different parameter names than embedding 0",
-                                     hint="embed every teacher with the same probe and options")
+                raise EmbeddingError(
+                    f"embedding {i} has different parameter names than embedding 0",
+                    hint="embed every teacher with the same probe and options",
+                )
             if emb[k].shape != embeddings[0][k].shape:
-                raise EmbeddingError(f"embedding {i}: {k} has shape {tuple(emb[k].shape)}, "
-                                     f"expected {tuple(embeddings[0][k].shape)}")
+                raise EmbeddingError(
+                    f"embedding {i}: {k} has shape {tuple(emb[k].shape)}, expected {tuple(embeddings[0][k].shape)}"
+                )
             rows.append(emb[k].detach().reshape(-1).double().cpu())
         mat = torch.stack(rows)
         if not torch.isfinite(mat).all() or (mat < 0).any():
@@ -505,8 +539,11 @@ def dissimilarity_matrix(embeddings: list[Mapping[str, Tensor]], eps: float = 1e
             b = mat / denom
             na, nb = a.norm(dim=1), b.norm(dim=1)
             dot = (a * b).sum(dim=1)
-            cos = torch.where(na * nb > 0, dot / (na * nb).clamp_min(torch.finfo(torch.float64).tiny),
-                              ((na == 0) & (nb == 0)).double())
+            cos = torch.where(
+                na * nb > 0,
+                dot / (na * nb).clamp_min(torch.finfo(torch.float64).tiny),
+                ((na == 0) & (nb == 0)).double(),
+            )
             dist[i] += 1.0 - cos.clamp(0.0, 1.0)
     dist /= len(stacked)
     # Exact symmetry and zero diagonal (the formula has both; rounding may not).

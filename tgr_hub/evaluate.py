@@ -120,9 +120,15 @@ def eval_settings(cfg: EvalConfig, trained_with: str) -> dict[str, Any]:
     of ``tgr-hub train``, every method and baseline of the benchmark and so the quickstart) uses
     these; ``tgr-hub evaluate`` takes the same settings from its own flags instead.
     """
-    return {"way": cfg.way, "shots": list(cfg.shots), "query": cfg.query, "episodes": cfg.episodes,
-            "learner": trained_with if cfg.method == "auto" else cfg.method, "inner_steps": cfg.inner_steps,
-            "inner_lr": cfg.inner_lr}
+    return {
+        "way": cfg.way,
+        "shots": list(cfg.shots),
+        "query": cfg.query,
+        "episodes": cfg.episodes,
+        "learner": trained_with if cfg.method == "auto" else cfg.method,
+        "inner_steps": cfg.inner_steps,
+        "inner_lr": cfg.inner_lr,
+    }
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -199,10 +205,10 @@ def evaluate_model(
     device = _model_device(model)
     results: dict[str, dict[str, Any]] = {}
     label = f"{desc} ({method})" if episode_lists is not None else f"{desc} {way}-way ({method})"
-    shares = {shot: (dist.shard(count) if dist is not None else list(range(count)))
-              for shot, count in counts.items()}
-    bar = progress_bar(total=sum(len(mine) for mine in shares.values()), desc=label, disable=not progress,
-                       unit="ep", leave=False)
+    shares = {shot: (dist.shard(count) if dist is not None else list(range(count))) for shot, count in counts.items()}
+    bar = progress_bar(
+        total=sum(len(mine) for mine in shares.values()), desc=label, disable=not progress, unit="ep", leave=False
+    )
     try:
         for shot, source in sources.items():
             episodes = counts[shot]
@@ -216,8 +222,9 @@ def evaluate_model(
                     episode = source.episode(index)
                 classifier = adapt_with.adapt(model, episode.support_x.to(device), episode.support_y.to(device))
                 predicted = classifier.predict(episode.query_x.to(device))
-                rows[index] = torch.tensor([float((predicted.cpu() == episode.query_y).double().mean())],
-                                           dtype=torch.float64)
+                rows[index] = torch.tensor(
+                    [float((predicted.cpu() == episode.query_y).double().mean())], dtype=torch.float64
+                )
                 bar.update(1)
             if dist is not None:
                 accuracies = dist.gather_rows(rows, episodes, 1, torch.float64)[:, 0].cpu().numpy()
@@ -227,15 +234,28 @@ def evaluate_model(
             mean, ci95 = confidence_interval(accuracies)
             key = f"{shot}shot"
             results[key] = {
-                "mean": mean, "ci95": ci95, "std": float(accuracies.std()), "episodes": episodes,
-                "way": way, "shot": shot, "query": query, "method": method,
+                "mean": mean,
+                "ci95": ci95,
+                "std": float(accuracies.std()),
+                "episodes": episodes,
+                "way": way,
+                "shot": shot,
+                "query": query,
+                "method": method,
             }
             if method == "finetune":
                 results[key].update(inner_steps=int(inner_steps), inner_lr=float(inner_lr))
             if keep_accuracies:
                 results[key]["accuracies"] = accuracies.tolist()
-            logger.debug("%d-way %d-shot (%s): %.2f%% +- %.2f%% over %d episodes",
-                        way, shot, method, 100 * mean, 100 * ci95, episodes)
+            logger.debug(
+                "%d-way %d-shot (%s): %.2f%% +- %.2f%% over %d episodes",
+                way,
+                shot,
+                method,
+                100 * mean,
+                100 * ci95,
+                episodes,
+            )
     finally:
         bar.close()
     return results
@@ -301,7 +321,9 @@ def average_baseline(members: Sequence[Any]) -> MetaModel:
     if ignored:
         logger.warning(
             "average baseline: averaging %d %s teachers; ignoring %d teacher(s) of other architectures/shapes: %s",
-            len(chosen), best[0], len(ignored),
+            len(chosen),
+            best[0],
+            len(ignored),
             ", ".join(f"{members[i].name} ({members[i].architecture})" for i in ignored),
         )
     averaged: dict[str, torch.Tensor] = {}
@@ -317,7 +339,9 @@ def average_baseline(members: Sequence[Any]) -> MetaModel:
     try:
         backbone.load_state_dict(averaged, strict=True)
     except RuntimeError as error:
-        raise EvaluationError(f"cannot rebuild a {lead.architecture} backbone from the averaged teachers: {error}") from None
+        raise EvaluationError(
+            f"cannot rebuild a {lead.architecture} backbone from the averaged teachers: {error}"
+        ) from None
     backbone.requires_grad_(True)
     model = MetaModel(
         backbone,
@@ -328,6 +352,10 @@ def average_baseline(members: Sequence[Any]) -> MetaModel:
         model_args=dict(getattr(lead, "config", {}).get("model_args") or {}),
     )
     model.eval()
-    logger.info("average baseline: %d %s teachers averaged (%s)", len(chosen), lead.architecture,
-                ", ".join(members[i].name for i in chosen))
+    logger.info(
+        "average baseline: %d %s teachers averaged (%s)",
+        len(chosen),
+        lead.architecture,
+        ", ".join(members[i].name for i in chosen),
+    )
     return model

@@ -40,10 +40,14 @@ def plot_dissimilarity(
     ax.set_yticks(range(len(order)), [names[i] for i in order], fontsize=7)
     start = 0
     for index, group in enumerate(groups):
-        ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(group), len(group),
-                                   fill=False, edgecolor="white", linewidth=2))
-        ax.text(start - 0.4, start - 0.4, f"G{index}", color="white", ha="left", va="top", fontsize=8,
-                fontweight="bold")
+        ax.add_patch(
+            plt.Rectangle(
+                (start - 0.5, start - 0.5), len(group), len(group), fill=False, edgecolor="white", linewidth=2
+            )
+        )
+        ax.text(
+            start - 0.4, start - 0.4, f"G{index}", color="white", ha="left", va="top", fontsize=8, fontweight="bold"
+        )
         start += len(group)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="1 - normalised cosine")
     ax.set_title(title, fontsize=10)
@@ -62,9 +66,12 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str 
     accuracies = {k: v for k, v in history.items() if "acc" in k and v and k not in recovery}
     agreement = {k: v for k, v in recovery.items() if "agreement" in k}
     recovery_scales = {k: v for k, v in recovery.items() if k not in agreement}
-    titled = [(losses, "losses", True), (accuracies, "meta-validation accuracy", False),
-              (agreement, "recovery: teacher agrees with intended label", False),
-              (recovery_scales, "recovery: BN loss, CE, feature diversity", True)]
+    titled = [
+        (losses, "losses", True),
+        (accuracies, "meta-validation accuracy", False),
+        (agreement, "recovery: teacher agrees with intended label", False),
+        (recovery_scales, "recovery: BN loss, CE, feature diversity", True),
+    ]
     panels = [(p, title, log) for p, title, log in titled if p]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 3.8), squeeze=False)
     for ax, (panel, title, log) in zip(axes[0], panels):
@@ -118,7 +125,11 @@ def plot_benchmark(report: dict, path: str | Path) -> None:
             ys, xs, lows, highs = [], [], [], []
             for j, m in enumerate(others):
                 pair = sc["paired"][m]
-                d = pair[shot]["across_seeds"] if len(pair["seeds"]) > 1 else pair[shot]["per_seed"][str(pair["seeds"][0])]
+                d = (
+                    pair[shot]["across_seeds"]
+                    if len(pair["seeds"]) > 1
+                    else pair[shot]["per_seed"][str(pair["seeds"][0])]
+                )
                 if d["low"] is None:
                     continue
                 ys.append(j + (k - (len(shots) - 1) / 2) * width)
@@ -128,35 +139,56 @@ def plot_benchmark(report: dict, path: str | Path) -> None:
             bars = ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", capsize=3, label=f"{shot[:-4]}-shot")
             floor = sc.get("noise_floor")
             if floor:  # ERM − ERM (another training seed): what a difference must exceed to mean anything
-                f = floor[shot]["across_seeds"] if len(floor["seeds"]) > 1 else \
-                    floor[shot]["per_seed"][str(floor["seeds"][0])]
+                f = (
+                    floor[shot]["across_seeds"]
+                    if len(floor["seeds"]) > 1
+                    else floor[shot]["per_seed"][str(floor["seeds"][0])]
+                )
                 if f["low"] is not None:
-                    ax.axvspan(100 * f["low"], 100 * f["high"], color=bars.lines[0].get_color(), alpha=0.12,
-                               label=f"noise floor (ERM − ERM), {shot[:-4]}-shot")
+                    ax.axvspan(
+                        100 * f["low"],
+                        100 * f["high"],
+                        color=bars.lines[0].get_color(),
+                        alpha=0.12,
+                        label=f"noise floor (ERM − ERM), {shot[:-4]}-shot",
+                    )
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks(np.arange(len(others)), [sc["methods"][m]["label"] for m in others], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(f"paired difference from {sc['methods'].get(ref, {}).get('label', ref)} (points)")
-        ax.set_title(f"{name}: − reference, 95% CI ({'over seeds' if several else 'paired t over episodes'})",
-                     fontsize=9)
+        ax.set_title(
+            f"{name}: − reference, 95% CI ({'over seeds' if several else 'paired t over episodes'})", fontsize=9
+        )
         ax.legend(fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
 
 
-def _heatmap(ax: plt.Axes, matrix: np.ndarray, names: Sequence[str], title: str, label: str,
-             vmax: float | None = None) -> None:
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0.0,
-                      vmax=vmax if vmax is not None else max(float(np.nanmax(matrix)) if matrix.size else 1.0, 1e-12))
+def _heatmap(
+    ax: plt.Axes, matrix: np.ndarray, names: Sequence[str], title: str, label: str, vmax: float | None = None
+) -> None:
+    image = ax.imshow(
+        np.ma.masked_invalid(matrix),
+        cmap="viridis",
+        vmin=0.0,
+        vmax=vmax if vmax is not None else max(float(np.nanmax(matrix)) if matrix.size else 1.0, 1e-12),
+    )
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_title(title, fontsize=10)
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
 
 
-def plot_cka(cka: np.ndarray, dissimilarity: np.ndarray, names: Sequence[str], path: str | Path, *,
-             rho: float | None = None, source: str = "recovered") -> None:
+def plot_cka(
+    cka: np.ndarray,
+    dissimilarity: np.ndarray,
+    names: Sequence[str],
+    path: str | Path,
+    *,
+    rho: float | None = None,
+    source: str = "recovered",
+) -> None:
     """Linear CKA between teachers beside their Fisher dissimilarity, and 1 − CKA against the dissimilarity.
 
     Args:
@@ -191,11 +223,20 @@ def plot_fisher_validation(result: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     pairs = result["pairs"]
     ax = axes[0]
-    for same, colour, label in ((True, "tab:blue", "same architecture"), (False, "tab:orange", "different architectures")):
+    for same, colour, label in (
+        (True, "tab:blue", "same architecture"),
+        (False, "tab:orange", "different architectures"),
+    ):
         chosen = [p for p in pairs if p["same_architecture"] is same]
         if chosen:
-            ax.scatter([p["overlap"] for p in chosen], [p["dissimilarity"] for p in chosen], s=14, alpha=0.6,
-                       color=colour, label=label)
+            ax.scatter(
+                [p["overlap"] for p in chosen],
+                [p["dissimilarity"] for p in chosen],
+                s=14,
+                alpha=0.6,
+                color=colour,
+                label=label,
+            )
     levels = result["by_overlap"]
     ax.plot([lv["overlap"] for lv in levels], [lv["mean"] for lv in levels], color="black", marker="o", label="mean")
     rho = result["spearman"]["rho"]
@@ -205,9 +246,13 @@ def plot_fisher_validation(result: dict, path: str | Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax = axes[1]
-    bars = [("within domain", result["domain_means"]["within"]), ("within, disjoint", result["domain_means"]["within_disjoint"]),
-            ("cross domain", result["domain_means"]["cross"]), ("same classes,\nsame arch", result["architecture"]["same"]),
-            ("same classes,\ncross arch", result["architecture"]["cross"])]
+    bars = [
+        ("within domain", result["domain_means"]["within"]),
+        ("within, disjoint", result["domain_means"]["within_disjoint"]),
+        ("cross domain", result["domain_means"]["cross"]),
+        ("same classes,\nsame arch", result["architecture"]["same"]),
+        ("same classes,\ncross arch", result["architecture"]["cross"]),
+    ]
     ax.bar(range(len(bars)), [b["mean"] if b["mean"] is not None else 0.0 for _, b in bars], color="tab:green")
     ax.set_xticks(range(len(bars)), [f"{name}\n({b['pairs']} pairs)" for name, b in bars], fontsize=7)
     ax.set_ylabel("mean Fisher dissimilarity")
@@ -219,8 +264,11 @@ def plot_fisher_validation(result: dict, path: str | Path) -> None:
     ax.set_xticks(range(len(stability["seeds"])), stability["seeds"], fontsize=7)
     ax.set_yticks(range(len(stability["seeds"])), stability["seeds"], fontsize=7)
     ax.set_xlabel("clustering seed")
-    ax.set_title(f"grouping stability: ARI mean {stability['ari_mean']:.2f}, min {stability['ari_min']:.2f}\n"
-                 f"group sizes (seed {stability['seeds'][0]}): {result['group_sizes'][0]}", fontsize=9)
+    ax.set_title(
+        f"grouping stability: ARI mean {stability['ari_mean']:.2f}, min {stability['ari_min']:.2f}\n"
+        f"group sizes (seed {stability['seeds'][0]}): {result['group_sizes'][0]}",
+        fontsize=9,
+    )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="adjusted Rand index")
     fig.tight_layout()
     _save(fig, path)
@@ -237,8 +285,11 @@ def plot_gradient_dynamics(result: dict, path: str | Path) -> None:
         path: the PNG.
     """
     colours = {"erm": "tab:gray", "tgr": "tab:red", "igr": "tab:blue", "groups": "tab:green"}
-    panels = [("P", "P = (1/2m) Σ‖g_i − ḡ‖²", True), ("cosine", "mean pairwise cosine of g_i", False),
-              ("relative_spread", "relative spread mean‖g_i − ḡ‖ / ‖ḡ‖", False)]
+    panels = [
+        ("P", "P = (1/2m) Σ‖g_i − ḡ‖²", True),
+        ("cosine", "mean pairwise cosine of g_i", False),
+        ("relative_spread", "relative spread mean‖g_i − ḡ‖ / ‖ḡ‖", False),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8))
     probe = result.get("probe", {})
     for ax, (key, title, log) in zip(axes, panels):
@@ -249,15 +300,24 @@ def plot_gradient_dynamics(result: dict, path: str | Path) -> None:
             steps, values = zip(*points)
             count = len(trace["groups"])
             label = f"{method} (β={trace['beta']:g}, {count} group{'s' if count != 1 else ''})"
-            ax.plot(steps, values, label=label, color=colours.get(method), marker="o" if len(points) < 30 else None,
-                    markersize=3)
+            ax.plot(
+                steps,
+                values,
+                label=label,
+                color=colours.get(method),
+                marker="o" if len(points) < 30 else None,
+                markersize=3,
+            )
         if log and any(v is not None and v > 0 for trace in result["methods"].values() for v in trace[key]):
             ax.set_yscale("log")
         ax.set_xlabel("meta-training step")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"task gradients on a fixed probe ({probe.get('groups')} groups of {probe.get('tasks_per_group')} "
-                 f"tasks, {probe.get('kind')} loss)", fontsize=10)
+    fig.suptitle(
+        f"task gradients on a fixed probe ({probe.get('groups')} groups of {probe.get('tasks_per_group')} "
+        f"tasks, {probe.get('kind')} loss)",
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, path)

@@ -50,14 +50,15 @@ def _as_matrix(dissimilarity: Tensor | np.ndarray) -> np.ndarray:
     if mat.shape[0] == 0:
         raise GroupingError("the dissimilarity matrix is empty: there are no teachers to group")
     if not np.isfinite(mat).all():
-        raise GroupingError("the dissimilarity matrix has NaN or infinite entries",
-                            hint="check the Fisher embeddings for overflow or empty tasks")
+        raise GroupingError(
+            "the dissimilarity matrix has NaN or infinite entries",
+            hint="check the Fisher embeddings for overflow or empty tasks",
+        )
     if (mat < 0).any():
         raise GroupingError(f"the dissimilarity matrix has negative entries (min {mat.min():.3g})")
     scale = max(float(np.abs(mat).max()), 1.0)
     if not np.allclose(mat, mat.T, rtol=0.0, atol=1e-6 * scale):
-        raise GroupingError("the dissimilarity matrix is not symmetric",
-                            hint="symmetrise it, e.g. (D + D.T) / 2")
+        raise GroupingError("the dissimilarity matrix is not symmetric", hint="symmetrise it, e.g. (D + D.T) / 2")
     return 0.5 * (mat + mat.T)  # remove rounding-level asymmetry before sklearn sees it
 
 
@@ -152,8 +153,11 @@ def group_teachers(
         return _random_groups(n, num_groups, seed)
 
     if not mat.any():
-        logger.warning("the dissimilarity matrix is all zeros (identical tasks?): spectral clustering has "
-                       "nothing to go on, falling back to random groups (seed %d)", seed)
+        logger.warning(
+            "the dissimilarity matrix is all zeros (identical tasks?): spectral clustering has "
+            "nothing to go on, falling back to random groups (seed %d)",
+            seed,
+        )
         return _random_groups(n, num_groups, seed)
     groups = _spectral_groups(mat, num_groups, n_init, seed)
     if groups is None:
@@ -186,8 +190,12 @@ def merge_small_groups(groups: list[list[int]], dissimilarity: np.ndarray, min_s
             break
         others = [k for k in range(len(groups)) if k != small]
         target = max(others, key=lambda k: (float(dissimilarity[np.ix_(groups[small], groups[k])].mean()), -k))
-        logger.info("group %s has fewer than %d teachers: merged into the most dissimilar group %s",
-                    groups[small], min_size, groups[target])
+        logger.info(
+            "group %s has fewer than %d teachers: merged into the most dissimilar group %s",
+            groups[small],
+            min_size,
+            groups[target],
+        )
         merged = sorted(groups[small] + groups[target])
         groups = [g for k, g in enumerate(groups) if k not in (small, target)] + [merged]
     return sorted(groups, key=lambda g: g[0])
@@ -200,6 +208,8 @@ def groups_to_labels(groups: list[list[int]], n: int) -> torch.Tensor:
         labels[members] = gid
     missing = (labels < 0).nonzero().flatten().tolist()
     if missing:
-        raise GroupingError(f"the groups do not cover the teachers {missing} (of {n})",
-                            hint="every teacher index 0..N-1 must be in exactly one group")
+        raise GroupingError(
+            f"the groups do not cover the teachers {missing} (of {n})",
+            hint="every teacher index 0..N-1 must be in exactly one group",
+        )
     return labels

@@ -79,8 +79,14 @@ class IGRResult:
     displaced_losses: list[float] | None = None
 
 
-def _check(loss_fns: Sequence[LossFn] | Mapping[int, LossFn], params: Mapping[str, Tensor], beta: float, order: str,
-           *, allow_none: bool = False) -> None:
+def _check(
+    loss_fns: Sequence[LossFn] | Mapping[int, LossFn],
+    params: Mapping[str, Tensor],
+    beta: float,
+    order: str,
+    *,
+    allow_none: bool = False,
+) -> None:
     if len(loss_fns) == 0 and not allow_none:
         raise ConfigError("IGR needs at least one task loss", hint="train.teachers_per_step must be >= 1")
     if not params:
@@ -239,8 +245,15 @@ def displaced_gradient_mean(
     return direction, _to_floats(losses)
 
 
-def _displaced(loss_fns: Sequence[LossFn], params: Mapping[str, Tensor], task_grads: Sequence[Mapping[str, Tensor]],
-               mean_grad: Mapping[str, Tensor], beta: float, *, fuse: bool) -> tuple[Grads, list[Tensor]]:
+def _displaced(
+    loss_fns: Sequence[LossFn],
+    params: Mapping[str, Tensor],
+    task_grads: Sequence[Mapping[str, Tensor]],
+    mean_grad: Mapping[str, Tensor],
+    beta: float,
+    *,
+    fuse: bool,
+) -> tuple[Grads, list[Tensor]]:
     if beta == 0:
         return mean_gradient(task_grads), []
     losses, grads = _evaluate(loss_fns, displaced_params(params, task_grads, mean_grad, beta), fuse=fuse)
@@ -254,8 +267,7 @@ def gradient_variance(task_grads: Sequence[Mapping[str, Tensor]]) -> float:
     return total / (2 * len(task_grads))
 
 
-def _second_order(loss_fns: Sequence[LossFn], params: Mapping[str, Tensor], beta: float,
-                  keep_grads: bool) -> IGRResult:
+def _second_order(loss_fns: Sequence[LossFn], params: Mapping[str, Tensor], beta: float, keep_grads: bool) -> IGRResult:
     """The authors' variant: ∇_θ (1/m) Σ_i L_i(θ + β(g_i(θ) − ḡ(θ))), through g_i and ḡ.
 
     One double-backward pass through the sum (not one per task: ḡ ties every task's
@@ -271,14 +283,18 @@ def _second_order(loss_fns: Sequence[LossFn], params: Mapping[str, Tensor], beta
             g = torch.autograd.grad(loss, [leaves[k] for k in keys], create_graph=True, allow_unused=True)
             grads.append({k: (torch.zeros_like(leaves[k]) if gk is None else gk) for k, gk in zip(keys, g)})
         mean = {k: sum(g[k] for g in grads) / m for k in keys}
-        displaced_losses = [_scalar(fn({k: leaves[k] + beta * (g[k] - mean[k]) for k in keys}))
-                            for fn, g in zip(loss_fns, grads)]
-        out = torch.autograd.grad(torch.stack(displaced_losses).sum() / m, [leaves[k] for k in keys],
-                                  allow_unused=True)
+        displaced_losses = [
+            _scalar(fn({k: leaves[k] + beta * (g[k] - mean[k]) for k in keys})) for fn, g in zip(loss_fns, grads)
+        ]
+        out = torch.autograd.grad(torch.stack(displaced_losses).sum() / m, [leaves[k] for k in keys], allow_unused=True)
     direction = {k: (torch.zeros_like(leaves[k]) if d is None else d.detach()) for k, d in zip(keys, out)}
     task_grads = [{k: v.detach() for k, v in g.items()} for g in grads] if keep_grads else None
-    return IGRResult(direction, _to_floats([x.detach() for x in losses_t]), task_grads,
-                     _to_floats([x.detach() for x in displaced_losses]))
+    return IGRResult(
+        direction,
+        _to_floats([x.detach() for x in losses_t]),
+        task_grads,
+        _to_floats([x.detach() for x in displaced_losses]),
+    )
 
 
 def igr_direction(
@@ -329,8 +345,10 @@ def igr_direction(
     _check(loss_fns, params, beta, order, allow_none=gather is not None)
     if order == "second" and beta != 0:
         if gather is not None:
-            raise ConfigError("second-order IGR couples all tasks through ḡ's graph: it cannot be gathered",
-                              hint="compute it on one process")
+            raise ConfigError(
+                "second-order IGR couples all tasks through ḡ's graph: it cannot be gathered",
+                hint="compute it on one process",
+            )
         return _second_order(list(loss_fns), params, beta, return_task_grads)
 
     if fuse_tasks is None:
@@ -350,5 +368,9 @@ def igr_direction(
     own = [all_grads[i] for i in indices] if gather is not None else grads
     displaced_losses, displaced_grads = evaluate(displaced_params(params, own, mean, beta))
     all_displaced = displaced_grads if gather is None else gather(dict(zip(indices, displaced_grads)))
-    return IGRResult(mean_gradient(all_displaced), _to_floats(losses), all_grads if return_task_grads else None,
-                     _to_floats(displaced_losses))
+    return IGRResult(
+        mean_gradient(all_displaced),
+        _to_floats(losses),
+        all_grads if return_task_grads else None,
+        _to_floats(displaced_losses),
+    )

@@ -22,8 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_path", "copy_atomic", "write_bytes_atomic", "write_json_atomic",
-           "write_text_atomic", "save_safetensors_atomic"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_path",
+    "copy_atomic",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+    "save_safetensors_atomic",
+]
 
 #: Every temporary name ends with this; listings (figures, Space files) skip such names.
 TMP_SUFFIX = ".tmp"

@@ -120,7 +120,12 @@ def resolve_label_names(config: dict[str, Any], teacher: str) -> TeacherLabels:
         logger.warning(
             "%s: config.json has no label_names and its %d classes%s match no ImageNet label space timm knows; "
             "its classes are named %s:0..%s:%d and shared with no other teacher (add label_names to config.json "
-            "to share them)", teacher, num_classes, f" (tag {tag!r})" if tag else "", teacher, teacher,
+            "to share them)",
+            teacher,
+            num_classes,
+            f" (tag {tag!r})" if tag else "",
+            teacher,
+            teacher,
             num_classes - 1,
         )
         return TeacherLabels([f"{teacher}:{i}" for i in range(num_classes)], {}, "index")
@@ -130,6 +135,11 @@ def resolve_label_names(config: dict[str, Any], teacher: str) -> TeacherLabels:
     names = [f"{teacher}:{i}" for i in range(offset)]
     names += [info.index_to_label_name(i) for i in range(num_classes - offset)]
     descriptions = {name: info.label_name_to_description(name) for name in names[offset:]}
-    logger.info("%s: no label_names in config.json; its %d classes are timm's %s synsets%s", teacher,
-                num_classes - offset, space, f" (after {offset} background output(s))" if offset else "")
+    logger.info(
+        "%s: no label_names in config.json; its %d classes are timm's %s synsets%s",
+        teacher,
+        num_classes - offset,
+        space,
+        f" (after {offset} background output(s))" if offset else "",
+    )
     return TeacherLabels(names, descriptions, space)

@@ -81,7 +81,9 @@ def _infer_way(support_y: Tensor) -> int:
     counts = torch.bincount(support_y, minlength=way)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise EpisodeError(f"episode classes {missing} have no support example; labels must be 0..way-1 with all present")
+        raise EpisodeError(
+            f"episode classes {missing} have no support example; labels must be 0..way-1 with all present"
+        )
     return way
 
 
@@ -330,7 +332,9 @@ class MAML(EpisodicLearner):
     HEAD_WEIGHT = "__head__.weight"
     HEAD_BIAS = "__head__.bias"
 
-    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.01, first_order: bool = True, bn: BNMode = "batch") -> None:
+    def __init__(
+        self, inner_steps: int = 5, inner_lr: float = 0.01, first_order: bool = True, bn: BNMode = "batch"
+    ) -> None:
         if inner_steps < 0:
             raise ConfigError(f"inner_steps must be >= 0, got {inner_steps}")
         if inner_lr <= 0:
@@ -426,7 +430,9 @@ class MAML(EpisodicLearner):
             fast_with_buffers = {**own, **fast}
             for _ in range(self.inner_steps):
                 fast_with_buffers = self.adapt_step(model, fast_with_buffers, support_x, support_y, create_graph=False)
-                fast_with_buffers = {k: v.detach().requires_grad_(v.requires_grad) for k, v in fast_with_buffers.items()}
+                fast_with_buffers = {
+                    k: v.detach().requires_grad_(v.requires_grad) for k, v in fast_with_buffers.items()
+                }
         adapted = {k: fast_with_buffers[k].detach() for k in fast}
         return FinetunedClassifier(model, adapted, self.bn)
 

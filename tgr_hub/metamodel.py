@@ -208,7 +208,9 @@ def find_meta_model_folder(path: str | Path) -> Path:
         if (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file():
             return candidate
     if (path / CONFIG_NAME).is_file():
-        raise RunFolderError(f"{path} has {CONFIG_NAME} but no {WEIGHTS_NAME}", hint="the meta-model was not saved completely")
+        raise RunFolderError(
+            f"{path} has {CONFIG_NAME} but no {WEIGHTS_NAME}", hint="the meta-model was not saved completely"
+        )
     raise RunFolderError(
         f"{path} holds no meta-model ({CONFIG_NAME} + {WEIGHTS_NAME}, there or in {path / 'meta_model'})",
         hint="pass the folder written by save_meta_model / tgr-hub train",
@@ -232,7 +234,9 @@ def load_meta_model(folder: str | Path) -> MetaModel:
     try:
         backbone, config = create_from_folder(folder, allow_pickle=False)
     except PoolError as error:  # reported as pool errors by the shared loader; here it is a run folder
-        raise RunFolderError(f"meta-model {folder}: {error.args[0] if error.args else error}", hint=error.hint) from None
+        raise RunFolderError(
+            f"meta-model {folder}: {error.args[0] if error.args else error}", hint=error.hint
+        ) from None
     if config["num_classes"] != 0:
         raise RunFolderError(
             f"{folder} holds a {config['num_classes']}-way classifier, not a meta-model (num_classes must be 0)",

@@ -93,9 +93,13 @@ def _save_task_part(task: RecoveredTask, path: Path, warm: WarmGenerator | None 
     a part and the generator it left are written (and found on resume) together.
     """
     images = (task.images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    metadata = {"teacher": task.teacher, "classes": json.dumps([int(c) for c in task.classes]),
-                "class_names": json.dumps(list(task.class_names)), "loss": repr(float(task.loss)),
-                "best_step": str(int(task.best_step))}
+    metadata = {
+        "teacher": task.teacher,
+        "classes": json.dumps([int(c) for c in task.classes]),
+        "class_names": json.dumps(list(task.class_names)),
+        "loss": repr(float(task.loss)),
+        "best_step": str(int(task.best_step)),
+    }
     tensors = {"images": images, "labels": task.labels.to(torch.int64)}
     if warm is not None:
         tensors.update({f"{GENERATOR_PREFIX}{k}": v for k, v in warm.state_tensors().items()})
@@ -105,8 +109,11 @@ def _save_task_part(task: RecoveredTask, path: Path, warm: WarmGenerator | None 
 def _load_part_generator(path: Path) -> dict[str, torch.Tensor]:
     """The generator state saved with a task part (empty when it has none)."""
     with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return {k.removeprefix(GENERATOR_PREFIX): handle.get_tensor(k) for k in handle.keys()
-                if k.startswith(GENERATOR_PREFIX)}
+        return {
+            k.removeprefix(GENERATOR_PREFIX): handle.get_tensor(k)
+            for k in handle.keys()
+            if k.startswith(GENERATOR_PREFIX)
+        }
 
 
 def _warm_upfront(cfg: RunConfig) -> bool:
@@ -133,9 +140,15 @@ def _load_task_part(path: Path) -> RecoveredTask:
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         meta = handle.metadata() or {}
         images, labels = handle.get_tensor("images"), handle.get_tensor("labels")
-    return RecoveredTask(images=images.float() / 255, labels=labels, teacher=meta["teacher"],
-                         loss=float(meta["loss"]), classes=json.loads(meta["classes"]),
-                         class_names=json.loads(meta["class_names"]), best_step=int(meta["best_step"]))
+    return RecoveredTask(
+        images=images.float() / 255,
+        labels=labels,
+        teacher=meta["teacher"],
+        loss=float(meta["loss"]),
+        classes=json.loads(meta["classes"]),
+        class_names=json.loads(meta["class_names"]),
+        best_step=int(meta["best_step"]),
+    )
 
 
 def recover_pool(
@@ -189,11 +202,22 @@ def recover_pool(
 
     def save_part(task: RecoveredTask) -> None:
         i = index_of[task.teacher]
-        _save_task_part(task, parts / _part_name(i, local.tasks_of(task.teacher) - 1),
-                        warm.get(task.teacher) if warm is not None else None)
+        _save_task_part(
+            task,
+            parts / _part_name(i, local.tasks_of(task.teacher) - 1),
+            warm.get(task.teacher) if warm is not None else None,
+        )
 
-    recover_teachers(members, cfg.recover, local, seed=cfg.seed, progress=progress,
-                     skip={m.name for i, m in enumerate(members) if i not in mine}, on_task=save_part, warm=warm)
+    recover_teachers(
+        members,
+        cfg.recover,
+        local,
+        seed=cfg.seed,
+        progress=progress,
+        skip={m.name for i, m in enumerate(members) if i not in mine},
+        on_task=save_part,
+        warm=warm,
+    )
     dist.barrier()
     if dist.is_main:
         merged = base()
@@ -214,20 +238,30 @@ def recover_pool(
 # --- stage 2: embed + group -------------------------------------------------------------
 
 
-def _embed_one(probe: torch.nn.Module, member: PoolMember, index: int, bank: MemoryBank,
-               cfg: RunConfig) -> dict[str, torch.Tensor]:
+def _embed_one(
+    probe: torch.nn.Module, member: PoolMember, index: int, bank: MemoryBank, cfg: RunConfig
+) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed_sequence(cfg.seed, EMBED, index, 0))
     classes = bank.classes_of(member.name)
     if not classes:
-        raise MemoryBankError(f"the memory bank holds nothing of teacher {member.name!r}",
-                              hint="delete the run folder's recovered/ to recover again")
+        raise MemoryBankError(
+            f"the memory bank holds nothing of teacher {member.name!r}",
+            hint="delete the run folder's recovered/ to recover again",
+        )
     per_class = max(1, cfg.embed.max_samples // len(classes))
     images, labels = bank.task_for(member.name, classes, per_class, rng, allow_fewer=True)
     remap = {c: i for i, c in enumerate(classes)}
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
     fisher_seed = int(seed_sequence(cfg.seed, EMBED, index, 1).generate_state(1)[0])
-    embedding = fisher_diagonal(probe, images, task_labels, num_classes=len(classes), method=cfg.embed.method,
-                                head_steps=cfg.embed.head_steps, seed=fisher_seed)
+    embedding = fisher_diagonal(
+        probe,
+        images,
+        task_labels,
+        num_classes=len(classes),
+        method=cfg.embed.method,
+        head_steps=cfg.embed.head_steps,
+        seed=fisher_seed,
+    )
     return {k: v.detach().cpu() for k, v in embedding.items()}
 
 
@@ -282,8 +316,14 @@ def group_pool(dissimilarity: np.ndarray, cfg: RunConfig, path: Path) -> list[li
     """Spectral groups of mutually dissimilar teachers (cached in ``path``)."""
     if path.exists():
         return json.loads(path.read_text())["groups"]
-    groups = group_teachers(dissimilarity, cfg.group.num_groups, n_init=cfg.group.n_init, seed=cfg.seed,
-                            strategy=cfg.group.strategy, min_size=cfg.group.min_size)
+    groups = group_teachers(
+        dissimilarity,
+        cfg.group.num_groups,
+        n_init=cfg.group.n_init,
+        seed=cfg.seed,
+        strategy=cfg.group.strategy,
+        min_size=cfg.group.min_size,
+    )
     write_json_atomic(path, {"groups": groups})
     return groups
 
@@ -308,7 +348,9 @@ def dissimilarity_done(out: str | Path, names: Sequence[str]) -> bool:
         saved = json.loads((Path(out) / "dissimilarity.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(saved, dict) and saved.get("names") == list(names) and len(saved.get("matrix") or []) == len(names)
+    return (
+        isinstance(saved, dict) and saved.get("names") == list(names) and len(saved.get("matrix") or []) == len(names)
+    )
 
 
 def _without_eval(config: dict[str, Any]) -> Any:
@@ -334,7 +376,8 @@ def training_done(out: str | Path, cfg: RunConfig) -> RunRecord | None:
 def evaluation_done(record: RunRecord, cfg: RunConfig) -> bool:
     """Whether ``record`` holds the final test of ``cfg.eval`` (same eval settings, metrics present)."""
     same = json.loads(json.dumps(record.config.get("eval"), default=str)) == json.loads(
-        json.dumps(cfg.to_dict()["eval"], default=str))
+        json.dumps(cfg.to_dict()["eval"], default=str)
+    )
     return same and isinstance(record.metrics.get(cfg.eval.split), dict)
 
 
@@ -351,7 +394,8 @@ def stage_status(out: str | Path, cfg: RunConfig) -> dict[str, bool]:
     record = training_done(out, cfg)
     return {
         "pool": (out / "pool.json").is_file(),
-        "recover": (out / "recovered" / "bank.safetensors").is_file() and not (out / "recovered" / RECOVER_PARTS).exists(),
+        "recover": (out / "recovered" / "bank.safetensors").is_file()
+        and not (out / "recovered" / RECOVER_PARTS).exists(),
         "embed": (out / "embeddings.safetensors").is_file() and not (out / EMBED_PARTS).exists(),
         "dissimilarity": (out / "dissimilarity.json").is_file(),
         "group": (out / "groups.json").is_file(),
@@ -478,8 +522,11 @@ def run_tgr(
         dist: the processes; default: from the environment (``make_accelerator``).
     """
     out = Path(out)
-    dist = dist if dist is not None else Distributed(
-        make_accelerator(cfg.train.mixed_precision, log_with=log_with, project_dir=out / "logs"))
+    dist = (
+        dist
+        if dist is not None
+        else Distributed(make_accelerator(cfg.train.mixed_precision, log_with=log_with, project_dir=out / "logs"))
+    )
     torch.manual_seed(cfg.seed)
     logger.info("run %s on %s (mixed precision %s)", out, dist.device, cfg.train.mixed_precision)
     prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress, dist=dist)
@@ -498,8 +545,15 @@ def run_tgr(
     else:
         start = time.perf_counter()
         with dist.local_main_first():
-            val_split = load_split(cfg.data.dataset, "val", domains=cfg.data.domains, image_size=cfg.data.image_size,
-                                   seed=cfg.data.seed, cache_dir=cfg.data.cache_dir, class_split=cfg.data.class_split)
+            val_split = load_split(
+                cfg.data.dataset,
+                "val",
+                domains=cfg.data.domains,
+                image_size=cfg.data.image_size,
+                seed=cfg.data.seed,
+                cache_dir=cfg.data.cache_dir,
+                class_split=cfg.data.class_split,
+            )
         data_source = _data_source(cfg, val_split)
         # the training seed (init, task choice, online recovery); validation episodes stay on the run's
         train_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed
@@ -508,49 +562,88 @@ def run_tgr(
         if dist.is_main and generators is not None and len(generators) < len(members):
             # a bank recovered by an earlier run without warm online recovery: recovery is skipped, so
             # these teachers' online recovery starts from a new generator, unlike a run in a new folder
-            logger.warning("meta-train: %s lacks the warm generators of %d of %d teachers; their online recovery "
-                           "starts from a new generator (delete recovered/ to recover again)",
-                           out / "recovered" / GENERATORS_FILE, len(members) - len(generators), len(members))
-        result = meta_train(model, members, prepared.bank, groups, cfg.train, val_split=val_split, seed=train_seed,
-                            progress=progress, dist=dist, checkpoint_dir=out / CHECKPOINTS, resume=resume,
-                            recover=cfg.recover, generators=generators, val_seed=cfg.seed + 1)
+            logger.warning(
+                "meta-train: %s lacks the warm generators of %d of %d teachers; their online recovery "
+                "starts from a new generator (delete recovered/ to recover again)",
+                out / "recovered" / GENERATORS_FILE,
+                len(members) - len(generators),
+                len(members),
+            )
+        result = meta_train(
+            model,
+            members,
+            prepared.bank,
+            groups,
+            cfg.train,
+            val_split=val_split,
+            seed=train_seed,
+            progress=progress,
+            dist=dist,
+            checkpoint_dir=out / CHECKPOINTS,
+            resume=resume,
+            recover=cfg.recover,
+            generators=generators,
+            val_seed=cfg.seed + 1,
+        )
         model.load_state_dict(result.best_state)
         timings["meta-train"] = time.perf_counter() - start
         history = result.history
-        chosen = {f"{shot}shot": value for shot in cfg.train.val_shots
-                  for step, value in history.get(f"val_acc_{shot}shot", []) if step == result.best_step}
+        chosen = {
+            f"{shot}shot": value
+            for shot in cfg.train.val_shots
+            for step, value in history.get(f"val_acc_{shot}shot", [])
+            if step == result.best_step
+        }
         # meta-val at the chosen step: the mean over shots it was chosen on, each shot, and the
         # standard error over episodes of that mean (the selection noise)
-        metrics = {"val": {"best_step": result.best_step, "accuracy": result.best_val_accuracy, **chosen,
-                           "selection_noise": result.val_std_error}}
+        metrics = {
+            "val": {
+                "best_step": result.best_step,
+                "accuracy": result.best_val_accuracy,
+                **chosen,
+                "selection_noise": result.val_std_error,
+            }
+        }
 
     evaluated = False
     if evaluate_test and done is not None and evaluation_done(done, cfg):
-        logger.info("evaluate: %s holds the %s metrics of these eval settings; skipped",
-                    out / TGR_CONFIG_NAME, cfg.eval.split)
+        logger.info(
+            "evaluate: %s holds the %s metrics of these eval settings; skipped", out / TGR_CONFIG_NAME, cfg.eval.split
+        )
     elif evaluate_test:
         evaluated = True
         start = time.perf_counter()
         with dist.local_main_first():
-            test_split = load_split(cfg.data.dataset, cfg.eval.split, domains=cfg.data.domains,
-                                    image_size=cfg.data.image_size, seed=cfg.data.seed, cache_dir=cfg.data.cache_dir,
-                                    class_split=cfg.data.class_split)
+            test_split = load_split(
+                cfg.data.dataset,
+                cfg.eval.split,
+                domains=cfg.data.domains,
+                image_size=cfg.data.image_size,
+                seed=cfg.data.seed,
+                cache_dir=cfg.data.cache_dir,
+                class_split=cfg.data.class_split,
+            )
         data_source = data_source or _data_source(cfg, test_split)
         model.eval()
-        metrics[cfg.eval.split] = evaluate_model(model, test_split, seed=cfg.seed, dist=dist, progress=progress,
-                                                 **eval_settings(cfg.eval, cfg.train.learner))
+        metrics[cfg.eval.split] = evaluate_model(
+            model, test_split, seed=cfg.seed, dist=dist, progress=progress, **eval_settings(cfg.eval, cfg.train.learner)
+        )
         timings["evaluate"] = time.perf_counter() - start
 
     model = model.to("cpu")
     if dist.is_main and done is None:
         plot_training_curves(history, out / "training_curve.png")
         record = RunRecord(
-            config=cfg.to_dict(), tgr_hub_version=__version__,
+            config=cfg.to_dict(),
+            tgr_hub_version=__version__,
             # the dataset as resolved: a Hub dataset's commit, and which class split was used
             data_source=data_source,
             pool_members=[MemberRecord.from_member(m) for m in members],
             groups=[[members[i].name for i in group] for group in groups],
-            metrics=metrics, history=history, timings_s=timings, device=str(dist.device),
+            metrics=metrics,
+            history=history,
+            timings_s=timings,
+            device=str(dist.device),
         )
         save_meta_model(model, out, tgr_config=record.to_dict())
     elif dist.is_main and evaluated:  # same model, new eval settings: only the record changes

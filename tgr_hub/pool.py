@@ -40,17 +40,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hub
-from .errors import (EmptyPoolError, NotAClassifierError, PoolError, PoolListNotFoundError, PoolSyntaxError, RepoIdError,
-                     TeacherNotFoundError)
+from .errors import (
+    EmptyPoolError,
+    NotAClassifierError,
+    PoolError,
+    PoolListNotFoundError,
+    PoolSyntaxError,
+    RepoIdError,
+    TeacherNotFoundError,
+)
 from .labels import resolve_label_names
 from .models.hub_layout import create_from_folder
 from .repo_id import LOCAL_PREFIX, RepoRef, is_local_ref, parse_repo_ref
 
-__all__ = ["PoolEntry", "PoolMember", "PoolListNotFoundError", "parse_pool_list", "parse_pool_text", "load_pool",
-           "load_member", "member_from_folder", "pool_folders"]
+__all__ = [
+    "PoolEntry",
+    "PoolMember",
+    "PoolListNotFoundError",
+    "parse_pool_list",
+    "parse_pool_text",
+    "load_pool",
+    "load_member",
+    "member_from_folder",
+    "pool_folders",
+]
 
 _logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -82,7 +97,9 @@ class PoolEntry:
     def ref(self) -> RepoRef:
         """The Hub repository of a ``hub`` entry (what :mod:`tgr_hub.hub` resolves)."""
         if self.kind != "hub":
-            raise PoolError(f"{self.source} is a local folder, not a Hub repository", path=self.list_path, line=self.line)
+            raise PoolError(
+                f"{self.source} is a local folder, not a Hub repository", path=self.list_path, line=self.line
+            )
         return RepoRef(self.target, self.revision)
 
 
@@ -102,7 +119,7 @@ def _parse_entry(text: str, line: int, base: Path, list_path: str | None) -> Poo
         )
 
     if is_local_ref(text):
-        raw = text[len(LOCAL_PREFIX):] if text.startswith(LOCAL_PREFIX) else text
+        raw = text[len(LOCAL_PREFIX) :] if text.startswith(LOCAL_PREFIX) else text
         raw = raw.strip()
         if not raw:
             raise syntax("local-dir: needs a folder path")
@@ -118,7 +135,10 @@ def _parse_entry(text: str, line: int, base: Path, list_path: str | None) -> Poo
     if (base / ref.repo_id).is_dir():
         _logger.warning(
             "%s:%d: %r is read as a Hub repo id; a local folder of that name exists, write ./%s to use it",
-            list_path, line, ref.repo_id, ref.repo_id,
+            list_path,
+            line,
+            ref.repo_id,
+            ref.repo_id,
         )
     return PoolEntry("hub", ref.repo_id, ref.revision, line, text, list_path)
 
@@ -152,7 +172,9 @@ def parse_pool_list(path: str | Path) -> list[PoolEntry]:
     """
     path = Path(path)
     if not path.is_file():
-        raise PoolListNotFoundError(f"pool list {path} does not exist", hint="pass a repo-list.txt (tgr-hub make-pool writes one)")
+        raise PoolListNotFoundError(
+            f"pool list {path} does not exist", hint="pass a repo-list.txt (tgr-hub make-pool writes one)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -272,7 +294,9 @@ def member_from_folder(
     mean = _triple(cfg.get("mean", model.pretrained_cfg.get("mean")), 0.0, channels)
     std = _triple(cfg.get("std", model.pretrained_cfg.get("std")), 1.0, channels)
     if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
-        raise NotAClassifierError(f"{folder}/config.json: mean/std must have {channels} values (std > 0), got {mean}, {std}")
+        raise NotAClassifierError(
+            f"{folder}/config.json: mean/std must have {channels} values (std > 0), got {mean}, {std}"
+        )
     name = name or folder.name
     labels = resolve_label_names(config, name)  # its own names, timm's ImageNet synsets, or name:index
     model.requires_grad_(False)
@@ -337,7 +361,11 @@ def load_member(
             resolved = hub.resolve_hub_entry(entry.ref, allow_pickle=allow_pickle, where=(entry.list_path, entry.line))
         folder, sha = resolved
         return member_from_folder(
-            Path(folder), name=name or entry.ref.name, source=entry.source, revision=sha, repo_id=entry.target,
+            Path(folder),
+            name=name or entry.ref.name,
+            source=entry.source,
+            revision=sha,
+            repo_id=entry.target,
             allow_pickle=allow_pickle,
         )
     except PoolError as error:
@@ -350,8 +378,12 @@ def _resolve_hub_entries(entries: list[PoolEntry], allow_pickle: bool, progress:
     if len(hub_entries) < 2:
         return {}  # load_member resolves a single entry itself
     try:
-        results = hub.resolve_many([e.ref for e in hub_entries], allow_pickle=allow_pickle, progress=progress,
-                                   wheres=[(e.list_path, e.line) for e in hub_entries])
+        results = hub.resolve_many(
+            [e.ref for e in hub_entries],
+            allow_pickle=allow_pickle,
+            progress=progress,
+            wheres=[(e.list_path, e.line) for e in hub_entries],
+        )
     except PoolError as error:
         if error.line is None:  # name the first entry of that repo, at least
             culprit = next((e for e in hub_entries if e.target in str(error)), hub_entries[0])
@@ -387,7 +419,8 @@ def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = 
     entries = parse_pool_list(path)
     if not entries:
         raise EmptyPoolError(
-            f"pool list {path} lists no teacher", path=None,
+            f"pool list {path} lists no teacher",
+            path=None,
             hint="add one entry per line: org/name[@REVISION] or ./local/folder",
         )
     seen: dict[tuple[str, str, str | None], int] = {}
@@ -409,7 +442,9 @@ def load_pool(path: str | Path, *, allow_pickle: bool = False, progress: bool = 
             name = f"{base}-{k}"
         names.add(name)
         member = load_member(entry, allow_pickle=allow_pickle, name=name, resolved=resolved.get(id(entry)))
-        _logger.debug("%s: loaded %s (%s, %d classes)", entry.where, member.name, member.architecture, member.num_classes)
+        _logger.debug(
+            "%s: loaded %s (%s, %d classes)", entry.where, member.name, member.architecture, member.num_classes
+        )
         members.append(member)
     _logger.info("loaded %d teachers from %s", len(members), path)
     return members

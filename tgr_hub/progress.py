@@ -28,8 +28,7 @@ from tqdm.auto import tqdm as _auto_tqdm
 from tqdm.autonotebook import tqdm as _notebook_or_std_tqdm
 from tqdm.std import tqdm as _std_tqdm
 
-__all__ = ["LineProgress", "progress_bar", "progress_class", "HEARTBEAT_SECONDS",
-           "MIN_SECONDS_BETWEEN_LINES"]
+__all__ = ["LineProgress", "progress_bar", "progress_class", "HEARTBEAT_SECONDS", "MIN_SECONDS_BETWEEN_LINES"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +66,9 @@ class LineProgress(_std_tqdm):  # type: ignore[misc]
         if summary:
             info["rate"] = None  # format_meter then gives the average rate over the whole run
         has_total = bool(info.get("total"))
-        info["bar_format"] = (_SUMMARY if has_total else _SUMMARY_NO_TOTAL) if summary else (
-            _PLAIN if has_total else _PLAIN_NO_TOTAL)
+        info["bar_format"] = (
+            (_SUMMARY if has_total else _SUMMARY_NO_TOTAL) if summary else (_PLAIN if has_total else _PLAIN_NO_TOTAL)
+        )
         # tqdm pads the rate to a fixed width for a redrawn bar; a log line needs no padding
         return re.sub(r", {2,}", ", ", re.sub(r"([(\[]) +", r"\1", self.format_meter(**info)))
 
@@ -79,8 +79,12 @@ class LineProgress(_std_tqdm):  # type: ignore[misc]
         now = self._time()
         since = now - self._line_t
         total = self.total
-        milestone = bool(total) and self._leaves() and self.n < total and (
-            int(self.n / (total * LINE_FRACTION)) > int(self._line_n / (total * LINE_FRACTION)))
+        milestone = (
+            bool(total)
+            and self._leaves()
+            and self.n < total
+            and (int(self.n / (total * LINE_FRACTION)) > int(self._line_n / (total * LINE_FRACTION)))
+        )
         moved = self.n != self._line_n
         if (milestone and since >= MIN_SECONDS_BETWEEN_LINES) or (moved and since >= HEARTBEAT_SECONDS):
             logger.info("%s", self._text(summary=False))

@@ -59,14 +59,23 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    recipe.name: recipe for recipe in (
+    recipe.name: recipe
+    for recipe in (
         Recipe("cifar-fs", "CIFAR-FS (64 / 16 / 20 classes)", "GATE-engine/cifarfs", 32, ("conv4",), 100),
-        Recipe("mini-imagenet", "miniImageNet (64 / 16 / 20 classes)", "GATE-engine/mini_imagenet", 84,
-               ("conv4",), 100),
+        Recipe(
+            "mini-imagenet", "miniImageNet (64 / 16 / 20 classes)", "GATE-engine/mini_imagenet", 84, ("conv4",), 100
+        ),
         # CUB-200-2011 uploads carry the image-level train/test split, not a class split: the
         # built-in 100/50/50 one of Chen et al. 2019 is applied
-        Recipe("cub", "CUB-200-2011 (100 / 50 / 50 classes)", "bentrevett/caltech-ucsd-birds-200-2011", 84,
-               ("conv4",), 100, class_split="cub-200"),
+        Recipe(
+            "cub",
+            "CUB-200-2011 (100 / 50 / 50 classes)",
+            "bentrevett/caltech-ucsd-birds-200-2011",
+            84,
+            ("conv4",),
+            100,
+            class_split="cub-200",
+        ),
     )
 }
 

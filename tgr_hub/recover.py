@@ -60,7 +60,6 @@ __all__ = [
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-
 class WarmGenerator:
     """One teacher's generator and its Adam state, kept across recoveries (the online warm start).
 
@@ -271,8 +270,9 @@ def sample_task_classes(member: PoolMember, max_way: int, rng: np.random.Generat
     return sorted(int(c) for c in rng.choice(n, size=max_way, replace=False))
 
 
-def _most_on_label(member: PoolMember, images: torch.Tensor, labels: torch.Tensor, per_class: int, keep: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _most_on_label(
+    member: PoolMember, images: torch.Tensor, labels: torch.Tensor, per_class: int, keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class, the ``keep`` images the teacher gives the highest probability of their own label.
 
     Args:
@@ -296,7 +296,7 @@ def _most_on_label(member: PoolMember, images: torch.Tensor, labels: torch.Tenso
     own = log_probs.gather(1, labels.to(log_probs.device)[:, None])[:, 0].cpu()
     chosen = []
     for start in range(0, labels.numel(), per_class):
-        top = torch.topk(own[start:start + per_class], keep).indices.sort().values
+        top = torch.topk(own[start : start + per_class], keep).indices.sort().values
         chosen.append(start + top)
     index = torch.cat(chosen)
     return images[index.to(images.device)], labels[index]
@@ -467,8 +467,14 @@ def recover_task(
         )
     logger.debug(
         "recovered %d images of %d classes from %r in %.1fs: best loss %.4f at step %d (ce %.4f, bn %.4f)",
-        n, len(classes), member.name, time.perf_counter() - start, best_loss, best_step,
-        ce_history[best_step], bn_history[best_step],
+        n,
+        len(classes),
+        member.name,
+        time.perf_counter() - start,
+        best_loss,
+        best_step,
+        ce_history[best_step],
+        bn_history[best_step],
     )
     if generated > per_class:
         best_images, labels = _most_on_label(member, best_images, labels, generated, per_class)
@@ -532,8 +538,9 @@ def recover_teachers(
     """
     count = cfg.recoveries_per_teacher if recoveries is None else int(recoveries)
     skipped = set(skip)
-    plan = [(i, m, r) for i, m in enumerate(members) if m.name not in skipped
-            for r in range(bank.tasks_of(m.name), count)]
+    plan = [
+        (i, m, r) for i, m in enumerate(members) if m.name not in skipped for r in range(bank.tasks_of(m.name), count)
+    ]
     kept: dict[str, Generator] = {}
     bar = progress_bar(total=len(plan), desc="recover", disable=not progress)
     try:

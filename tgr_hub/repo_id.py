@@ -76,7 +76,7 @@ def parse_repo_ref(text: str, *, namespace: bool = True) -> RepoRef:
     """
     spec = text.strip()
     if spec.startswith(HUB_PREFIX):
-        spec = spec[len(HUB_PREFIX):]
+        spec = spec[len(HUB_PREFIX) :]
     if any(c.isspace() for c in spec):
         raise RepoIdError("a Hub reference cannot contain spaces")
     if spec.count("@") > 1:
@@ -87,8 +87,10 @@ def parse_repo_ref(text: str, *, namespace: bool = True) -> RepoRef:
     if not is_repo_id(repo_id, namespace=namespace):
         if namespace and "/" not in repo_id and ":" not in repo_id:
             raise RepoIdError("not an org/name Hub repo id (for a local folder write ./NAME)")
-        raise RepoIdError("not a Hub repo id: each part of org/name is letters, digits, '-', '_' and '.', "
-                          "starting with a letter or digit")
+        raise RepoIdError(
+            "not a Hub repo id: each part of org/name is letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit"
+        )
     if revision and not _REVISION.match(revision):
         raise RepoIdError(f"invalid revision {revision!r}")
     return RepoRef(repo_id, revision or None)

@@ -35,6 +35,7 @@ from .repo_id import is_local_ref, is_repo_id, parse_repo_ref
 
 __all__ = ["RECORD_KEYS", "MemberRecord", "RunRecord", "config_part", "describe_pool"]
 
+
 class Teacher(Protocol):
     """What the record reads from a loaded teacher (:class:`tgr_hub.pool.PoolMember` has it all)."""
 
@@ -52,8 +53,7 @@ class Teacher(Protocol):
 
 
 #: The keys of ``tgr_config.json`` that are not run config sections.
-RECORD_KEYS = ("tgr_hub_version", "data_source", "pool_members", "groups", "metrics", "history", "timings_s",
-               "device")
+RECORD_KEYS = ("tgr_hub_version", "data_source", "pool_members", "groups", "metrics", "history", "timings_s", "device")
 
 
 @dataclass
@@ -87,10 +87,18 @@ class MemberRecord:
     @classmethod
     def from_member(cls, member: Teacher) -> MemberRecord:
         """The record of a loaded teacher."""
-        return cls(name=member.name, kind="hub" if member.repo_id else "local", repo_id=member.repo_id,
-                   source=member.source, revision=member.revision, architecture=member.architecture,
-                   num_classes=member.num_classes, label_names=list(member.label_names),
-                   input_size=list(member.input_size), label_descriptions=dict(member.label_descriptions))
+        return cls(
+            name=member.name,
+            kind="hub" if member.repo_id else "local",
+            repo_id=member.repo_id,
+            source=member.source,
+            revision=member.revision,
+            architecture=member.architecture,
+            num_classes=member.num_classes,
+            label_names=list(member.label_names),
+            input_size=list(member.input_size),
+            label_descriptions=dict(member.label_descriptions),
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemberRecord:
@@ -105,11 +113,18 @@ class MemberRecord:
                 except RepoIdError:
                     pass  # not a repository reference: a folder named without ./
         labels = [str(label) for label in data.get("label_names") or []]
-        return cls(name=str(data.get("name", "")), kind=kind, repo_id=repo_id if kind == "hub" else None,
-                   source=source, revision=data.get("revision"), architecture=str(data.get("architecture", "?")),
-                   num_classes=int(data.get("num_classes", len(labels))), label_names=labels,
-                   input_size=[int(v) for v in data.get("input_size") or []],
-                   label_descriptions={str(k): str(v) for k, v in (data.get("label_descriptions") or {}).items()})
+        return cls(
+            name=str(data.get("name", "")),
+            kind=kind,
+            repo_id=repo_id if kind == "hub" else None,
+            source=source,
+            revision=data.get("revision"),
+            architecture=str(data.get("architecture", "?")),
+            num_classes=int(data.get("num_classes", len(labels))),
+            label_names=labels,
+            input_size=[int(v) for v in data.get("input_size") or []],
+            label_descriptions={str(k): str(v) for k, v in (data.get("label_descriptions") or {}).items()},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -180,11 +195,17 @@ class RunRecord:
         for group in data.get("groups") or []:  # names; very old records held teacher indices
             groups.append([names[g] if isinstance(g, int) and 0 <= g < len(names) else str(g) for g in group])
         source = data.get("data_source")
-        return cls(config=config_part(data), tgr_hub_version=str(data.get("tgr_hub_version") or ""),
-                   data_source=dict(source) if isinstance(source, dict) else None,
-                   pool_members=members, groups=groups, metrics=dict(data.get("metrics") or {}),
-                   history=dict(data.get("history") or {}), timings_s=dict(data.get("timings_s") or {}),
-                   device=str(data["device"]) if data.get("device") else None)
+        return cls(
+            config=config_part(data),
+            tgr_hub_version=str(data.get("tgr_hub_version") or ""),
+            data_source=dict(source) if isinstance(source, dict) else None,
+            pool_members=members,
+            groups=groups,
+            metrics=dict(data.get("metrics") or {}),
+            history=dict(data.get("history") or {}),
+            timings_s=dict(data.get("timings_s") or {}),
+            device=str(data["device"]) if data.get("device") else None,
+        )
 
     @classmethod
     def read(cls, path: str | Path) -> RunRecord:
@@ -197,9 +218,13 @@ class RunRecord:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise RunFolderError(f"{path} does not exist", hint="tgr-hub train writes it beside the meta-model") from None
+            raise RunFolderError(
+                f"{path} does not exist", hint="tgr-hub train writes it beside the meta-model"
+            ) from None
         except (OSError, ValueError) as error:
-            raise RunFolderError(f"cannot read {path}: {error}", hint="it must be the JSON file tgr-hub train wrote") from None
+            raise RunFolderError(
+                f"cannot read {path}: {error}", hint="it must be the JSON file tgr-hub train wrote"
+            ) from None
         if not isinstance(data, dict):
             raise RunFolderError(f"{path} is not a JSON object", hint="it must be the JSON file tgr-hub train wrote")
         return cls.from_dict(data)

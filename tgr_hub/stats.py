@@ -113,8 +113,9 @@ def t_interval(values: Sequence[float] | np.ndarray, confidence: float = CONFIDE
     return TInterval(mean, mean - half, mean + half, half, sd, t, p, n)
 
 
-def paired_difference(method: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray,
-                      confidence: float = CONFIDENCE) -> TInterval:
+def paired_difference(
+    method: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE
+) -> TInterval:
     """The paired difference ``method − reference`` over identical episodes (paired t).
 
     Args:

@@ -39,8 +39,16 @@ from .io import write_json_atomic, write_text_atomic
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, save_timm_folder
 from .recipes import ALL_DOMAINS
 
-__all__ = ["torch_threads", "TeacherSpec", "TeacherReport", "plan_teachers", "train_teacher", "make_pool", "format_table",
-           "split_heldout"]
+__all__ = [
+    "torch_threads",
+    "TeacherSpec",
+    "TeacherReport",
+    "plan_teachers",
+    "train_teacher",
+    "make_pool",
+    "format_table",
+    "split_heldout",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -139,16 +147,29 @@ def plan_teachers(
         pool = by_domain[domain]
         pick = torch.randperm(len(pool), generator=g)[:way].tolist()
         classes = [pool[j] for j in pick]
-        specs.append(TeacherSpec(
-            name=f"t{i:0{width}d}", index=i, architecture=arch, domain=domain, classes=classes,
-            label_names=[class_names[c] for c in classes], seed=tseed, epochs=epochs, batch_size=batch_size,
-            lr=lr, image_size=image_size, dataset=dataset, data_seed=data_seed,
-        ))
+        specs.append(
+            TeacherSpec(
+                name=f"t{i:0{width}d}",
+                index=i,
+                architecture=arch,
+                domain=domain,
+                classes=classes,
+                label_names=[class_names[c] for c in classes],
+                seed=tseed,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                image_size=image_size,
+                dataset=dataset,
+                data_seed=data_seed,
+            )
+        )
     return specs
 
 
-def split_heldout(labels: torch.Tensor, num_classes: int, fraction: float, generator: torch.Generator
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def split_heldout(
+    labels: torch.Tensor, num_classes: int, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class, hold out ``ceil(fraction * n_c)`` images (at least 1, leaving at least 1).
 
     Args:
@@ -169,8 +190,9 @@ def split_heldout(labels: torch.Tensor, num_classes: int, fraction: float, gener
     return torch.cat(train).sort().values, torch.cat(held).sort().values
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator, shift: int = 3, scale: float = 0.1,
-             rotate: float = 10.0) -> torch.Tensor:
+def _augment(
+    x: torch.Tensor, generator: torch.Generator, shift: int = 3, scale: float = 0.1, rotate: float = 10.0
+) -> torch.Tensor:
     """Random affine jitter per image: translation, scaling and rotation, edge-padded.
 
     Font-to-font variation of a glyph is mostly position, size and slant, so these are the
@@ -191,10 +213,13 @@ def _augment(x: torch.Tensor, generator: torch.Generator, shift: int = 3, scale:
     scales = 1.0 + (torch.rand(b, generator=generator, dtype=x.dtype) * 2 - 1) * scale
     angles = torch.deg2rad((torch.rand(b, generator=generator, dtype=x.dtype) * 2 - 1) * rotate)
     cos, sin = torch.cos(angles) / scales, torch.sin(angles) / scales
-    theta = torch.stack([
-        torch.stack([cos, -sin, shifts[:, 1] * 2 / w], dim=1),
-        torch.stack([sin, cos, shifts[:, 0] * 2 / h], dim=1),
-    ], dim=1)  # output pixel p samples the input at theta @ (p, 1), in [-1, 1] coordinates
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, shifts[:, 1] * 2 / w], dim=1),
+            torch.stack([sin, cos, shifts[:, 0] * 2 / h], dim=1),
+        ],
+        dim=1,
+    )  # output pixel p samples the input at theta @ (p, 1), in [-1, 1] coordinates
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -259,7 +284,7 @@ def create_teacher_model(architecture: str, num_classes: int, image_size: int, s
 @torch.no_grad()
 def _predict(model: nn.Module, images: torch.Tensor, normalize, batch_size: int = 256) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    return torch.cat([model(normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
 
 
 def train_teacher(
@@ -297,8 +322,9 @@ def train_teacher(
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=spec.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr
+    )
     if total >= 4:
         # one-cycle needs at least one warm-up step: 20% of the steps, but never less than 1.5 of them
         warmup = max(0.2, 1.5 / total)
@@ -306,11 +332,13 @@ def train_teacher(
     else:  # too few steps for a schedule: constant learning rate
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model.train()
-    bar = progress_bar(total=total, desc=f"{spec.name} {spec.architecture}", unit="step", leave=False, disable=not progress)
+    bar = progress_bar(
+        total=total, desc=f"{spec.name} {spec.architecture}", unit="step", leave=False, disable=not progress
+    )
     for _ in range(spec.epochs):
         order = torch.randperm(n, generator=g)
         for s in range(steps_per_epoch):
-            idx = order[s * spec.batch_size:(s + 1) * spec.batch_size]
+            idx = order[s * spec.batch_size : (s + 1) * spec.batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs two samples; fold a lone last sample away
                 continue
             x = normalize(_augment(train_x[idx], g)).to(device, non_blocking=True)
@@ -340,8 +368,9 @@ def _read_existing(folder: Path, spec: TeacherSpec) -> TeacherReport | None:
         return None
     report = dict(recorded.get("report") or {})
     try:
-        return TeacherReport(**{**report, "folder": str(folder), "reused": True, "seconds": 0.0,
-                                "spec": recorded["spec"]})
+        return TeacherReport(
+            **{**report, "folder": str(folder), "reused": True, "seconds": 0.0, "spec": recorded["spec"]}
+        )
     except TypeError:
         return None
 
@@ -422,7 +451,8 @@ def make_pool(
     for arch in archs:
         if not timm.is_model(arch):
             raise UnknownArchitectureError(
-                f"unknown architecture {arch!r}", hint="use conv4 or any timm model name (see timm.list_models())")
+                f"unknown architecture {arch!r}", hint="use conv4 or any timm model name (see timm.list_models())"
+            )
     for arch in archs:  # fail before any training if an architecture cannot take the images
         create_teacher_model(arch, way, image_size, seed=0)
     from .data import load_split
@@ -431,23 +461,48 @@ def make_pool(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     every_domain = list(domains) == [ALL_DOMAINS]
-    split = load_split(dataset, "train", domains=None if every_domain else list(domains), image_size=image_size,
-                       seed=data_seed, cache_dir=cache_dir, class_split=data.class_split)
+    split = load_split(
+        dataset,
+        "train",
+        domains=None if every_domain else list(domains),
+        image_size=image_size,
+        seed=data_seed,
+        cache_dir=cache_dir,
+        class_split=data.class_split,
+    )
     if every_domain:
         domains = split.domains()
     if planner is not None:
         specs = planner(split.class_names, split.class_domains)
         teachers = len(specs)
     else:
-        specs = plan_teachers(split.class_names, split.class_domains, domains=domains, archs=archs, teachers=teachers,
-                              way=way, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
-                              image_size=split.image_size, dataset=dataset, data_seed=data_seed)
+        specs = plan_teachers(
+            split.class_names,
+            split.class_domains,
+            domains=domains,
+            archs=archs,
+            teachers=teachers,
+            way=way,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            image_size=split.image_size,
+            dataset=dataset,
+            data_seed=data_seed,
+        )
     # the teachers' normalisation: per-channel statistics of the meta-train images they come from
     channel_mean, channel_std = channel_stats(split.images[:: max(1, len(split) // 4096)])
     mean = tuple(round(float(v), 4) for v in channel_mean)
     std = tuple(round(max(float(v), 1e-3), 4) for v in channel_std)
-    _logger.info("make-pool: %d teachers from %d meta-train classes of %s; mean %s std %s",
-                 teachers, split.num_classes, dataset, mean, std)
+    _logger.info(
+        "make-pool: %d teachers from %d meta-train classes of %s; mean %s std %s",
+        teachers,
+        split.num_classes,
+        dataset,
+        mean,
+        std,
+    )
 
     reports: list[TeacherReport] = []
     bar = progress_bar(specs, desc="make-pool", unit="teacher", disable=not progress)
@@ -471,38 +526,68 @@ def make_pool(
         accuracy = float((logits.argmax(1) == held_y).float().mean())
         seconds = time.perf_counter() - t0
         report = TeacherReport(
-            name=spec.name, architecture=spec.architecture, domain=spec.domain, label_names=spec.label_names,
-            heldout_accuracy=round(accuracy, 4), train_images=len(train_idx), heldout_images=len(held_idx),
-            seconds=round(seconds, 2), folder=str(folder), spec=asdict(spec),
+            name=spec.name,
+            architecture=spec.architecture,
+            domain=spec.domain,
+            label_names=spec.label_names,
+            heldout_accuracy=round(accuracy, 4),
+            train_images=len(train_idx),
+            heldout_images=len(held_idx),
+            seconds=round(seconds, 2),
+            folder=str(folder),
+            spec=asdict(spec),
         )
         recorded = {k: v for k, v in asdict(report).items() if k not in ("spec", "folder", "reused", "reload_exact")}
         # a stale config must never vouch for new weights, should we stop between the two writes
         (folder / CONFIG_NAME).unlink(missing_ok=True)
         save_timm_folder(
-            model, folder, architecture=spec.architecture, num_classes=len(spec.classes), label_names=spec.label_names,
-            pretrained_cfg={"input_size": (3, split.image_size, split.image_size), "mean": mean, "std": std,
-                            "interpolation": "bilinear", "crop_pct": 1.0,
-                            "description": f"{len(spec.classes)}-way {spec.domain} teacher trained by tgr-hub make-pool"},
+            model,
+            folder,
+            architecture=spec.architecture,
+            num_classes=len(spec.classes),
+            label_names=spec.label_names,
+            pretrained_cfg={
+                "input_size": (3, split.image_size, split.image_size),
+                "mean": mean,
+                "std": std,
+                "interpolation": "bilinear",
+                "crop_pct": 1.0,
+                "description": f"{len(spec.classes)}-way {spec.domain} teacher trained by tgr-hub make-pool",
+            },
             extra={_TEACHER_KEY: {"spec": asdict(spec), "report": recorded}},
         )
         report.reload_exact = _check_reload(folder, model, normalize(held_x[:64]))
         if not report.reload_exact:
             _logger.warning("%s: timm's local-dir loader does not reproduce the logits exactly", spec.name)
-        _logger.info("%s: %s on %s, held-out accuracy %.3f (%.1fs)", spec.name, spec.architecture, spec.domain,
-                     accuracy, seconds)
+        _logger.info(
+            "%s: %s on %s, held-out accuracy %.3f (%.1fs)", spec.name, spec.architecture, spec.domain, accuracy, seconds
+        )
         bar.set_postfix(last=f"{spec.name} {accuracy:.2f}")
         reports.append(report)
 
-    lines = [f"# tgr-hub make-pool: {teachers} teachers, {way}-way, {dataset} ({', '.join(domains)}), "
-             f"archs {', '.join(archs)}, seed {seed}",
-             "# one entry per line; relative paths resolve against this file's folder"]
+    lines = [
+        f"# tgr-hub make-pool: {teachers} teachers, {way}-way, {dataset} ({', '.join(domains)}), "
+        f"archs {', '.join(archs)}, seed {seed}",
+        "# one entry per line; relative paths resolve against this file's folder",
+    ]
     lines += [f"./{spec.name}" for spec in specs]
     write_text_atomic(out / "repo-list.txt", "\n".join(lines) + "\n")
     summary = {
-        "dataset": dataset, "domains": list(domains), "archs": list(archs), "teachers": teachers, "way": way,
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "data_seed": data_seed,
-        "image_size": split.image_size, "mean": list(mean), "std": list(std),
-        "dataset_revision": split.revision, "class_split": split.class_split,
+        "dataset": dataset,
+        "domains": list(domains),
+        "archs": list(archs),
+        "teachers": teachers,
+        "way": way,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "data_seed": data_seed,
+        "image_size": split.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "dataset_revision": split.revision,
+        "class_split": split.class_split,
         "seconds": round(time.perf_counter() - started, 2),
         "members": [{k: v for k, v in asdict(r).items() if k != "spec"} for r in reports],
     }
@@ -515,8 +600,16 @@ def format_table(reports: Sequence[TeacherReport]) -> str:
     rows = [("teacher", "arch", "domain", "classes", "held-out acc", "time")]
     for r in reports:
         classes = ", ".join(name.split("/", 1)[-1] for name in r.label_names)
-        rows.append((r.name, r.architecture, r.domain, classes, f"{100 * r.heldout_accuracy:.1f}%",
-                     "reused" if r.reused else f"{r.seconds:.1f}s"))
+        rows.append(
+            (
+                r.name,
+                r.architecture,
+                r.domain,
+                classes,
+                f"{100 * r.heldout_accuracy:.1f}%",
+                "reused" if r.reused else f"{r.seconds:.1f}s",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

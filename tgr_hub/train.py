@@ -141,8 +141,9 @@ class PseudoTask:
     teacher_probs: Tensor
 
     def to(self, device: torch.device) -> PseudoTask:
-        return PseudoTask(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y,
-                                                     self.teacher_probs)))
+        return PseudoTask(
+            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y, self.teacher_probs))
+        )
 
 
 @dataclass
@@ -212,7 +213,7 @@ def make_pseudo_task(
     for position, cls in enumerate(classes):
         idx = (labels == cls).nonzero().flatten().tolist()
         support_idx += idx[:shot]
-        query_idx += idx[shot:shot + query]
+        query_idx += idx[shot : shot + query]
     remap = {cls: position for position, cls in enumerate(classes)}
     task_labels = torch.tensor([remap[int(c)] for c in labels.tolist()], dtype=torch.long)
     support_idx_t, query_idx_t = torch.tensor(support_idx, dtype=torch.long), torch.tensor(query_idx, dtype=torch.long)
@@ -221,8 +222,9 @@ def make_pseudo_task(
     with torch.no_grad():
         teacher_logits = member.logits(torch.cat([support_x, query_x]))[:, classes]
         teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return PseudoTask(support_x, task_labels[support_idx_t].to(device), query_x, task_labels[query_idx_t].to(device),
-                      teacher_probs)
+    return PseudoTask(
+        support_x, task_labels[support_idx_t].to(device), query_x, task_labels[query_idx_t].to(device), teacher_probs
+    )
 
 
 HEAD_WEIGHT, HEAD_BIAS = "__task_head__.weight", "__task_head__.bias"  # the shared N-way head of `head` losses
@@ -323,8 +325,14 @@ class _ItemLoss:
     and on whichever process computes it.
     """
 
-    def __init__(self, compute: Callable[[dict[str, Tensor]], Tensor], start: Mapping[str, Tensor],
-                 scale: float, torch_seed: int | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        compute: Callable[[dict[str, Tensor]], Tensor],
+        start: Mapping[str, Tensor],
+        scale: float,
+        torch_seed: int | None,
+        device: torch.device,
+    ) -> None:
         self.compute = compute
         self.start = start
         self.scale = scale
@@ -356,8 +364,9 @@ class _Combined:
 class _Combiner:
     """Forms mean (IGR) gradients of items computed on different processes, exactly."""
 
-    def __init__(self, dist: Distributed, params: Mapping[str, Tensor], bn_floats: Sequence[str],
-                 buffers: Mapping[str, Tensor]) -> None:
+    def __init__(
+        self, dist: Distributed, params: Mapping[str, Tensor], bn_floats: Sequence[str], buffers: Mapping[str, Tensor]
+    ) -> None:
         self.dist = dist
         self.keys = list(params)
         self.params = params
@@ -373,10 +382,12 @@ class _Combiner:
 
     def gather(self, n: int) -> Gather:
         """The exact exchange :func:`igr_direction` is given: own ``{i: g_i}`` -> all n, in task order."""
+
         def exchange(rows: Mapping[int, Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
             flat = {i: flatten(g, self.keys, self.dtype) for i, g in rows.items()}
             table = self.dist.gather_rows(flat, n, self.grad_size, self.dtype)
             return [unflatten(table[i], self.params, self.keys) for i in range(n)]
+
         return exchange
 
     def combine(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
@@ -407,16 +418,22 @@ class _Combiner:
         if self.dist.is_main:
             result = igr_direction([items[i] for i in range(n)], params, beta / scale, order="second")
             bns = [flatten(items[i].buffers_after or {}, self.bn_keys, self.dtype) for i in range(n)]
-            rows[0] = torch.cat([flatten(result.direction, self.keys, self.dtype),
-                                 torch.tensor(result.losses, dtype=self.dtype, device=self.dist.device),
-                                 *[b.to(self.dist.device) for b in bns]])
+            rows[0] = torch.cat(
+                [
+                    flatten(result.direction, self.keys, self.dtype),
+                    torch.tensor(result.losses, dtype=self.dtype, device=self.dist.device),
+                    *[b.to(self.dist.device) for b in bns],
+                ]
+            )
         size = self.grad_size + n + n * self.bn_size
         row = self.dist.gather_rows(rows, 1, size, self.dtype)[0]
-        direction = unflatten(row[:self.grad_size], params, self.keys)
-        losses = (row[self.grad_size:self.grad_size + n].double() / scale).tolist()
+        direction = unflatten(row[: self.grad_size], params, self.keys)
+        losses = (row[self.grad_size : self.grad_size + n].double() / scale).tolist()
         start = self.grad_size + n
-        all_bn = [unflatten(row[start + i * self.bn_size:start + (i + 1) * self.bn_size], self.buffers, self.bn_keys)
-                  for i in range(n)]
+        all_bn = [
+            unflatten(row[start + i * self.bn_size : start + (i + 1) * self.bn_size], self.buffers, self.bn_keys)
+            for i in range(n)
+        ]
         return _Combined(direction, losses, mean_gradient(all_bn) if self.bn_keys else {})
 
 
@@ -445,18 +462,28 @@ def _read_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _check_resumable(state: dict[str, Any], cfg: TrainConfig, seed: int, bank_summary: dict[str, int], path: Path,
-                     recover: RecoverConfig | None = None) -> None:
+def _check_resumable(
+    state: dict[str, Any],
+    cfg: TrainConfig,
+    seed: int,
+    bank_summary: dict[str, int],
+    path: Path,
+    recover: RecoverConfig | None = None,
+) -> None:
     saved, now = state.get("settings", {}), json.loads(json.dumps(_settings(cfg, seed, recover)))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ConfigError(f"cannot resume from {path}: the settings changed ({detail})",
-                          hint="resume with the interrupted run's settings, or delete the checkpoints to start over")
+        raise ConfigError(
+            f"cannot resume from {path}: the settings changed ({detail})",
+            hint="resume with the interrupted run's settings, or delete the checkpoints to start over",
+        )
     if state.get("bank") != bank_summary:
-        raise ConfigError(f"cannot resume from {path}: the memory bank changed since it was saved "
-                          f"({state.get('bank')} -> {bank_summary})",
-                          hint="delete the checkpoints to start meta-training over")
+        raise ConfigError(
+            f"cannot resume from {path}: the memory bank changed since it was saved "
+            f"({state.get('bank')} -> {bank_summary})",
+            hint="delete the checkpoints to start meta-training over",
+        )
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -469,10 +496,22 @@ class _MetaTrainer:
     checkpoint saves besides Accelerate's state), and the gradient combiner.
     """
 
-    def __init__(self, model: MetaModel, members: list[PoolMember], bank: MemoryBank, groups: list[list[int]],
-                 cfg: TrainConfig, *, val_split: ImageSplit, seed: int, dist: Distributed,
-                 checkpoint_dir: Path | None, recover: RecoverConfig | None = None,
-                 generators: Mapping[int, Mapping[str, Tensor]] | None = None, val_seed: int | None = None) -> None:
+    def __init__(
+        self,
+        model: MetaModel,
+        members: list[PoolMember],
+        bank: MemoryBank,
+        groups: list[list[int]],
+        cfg: TrainConfig,
+        *,
+        val_split: ImageSplit,
+        seed: int,
+        dist: Distributed,
+        checkpoint_dir: Path | None,
+        recover: RecoverConfig | None = None,
+        generators: Mapping[int, Mapping[str, Tensor]] | None = None,
+        val_seed: int | None = None,
+    ) -> None:
         self.members, self.groups, self.cfg = members, groups, cfg
         # online recovery: the bank grows during training (on a copy: the caller's bank is left alone)
         self.online = recover if recover is not None and recover.online_every > 0 else None
@@ -485,8 +524,9 @@ class _MetaTrainer:
         self.val_split, self.seed, self.dist, self.checkpoint_dir = val_split, seed, dist, checkpoint_dir
         self.val_seed = seed + 1 if val_seed is None else val_seed
         self.accelerator = dist.accelerator
-        self.learner = make_learner(cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-                                    first_order=cfg.maml_first_order)
+        self.learner = make_learner(
+            cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.maml_first_order
+        )
         # No DDP: prepare_model(evaluation_mode=True) only places the model and adds autocast;
         # gradients are combined explicitly (functional_call would bypass DDP's hooks anyway).
         self.model = self.accelerator.prepare_model(model, evaluation_mode=True)
@@ -500,7 +540,9 @@ class _MetaTrainer:
         for member in members:
             member.to(dist.device)
         if self.online is not None and self.online.online_start == "warm":
-            for t in self._owned_teachers():  # the generators the up-front recovery left, if any (on the teachers' device)
+            for (
+                t
+            ) in self._owned_teachers():  # the generators the up-front recovery left, if any (on the teachers' device)
                 if t in (generators or {}):
                     self.warm[t] = self._fresh_warm(t)
                     self.warm[t].load_state_tensors(dict(generators[t]))
@@ -571,8 +613,14 @@ class _MetaTrainer:
 
     def checkpoint(self, step: int) -> None:
         assert self.checkpoint_dir is not None  # meta_train checks it
-        save_checkpoint(self.dist, self.checkpoint_dir, step, lambda folder: self._write_state(folder, step),
-                        keep=self.cfg.keep_checkpoints, write_own=self._write_generators if self.warm else None)
+        save_checkpoint(
+            self.dist,
+            self.checkpoint_dir,
+            step,
+            lambda folder: self._write_state(folder, step),
+            keep=self.cfg.keep_checkpoints,
+            write_own=self._write_generators if self.warm else None,
+        )
 
     def _write_generators(self, folder: Path) -> None:
         """Every process writes the warm generators of the teachers it owns (into the temp folder)."""
@@ -584,11 +632,17 @@ class _MetaTrainer:
     def _write_state(self, folder: Path, step: int) -> None:
         save_safetensors_atomic(folder / BEST_MODEL, self.best_state)
         state = {
-            "format": _STATE_FORMAT, "version": 1, "step": step, "iterations": self.cfg.iterations,
-            "world_size": self.dist.world, "settings": _settings(self.cfg, self.seed, self.online),
+            "format": _STATE_FORMAT,
+            "version": 1,
+            "step": step,
+            "iterations": self.cfg.iterations,
+            "world_size": self.dist.world,
+            "settings": _settings(self.cfg, self.seed, self.online),
             "bank": self.initial_bank,
             "sampling": "counter-based: numpy default_rng([seed, 3, step, ...]); the step is the position",
-            "best_step": self.best_step, "best_val_accuracy": self.best_acc, "history": self.history,
+            "best_step": self.best_step,
+            "best_val_accuracy": self.best_acc,
+            "history": self.history,
         }
         if self.online is not None:
             self.bank.save(folder / BANK_FOLDER)
@@ -601,9 +655,18 @@ class _MetaTrainer:
         """Meta-validation on real episodes with its own settings (``val_way``, each of ``val_shots``,
         ``val_query``); the checkpoint is chosen on the mean accuracy over the shots."""
         cfg = self.cfg
-        metrics = evaluate_model(self.model, self.val_split, way=cfg.val_way, shots=list(cfg.val_shots),
-                                 query=cfg.val_query, episodes=cfg.val_episodes, learner=cfg.learner,
-                                 seed=self.val_seed, dist=self.dist, progress=False)
+        metrics = evaluate_model(
+            self.model,
+            self.val_split,
+            way=cfg.val_way,
+            shots=list(cfg.val_shots),
+            query=cfg.val_query,
+            episodes=cfg.val_episodes,
+            learner=cfg.learner,
+            seed=self.val_seed,
+            dist=self.dist,
+            progress=False,
+        )
         per_shot = [metrics[f"{shot}shot"] for shot in cfg.val_shots]
         accuracy = float(np.mean([m["mean"] for m in per_shot]))
         # the standard error of that mean over episodes: how far selection noise can move a checkpoint
@@ -615,9 +678,16 @@ class _MetaTrainer:
             self.best_acc, self.best_step = accuracy, step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.accelerator.log({"val_acc": accuracy}, step=step)
-        logger.info("step %d: meta-val %d-way %s-shot accuracy %.2f%% ± %.2f (best %.2f%% at step %d)", step,
-                    cfg.val_way, "/".join(map(str, cfg.val_shots)), 100 * accuracy, 100 * self.val_std_error,
-                    100 * self.best_acc, self.best_step)
+        logger.info(
+            "step %d: meta-val %d-way %s-shot accuracy %.2f%% ± %.2f (best %.2f%% at step %d)",
+            step,
+            cfg.val_way,
+            "/".join(map(str, cfg.val_shots)),
+            100 * accuracy,
+            100 * self.val_std_error,
+            100 * self.best_acc,
+            self.best_step,
+        )
 
     def task_step(self, step: int) -> _Combined:
         """The IGR step: one pseudo-task per chosen teacher, their combined direction applied."""
@@ -637,12 +707,30 @@ class _MetaTrainer:
             if fresh is not None:  # this step's IGR uses the freshly recovered task, not the bank
                 source = MemoryBank(1)
                 source.add(fresh[i])
-            task = make_pseudo_task(self.members[chosen[i]], source, way=cfg.replay_way, shot=cfg.replay_shot,
-                                    query=cfg.replay_query, temperature=cfg.distill_temperature,
-                                    rng=step_rng(self.seed, step, _TASK, i)).to(dist.device)
-            items[i] = self._item(lambda p, t=task: pseudo_task_loss(
-                self.learner, self.model, t, p, kind=cfg.igr_loss, distill_weight=cfg.distill_weight,
-                temperature=cfg.distill_temperature), scale, step, _TASK, i)
+            task = make_pseudo_task(
+                self.members[chosen[i]],
+                source,
+                way=cfg.replay_way,
+                shot=cfg.replay_shot,
+                query=cfg.replay_query,
+                temperature=cfg.distill_temperature,
+                rng=step_rng(self.seed, step, _TASK, i),
+            ).to(dist.device)
+            items[i] = self._item(
+                lambda p, t=task: pseudo_task_loss(
+                    self.learner,
+                    self.model,
+                    t,
+                    p,
+                    kind=cfg.igr_loss,
+                    distill_weight=cfg.distill_weight,
+                    temperature=cfg.distill_temperature,
+                ),
+                scale,
+                step,
+                _TASK,
+                i,
+            )
         if second:
             combined = self.task_combiner.second_order(items, n, beta=cfg.beta, scale=scale)
         else:
@@ -682,8 +770,10 @@ class _MetaTrainer:
             sequence = seeds.seed_sequence(self.seed, seeds.RECOVER_ONLINE, step, t, chosen[:i].count(t))
             classes = sample_task_classes(self.members[t], cfg.max_way, np.random.default_rng(sequence.spawn(1)[0]))
             plans.append((t, classes, int(sequence.generate_state(1)[0])))
-        shapes = [(len(classes) * cfg.images_per_class, 3, *(int(v) for v in self.members[t].input_size[1:]))
-                  for t, classes, _ in plans]
+        shapes = [
+            (len(classes) * cfg.images_per_class, 3, *(int(v) for v in self.members[t].input_size[1:]))
+            for t, classes, _ in plans
+        ]
         size = max(math.prod(shape) for shape in shapes)
         rows, quality_rows = {}, {}
         for i, (t, classes, task_seed) in enumerate(plans):
@@ -709,10 +799,13 @@ class _MetaTrainer:
             member = self.members[t]
             names = list(member.label_names or [])
             task = RecoveredTask(
-                images=images[i, :math.prod(shape)].view(shape).float() / 255,
+                images=images[i, : math.prod(shape)].view(shape).float() / 255,
                 labels=torch.tensor(classes, dtype=torch.int64).repeat_interleave(cfg.images_per_class),
-                teacher=member.name, loss=float("nan"), classes=classes,
-                class_names=[str(names[c]) if c < len(names) else "" for c in classes])
+                teacher=member.name,
+                loss=float("nan"),
+                classes=classes,
+                class_names=[str(names[c]) if c < len(names) else "" for c in classes],
+            )
             self.bank.add(task)
             self.recoveries[t] += 1
             tasks.append(task)
@@ -729,11 +822,13 @@ class _MetaTrainer:
         episodes = {}
         for e in self.dist.shard(cfg.replay_batch):
             stream = step_rng(self.seed, step, _REPLAY, round_step * cfg.replay_batch + e)
-            ep = self.bank.sample_episode(cfg.replay_way, cfg.replay_shot, cfg.replay_query, stream,
-                                          resize_to=self.model.input_size[-1])
+            ep = self.bank.sample_episode(
+                cfg.replay_way, cfg.replay_shot, cfg.replay_query, stream, resize_to=self.model.input_size[-1]
+            )
             ep = [t.to(self.dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
-            episodes[e] = self._item(lambda p, ep=ep: self.learner.episode_loss(self.model, *ep, params=p).float(),
-                                     scale, step, _REPLAY, e)
+            episodes[e] = self._item(
+                lambda p, ep=ep: self.learner.episode_loss(self.model, *ep, params=p).float(), scale, step, _REPLAY, e
+            )
         replayed = self.combiner.combine(episodes, cfg.replay_batch, beta=0.0, scale=scale)
         self._apply(replayed)
         return replayed
@@ -750,8 +845,9 @@ class _MetaTrainer:
         cfg = self.cfg
         last, losses = None, []
         best, since_best, done = math.inf, 0, 0
-        while done < cfg.replay_steps or (cfg.replay_patience > 0 and since_best < cfg.replay_patience
-                                          and done < cfg.replay_max_steps):
+        while done < cfg.replay_steps or (
+            cfg.replay_patience > 0 and since_best < cfg.replay_patience and done < cfg.replay_max_steps
+        ):
             replayed = self.replay_step(step, done)
             if replayed is None:
                 break
@@ -796,8 +892,15 @@ class _MetaTrainer:
             best_acc = float("nan")
         unwrapped = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         assert unwrapped is self.model or isinstance(unwrapped, MetaModel)
-        return TrainResult(self.best_state, self.best_step, best_acc, self.history, resumed_from=resumed_from,
-                           bank=self.bank if self.online is not None else None, val_std_error=self.val_std_error)
+        return TrainResult(
+            self.best_state,
+            self.best_step,
+            best_acc,
+            self.history,
+            resumed_from=resumed_from,
+            bank=self.bank if self.online is not None else None,
+            val_std_error=self.val_std_error,
+        )
 
 
 def meta_train(
@@ -861,14 +964,32 @@ def meta_train(
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if cfg.checkpoint_every > 0 and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
-    trainer = _MetaTrainer(model, members, bank, groups, cfg, val_split=val_split, seed=seed, dist=dist,
-                           checkpoint_dir=checkpoint_dir, recover=recover, generators=generators, val_seed=val_seed)
+    trainer = _MetaTrainer(
+        model,
+        members,
+        bank,
+        groups,
+        cfg,
+        val_split=val_split,
+        seed=seed,
+        dist=dist,
+        checkpoint_dir=checkpoint_dir,
+        recover=recover,
+        generators=generators,
+        val_seed=val_seed,
+    )
     start = trainer.restore(resume)
     if start == 0:
         trainer.validate(0)
 
-    bar = progress_bar(range(start, cfg.iterations), desc="meta-train", disable=not progress, dynamic_ncols=True,
-               initial=start, total=cfg.iterations)
+    bar = progress_bar(
+        range(start, cfg.iterations),
+        desc="meta-train",
+        disable=not progress,
+        dynamic_ncols=True,
+        initial=start,
+        total=cfg.iterations,
+    )
     for step in bar:
         done = step + 1
         combined = trainer.task_step(step)
@@ -884,14 +1005,26 @@ def meta_train(
         if done % cfg.eval_every == 0 or done == cfg.iterations:
             trainer.validate(done)
         if dist.world > 1 and cfg.sync_check_every > 0 and (done % cfg.sync_check_every == 0 or done == cfg.iterations):
-            dist.check_in_sync({**trainer.model.state_dict(),
-                                **{f"direction/{k}": v for k, v in combined.direction.items()}},
-                               f"the meta-model after step {done}")
-        if checkpoint_dir is not None and cfg.checkpoint_every > 0 and (
-                done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            dist.check_in_sync(
+                {**trainer.model.state_dict(), **{f"direction/{k}": v for k, v in combined.direction.items()}},
+                f"the meta-model after step {done}",
+            )
+        if (
+            checkpoint_dir is not None
+            and cfg.checkpoint_every > 0
+            and (done % cfg.checkpoint_every == 0 or done == cfg.iterations)
+        ):
             trainer.checkpoint(done)
         if on_step is not None:
-            on_step(StepInfo(done, trainer.model, trainer.optimizer, combined.direction,
-                             replayed.direction if replayed is not None else None, combined.losses))
+            on_step(
+                StepInfo(
+                    done,
+                    trainer.model,
+                    trainer.optimizer,
+                    combined.direction,
+                    replayed.direction if replayed is not None else None,
+                    combined.losses,
+                )
+            )
     bar.close()
     return trainer.result(resumed_from=start)

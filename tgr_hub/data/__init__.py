@@ -1,5 +1,7 @@
 """Few-shot data: class-disjoint splits, N-way K-shot episodes, the built-in glyph benchmark.
 
+Example::
+
     split = load_split("glyphs", "test")                  # the offline benchmark
     split = load_split("./my_images", "val", seed=1)      # any imagefolder / save_to_disk / Hub dataset
     sampler = EpisodeSampler(split, way=5, shot=1, query=15, seed=0)
@@ -25,15 +27,34 @@ from .glyphs import (
 GLYPHS = "glyphs"
 
 __all__ = [
-    "GLYPHS", "GLYPH_DOMAINS", "SPLIT_NAMES", "Episode", "EpisodeSampler", "ImageSplit", "build_glyphs",
-    "default_cache_root", "glyph_cache_dir", "glyph_classes", "load_glyph_dataset", "load_glyph_split",
-    "load_split", "normalize_split", "split_classes",
+    "GLYPHS",
+    "GLYPH_DOMAINS",
+    "SPLIT_NAMES",
+    "Episode",
+    "EpisodeSampler",
+    "ImageSplit",
+    "build_glyphs",
+    "default_cache_root",
+    "glyph_cache_dir",
+    "glyph_classes",
+    "load_glyph_dataset",
+    "load_glyph_split",
+    "load_split",
+    "normalize_split",
+    "split_classes",
 ]
 
 
-def load_split(dataset: str = GLYPHS, split: str = "test", *, domains: list[str] | None = None,
-               image_size: int = 32, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-               class_split: str | None = None) -> ImageSplit:
+def load_split(
+    dataset: str = GLYPHS,
+    split: str = "test",
+    *,
+    domains: list[str] | None = None,
+    image_size: int = 32,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    class_split: str | None = None,
+) -> ImageSplit:
     """One class-disjoint split (meta-train, meta-val or meta-test) of a dataset.
 
     Args:
@@ -60,10 +81,13 @@ def load_split(dataset: str = GLYPHS, split: str = "test", *, domains: list[str]
         if class_split:
             from ..errors import DatasetError
 
-            raise DatasetError("the glyph benchmark has its own class split; --class-split is for other datasets",
-                               hint="drop --class-split (data.class_split) or pick another --dataset")
+            raise DatasetError(
+                "the glyph benchmark has its own class split; --class-split is for other datasets",
+                hint="drop --class-split (data.class_split) or pick another --dataset",
+            )
         return load_glyph_split(split, domains=domains, image_size=image_size, seed=seed, cache_dir=cache_dir)
     from .sources import load_source_split  # imports `datasets` only when needed
 
-    return load_source_split(dataset, split, domains=domains, image_size=image_size, seed=seed, cache_dir=cache_dir,
-                             class_split=class_split)
+    return load_source_split(
+        dataset, split, domains=domains, image_size=image_size, seed=seed, cache_dir=cache_dir, class_split=class_split
+    )

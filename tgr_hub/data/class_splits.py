@@ -30,14 +30,18 @@ def _cub_chen2019(names: Sequence[str]) -> dict[str, list[int]]:
     Classification"): with the 200 classes in their official order ``001.`` ... ``200.``
     (index i = number - 1), train is i % 2 == 0 (100 classes), val i % 4 == 1 (50), test i % 4 == 3 (50)."""
     if len(names) != 200:
-        raise DatasetError(f"the built-in cub-200 split needs the 200 CUB-200-2011 classes, the dataset has {len(names)}",
-                           hint="pass --class-split FILE with its own class lists instead")
+        raise DatasetError(
+            f"the built-in cub-200 split needs the 200 CUB-200-2011 classes, the dataset has {len(names)}",
+            hint="pass --class-split FILE with its own class lists instead",
+        )
     numbered = [re.match(r"^\s*(\d{1,3})\s*[._ ]", n) for n in names]
     # names like "001.Black_footed_Albatross" carry the official number; else the label order is taken as official
     order = [int(m.group(1)) - 1 for m in numbered] if all(numbered) else list(range(200))
     if sorted(order) != list(range(200)):
-        raise DatasetError("the dataset's CUB class numbers are not 001..200, each once",
-                           hint="pass --class-split FILE with its own class lists instead")
+        raise DatasetError(
+            "the dataset's CUB class numbers are not 001..200, each once",
+            hint="pass --class-split FILE with its own class lists instead",
+        )
     assignment: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for code, i in enumerate(order):
         assignment["train" if i % 2 == 0 else "val" if i % 4 == 1 else "test"].append(code)
@@ -90,17 +94,21 @@ class ClassSplit:
                     code = by_id.get(entry) if isinstance(entry, int) else by_name.get(str(entry))
                     if code is None:
                         known = ", ".join(list(names)[:5]) + (", ..." if len(names) > 5 else "")
-                        raise DatasetError(f"class split {self.name}: {split} class {entry!r} is not in the dataset",
-                                           hint=f"use its class names ({known})"
-                                           + (" or integer class ids" if ids is not None else ""))
+                        raise DatasetError(
+                            f"class split {self.name}: {split} class {entry!r} is not in the dataset",
+                            hint=f"use its class names ({known})"
+                            + (" or integer class ids" if ids is not None else ""),
+                        )
                     codes.append(code)
                 assignment[split] = codes
         seen: dict[int, str] = {}
         for split in SPLIT_NAMES:
             for code in assignment[split]:
                 if code in seen and seen[code] != split:
-                    raise DatasetError(f"class split {self.name}: class {names[code]!r} is in both {seen[code]} "
-                                       f"and {split}", hint="meta-train, meta-val and meta-test classes must be disjoint")
+                    raise DatasetError(
+                        f"class split {self.name}: class {names[code]!r} is in both {seen[code]} and {split}",
+                        hint="meta-train, meta-val and meta-test classes must be disjoint",
+                    )
                 seen[code] = split
             if not assignment[split]:
                 raise DatasetError(f"class split {self.name}: the {split} split has no class")
@@ -120,9 +128,11 @@ def read_class_split(value: str) -> ClassSplit:
         return ClassSplit(name=f"builtin:{value}", key=f"builtin:{value}")
     path = Path(value).expanduser()
     if not path.is_file():
-        raise DatasetError(f"class split {value!r} is neither a built-in split nor a file",
-                           hint=f"built-in splits: {', '.join(BUILTIN_CLASS_SPLITS)}; or a JSON file "
-                                '{"train": [...], "validation": [...], "test": [...]}')
+        raise DatasetError(
+            f"class split {value!r} is neither a built-in split nor a file",
+            hint=f"built-in splits: {', '.join(BUILTIN_CLASS_SPLITS)}; or a JSON file "
+            '{"train": [...], "validation": [...], "test": [...]}',
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -134,14 +144,18 @@ def read_class_split(value: str) -> ClassSplit:
         split = normalize_split(key)  # DatasetError on anything but train / val(idation) / test
         if split in lists:
             raise DatasetError(f"class split file {path} lists the {split} split twice")
-        if not isinstance(entries, list) or not all(isinstance(e, (str, int)) and not isinstance(e, bool)
-                                                    for e in entries):
+        if not isinstance(entries, list) or not all(
+            isinstance(e, (str, int)) and not isinstance(e, bool) for e in entries
+        ):
             raise DatasetError(f"class split file {path}: {key} must be a list of class names or integer ids")
         lists[split] = list(entries)
     missing = [s for s in SPLIT_NAMES if s not in lists]
     if missing:
-        raise DatasetError(f"class split file {path} lacks the {', '.join(missing)} split(s)",
-                           hint='it needs {"train": [...], "validation": [...], "test": [...]}')
+        raise DatasetError(
+            f"class split file {path} lacks the {', '.join(missing)} split(s)",
+            hint='it needs {"train": [...], "validation": [...], "test": [...]}',
+        )
     canonical = json.dumps({s: lists[s] for s in SPLIT_NAMES}, sort_keys=True)
-    return ClassSplit(name=f"file:{path}", key="file:" + hashlib.sha256(canonical.encode()).hexdigest()[:20],
-                      lists=lists)
+    return ClassSplit(
+        name=f"file:{path}", key="file:" + hashlib.sha256(canonical.encode()).hexdigest()[:20], lists=lists
+    )

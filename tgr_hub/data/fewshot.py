@@ -22,9 +22,17 @@ logger = logging.getLogger(__name__)
 #: Canonical split names; "val" and "validation" are the same split.
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 _SPLIT_ALIASES = {
-    "train": "train", "meta-train": "train", "meta_train": "train",
-    "val": "val", "valid": "val", "validation": "val", "meta-val": "val", "meta_val": "val",
-    "test": "test", "meta-test": "test", "meta_test": "test",
+    "train": "train",
+    "meta-train": "train",
+    "meta_train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "meta-val": "val",
+    "meta_val": "val",
+    "test": "test",
+    "meta-test": "test",
+    "meta_test": "test",
 }
 #: Fractions of the classes of a domain (or dataset) in train / val / test.
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -42,8 +50,11 @@ def normalize_split(split: str) -> str:
     return _SPLIT_ALIASES[key]
 
 
-def split_classes(num_classes: int, seed: int, fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
-                  ) -> dict[str, list[int]]:
+def split_classes(
+    num_classes: int,
+    seed: int,
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+) -> dict[str, list[int]]:
     """Assign classes ``0..num_classes-1`` to train / val / test, class-disjointly.
 
     The classes are shuffled with ``numpy.random.default_rng(seed)``; val and test get
@@ -62,21 +73,25 @@ def split_classes(num_classes: int, seed: int, fractions: tuple[float, float, fl
     if num_classes < 0:
         raise DatasetError(f"cannot split {num_classes} classes", hint="num_classes must be >= 0")
     if min(fractions[1:]) < 0 or fractions[1] + fractions[2] > 1:
-        raise DatasetError(f"class split fractions {tuple(fractions)} are invalid",
-                           hint="val and test fractions are >= 0 and together at most 1")
+        raise DatasetError(
+            f"class split fractions {tuple(fractions)} are invalid",
+            hint="val and test fractions are >= 0 and together at most 1",
+        )
     n_val = int(round(fractions[1] * num_classes))
     n_test = int(round(fractions[2] * num_classes))
     if num_classes >= 3:  # every split gets at least one class
         n_val, n_test = max(n_val, 1), max(n_test, 1)
     n_train = num_classes - n_val - n_test
     if n_train < 0:
-        raise DatasetError(f"{num_classes} classes are too few for a train, a val and a test split "
-                           f"with fractions {tuple(fractions)}", hint="use a dataset with more classes")
+        raise DatasetError(
+            f"{num_classes} classes are too few for a train, a val and a test split with fractions {tuple(fractions)}",
+            hint="use a dataset with more classes",
+        )
     order = np.random.default_rng(seed).permutation(num_classes)
     return {
         "train": sorted(int(c) for c in order[:n_train]),
-        "val": sorted(int(c) for c in order[n_train:n_train + n_val]),
-        "test": sorted(int(c) for c in order[n_train + n_val:]),
+        "val": sorted(int(c) for c in order[n_train : n_train + n_val]),
+        "test": sorted(int(c) for c in order[n_train + n_val :]),
     }
 
 
@@ -97,7 +112,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor,
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros(images.shape[1], dtype=torch.float64)
     for start in range(0, images.shape[0], chunk):
-        block = images[start:start + chunk].to(torch.float64).div_(255.0)
+        block = images[start : start + chunk].to(torch.float64).div_(255.0)
         total += block.sum(dim=(0, 2, 3))
         squares += block.square().sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
@@ -133,12 +148,15 @@ class ImageSplit:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise DatasetError(f"images must be [N, 3, H, W] uint8, got {tuple(images.shape)} {images.dtype}")
         if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
-            raise DatasetError(f"labels must be [N] = [{images.shape[0]}] int64, got {tuple(labels.shape)} {labels.dtype}")
+            raise DatasetError(
+                f"labels must be [N] = [{images.shape[0]}] int64, got {tuple(labels.shape)} {labels.dtype}"
+            )
         if len(self.class_names) != len(self.class_domains):
             raise DatasetError(f"{len(self.class_names)} class names but {len(self.class_domains)} class domains")
         if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < len(self.class_names)):
-            raise DatasetError(f"labels must lie in 0..{len(self.class_names) - 1}, got "
-                               f"{int(labels.min())}..{int(labels.max())}")
+            raise DatasetError(
+                f"labels must lie in 0..{len(self.class_names) - 1}, got {int(labels.min())}..{int(labels.max())}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -246,8 +264,10 @@ class EpisodeSampler:
 
     def __init__(self, split: ImageSplit, way: int, shot: int, query: int, seed: int = 0) -> None:
         if way < 1 or shot < 1 or query < 0:
-            raise EpisodeError(f"invalid episode shape way={way}, shot={shot}, query={query}",
-                               hint="way and shot must be >= 1 and query >= 0")
+            raise EpisodeError(
+                f"invalid episode shape way={way}, shot={shot}, query={query}",
+                hint="way and shot must be >= 1 and query >= 0",
+            )
         if seed < 0:
             raise EpisodeError(f"seed must be >= 0, got {seed}")
         self.split, self.way, self.shot, self.query, self.seed = split, int(way), int(shot), int(query), int(seed)
@@ -257,17 +277,23 @@ class EpisodeSampler:
         if split.num_classes < self.way:
             raise EpisodeError(
                 f"a {way}-way episode needs {way} classes but the split has only {split.num_classes}",
-                hint="lower the way or use a split/dataset with more classes")
+                hint="lower the way or use a split/dataset with more classes",
+            )
         if len(self.eligible) < self.way:
             smallest = int(counts.min()) if counts.numel() else 0
             raise EpisodeError(
                 f"a {way}-way {shot}-shot episode with {query} queries needs {need} images in each of {way} "
                 f"classes, but only {len(self.eligible)} of {split.num_classes} classes have that many "
                 f"(smallest class: {smallest} images)",
-                hint="lower shot/query or the way")
+                hint="lower shot/query or the way",
+            )
         if len(self.eligible) < split.num_classes:
-            logger.warning("%d of %d classes have fewer than %d images and are never drawn",
-                           split.num_classes - len(self.eligible), split.num_classes, need)
+            logger.warning(
+                "%d of %d classes have fewer than %d images and are never drawn",
+                split.num_classes - len(self.eligible),
+                split.num_classes,
+                need,
+            )
 
     def indices(self, index: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """The classes and the support / query image indices of episode ``index``.
@@ -286,7 +312,7 @@ class EpisodeSampler:
             pool = self.split.indices_of(c)
             chosen = pool[torch.from_numpy(rng.choice(len(pool), size=self.shot + self.query, replace=False))]
             support.append(chosen[: self.shot])
-            query.append(chosen[self.shot:])
+            query.append(chosen[self.shot :])
         return classes, torch.cat(support), torch.cat(query)
 
     def episode(self, index: int) -> Episode:

@@ -116,10 +116,10 @@ def _chars(*parts: str | tuple[int, int]) -> list[int]:
 
 # Candidate characters per domain, in priority order (the first of two look-alikes is kept).
 _CANDIDATES: dict[str, list[int]] = {
-    "latin": _chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz", "0123456789",
-                    "ßÆæŒœØøÞþÐðĦħŁłŊŋƏəƩʃƷʒƐɛƆɔ"),
-    "greek": _chars((0x391, 0x3A1), (0x3A3, 0x3A9), (0x3B1, 0x3C9),
-                    "ϑϕϖϰϱϵϜϝϞϟϠϡϚϛϘϙ"),
+    "latin": _chars(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz", "0123456789", "ßÆæŒœØøÞþÐðĦħŁłŊŋƏəƩʃƷʒƐɛƆɔ"
+    ),
+    "greek": _chars((0x391, 0x3A1), (0x3A3, 0x3A9), (0x3B1, 0x3C9), "ϑϕϖϰϱϵϜϝϞϟϠϡϚϛϘϙ"),
     "cyrillic": _chars((0x410, 0x44F), "ЂЄЅІЈЉЊЋЏђєѕіјљњћџ", "ҐґҒғҖҗҚқҢңҮүҰұҺһӘәӨөѢѣѲѳѴѵ"),
     "symbols": _chars((0x2190, 0x21FF), (0x2200, 0x22FF)),
 }
@@ -157,8 +157,10 @@ def _available_fonts() -> list[tuple[str, frozenset[int] | None]]:
     if missing:
         logger.warning("glyph fonts missing from %s: %s", folder, ", ".join(missing))
     if len(fonts) < MIN_FONTS:
-        raise DatasetError(f"found only {len(fonts)} of the glyph benchmark's fonts in {folder}",
-                           hint="reinstall matplotlib, or use another dataset with --dataset")
+        raise DatasetError(
+            f"found only {len(fonts)} of the glyph benchmark's fonts in {folder}",
+            hint="reinstall matplotlib, or use another dataset with --dataset",
+        )
     return fonts
 
 
@@ -231,8 +233,15 @@ def _glyph_mask(name: str, allowed: frozenset[int] | None, codepoint: int, size:
 # --- drawing -----------------------------------------------------------------------------
 
 
-def _place(mask: np.ndarray, canvas: int, *, scale: float = 1.0, rotation: float = 0.0, shear: float = 0.0,
-           offset: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+def _place(
+    mask: np.ndarray,
+    canvas: int,
+    *,
+    scale: float = 1.0,
+    rotation: float = 0.0,
+    shear: float = 0.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> Image.Image:
     """Draw a cropped glyph mask on a ``canvas``-sized square with an affine transform.
 
     The glyph's longest side becomes ``GLYPH_FILL * scale * canvas``; rotation (radians)
@@ -249,8 +258,9 @@ def _place(mask: np.ndarray, canvas: int, *, scale: float = 1.0, rotation: float
     # PIL maps each output pixel to an input pixel: in = inverse @ (out - centre_out) + centre_in
     shift = centre_in - inverse @ centre_out
     coeffs = (inverse[0, 0], inverse[0, 1], shift[0], inverse[1, 0], inverse[1, 1], shift[1])
-    return Image.fromarray(mask).transform((canvas, canvas), Image.Transform.AFFINE, coeffs,
-                                           resample=Image.Resampling.BILINEAR)
+    return Image.fromarray(mask).transform(
+        (canvas, canvas), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR
+    )
 
 
 def _supersample(image_size: int) -> int:
@@ -267,7 +277,8 @@ def _augment(mask: np.ndarray, image_size: int, rng: np.random.Generator) -> np.
     factor = _supersample(image_size)
     canvas = image_size * factor
     placed = _place(
-        mask, canvas,
+        mask,
+        canvas,
         scale=float(rng.uniform(0.8, 1.05)),
         rotation=float(np.deg2rad(rng.uniform(-12.0, 12.0))),
         shear=float(rng.uniform(-0.2, 0.2)),
@@ -310,8 +321,8 @@ def _shapes(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
     ink = np.stack([np.asarray(_place(m, SHAPE_RES)) >= 128 for m in masks])  # [n, R, R]
     r = int(np.floor(SHAPE_TOLERANCE))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    disk = (yy ** 2 + xx ** 2 <= SHAPE_TOLERANCE ** 2)[None]  # dilate each image, not across the batch
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (yy**2 + xx**2 <= SHAPE_TOLERANCE**2)[None]  # dilate each image, not across the batch
     far = ~ndimage.binary_dilation(ink, structure=disk)
     n = len(masks)
     return ink.reshape(n, -1).astype(np.float32), far.reshape(n, -1).astype(np.float32)
@@ -364,8 +375,15 @@ def select_classes(seed: int = 0, *, cache_dir: str | os.PathLike | None = None)
         assignment = split_classes(len(members), seed=_domain_seed(seed, domain_index))
         split_of = {position: split for split, positions in assignment.items() for position in positions}
         for position, (codepoint, fonts) in enumerate(members):
-            classes.append(GlyphClass(name=f"{domain}/{chr(codepoint)}", domain=domain, codepoint=codepoint,
-                                      fonts=tuple(fonts), split=split_of[position]))
+            classes.append(
+                GlyphClass(
+                    name=f"{domain}/{chr(codepoint)}",
+                    domain=domain,
+                    codepoint=codepoint,
+                    fonts=tuple(fonts),
+                    split=split_of[position],
+                )
+            )
     return classes
 
 
@@ -476,8 +494,9 @@ def default_cache_root() -> Path:
     return Path(base) / "tgr_hub"
 
 
-def glyph_cache_dir(seed: int = 0, image_size: int = 32, instances: int = DEFAULT_INSTANCES,
-                    cache_dir: str | os.PathLike | None = None) -> Path:
+def glyph_cache_dir(
+    seed: int = 0, image_size: int = 32, instances: int = DEFAULT_INSTANCES, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Folder of one glyph build: ``<cache_dir>/glyphs-v<version>-seed<seed>-<size>px-<instances>x``."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     return root / f"glyphs-v{GLYPH_VERSION}-seed{seed}-{image_size}px-{instances}x"
@@ -492,8 +511,12 @@ def _check_args(seed: int, image_size: int, instances: int) -> None:
         raise DatasetError(f"glyph instances per class must be >= 1, got {instances}")
 
 
-def _render_all(classes: list[GlyphClass], seed: int, image_size: int, instances: int,
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _render_all(
+    classes: list[GlyphClass],
+    seed: int,
+    image_size: int,
+    instances: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw every instance: ``([N, S, S, 3] uint8, [N] int64 class ids)``, class by class."""
     from ..progress import progress_bar
 
@@ -522,11 +545,13 @@ def _write_hf(folder: Path, images: np.ndarray, labels: np.ndarray, classes: lis
     """Save a ``datasets`` DatasetDict (train/validation/test) of the build."""
     import datasets
 
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=[c.name for c in classes]),
-        "domain": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=[c.name for c in classes]),
+            "domain": datasets.Value("string"),
+        }
+    )
     split_of = np.array([SPLIT_NAMES.index(c.split) for c in classes])
     parts = {}
     for split_index, split in enumerate(SPLIT_NAMES):
@@ -542,8 +567,15 @@ def _write_hf(folder: Path, images: np.ndarray, labels: np.ndarray, classes: lis
     datasets.DatasetDict(parts).save_to_disk(str(folder))
 
 
-def build_glyphs(seed: int = 0, image_size: int = 32, *, instances: int = DEFAULT_INSTANCES,
-                 cache_dir: str | os.PathLike | None = None, with_hf: bool = True, force: bool = False) -> Path:
+def build_glyphs(
+    seed: int = 0,
+    image_size: int = 32,
+    *,
+    instances: int = DEFAULT_INSTANCES,
+    cache_dir: str | os.PathLike | None = None,
+    with_hf: bool = True,
+    force: bool = False,
+) -> Path:
     """Build the benchmark once and cache it; return its folder.
 
     The folder holds ``meta.json`` (classes, fonts, splits), ``images.safetensors``
@@ -573,8 +605,10 @@ def build_glyphs(seed: int = 0, image_size: int = 32, *, instances: int = DEFAUL
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     except OSError as error:
-        raise DatasetError(f"cannot write the glyph benchmark cache in {folder.parent}: {error}",
-                           hint="set TGR_HUB_CACHE or data.cache_dir to a writable folder") from error
+        raise DatasetError(
+            f"cannot write the glyph benchmark cache in {folder.parent}: {error}",
+            hint="set TGR_HUB_CACHE or data.cache_dir to a writable folder",
+        ) from error
     shutil.rmtree(tmp)  # only probed: the folder is made again once the images exist
     classes = select_classes(seed, cache_dir=cache_dir)
     images, labels = _render_all(classes, seed, image_size, instances)
@@ -582,17 +616,32 @@ def build_glyphs(seed: int = 0, image_size: int = 32, *, instances: int = DEFAUL
     try:
         from safetensors.torch import save_file
 
-        save_file({"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                   "labels": torch.from_numpy(labels)}, str(tmp / "images.safetensors"))
+        save_file(
+            {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), "labels": torch.from_numpy(labels)},
+            str(tmp / "images.safetensors"),
+        )
         if with_hf:
             _write_hf(tmp / "hf", images, labels, classes)
         meta = {
-            "version": GLYPH_VERSION, "seed": seed, "image_size": image_size, "instances": instances,
-            "font_fingerprint": fingerprint, "domains": list(GLYPH_DOMAINS), "has_hf": with_hf,
+            "version": GLYPH_VERSION,
+            "seed": seed,
+            "image_size": image_size,
+            "instances": instances,
+            "font_fingerprint": fingerprint,
+            "domains": list(GLYPH_DOMAINS),
+            "has_hf": with_hf,
             "build_seconds": round(time.perf_counter() - start, 2),
-            "classes": [{"name": c.name, "domain": c.domain, "codepoint": c.codepoint,
-                         "unicode_name": unicodedata.name(c.char, ""), "split": c.split, "fonts": list(c.fonts)}
-                        for c in classes],
+            "classes": [
+                {
+                    "name": c.name,
+                    "domain": c.domain,
+                    "codepoint": c.codepoint,
+                    "unicode_name": unicodedata.name(c.char, ""),
+                    "split": c.split,
+                    "fonts": list(c.fonts),
+                }
+                for c in classes
+            ],
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         _make_shareable(tmp)
@@ -616,13 +665,15 @@ def build_glyphs(seed: int = 0, image_size: int = 32, *, instances: int = DEFAUL
             logger.info("another process built %s first; using it", folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("glyph benchmark: %d classes, %d images in %.1f s", len(classes), len(labels),
-                time.perf_counter() - start)
+    logger.info(
+        "glyph benchmark: %d classes, %d images in %.1f s", len(classes), len(labels), time.perf_counter() - start
+    )
     return folder
 
 
-def _ensure_built(seed: int, image_size: int, instances: int, cache_dir: str | os.PathLike | None, *,
-                  need_hf: bool) -> Path:
+def _ensure_built(
+    seed: int, image_size: int, instances: int, cache_dir: str | os.PathLike | None, *, need_hf: bool
+) -> Path:
     """The folder of a valid build (tensors, and ``hf/`` if ``need_hf``), building it if needed."""
     _check_args(seed, image_size, instances)
     folder = glyph_cache_dir(int(seed), int(image_size), int(instances), cache_dir)
@@ -670,13 +721,21 @@ def _checked_domains(domains: list[str] | tuple[str, ...] | None) -> list[str]:
         domains = [domains]
     unknown = [d for d in domains if d not in GLYPH_DOMAINS]
     if unknown or not domains:
-        raise DatasetError(f"unknown glyph domain(s) {unknown or domains}",
-                           hint=f"choose from {', '.join(GLYPH_DOMAINS)}")
+        raise DatasetError(
+            f"unknown glyph domain(s) {unknown or domains}", hint=f"choose from {', '.join(GLYPH_DOMAINS)}"
+        )
     return list(dict.fromkeys(domains))
 
 
-def load_glyph_split(split: str = "test", *, domains: list[str] | None = None, image_size: int = 32, seed: int = 0,
-                     cache_dir: str | os.PathLike | None = None, instances: int = DEFAULT_INSTANCES) -> ImageSplit:
+def load_glyph_split(
+    split: str = "test",
+    *,
+    domains: list[str] | None = None,
+    image_size: int = 32,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    instances: int = DEFAULT_INSTANCES,
+) -> ImageSplit:
     """One class-disjoint split of the glyph benchmark (built and cached on first use).
 
     Args:
@@ -712,8 +771,13 @@ def load_glyph_split(split: str = "test", *, domains: list[str] | None = None, i
     )
 
 
-def load_glyph_dataset(*, image_size: int = 32, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                       instances: int = DEFAULT_INSTANCES):
+def load_glyph_dataset(
+    *,
+    image_size: int = 32,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    instances: int = DEFAULT_INSTANCES,
+):
     """The benchmark as a ``datasets.DatasetDict`` (``train``/``validation``/``test``).
 
     Columns: ``image`` (``datasets.Image``), ``label`` (``ClassLabel`` named like
@@ -725,8 +789,13 @@ def load_glyph_dataset(*, image_size: int = 32, seed: int = 0, cache_dir: str | 
     return datasets.load_from_disk(str(folder / "hf"))
 
 
-def glyph_classes(*, image_size: int = 32, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                  instances: int = DEFAULT_INSTANCES) -> list[dict[str, Any]]:
+def glyph_classes(
+    *,
+    image_size: int = 32,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    instances: int = DEFAULT_INSTANCES,
+) -> list[dict[str, Any]]:
     """The class table of a build (name, domain, codepoint, unicode_name, split, fonts)."""
     folder = _ensure_built(seed, image_size, instances, cache_dir, need_hf=False)
     meta = _read_meta(folder)

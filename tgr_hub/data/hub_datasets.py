@@ -58,8 +58,12 @@ class HubDataset:
             self._builder.download_and_prepare()
             loaded = self._builder.as_dataset()
         except Exception as error:  # noqa: BLE001 - network, disk, bad shard: all make the dataset unusable
-            raise _dataset_error(error, self.repo_id, self.revision or self.requested,
-                                 hint="check your network, or the datasets cache when offline") from error
+            raise _dataset_error(
+                error,
+                self.repo_id,
+                self.revision or self.requested,
+                hint="check your network, or the datasets cache when offline",
+            ) from error
         return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"all": loaded}
 
 
@@ -92,16 +96,24 @@ def resolve_hub_dataset(repo_id: str, revision: str | None = None) -> HubDataset
     try:
         builder = datasets.load_dataset_builder(repo_id, revision=revision or None)
     except Exception as error:  # noqa: BLE001 - network, auth, missing repo, bad format...
-        raise _dataset_error(error, repo_id, revision, note=" (and there is no local folder of that name)",
-                             hint="check the id and your network (offline, only datasets already in the cache "
-                                  "load), or pass a local folder") from error
+        raise _dataset_error(
+            error,
+            repo_id,
+            revision,
+            note=" (and there is no local folder of that name)",
+            hint="check the id and your network (offline, only datasets already in the cache "
+            "load), or pass a local folder",
+        ) from error
     resolved = str(builder.hash) if is_commit_id(str(builder.hash)) else None
     if resolved is None:
-        logger.warning("%s: datasets reported no commit id (hash %r); the run record will not pin it",
-                       repo_id, builder.hash)
+        logger.warning(
+            "%s: datasets reported no commit id (hash %r); the run record will not pin it", repo_id, builder.hash
+        )
     if is_commit_id(revision) and resolved is not None and resolved != revision:
         # offline, datasets falls back to the newest cached commit, whatever was asked for
-        raise DatasetError(f"Hub dataset {repo_id}@{revision} is not in the cache (it holds commit {resolved})",
-                           hint=f"load it once with network access, or ask for {repo_id}@{resolved}")
+        raise DatasetError(
+            f"Hub dataset {repo_id}@{revision} is not in the cache (it holds commit {resolved})",
+            hint=f"load it once with network access, or ask for {repo_id}@{resolved}",
+        )
     logger.info("Hub dataset %s@%s resolved to commit %s", repo_id, revision or "main", resolved)
     return HubDataset(repo_id, revision or None, resolved, builder)

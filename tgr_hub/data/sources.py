@@ -52,7 +52,8 @@ _SPLIT_KEYS = {"train": ("train",), "val": ("validation", "val", "valid"), "test
 
 def _is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (
-        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file())
+        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+    )
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -115,8 +116,10 @@ def open_source(source: str) -> OpenedSource:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise DatasetError(f"dataset {source!r} is a file",
-                               hint="pass a folder of class sub-folders, a save_to_disk folder or a Hub dataset id")
+            raise DatasetError(
+                f"dataset {source!r} is a file",
+                hint="pass a folder of class sub-folders, a save_to_disk folder or a Hub dataset id",
+            )
         name = path.resolve().name
         fingerprint = _folder_fingerprint(path)
         if _is_saved_dataset(path):
@@ -129,18 +132,22 @@ def open_source(source: str) -> OpenedSource:
         try:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         except Exception as error:  # noqa: BLE001
-            raise DatasetError(f"cannot read {source} as an image folder: {error}",
-                               hint="put the images of each class in their own sub-folder: ROOT/CLASS/IMAGE.png",
-                               ) from error
+            raise DatasetError(
+                f"cannot read {source} as an image folder: {error}",
+                hint="put the images of each class in their own sub-folder: ROOT/CLASS/IMAGE.png",
+            ) from error
         return OpenedSource(name, fingerprint, str(path.resolve()), _splits=dict(loaded))
     try:
         ref = parse_repo_ref(source, namespace=False)
     except RepoIdError as error:
-        raise DatasetError(f"dataset {source!r} is neither an existing folder nor a Hub dataset id ({error})",
-                           hint="use 'glyphs', a local folder, or org/name") from None
+        raise DatasetError(
+            f"dataset {source!r} is neither an existing folder nor a Hub dataset id ({error})",
+            hint="use 'glyphs', a local folder, or org/name",
+        ) from None
     hub = resolve_hub_dataset(ref.repo_id, ref.revision)
-    return OpenedSource(ref.name, f"hub:{hub.revision}" if hub.revision else None, ref.repo_id,
-                        revision=hub.revision, _hub=hub)
+    return OpenedSource(
+        ref.name, f"hub:{hub.revision}" if hub.revision else None, ref.repo_id, revision=hub.revision, _hub=hub
+    )
 
 
 def find_columns(features: Any) -> tuple[str, str]:
@@ -156,19 +163,28 @@ def find_columns(features: Any) -> tuple[str, str]:
     import datasets
 
     def ranked(names: list[str], preferred: tuple[str, ...]) -> list[str]:
-        return sorted(names, key=lambda n: (preferred.index(n.lower()) if n.lower() in preferred else len(preferred)))
+        return sorted(names, key=lambda n: preferred.index(n.lower()) if n.lower() in preferred else len(preferred))
 
     images = [n for n, f in features.items() if isinstance(f, datasets.Image)]
     if not images:
-        raise DatasetError(f"the dataset has no image column (columns: {', '.join(features)})",
-                           hint="few-shot evaluation needs a datasets.Image column")
+        raise DatasetError(
+            f"the dataset has no image column (columns: {', '.join(features)})",
+            hint="few-shot evaluation needs a datasets.Image column",
+        )
     class_labels = [n for n, f in features.items() if isinstance(f, datasets.ClassLabel)]
-    plain = [n for n, f in features.items() if n.lower() in _LABEL_NAMES and isinstance(f, datasets.Value)
-             and (f.dtype.startswith("int") or f.dtype in ("string", "large_string"))]
+    plain = [
+        n
+        for n, f in features.items()
+        if n.lower() in _LABEL_NAMES
+        and isinstance(f, datasets.Value)
+        and (f.dtype.startswith("int") or f.dtype in ("string", "large_string"))
+    ]
     labels = ranked(class_labels, _LABEL_NAMES) or ranked(plain, _LABEL_NAMES)
     if not labels:
-        raise DatasetError(f"the dataset has no label column (columns: {', '.join(features)})",
-                           hint="it needs a ClassLabel column, or an int/string column named label")
+        raise DatasetError(
+            f"the dataset has no label column (columns: {', '.join(features)})",
+            hint="it needs a ClassLabel column, or an int/string column named label",
+        )
     return ranked(images, _IMAGE_NAMES)[0], labels[0]
 
 
@@ -207,9 +223,14 @@ def _read_cache(path: Path) -> ImageSplit | None:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             images, labels = handle.get_tensor("images"), handle.get_tensor("labels")
-        return ImageSplit(images=images, labels=labels, class_names=json.loads(meta["class_names"]),
-                          class_domains=json.loads(meta["class_domains"]), revision=meta.get("revision") or None,
-                          class_split=meta.get("class_split") or None)
+        return ImageSplit(
+            images=images,
+            labels=labels,
+            class_names=json.loads(meta["class_names"]),
+            class_domains=json.loads(meta["class_domains"]),
+            revision=meta.get("revision") or None,
+            class_split=meta.get("class_split") or None,
+        )
     except (OSError, KeyError, ValueError, AssertionError, RuntimeError) as error:
         if path.exists():
             logger.warning("ignoring unreadable dataset cache %s: %s", path, error)
@@ -218,10 +239,16 @@ def _read_cache(path: Path) -> ImageSplit | None:
 
 def _write_cache(path: Path, split: ImageSplit) -> None:
     try:
-        save_safetensors_atomic(path, {"images": split.images, "labels": split.labels},
-                                metadata={"class_names": json.dumps(split.class_names, ensure_ascii=False),
-                                          "class_domains": json.dumps(split.class_domains, ensure_ascii=False),
-                                          "revision": split.revision or "", "class_split": split.class_split or ""})
+        save_safetensors_atomic(
+            path,
+            {"images": split.images, "labels": split.labels},
+            metadata={
+                "class_names": json.dumps(split.class_names, ensure_ascii=False),
+                "class_domains": json.dumps(split.class_domains, ensure_ascii=False),
+                "revision": split.revision or "",
+                "class_split": split.class_split or "",
+            },
+        )
     except OSError as error:  # a read-only cache only costs time
         logger.warning("could not cache the converted dataset at %s: %s", path, error)
 
@@ -259,8 +286,17 @@ def _predefined_splits(splits: dict[str, Any], labels: dict[str, np.ndarray]) ->
     return chosen
 
 
-def source_cache_key(source_id: str, split: str, *, fingerprint: str | None, name: str, image_size: int,
-                     domains: list[str] | None = None, seed: int = 0, class_split: str | None = None) -> dict[str, Any]:
+def source_cache_key(
+    source_id: str,
+    split: str,
+    *,
+    fingerprint: str | None,
+    name: str,
+    image_size: int,
+    domains: list[str] | None = None,
+    seed: int = 0,
+    class_split: str | None = None,
+) -> dict[str, Any]:
     """The identity of one converted split in the image cache.
 
     Args:
@@ -273,9 +309,17 @@ def source_cache_key(source_id: str, split: str, *, fingerprint: str | None, nam
         domains, seed, class_split: what else decides which images and classes the split holds
             (``class_split`` is :attr:`ClassSplit.key`).
     """
-    return {"version": SOURCE_CACHE_VERSION, "source": source_id, "split": split,
-            "domains": sorted(domains) if domains else None, "image_size": int(image_size), "seed": int(seed),
-            "class_split": class_split, "name": name, "fingerprint": fingerprint}
+    return {
+        "version": SOURCE_CACHE_VERSION,
+        "source": source_id,
+        "split": split,
+        "domains": sorted(domains) if domains else None,
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "class_split": class_split,
+        "name": name,
+        "fingerprint": fingerprint,
+    }
 
 
 def source_cache_path(cache_dir: str | os.PathLike | None, key: dict[str, Any]) -> Path:
@@ -283,9 +327,16 @@ def source_cache_path(cache_dir: str | os.PathLike | None, key: dict[str, Any]) 
     return _cache_path(cache_dir, key)
 
 
-def load_source_split(source: str, split: str = "test", *, domains: list[str] | None = None, image_size: int = 32,
-                      seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                      class_split: str | None = None) -> ImageSplit:
+def load_source_split(
+    source: str,
+    split: str = "test",
+    *,
+    domains: list[str] | None = None,
+    image_size: int = 32,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    class_split: str | None = None,
+) -> ImageSplit:
     """One class-disjoint split of an image-classification dataset.
 
     The classes are assigned to train / val / test by, in order: ``class_split`` if given, the
@@ -320,8 +371,16 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
     local = Path(source).expanduser()
 
     def key_of(source_id: str, name: str, fingerprint: str | None) -> dict[str, Any]:
-        return source_cache_key(source_id, split, fingerprint=fingerprint, name=name, image_size=image_size,
-                                domains=domains, seed=seed, class_split=rule.key if rule else None)
+        return source_cache_key(
+            source_id,
+            split,
+            fingerprint=fingerprint,
+            name=name,
+            image_size=image_size,
+            domains=domains,
+            seed=seed,
+            class_split=rule.key if rule else None,
+        )
 
     # found without opening the dataset: a local folder (by its file listing), a Hub dataset at a commit id
     early: Path | None = None
@@ -336,8 +395,11 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
             logger.info("%s %s: converted images from the cache %s", source, split, early)
             return cached
     opened = open_source(source)
-    path = _cache_path(cache_dir, key_of(opened.key_source, opened.name, opened.fingerprint)) \
-        if opened.fingerprint else None
+    path = (
+        _cache_path(cache_dir, key_of(opened.key_source, opened.name, opened.fingerprint))
+        if opened.fingerprint
+        else None
+    )
     if path is not None and path.is_file():
         cached = _read_cache(path)
         if cached is not None:
@@ -353,7 +415,8 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
     for split_key, part in splits.items():
         if image_column not in part.features or label_column not in part.features:
             raise DatasetError(
-                f"split {split_key!r} of {source!r} lacks the {image_column!r} or {label_column!r} column")
+                f"split {split_key!r} of {source!r} lacks the {image_column!r} or {label_column!r} column"
+            )
 
     import datasets
 
@@ -375,11 +438,16 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
             codes[key] = values.astype(np.int64) + offset
             offset += count
         ids = None
-        logger.info("%s: the splits number their classes separately (%s): classes are taken per split",
-                    source, ", ".join(f"{k} 0..{int(v.max())}" for k, v in labels.items()))
+        logger.info(
+            "%s: the splits number their classes separately (%s): classes are taken per split",
+            source,
+            ", ".join(f"{k} 0..{int(v.max())}" for k, v in labels.items()),
+        )
     else:
-        values = sorted({v.item() if hasattr(v, "item") else v for arr in labels.values() for v in arr.tolist()},
-                        key=lambda v: (str(type(v)), v))
+        values = sorted(
+            {v.item() if hasattr(v, "item") else v for arr in labels.values() for v in arr.tolist()},
+            key=lambda v: (str(type(v)), v),
+        )
         index = {v: i for i, v in enumerate(values)}
         names = [str(v) for v in values]
         codes = {k: np.array([index[v] for v in arr.tolist()], dtype=np.int64) for k, arr in labels.items()}
@@ -420,16 +488,21 @@ def load_source_split(source: str, split: str = "test", *, domains: list[str] | 
     if domains:
         lacking = sorted(set(domains) - set(class_domain.values()))
         if lacking:  # not silently dropped: the split would hold fewer domains than asked for
-            raise DatasetError(f"dataset {source!r} has no {split} classes in domains {lacking} "
-                               f"(its domains: {', '.join(sorted(set(class_domain.values())))})",
-                               hint="name domains the dataset has, or drop the domain filter")
+            raise DatasetError(
+                f"dataset {source!r} has no {split} classes in domains {lacking} "
+                f"(its domains: {', '.join(sorted(set(class_domain.values())))})",
+                hint="name domains the dataset has, or drop the domain filter",
+            )
         members = [c for c in members if class_domain[c] in set(domains)]
     if not members:
         known = sorted(set(class_domain.values()))
-        raise DatasetError(f"dataset {source!r} has no {split} classes"
-                           + (f" in domains {list(domains)} (its domains: {', '.join(known)})" if domains else ""),
-                           hint="it needs at least 3 classes for class-disjoint train/val/test splits"
-                           if not domains else "drop the domain filter (make-pool: --domains '*' takes every domain)")
+        raise DatasetError(
+            f"dataset {source!r} has no {split} classes"
+            + (f" in domains {list(domains)} (its domains: {', '.join(known)})" if domains else ""),
+            hint="it needs at least 3 classes for class-disjoint train/val/test splits"
+            if not domains
+            else "drop the domain filter (make-pool: --domains '*' takes every domain)",
+        )
 
     relabel = {c: i for i, c in enumerate(members)}
     parts = [predefined[split]] if predefined is not None else list(splits)

@@ -96,20 +96,23 @@ def _read_bytes(source: ImageSource, name: str, limits: InputLimits) -> bytes | 
         size = path.stat().st_size
         if size > limits.max_file_bytes:
             raise ImageInputError(
-                f"{name}: file is too large ({size / 2**20:.1f} MB; the limit is "
-                f"{limits.max_file_bytes // 2**20} MB)", hint="downscale or compress it first")
+                f"{name}: file is too large ({size / 2**20:.1f} MB; the limit is {limits.max_file_bytes // 2**20} MB)",
+                hint="downscale or compress it first",
+            )
         data = path.read_bytes()
     elif isinstance(source, (Image.Image, np.ndarray)):
         return source
     else:
-        raise ImageInputError(f"{name}: unsupported input of type {type(source).__name__}; "
-                              "give a file path or image bytes")
+        raise ImageInputError(
+            f"{name}: unsupported input of type {type(source).__name__}; give a file path or image bytes"
+        )
     if len(data) == 0:
         raise ImageInputError(f"{name}: file is empty, not an image")
     if len(data) > limits.max_file_bytes:
         raise ImageInputError(
             f"{name}: file is too large ({len(data) / 2**20:.1f} MB; the limit is {limits.max_file_bytes // 2**20} MB)",
-            hint="downscale or compress it first")
+            hint="downscale or compress it first",
+        )
     return data
 
 
@@ -142,18 +145,23 @@ def _open(source: ImageSource, name: str, limits: InputLimits) -> Image.Image:
         except Image.DecompressionBombError:
             raise ImageInputError(
                 f"{name}: image is far too large (more than {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels; "
-                f"the limit is {limits.max_pixels / 1e6:g} MP)", hint="downscale it first") from None
+                f"the limit is {limits.max_pixels / 1e6:g} MP)",
+                hint="downscale it first",
+            ) from None
         except UnidentifiedImageError:
             raise ImageInputError(
                 f"{name}: not an image (the file format is not recognised)",
-                hint="upload PNG, JPEG, GIF, BMP, TIFF or WebP images") from None
+                hint="upload PNG, JPEG, GIF, BMP, TIFF or WebP images",
+            ) from None
         except (OSError, ValueError, SyntaxError) as error:  # PIL plugins raise all of these on garbage
             raise ImageInputError(f"{name}: corrupt image ({error})", hint="re-export or re-download it") from None
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageInputError(
             f"{name}: image is too large ({width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
-            f"{limits.max_pixels / 1e6:g} MP)", hint="downscale it first")
+            f"{limits.max_pixels / 1e6:g} MP)",
+            hint="downscale it first",
+        )
     if width < 1 or height < 1:
         raise ImageInputError(f"{name}: image has no pixels ({width}x{height})")
     return image
@@ -236,8 +244,9 @@ def load_image(
         # Truncated or inconsistent data only shows when the pixels are decoded.
         raise ImageInputError(f"{name}: corrupt image ({error})", hint="re-export or re-download it") from None
     if array.shape != (height, width, 3):  # a decoder quirk must not reach the model
-        raise ImageInputError(f"{name}: decoded to an unexpected shape {array.shape}",
-                              hint="re-export it as an RGB PNG or JPEG")
+        raise ImageInputError(
+            f"{name}: decoded to an unexpected shape {array.shape}", hint="re-export it as an RGB PNG or JPEG"
+        )
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -298,7 +307,8 @@ def _clean_name(name: Any, position: int, limits: InputLimits) -> str:
     if len(cleaned) > limits.max_name_length:
         raise ImageInputError(
             f"class {position}: name {cleaned[:20]!r}... is too long ({len(cleaned)} characters; "
-            f"the limit is {limits.max_name_length})")
+            f"the limit is {limits.max_name_length})"
+        )
     return cleaned
 
 
@@ -340,16 +350,21 @@ def group_by_label(images: Sequence[ImageSource], labels: Sequence[str]) -> list
     if not images:
         raise ImageInputError(f"no support images given for the {len(labels)} labels: upload one image per label")
     if not labels:
-        raise ImageInputError(f"no labels given for the {len(images)} support images: give one label per image, "
-                              "comma- or newline-separated")
+        raise ImageInputError(
+            f"no labels given for the {len(images)} support images: give one label per image, "
+            "comma- or newline-separated"
+        )
     if len(labels) != len(images):
-        raise ImageInputError(f"{len(labels)} labels given for {len(images)} support images: give exactly one label "
-                              "per image, in the same order, comma- or newline-separated")
+        raise ImageInputError(
+            f"{len(labels)} labels given for {len(images)} support images: give exactly one label "
+            "per image, in the same order, comma- or newline-separated"
+        )
     groups: dict[str, tuple[str, list[ImageSource]]] = {}
     for i, (image, label) in enumerate(zip(images, labels)):
         if not label.strip():
-            raise ImageInputError(f"support image {i + 1} ({_source_name(image, i)}) has an empty label: "
-                                  "give it a class name")
+            raise ImageInputError(
+                f"support image {i + 1} ({_source_name(image, i)}) has an empty label: give it a class name"
+            )
         name = _class_key(label)
         groups.setdefault(name, (name, []))[1].append(image)
     return list(groups.values())
@@ -363,8 +378,8 @@ def _validate_classes(
     items = list(classes.items()) if isinstance(classes, Mapping) else list(classes or [])
     if not items:
         raise ImageInputError(
-            f"no classes defined: define at least {limits.min_classes} classes, each with a name and one or more "
-            "images")
+            f"no classes defined: define at least {limits.min_classes} classes, each with a name and one or more images"
+        )
     cleaned: list[tuple[str, list[ImageSource]]] = []
     seen: dict[str, int] = {}
     for position, item in enumerate(items, start=1):
@@ -375,19 +390,22 @@ def _validate_classes(
         name = _clean_name(raw_name, position, limits)
         key = _class_key(name)
         if key in seen:
-            raise ImageInputError(f"duplicate class name {name!r} (classes {seen[key]} and {position}): "
-                                  "give each class a different name")
+            raise ImageInputError(
+                f"duplicate class name {name!r} (classes {seen[key]} and {position}): give each class a different name"
+            )
         seen[key] = position
         images = [images] if isinstance(images, (str, os.PathLike, bytes, bytearray)) else list(images or [])
         if not images:
             raise ImageInputError(f"class {name!r} has no images: add at least one image to it, or remove it")
         if len(images) > limits.max_images_per_class:
-            raise ImageInputError(f"class {name!r} has {len(images)} images; the limit is "
-                                  f"{limits.max_images_per_class} per class")
+            raise ImageInputError(
+                f"class {name!r} has {len(images)} images; the limit is {limits.max_images_per_class} per class"
+            )
         cleaned.append((name, images))
     if len(cleaned) < limits.min_classes:
-        raise ImageInputError(f"only one class ({cleaned[0][0]!r}): define at least {limits.min_classes} classes "
-                              "to tell apart")
+        raise ImageInputError(
+            f"only one class ({cleaned[0][0]!r}): define at least {limits.min_classes} classes to tell apart"
+        )
     if len(cleaned) > limits.max_classes:
         raise ImageInputError(f"too many classes: {len(cleaned)} defined, the limit is {limits.max_classes}")
     total = sum(len(images) for _, images in cleaned)
@@ -398,8 +416,9 @@ def _validate_classes(
 
 def _file_stem(name: str) -> str:
     """A portable file name for a class name: ``greek/λ`` -> ``greek_u03bb``."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else ("_" if c in "/ " else f"u{ord(c):04x}")
-                   for c in name)
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in "-_") else ("_" if c in "/ " else f"u{ord(c):04x}") for c in name
+    )
 
 
 def write_glyph_examples(

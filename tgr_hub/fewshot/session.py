@@ -182,8 +182,9 @@ class FewShotSession:
             ImageInputError: no classes were defined.
         """
         if self._support_x is None or self._support_y is None:
-            raise ImageInputError("no classes defined yet: define at least 2 classes, each with a name and images, "
-                                  "before adapting")
+            raise ImageInputError(
+                "no classes defined yet: define at least 2 classes, each with a name and images, before adapting"
+            )
         sx, sy = self._support_x, self._support_y
         if self.bn == "support":
             model = calibrate_batchnorm(self.model, sx)
@@ -246,8 +247,14 @@ class FewShotSession:
         images = list(images or [])
         if not images:
             raise ImageInputError("no query images given: upload at least one image to classify")
-        query = load_images(images, size=self.image_size, limits=self.limits, what="query image",
-                            max_count=self.limits.max_query_images, notes=notes)
+        query = load_images(
+            images,
+            size=self.image_size,
+            limits=self.limits,
+            what="query image",
+            max_count=self.limits.max_query_images,
+            notes=notes,
+        )
         probabilities = self.predict_proba(query)
         names = _unique_names([_source_name(s, i) for i, s in enumerate(images)])
         return [self._result(name, row) for name, row in zip(names, probabilities)]
@@ -256,8 +263,12 @@ class FewShotSession:
         order = torch.argsort(row, descending=True).tolist()
         probabilities = {self.class_names[c]: round(float(row[c]), 6) for c in order}
         best = order[0]
-        return {"image": image_name, "label": self.class_names[best], "confidence": round(float(row[best]), 6),
-                "probabilities": probabilities}
+        return {
+            "image": image_name,
+            "label": self.class_names[best],
+            "confidence": round(float(row[best]), 6),
+            "probabilities": probabilities,
+        }
 
 
 def classify_episode(

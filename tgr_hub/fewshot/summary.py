@@ -21,6 +21,7 @@ from ..run_record import MemberRecord, RunRecord
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class AppModel:
     """A meta-model loaded for the app, with what the app shows about it.
@@ -55,15 +56,19 @@ def _resolve_folder(model_id: str, revision: str | None) -> tuple[Path, str | No
         return path, None
     looks_local = model_id.startswith((".", "/", "~")) or (str(path.parent) not in ("", ".") and path.parent.is_dir())
     if looks_local:
-        raise RunFolderError(f"meta-model folder {model_id} does not exist",
-                             hint="pass a meta-model folder, a run folder, or a Hub repo id (owner/name)")
+        raise RunFolderError(
+            f"meta-model folder {model_id} does not exist",
+            hint="pass a meta-model folder, a run folder, or a Hub repo id (owner/name)",
+        )
     from .. import hub  # the one place that talks to the Hub; imported when a Hub id is given
 
     try:
         ref = parse_repo_ref(model_id)
     except RepoIdError:
-        raise RunFolderError(f"meta-model {model_id!r} is neither a local folder nor a Hub id (owner/name)",
-                             hint="set TGR_MODEL_ID to a meta-model folder or a Hub repo id") from None
+        raise RunFolderError(
+            f"meta-model {model_id!r} is neither a local folder nor a Hub id (owner/name)",
+            hint="set TGR_MODEL_ID to a meta-model folder or a Hub repo id",
+        ) from None
     return Path(hub.download_meta_model(ref.repo_id, revision or ref.revision)), ref.repo_id
 
 
@@ -105,8 +110,17 @@ def load_app_model(model_id: str, *, revision: str | None = None) -> AppModel:
         places = [folder, folder / "figures"] + ([folder.parent] if folder.name == "meta_model" else [])  # run layout
         heatmap = next((p / "dissimilarity.png" for p in places if (p / "dissimilarity.png").is_file()), None)
     logger.info("loaded meta-model %s (%s adaptation)", model_id, learner)
-    return AppModel(model_id=model_id, model=model, folder=folder, tgr_config=tgr_config, learner=learner,
-                    inner_steps=inner_steps, inner_lr=inner_lr, card_url=card_url, heatmap=heatmap)
+    return AppModel(
+        model_id=model_id,
+        model=model,
+        folder=folder,
+        tgr_config=tgr_config,
+        learner=learner,
+        inner_steps=inner_steps,
+        inner_lr=inner_lr,
+        card_url=card_url,
+        heatmap=heatmap,
+    )
 
 
 def _percent(value: Any) -> str:
@@ -130,8 +144,11 @@ def _metric_lines(metrics: Mapping[str, Any]) -> list[str]:
         if key == "test" and lines:
             continue
         if isinstance(value, Mapping):
-            parts = [f"{k} {_percent(v['mean']) if isinstance(v, Mapping) and 'mean' in v else _percent(v)}"
-                     for k, v in value.items() if isinstance(v, (int, float, Mapping)) and k != "best_step"]
+            parts = [
+                f"{k} {_percent(v['mean']) if isinstance(v, Mapping) and 'mean' in v else _percent(v)}"
+                for k, v in value.items()
+                if isinstance(v, (int, float, Mapping)) and k != "best_step"
+            ]
             if parts:
                 lines.append(f"- {key}: " + ", ".join(parts))
         elif isinstance(value, (int, float)):
@@ -154,9 +171,13 @@ def model_summary_markdown(app_model: AppModel) -> str:
     config = app_model.tgr_config
     arch = getattr(model, "architecture", type(model).__name__)
     input_size = tuple(getattr(model, "input_size", ()))
-    lines = [f"**Meta-model:** `{app_model.model_id}`  ", f"**Backbone:** `{arch}`"
-             + (f", input {input_size[-2]}x{input_size[-1]}" if len(input_size) == 3 else "")
-             + (f", {model.feature_dim}-d features" if hasattr(model, "feature_dim") else "") + "  "]
+    lines = [
+        f"**Meta-model:** `{app_model.model_id}`  ",
+        f"**Backbone:** `{arch}`"
+        + (f", input {input_size[-2]}x{input_size[-1]}" if len(input_size) == 3 else "")
+        + (f", {model.feature_dim}-d features" if hasattr(model, "feature_dim") else "")
+        + "  ",
+    ]
     if app_model.learner == "protonet":
         lines.append("**Adaptation:** ProtoNet (class prototypes in feature space)  ")
     else:

@@ -194,14 +194,20 @@ def translate(
     status = getattr(response, "status_code", None)
     if action is not None:
         if status in (401, 403):
-            return PushError(f"{action}: the token may not write to {repo_id} ({_short(error, token)})",
-                             hint="use a token with write access to that user or organisation")
+            return PushError(
+                f"{action}: the token may not write to {repo_id} ({_short(error, token)})",
+                hint="use a token with write access to that user or organisation",
+            )
         if isinstance(error, hf_errors.HFValidationError):
-            return PushError(f"{action}: {repo_id!r} is not a valid repository id ({_short(error, token)})",
-                             hint="use NAMESPACE/NAME with letters, digits, '-', '_' and '.'")
+            return PushError(
+                f"{action}: {repo_id!r} is not a valid repository id ({_short(error, token)})",
+                hint="use NAMESPACE/NAME with letters, digits, '-', '_' and '.'",
+            )
         if _is_transient(error):
-            return PushError(f"{action}: could not reach the Hub at {hub_endpoint()} ({_short(error, token)})",
-                             hint="nothing half-written was left behind; run the same push again")
+            return PushError(
+                f"{action}: could not reach the Hub at {hub_endpoint()} ({_short(error, token)})",
+                hint="nothing half-written was left behind; run the same push again",
+            )
         return PushError(f"{action}: {_short(error, token)}")
     loc = _location(where)
     has_token = _known_token(token) is not None
@@ -214,20 +220,23 @@ def translate(
     if isinstance(error, hf_errors.RevisionNotFoundError):
         return RevisionNotFoundError(
             f"revision {revision!r} does not exist in {repo_id}",
-            hint="use a branch, a tag or a full commit sha of the repository", **loc,
+            hint="use a branch, a tag or a full commit sha of the repository",
+            **loc,
         )
     if isinstance(error, hf_errors.RepositoryNotFoundError):
         why = "or this token has no access to it" if has_token else "or it is private and no token was given"
         return RepoNotFoundError(
             f"repository {repo_id} not found on {hub_endpoint()}, {why}",
-            hint="check the id; for a private repository set HF_TOKEN or run `hf auth login`", **loc,
+            hint="check the id; for a private repository set HF_TOKEN or run `hf auth login`",
+            **loc,
         )
     if isinstance(error, hf_errors.HFValidationError):
         return RepoNotFoundError(f"{label} is not a valid Hub repository id: {_short(error, token)}", **loc)
     if is_offline() and isinstance(error, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)):
         return OfflineCacheMissError(
             f"{label} is not in the local Hub cache and HF_HUB_OFFLINE=1 forbids downloading it",
-            hint="run once with network access (the cache then serves it), or unset HF_HUB_OFFLINE", **loc,
+            hint="run once with network access (the cache then serves it), or unset HF_HUB_OFFLINE",
+            **loc,
         )
     if _is_transient(error) or isinstance(error, hf_errors.LocalEntryNotFoundError):
         return HubError(

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 _PACKAGE = Path(__file__).resolve().parent.parent
 _CHECKOUT = _PACKAGE.parent
 
+
 @dataclass
 class PushResult:
     """Where a push went.
@@ -60,8 +61,10 @@ def _push_token(token: str | None) -> str:
         raise PushError("cannot push while HF_HUB_OFFLINE=1", hint="unset HF_HUB_OFFLINE to push")
     found = _known_token(token)
     if not found:
-        raise PushError("pushing needs a Hugging Face token and none was found",
-                        hint="set HF_TOKEN to a write token, or run `hf auth login`")
+        raise PushError(
+            "pushing needs a Hugging Face token and none was found",
+            hint="set HF_TOKEN to a write token, or run `hf auth login`",
+        )
     return found
 
 
@@ -91,7 +94,9 @@ def _commit_files(
     def attempt() -> str:
         remote = set(api.list_repo_files(repo_id, repo_type=repo_type))
         operations: list[Any] = [
-            CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(content) if isinstance(content, Path) else content)
+            CommitOperationAdd(
+                path_in_repo=path, path_or_fileobj=str(content) if isinstance(content, Path) else content
+            )
             for path, content in sorted(files.items())
         ]
         operations += [CommitOperationDelete(path_in_repo=path) for path in sorted(remote - set(files)) if stale(path)]
@@ -102,11 +107,14 @@ def _commit_files(
 
 
 def _ensure_repo(api: HfApi, repo_id: str, *, repo_type: str = "model", private: bool = False, **kwargs: Any) -> None:
-    _with_retries(f"creating {repo_id}", lambda: api.create_repo(
-        repo_id, repo_type=repo_type, private=private or None, exist_ok=True, **kwargs))
+    _with_retries(
+        f"creating {repo_id}",
+        lambda: api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True, **kwargs),
+    )
     if private:  # an existing public repository is made private, as asked
-        _with_retries(f"making {repo_id} private", lambda: api.update_repo_settings(
-            repo_id, private=True, repo_type=repo_type))
+        _with_retries(
+            f"making {repo_id} private", lambda: api.update_repo_settings(repo_id, private=True, repo_type=repo_type)
+        )
 
 
 def _check_no_token(files: dict[str, Path | bytes], token: str) -> None:
@@ -115,14 +123,18 @@ def _check_no_token(files: dict[str, Path | bytes], token: str) -> None:
         if path.endswith((".json", ".md", ".txt", ".py", ".yaml", ".yml", ".cfg", ".toml")):
             data = content.read_bytes() if isinstance(content, Path) else content
             if token.encode() in data:
-                raise PushError(f"{path} contains the Hugging Face token; refusing to upload it",
-                                hint="remove the token from that file")
+                raise PushError(
+                    f"{path} contains the Hugging Face token; refusing to upload it",
+                    hint="remove the token from that file",
+                )
 
 
 def _managed_model_file(path: str) -> bool:
     """Files a meta-model push owns in its repository (deleted when a new push no longer has them)."""
-    return "/" not in path and (path in ("config.json", "tgr_config.json", "README.md") or path.endswith(
-        (".png", ".jpg", ".svg", ".safetensors", ".bin", ".pth", ".pt")))
+    return "/" not in path and (
+        path in ("config.json", "tgr_config.json", "README.md")
+        or path.endswith((".png", ".jpg", ".svg", ".safetensors", ".bin", ".pth", ".pt"))
+    )
 
 
 def _figures(*folders: Path) -> dict[str, Path]:
@@ -187,8 +199,10 @@ def push_space(
     token = _push_token(token)
     folder = Path(app_dir) if app_dir is not None else default_space_app_dir()
     if folder is None or not (folder / "app.py").is_file():
-        raise PushError(f"no Space app found ({folder or 'spaces_app/'} has no app.py)",
-                        hint="pass the folder holding app.py and requirements.txt (space_app_dir=...)")
+        raise PushError(
+            f"no Space app found ({folder or 'spaces_app/'} has no app.py)",
+            hint="pass the folder holding app.py and requirements.txt (space_app_dir=...)",
+        )
     api = _api(token)
     files: dict[str, Path | bytes] = dict(_space_files(folder))
     files.update(_library_files())
@@ -198,13 +212,21 @@ def push_space(
     variable = [{"key": "TGR_MODEL_ID", "value": model_id}]
     try:
         _ensure_repo(api, space_id, repo_type="space", private=private, space_sdk="gradio", space_variables=variable)
-        sha = _commit_files(api, space_id, files, repo_type="space", message=f"Demo of {model_id} (tgr-hub {__version__})",
-                            stale=lambda path: path != ".gitattributes")
+        sha = _commit_files(
+            api,
+            space_id,
+            files,
+            repo_type="space",
+            message=f"Demo of {model_id} (tgr-hub {__version__})",
+            stale=lambda path: path != ".gitattributes",
+        )
     except Exception as error:
         raise translate(error, space_id, token=token, action=f"pushing the Space {space_id}") from None
     try:
-        _with_retries(f"setting TGR_MODEL_ID of {space_id}", lambda: api.add_space_variable(
-            space_id, "TGR_MODEL_ID", model_id, description="meta-model the demo loads"))
+        _with_retries(
+            f"setting TGR_MODEL_ID of {space_id}",
+            lambda: api.add_space_variable(space_id, "TGR_MODEL_ID", model_id, description="meta-model the demo loads"),
+        )
     except Exception as error:  # the README and tgr_model_id.txt still name the model
         logger.warning("could not set the Space variable TGR_MODEL_ID of %s (%s)", space_id, _short(error, token))
     url = _repo_url(space_id, "space")
@@ -263,9 +285,14 @@ def push_meta_model(
     api = _api(token)
     try:
         _ensure_repo(api, repo_id, private=private)
-        sha = _commit_files(api, repo_id, files, repo_type="model",
-                            message=commit_message or f"Upload tgr-hub meta-model (tgr-hub {__version__})",
-                            stale=_managed_model_file)
+        sha = _commit_files(
+            api,
+            repo_id,
+            files,
+            repo_type="model",
+            message=commit_message or f"Upload tgr-hub meta-model (tgr-hub {__version__})",
+            stale=_managed_model_file,
+        )
     except Exception as error:
         raise translate(error, repo_id, token=token, action=f"pushing {repo_id}") from None
     result = PushResult(repo_id, _repo_url(repo_id), sha)
@@ -273,7 +300,8 @@ def push_meta_model(
     if space_id:
         result.space_id = space_id
         result.space_url, result.space_commit_sha = push_space(
-            space_id, repo_id, app_dir=space_app_dir, private=private, token=token, license=license)
+            space_id, repo_id, app_dir=space_app_dir, private=private, token=token, license=license
+        )
     return result
 
 
@@ -308,8 +336,9 @@ def push_teacher(
     api = _api(token)
     try:
         _ensure_repo(api, repo_id, private=private)
-        sha = _commit_files(api, repo_id, files, repo_type="model", message=f"Upload teacher {folder.name}",
-                            stale=_managed_model_file)
+        sha = _commit_files(
+            api, repo_id, files, repo_type="model", message=f"Upload teacher {folder.name}", stale=_managed_model_file
+        )
     except Exception as error:
         raise translate(error, repo_id, token=token, action=f"pushing {repo_id}") from None
     return PushResult(repo_id, _repo_url(repo_id), sha)
@@ -342,23 +371,32 @@ def push_pool(
     pool_dir = Path(pool_dir)
     if not pool_dir.is_dir():
         raise RunFolderError(f"pool folder {pool_dir} does not exist", hint="run tgr-hub make-pool first")
-    teachers = ([Path(t) for t in teachers] if teachers is not None
-                else sorted(p for p in pool_dir.iterdir() if (p / "config.json").is_file()))
+    teachers = (
+        [Path(t) for t in teachers]
+        if teachers is not None
+        else sorted(p for p in pool_dir.iterdir() if (p / "config.json").is_file())
+    )
     if not teachers:
         raise RunFolderError(f"{pool_dir} holds no teacher folder", hint="run tgr-hub make-pool first")
     prefix = f"{pool_dir.resolve().name}-" if prefix is None else prefix
     token = _push_token(token)
     repo_ids = [f"{org}/{prefix}{folder.name}" for folder in teachers]
     shas: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(teachers)))) as pool, \
-            progress_bar(total=len(teachers), desc=f"pushing teachers to {org}", unit="repo", disable=not progress) as bar:
-        futures = {pool.submit(push_teacher, folder, repo_id, private=private, token=token): repo_id
-                   for folder, repo_id in zip(teachers, repo_ids)}
+    with (
+        ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(teachers)))) as pool,
+        progress_bar(total=len(teachers), desc=f"pushing teachers to {org}", unit="repo", disable=not progress) as bar,
+    ):
+        futures = {
+            pool.submit(push_teacher, folder, repo_id, private=private, token=token): repo_id
+            for folder, repo_id in zip(teachers, repo_ids)
+        }
         for future in futures:  # in order: the first failure is the one reported
             shas[futures[future]] = future.result().commit_sha
             bar.update(1)
     entries = [f"{repo_id}@{shas[repo_id]}" for repo_id in repo_ids]
-    lines = [f"# tgr-hub push-pool: {len(entries)} teachers of {pool_dir.name} pushed to {org}, pinned to their commits"]
+    lines = [
+        f"# tgr-hub push-pool: {len(entries)} teachers of {pool_dir.name} pushed to {org}, pinned to their commits"
+    ]
     lines += [f"{entry}  # {folder.name}" for entry, folder in zip(entries, teachers)]
     target = pool_dir / "repo-list-hub.txt"
     write_text_atomic(target, "\n".join(lines) + "\n")

@@ -90,13 +90,15 @@ def _pick_weights(files: Sequence[str], allow_pickle: bool, label: str, loc: dic
     if safe:
         return safe[0]
     pickles = [f for f in PICKLE_WEIGHTS if f in top] + sorted(
-        f for f in top if f.endswith(PICKLE_SUFFIXES) and f not in PICKLE_WEIGHTS)
+        f for f in top if f.endswith(PICKLE_SUFFIXES) and f not in PICKLE_WEIGHTS
+    )
     if pickles:
         if not allow_pickle:
             raise PickleRefusedError(
                 f"{label} has no safetensors weights, only pickled ones ({', '.join(pickles[:3])})",
                 hint="pickle files can run code when loaded; ask the author for model.safetensors, "
-                "or opt in with --allow-pickle (loaded with torch.load(weights_only=True))", **loc,
+                "or opt in with --allow-pickle (loaded with torch.load(weights_only=True))",
+                **loc,
             )
         return pickles[0]
     raise TeacherNotFoundError(f"{label} holds no weights file (model.safetensors)", **loc)
@@ -107,17 +109,20 @@ def _check_config(folder: Path, label: str, loc: dict[str, Any]) -> dict[str, An
     try:
         config = read_timm_config(folder)
     except NotAClassifierError as error:
-        raise NotAClassifierError(f"{label} is not a timm image classifier: {error.args[0]}",
-                                  hint=error.hint, **loc) from None
+        raise NotAClassifierError(
+            f"{label} is not a timm image classifier: {error.args[0]}", hint=error.hint, **loc
+        ) from None
     if config["num_classes"] < 1:
         raise NotAClassifierError(
             f"{label} is not an image classifier: its config.json has num_classes {config['num_classes']}",
-            hint="a teacher must output class logits; feature extractors cannot be teachers", **loc,
+            hint="a teacher must output class logits; feature extractors cannot be teachers",
+            **loc,
         )
     if not timm.is_model(config["architecture"]):
         raise UnknownArchitectureError(
             f"{label}: timm has no architecture {config['architecture']!r}",
-            hint=f"upgrade timm (installed: {timm.__version__}) or pick a timm model", **loc,
+            hint=f"upgrade timm (installed: {timm.__version__}) or pick a timm model",
+            **loc,
         )
     return config
 
@@ -154,7 +159,8 @@ def _offline_miss(label: str, loc: dict[str, Any], what: str = "") -> OfflineCac
     return OfflineCacheMissError(
         f"{label}{what} is not in the local Hub cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids "
         "downloading it",
-        hint="run once with network access (the cache then serves it), or unset HF_HUB_OFFLINE", **loc,
+        hint="run once with network access (the cache then serves it), or unset HF_HUB_OFFLINE",
+        **loc,
     )
 
 
@@ -175,20 +181,35 @@ def _resolve_offline(repo_id: str, revision: str | None, allow_pickle: bool, loc
 def _model_info(api: HfApi, repo_id: str, revision: str | None, token: str | None) -> tuple[str, list[str]]:
     """``(commit sha, file names)`` of ``repo_id`` at ``revision``: one API call, retried."""
     label = f"{repo_id}@{revision}" if revision else repo_id
-    info = _with_retries(f"resolving {label}", lambda: api.model_info(
-        repo_id, revision=revision, timeout=_timeout(), token=token))
+    info = _with_retries(
+        f"resolving {label}", lambda: api.model_info(repo_id, revision=revision, timeout=_timeout(), token=token)
+    )
     sha = info.sha
     if sha is None or not _SHA.fullmatch(sha):  # a server reply, not our invariant: a mirror may omit it
-        raise HubError(f"the Hub at {hub_endpoint()} gave no commit sha for {label} (got {sha!r})",
-                       hint="check HF_ENDPOINT: it must point at a Hub (or mirror) that reports commit shas")
+        raise HubError(
+            f"the Hub at {hub_endpoint()} gave no commit sha for {label} (got {sha!r})",
+            hint="check HF_ENDPOINT: it must point at a Hub (or mirror) that reports commit shas",
+        )
     return sha, [s.rfilename for s in (info.siblings or [])]
 
 
 def _download_at(repo_id: str, filename: str, sha: str, token: str | None, quiet: bool) -> Path:
     """Download one file of ``repo_id`` at commit ``sha`` into the standard cache (retried)."""
-    return Path(_with_retries(f"downloading {filename} of {repo_id}", lambda: huggingface_hub.hf_hub_download(
-        repo_id, filename, revision=sha, endpoint=hub_endpoint(), etag_timeout=_etag_timeout(),
-        token=token, tqdm_class=_QuietTqdm if quiet else None, **_LIBRARY)))
+    return Path(
+        _with_retries(
+            f"downloading {filename} of {repo_id}",
+            lambda: huggingface_hub.hf_hub_download(
+                repo_id,
+                filename,
+                revision=sha,
+                endpoint=hub_endpoint(),
+                etag_timeout=_etag_timeout(),
+                token=token,
+                tqdm_class=_QuietTqdm if quiet else None,
+                **_LIBRARY,
+            ),
+        )
+    )
 
 
 def resolve_repo(
@@ -230,9 +251,11 @@ def resolve_repo(
     try:
         sha, files = _model_info(_api(token), repo_id, revision, token)
         if CONFIG_FILE not in files:
-            raise NotAClassifierError(f"{label} has no config.json, so it is not a timm image classifier",
-                                      hint="teachers are timm models saved with timm's push_to_hf_hub / save_for_hf",
-                                      **loc)
+            raise NotAClassifierError(
+                f"{label} has no config.json, so it is not a timm image classifier",
+                hint="teachers are timm models saved with timm's push_to_hf_hub / save_for_hf",
+                **loc,
+            )
         folder = _download_at(repo_id, CONFIG_FILE, sha, token, quiet).parent
         _check_config(folder, label, loc)
         weights = _download_at(repo_id, _pick_weights(files, allow_pickle, label, loc), sha, token, quiet)
@@ -286,8 +309,10 @@ def download_meta_model(repo_id: str, revision: str | None = None, *, token: str
         sha, files = _model_info(_api(token), repo_id, revision, token)
         missing = [f for f in (CONFIG_FILE, SAFE_WEIGHTS) if f not in files]
         if missing:
-            raise RunFolderError(f"{label} is not a tgr-hub meta-model (it has no {' or '.join(missing)})",
-                                 hint="pass the id of a repository pushed by tgr-hub push")
+            raise RunFolderError(
+                f"{label} is not a tgr-hub meta-model (it has no {' or '.join(missing)})",
+                hint="pass the id of a repository pushed by tgr-hub push",
+            )
         folder = Path()
         optional = [name for name in ("tgr_config.json", *FIGURES) if name in files]
         for name in [CONFIG_FILE, SAFE_WEIGHTS, *optional]:
@@ -351,12 +376,18 @@ def resolve_many(
         first_of.setdefault(key, index)
     results: dict[tuple[str, str | None], tuple[Path, str]] = {}
     failures: dict[int, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(first_of))),
-                            thread_name_prefix="tgr-hub-resolve") as pool, \
-            progress_bar(total=len(first_of), desc="resolving Hub teachers", unit="repo", disable=not progress) as bar:
-        futures = {pool.submit(resolve_hub_entry, refs[i], allow_pickle=allow_pickle,
-                               where=wheres[i] if wheres is not None else None): key
-                   for key, i in first_of.items()}
+    with (
+        ThreadPoolExecutor(
+            max_workers=max(1, min(max_workers, len(first_of))), thread_name_prefix="tgr-hub-resolve"
+        ) as pool,
+        progress_bar(total=len(first_of), desc="resolving Hub teachers", unit="repo", disable=not progress) as bar,
+    ):
+        futures = {
+            pool.submit(
+                resolve_hub_entry, refs[i], allow_pickle=allow_pickle, where=wheres[i] if wheres is not None else None
+            ): key
+            for key, i in first_of.items()
+        }
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)

@@ -72,9 +72,7 @@ class Conv4(nn.Module):
         self.blocks = nn.Sequential(
             _block(in_chans, width), _block(width, width), _block(width, width), _block(width, width)
         )
-        self.feature_info = [
-            dict(num_chs=width, reduction=2 ** (i + 1), module=f"blocks.{i}") for i in range(4)
-        ]
+        self.feature_info = [dict(num_chs=width, reduction=2 ** (i + 1), module=f"blocks.{i}") for i in range(4)]
         self._set_pool(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

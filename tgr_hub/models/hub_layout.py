@@ -27,8 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import (ConfigError, NotAClassifierError, PickleRefusedError, TeacherNotFoundError, UnknownArchitectureError,
-                      WeightsMismatchError)
+from ..errors import (
+    ConfigError,
+    NotAClassifierError,
+    PickleRefusedError,
+    TeacherNotFoundError,
+    UnknownArchitectureError,
+    WeightsMismatchError,
+)
 from ..io import save_safetensors_atomic, write_json_atomic
 
 __all__ = [
@@ -48,10 +54,35 @@ WEIGHTS_NAME = "model.safetensors"
 # Pickled checkpoint names timm would also load from a folder (refused unless opted in).
 PICKLE_PATTERNS = ("pytorch_model.bin", "pytorch_model.pth", "model.pth", "*.pth", "*.pth.tar", "*.bin", "*.pt")
 # pretrained_cfg keys that describe *source* weights (ImageNet checkpoints etc.), not a model we trained.
-_SOURCE_META_KEYS = ("tag", "origin_url", "paper_ids", "paper_name", "notes", "description", "hf_hub_id",
-                     "hf_hub_filename", "url", "file", "source", "state_dict", "test_input_size",
-                     "test_pool_size", "test_crop_pct", "min_input_size", "label_offset", "label_descriptions")
-_RESERVED_KEYS = ("architecture", "num_classes", "num_features", "label_names", "pretrained_cfg", "model_args", "global_pool")
+_SOURCE_META_KEYS = (
+    "tag",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+    "description",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "url",
+    "file",
+    "source",
+    "state_dict",
+    "test_input_size",
+    "test_pool_size",
+    "test_crop_pct",
+    "min_input_size",
+    "label_offset",
+    "label_descriptions",
+)
+_RESERVED_KEYS = (
+    "architecture",
+    "num_classes",
+    "num_features",
+    "label_names",
+    "pretrained_cfg",
+    "model_args",
+    "global_pool",
+)
 
 
 def _pretrained_cfg_fields() -> set[str]:
@@ -120,22 +151,30 @@ def save_timm_folder(
     folder = Path(folder)
     model_classes = getattr(model, "num_classes", num_classes)
     if model_classes != num_classes:
-        raise ConfigError(f"num_classes {num_classes} != the model's num_classes {model_classes}",
-                          hint="pass the classifier size the model was built with")
+        raise ConfigError(
+            f"num_classes {num_classes} != the model's num_classes {model_classes}",
+            hint="pass the classifier size the model was built with",
+        )
     missing = [key for key in ("input_size", "mean", "std") if key not in pretrained_cfg]
     if missing:
-        raise ConfigError(f"pretrained_cfg needs {', '.join(missing)}",
-                          hint="give the input_size (C, H, W), mean and std the weights were trained with")
+        raise ConfigError(
+            f"pretrained_cfg needs {', '.join(missing)}",
+            hint="give the input_size (C, H, W), mean and std the weights were trained with",
+        )
     if label_names is not None:
         label_names = [str(name) for name in label_names]
         if len(label_names) != num_classes:
-            raise ConfigError(f"{len(label_names)} label names for {num_classes} classes",
-                              hint="give one name per class, in classifier order")
+            raise ConfigError(
+                f"{len(label_names)} label names for {num_classes} classes",
+                hint="give one name per class, in classifier order",
+            )
     extra = dict(extra or {})
     clash = set(extra) & set(_RESERVED_KEYS)
     if clash:
-        raise ConfigError(f"extra config keys clash with timm's config keys: {sorted(clash)}",
-                          hint="rename them (e.g. with a tgr_ prefix)")
+        raise ConfigError(
+            f"extra config keys clash with timm's config keys: {sorted(clash)}",
+            hint="rename them (e.g. with a tgr_ prefix)",
+        )
 
     config = _timm_config(model, architecture, pretrained_cfg)
     if config:
@@ -147,8 +186,12 @@ def save_timm_folder(
                 cfg.pop(key, None)
     else:
         # not a timm-built model: the same fields, written directly
-        config = {"architecture": architecture, "num_classes": num_classes,
-                  "num_features": int(getattr(model, "num_features", 0) or 0), "pretrained_cfg": {}}
+        config = {
+            "architecture": architecture,
+            "num_classes": num_classes,
+            "num_features": int(getattr(model, "num_features", 0) or 0),
+            "pretrained_cfg": {},
+        }
         cfg = config["pretrained_cfg"]
     allowed = _pretrained_cfg_fields()
     for key, value in pretrained_cfg.items():
@@ -312,7 +355,9 @@ def _summarise(keys: list[str], limit: int = 4) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str, ignore: tuple[str, ...] = ()) -> None:
+def check_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], where: str, ignore: tuple[str, ...] = ()
+) -> None:
     """Raise :class:`WeightsMismatchError` unless ``state`` fits ``model`` exactly (names and shapes).
 
     Keys starting with one of ``ignore`` are left out of the comparison.
@@ -321,8 +366,11 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: st
     state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-              if tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -388,7 +436,16 @@ def create_from_folder(
     for key in ("input_size", "mean", "std", "test_input_size", "min_input_size", "pool_size", "test_pool_size"):
         if isinstance(cfg.get(key), list):
             cfg[key] = tuple(cfg[key])
-    for key in ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "label_names", "label_descriptions"):
+    for key in (
+        "url",
+        "file",
+        "hf_hub_id",
+        "hf_hub_filename",
+        "source",
+        "state_dict",
+        "label_names",
+        "label_descriptions",
+    ):
         cfg.pop(key, None)
     cfg["architecture"] = arch
     cfg["num_classes"] = config["num_classes"]
@@ -409,7 +466,9 @@ def create_from_folder(
     if target_classes != config["num_classes"]:
         classifier = config["pretrained_cfg"].get("classifier") or model.pretrained_cfg.get("classifier")
         if not classifier:
-            raise NotAClassifierError(f"{folder / CONFIG_NAME} names no classifier layer, so its head cannot be replaced")
+            raise NotAClassifierError(
+                f"{folder / CONFIG_NAME} names no classifier layer, so its head cannot be replaced"
+            )
         names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         ignore = tuple(f"{name}." for name in names)
     check_state_dict(model, state, str(weights_path), ignore=ignore)
