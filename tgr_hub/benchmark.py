@@ -56,10 +56,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -1034,6 +1034,8 @@ def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
         for seed, chosen in entry.get("selection", {}).items():
             val = chosen["val"]
             scores = ", ".join(f"{k[:-4]}-shot {_pct(v)}" for k, v in val.items() if k.endswith("shot"))
+            if val.get("selection_noise") is not None:  # the standard error of the mean it was chosen on
+                scores += f" (± {_pct(val['selection_noise'])})"
             times = entry["timings_s"][seed]
             rows.append(
                 f"| {entry['label']} | {seed} | {val.get('best_step')} | {scores} | "
@@ -1048,7 +1050,9 @@ def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
         if entry.get("selection")
     )
     lines = [
-        "Checkpoints are chosen on meta-validation only; the step chosen, its meta-val accuracy, the group "
+        "Checkpoints are chosen on meta-validation only (on the mean accuracy over the validation shots; "
+        "± its standard error over the validation episodes: the selection noise); the step chosen, its "
+        "meta-val accuracy, the group "
         "sizes each method trained with, the mean online-recovery agreement (how often a teacher predicts the "
         "label its recovered image was made for, over the run's online recoveries; n/a: no online recovery), "
         "and the cell's times (seconds):",
