@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_config_args, add_data_args, config_from_args, data_values, say
 from tgr_hub.errors import ConfigError
+
+from .common import add_config_args, add_data_args, config_from_args, data_values, say
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     out = Path(args.out)
-    if args.merge:
-        report = write_report(spec, out)
-    else:
-        report = run_benchmark(spec, out, shard=_shard(args.shard))
+    report = write_report(spec, out) if args.merge else run_benchmark(spec, out, shard=_shard(args.shard))
     say((out / "results.md").read_text())
     missing = report["missing_cells"]
     if missing:

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     for i, member in enumerate(prepared.members):
         revision = (member.revision or "-")[:12]
         say(
-            f"{member.name:<10} {member.architecture:<16} {member.num_classes:>7}  {group_of[i]:>5}  {revision:<12} {member.source}"
+            f"{member.name:<10} {member.architecture:<16} {member.num_classes:>7}  {group_of[i]:>5}  "
+            f"{revision:<12} {member.source}"
         )
     say(f"heatmap: {out / 'dissimilarity.png'}")
     # the analyses reuse this folder's recovered tasks and embeddings

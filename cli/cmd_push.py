@@ -14,8 +14,9 @@ import argparse
 import logging
 import os
 
-from .common import say
 from tgr_hub.errors import PushError
+
+from .common import say
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

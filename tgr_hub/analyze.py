@@ -1420,9 +1420,9 @@ def run_gradients(
     from dataclasses import replace
 
     from .data import load_split
+    from .learners import make_learner
     from .metamodel import create_meta_model
     from .pipeline import _warm_upfront, load_generators, prepare_pool
-    from .learners import make_learner
     from .train import StepInfo, meta_train
 
     unknown = [m for m in methods if m not in GRADIENT_METHODS]

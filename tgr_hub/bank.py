@@ -30,7 +30,6 @@ from .errors import EpisodeError, MemoryBankError, RunFolderError
 from .io import save_safetensors_atomic, write_json_atomic
 from .models.generator import Generator
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -216,7 +215,10 @@ class MemoryBank:
         return sum(s.shape[0] for slots in self._slots.values() for s in slots)
 
     def __repr__(self) -> str:
-        return f"MemoryBank(teachers={len(self.teachers())}, classes={self.num_classes}, images={len(self)}, bank_size={self.bank_size})"
+        return (
+            f"MemoryBank(teachers={len(self.teachers())}, classes={self.num_classes}, images={len(self)}, "
+            f"bank_size={self.bank_size})"
+        )
 
     # -- sampling -----------------------------------------------------------------------
 

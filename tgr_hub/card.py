@@ -401,7 +401,7 @@ def _results(tgr: dict[str, Any]) -> str:
         ]
         for name, values in baselines.items():
             for shot, mean, ci, _ in _shot_results(values if isinstance(values, dict) else {}):
-                tail.append(f"| {_md(name)} | {shot}-shot | {mean:.2f} | {'± %.2f' % ci if ci is not None else ''} |")
+                tail.append(f"| {_md(name)} | {shot}-shot | {mean:.2f} | {f'± {ci:.2f}' if ci is not None else ''} |")
     return "\n".join(head + lines + tail)
 
 
@@ -606,5 +606,8 @@ def build_space_readme(app_dir: str | Path | None, space_id: str, model_id: str,
         f"Define a few classes with your own images and classify new ones with the meta-model "
         f"[{model_id}](https://huggingface.co/{model_id})."
     )
-    body += f"\n\nThis Space loads the meta-model `{model_id}` (Space variable `TGR_MODEL_ID`, also in `tgr_model_id.txt`).\n"
+    body += (
+        f"\n\nThis Space loads the meta-model `{model_id}` (Space variable `TGR_MODEL_ID`, also in "
+        "`tgr_model_id.txt`).\n"
+    )
     return f"---\n{data.to_yaml()}\n---\n\n{body}"

@@ -13,6 +13,7 @@ from .fewshot import (  # noqa: F401  (re-exported)
     ImageSource,
     InputLimits,
     SessionBNMode,
+    __all__,  # noqa: F401
     calibrate_batchnorm,
     classify_episode,
     group_by_label,
@@ -23,4 +24,3 @@ from .fewshot import (  # noqa: F401  (re-exported)
     parse_labels,
     write_glyph_examples,
 )
-from .fewshot import __all__  # noqa: F401

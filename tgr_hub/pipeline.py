@@ -46,24 +46,23 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from . import __version__
+from .bank import MemoryBank, RecoveredTask
 from .config import RunConfig
 from .data import load_split
 from .data.fewshot import ImageSplit
 from .distributed import Distributed, check_run_folder_shared, make_accelerator
 from .embed import dissimilarity_matrix, fisher_diagonal
+from .errors import MemoryBankError, RunFolderError
+from .evaluate import eval_settings, evaluate_model
 from .figures import plot_dissimilarity, plot_training_curves
 from .group import group_teachers
 from .io import save_safetensors_atomic, write_json_atomic
-from .errors import RunFolderError
 from .metamodel import TGR_CONFIG_NAME, MetaModel, create_meta_model, load_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
-from .bank import MemoryBank, RecoveredTask
-from .errors import MemoryBankError
 from .progress import progress_bar
 from .recover import WarmGenerator, recover_teachers
 from .run_record import MemberRecord, RunRecord, describe_pool
 from .seeds import EMBED, seed_sequence
-from .evaluate import eval_settings, evaluate_model
 from .train import meta_train
 
 logger = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ def _load_part_generator(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         return {
             k.removeprefix(GENERATOR_PREFIX): handle.get_tensor(k)
-            for k in handle.keys()
+            for k in handle.keys()  # noqa: SIM118 (a safetensors handle, not a dict: it has no __contains__/__iter__)
             if k.startswith(GENERATOR_PREFIX)
         }
 

@@ -252,7 +252,7 @@ class PoolMember:
         """``[B, C, H, W]`` in [0, 1] -> logits ``[B, num_classes]`` (gradients flow to the images)."""
         return self.model(self.normalize(images01))
 
-    def to(self, device: torch.device | str) -> "PoolMember":
+    def to(self, device: torch.device | str) -> PoolMember:
         """Move the model to ``device`` (in place); returns self."""
         self.model.to(device)
         return self

@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, Iterable, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm as _auto_tqdm
 from tqdm.autonotebook import tqdm as _notebook_or_std_tqdm

@@ -1,4 +1,5 @@
-"""Stage 1 of TGR: recover pseudo-tasks from teachers by model inversion (the bank that keeps them: :mod:`tgr_hub.bank`).
+"""Stage 1 of TGR: recover pseudo-tasks from teachers by model inversion (the bank that keeps them:
+:mod:`tgr_hub.bank`).
 
 For one teacher ``T`` and a set of its classes ``y``, a :class:`~tgr_hub.models.generator.Generator`
 ``G`` and latent codes ``Z`` are optimised together (Adam) so that the images ``X̂ = G(Z)``
@@ -385,7 +386,8 @@ def recover_task(
         if generator.latent_dim != cfg.latent_dim or generator.image_size != (height, width):
             raise RecoverError(
                 f"the generator passed in makes {generator.image_size} images from {generator.latent_dim}-d codes, "
-                f"but teacher {member.name!r} needs {(height, width)} images and recover.latent_dim is {cfg.latent_dim}",
+                f"but teacher {member.name!r} needs {(height, width)} images and recover.latent_dim is "
+                f"{cfg.latent_dim}",
                 hint="reuse a generator only with the teacher it was made for",
             )
         keep_generator = True

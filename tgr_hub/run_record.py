@@ -23,10 +23,11 @@ read from its ``source`` by :mod:`tgr_hub.repo_id`, the one parser of repository
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 from .errors import RepoIdError, RunFolderError
@@ -108,10 +109,8 @@ class MemberRecord:
         if kind not in ("hub", "local"):  # written before the kind was recorded: read it from the source
             kind, repo_id = ("hub", repo_id) if isinstance(repo_id, str) and is_repo_id(repo_id) else ("local", None)
             if kind == "local" and source and not is_local_ref(source) and not Path(source).is_absolute():
-                try:
+                with contextlib.suppress(RepoIdError):  # not a repository reference: a folder named without ./
                     kind, repo_id = "hub", parse_repo_ref(source).repo_id
-                except RepoIdError:
-                    pass  # not a repository reference: a folder named without ./
         labels = [str(label) for label in data.get("label_names") or []]
         return cls(
             name=str(data.get("name", "")),

@@ -23,10 +23,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -441,6 +442,7 @@ def make_pool(
         DatasetError: the data cannot be loaded, or a domain has too few classes.
     """
     import timm
+
     from .progress import progress_bar
 
     data = data if data is not None else DataConfig()

@@ -69,6 +69,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from . import seeds
+from .bank import MemoryBank, RecoveredTask, to_uint8
 from .config import RecoverConfig, TrainConfig
 from .data import ImageSplit
 from .distributed import (
@@ -84,12 +85,11 @@ from .distributed import (
 )
 from .errors import ConfigError, RunFolderError
 from .evaluate import evaluate_model
-from .io import save_safetensors_atomic, write_json_atomic
 from .igr import Gather, igr_direction, mean_gradient
+from .io import save_safetensors_atomic, write_json_atomic
 from .learners import MAML, ProtoNet, features, make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
-from .bank import MemoryBank, RecoveredTask, to_uint8
 from .progress import progress_bar
 from .recover import (
     WarmGenerator,
@@ -210,7 +210,7 @@ def make_pseudo_task(
     classes = available if len(available) <= way else sorted(int(c) for c in rng.choice(available, way, replace=False))
     images, labels = bank.task_for(member.name, classes, shot + query, rng, allow_fewer=True)
     support_idx, query_idx = [], []
-    for position, cls in enumerate(classes):
+    for cls in classes:
         idx = (labels == cls).nonzero().flatten().tolist()
         support_idx += idx[:shot]
         query_idx += idx[shot : shot + query]

@@ -9,8 +9,8 @@ episodes were drawn before it (evaluations are reproducible and resumable).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -153,7 +153,7 @@ class ImageSplit:
             )
         if len(self.class_names) != len(self.class_domains):
             raise DatasetError(f"{len(self.class_names)} class names but {len(self.class_domains)} class domains")
-        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < len(self.class_names)):
+        if labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < len(self.class_names)):
             raise DatasetError(
                 f"labels must lie in 0..{len(self.class_names) - 1}, got {int(labels.min())}..{int(labels.max())}"
             )
@@ -186,7 +186,7 @@ class ImageSplit:
         """Images per class: ``[C]`` int64."""
         return torch.bincount(self.labels, minlength=self.num_classes)
 
-    def select_classes(self, classes: list[int]) -> "ImageSplit":
+    def select_classes(self, classes: list[int]) -> ImageSplit:
         """The sub-split of ``classes``, relabelled ``0..len(classes)-1`` in the given order."""
         classes = [int(c) for c in classes]
         if len(set(classes)) != len(classes):

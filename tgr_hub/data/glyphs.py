@@ -24,6 +24,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -524,7 +525,7 @@ def _render_all(
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), instances)
     domain_index = {d: i for i, d in enumerate(GLYPH_DOMAINS)}
     row = 0
-    for label, cls in enumerate(progress_bar(classes, desc="rendering glyphs", unit="class", disable=None)):
+    for cls in progress_bar(classes, desc="rendering glyphs", unit="class", disable=None):
         # one stream per class, keyed by the character (not its position): stable classes keep their images
         rng = np.random.default_rng([seed, domain_index[cls.domain], cls.codepoint])
         first = int(rng.integers(len(cls.fonts)))
@@ -651,10 +652,8 @@ def build_glyphs(
             return folder
         if folder.exists():  # stale (other fonts/version) or forced: move aside, then replace
             stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.replace(folder, stale / "old")
-            except FileNotFoundError:
-                pass
             shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, folder)

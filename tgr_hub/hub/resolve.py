@@ -25,13 +25,13 @@ from huggingface_hub import HfApi, constants
 from tqdm.auto import tqdm
 
 from ..errors import (
+    HubError,
     NotAClassifierError,
     OfflineCacheMissError,
     PickleRefusedError,
     RunFolderError,
     TeacherNotFoundError,
     TgrHubError,
-    HubError,
     UnknownArchitectureError,
 )
 from ..io import write_text_atomic
