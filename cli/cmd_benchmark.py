@@ -85,10 +85,11 @@ def _shard(text: str) -> tuple[int, int]:
 
 def spec_from_args(args: argparse.Namespace):
     """The :class:`~tgr_hub.benchmark.BenchmarkSpec` the flags describe."""
-    from tgr_hub.benchmark import BenchmarkSpec, scenario_from_name, scenario_from_pool
+    from tgr_hub.benchmark import BenchmarkSpec, Scenario, scenario_from_name, scenario_from_pool
 
     values = {"data": data_values(args), "train": {"learner": args.learner} if args.learner else {}}
     cfg = config_from_args(args, values)
+    scenarios: tuple[Scenario, ...]
     if args.pool:
         scenarios = (scenario_from_pool(args.pool),)
     else:

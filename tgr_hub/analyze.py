@@ -63,6 +63,7 @@ from .seeds import ANALYZE, seed_sequence
 if TYPE_CHECKING:  # annotations only: importing the pipeline pulls in training
     from .bank import MemoryBank
     from .config import DataConfig, PoolBuildConfig, RunConfig, TrainConfig
+    from .metamodel import MetaModel
     from .pool import PoolMember
     from .teachers import TeacherSpec
 
@@ -241,7 +242,7 @@ def teacher_features(member: PoolMember, images: Tensor, *, batch_size: int = 12
     Returns:
         ``[n, D]`` float64 on the CPU.
     """
-    model = member.model
+    model: Any = member.model  # a timm model: forward_features/forward_head are not declared by nn.Module
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     penultimate = hasattr(model, "forward_features") and hasattr(model, "forward_head")
     if not penultimate:
@@ -260,7 +261,7 @@ def teacher_features(member: PoolMember, images: Tensor, *, batch_size: int = 12
     return torch.cat(chunks)
 
 
-def _to_size(images: Tensor, size: tuple[int, int]) -> Tensor:
+def _to_size(images: Tensor, size: tuple[int, ...]) -> Tensor:
     if tuple(images.shape[-2:]) == size:
         return images
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
@@ -1219,7 +1220,7 @@ def make_gradient_probe(
 
 
 def probe_loss_fns(
-    model: torch.nn.Module,
+    model: MetaModel,
     tasks: Sequence[Any],
     learner: Any,
     kind: Literal["head", "episodic"],
@@ -1266,7 +1267,7 @@ def probe_loss_fns(
 
 
 def probe_statistics(
-    model: torch.nn.Module,
+    model: MetaModel,
     probe: GradientProbe,
     learner: Any,
     kind: Literal["head", "episodic"] = "head",
@@ -1475,7 +1476,7 @@ def run_gradients(
     seconds["probe"] = time.perf_counter() - start
     every_team = [list(range(len(members)))]
 
-    def measure(model: torch.nn.Module) -> GradientStats:
+    def measure(model: MetaModel) -> GradientStats:
         return probe_statistics(
             model,
             probe,

@@ -412,20 +412,20 @@ class EpisodeList(Sequence[Episode]):
         if count < 1:
             raise ConfigError(f"eval.episodes must be >= 1, got {count}")
         self.sampler = EpisodeSampler(split, way, shot, query, seed=seed)
-        self.count = int(count)
+        self._count = int(count)
 
     def __len__(self) -> int:
-        return self.count
+        return self._count
 
     def __getitem__(self, index: int) -> Episode:  # type: ignore[override]
-        if not 0 <= index < self.count:
-            raise IndexError(f"episode {index} out of range 0..{self.count - 1}")
+        if not 0 <= index < self._count:
+            raise IndexError(f"episode {index} out of range 0..{self._count - 1}")
         return self.sampler.episode(index)
 
     def fingerprint(self) -> str:
         """sha256 of every episode's classes and support / query image indices."""
         digest = hashlib.sha256()
-        for index in range(self.count):
+        for index in range(self._count):
             classes, support, query = self.sampler.indices(index)
             digest.update(np.asarray(classes, dtype=np.int64).tobytes())
             digest.update(support.numpy().astype(np.int64).tobytes())
@@ -736,7 +736,7 @@ def _check_settings(spec: BenchmarkSpec, out: Path) -> None:
 def _write_settings(spec: BenchmarkSpec, out: Path) -> None:
     path = out / "bench.json"
     # the config as given; a scenario's own data.domains is in its description (eval_domains)
-    data = {
+    data: dict[str, Any] = {
         "format": RESULTS_FORMAT,
         "config": _config_without_seed(spec.cfg),
         "scenarios": {s.name: s.describe() for s in spec.scenarios},

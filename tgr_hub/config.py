@@ -228,7 +228,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.way >= 2, "eval.way must be >= 2")
-        _check(all(s >= 1 for s in self.shots) and self.shots, "eval.shots must be positive")
+        _check(bool(self.shots) and all(s >= 1 for s in self.shots), "eval.shots must be positive")
         _check(self.episodes >= 1, "eval.episodes must be >= 1")
 
 
@@ -331,7 +331,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert ``value`` (from YAML/JSON or a ``--set`` string) to the type of a field."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
         return _build(annotation, value, where)

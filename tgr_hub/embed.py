@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -482,7 +482,7 @@ def flatten_embedding(embedding: Mapping[str, Tensor]) -> Tensor:
     return torch.cat([embedding[k].detach().reshape(-1).double().cpu() for k in sorted(embedding)])
 
 
-def dissimilarity_matrix(embeddings: list[Mapping[str, Tensor]], eps: float = 1e-8) -> Tensor:
+def dissimilarity_matrix(embeddings: Sequence[Mapping[str, Tensor]], eps: float = 1e-8) -> Tensor:
     """Task2Vec's normalised-cosine dissimilarity between Fisher embeddings.
 
     For every parameter tensor ``k`` and pair ``(i, j)``:

@@ -26,7 +26,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -281,7 +281,7 @@ def _backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A teacher's state dict without its classifier head (the modules ``get_classifier()`` returns)."""
     if not hasattr(model, "get_classifier"):
         raise EvaluationError(f"{type(model).__name__} has no get_classifier; the average baseline needs timm models")
-    heads = model.get_classifier()
+    heads = cast(Any, model).get_classifier()  # timm's method, not declared by nn.Module
     heads = heads if isinstance(heads, (tuple, list)) else (heads,)
     prefixes = tuple(f"{name}." for name, module in model.named_modules() if name and any(module is h for h in heads))
     return {k: v for k, v in model.state_dict().items() if not (prefixes and k.startswith(prefixes))}

@@ -130,20 +130,22 @@ def _evaluate(
     """
     leaves = [_leaves(ps) for ps in param_sets]
     losses: list[Tensor] = []
-    grads: list[Grads] = []
+    raw: list[dict[str, Tensor | None]] = []
     with torch.enable_grad():
         if fuse:
             losses = [_scalar(fn(lv)) for fn, lv in zip(loss_fns, leaves)]
             flat = [t for lv in leaves for t in lv.values()]
             out = iter(_autograd(torch.stack(losses).sum(), flat))
-            grads = [{k: next(out) for k in lv} for lv in leaves]
+            raw = [{k: next(out) for k in lv} for lv in leaves]
         else:
             for fn, lv in zip(loss_fns, leaves):
                 loss = _scalar(fn(lv))
                 losses.append(loss)
-                grads.append(dict(zip(lv, _autograd(loss, list(lv.values())))))
+                raw.append(dict(zip(lv, _autograd(loss, list(lv.values())))))
     # A parameter a task does not use has zero gradient for that task.
-    grads = [{k: (torch.zeros_like(lv[k]) if g[k] is None else g[k]) for k in lv} for lv, g in zip(leaves, grads)]
+    grads: list[Grads] = [
+        {k: (torch.zeros_like(lv[k]) if (gk := g[k]) is None else gk) for k in lv} for lv, g in zip(leaves, raw)
+    ]
     return [loss.detach() for loss in losses], grads
 
 
@@ -185,7 +187,7 @@ def mean_gradient(task_grads: Sequence[Mapping[str, Tensor]]) -> Grads:
     if len(task_grads) == 0:
         raise ConfigError("no task gradients to average")
     keys = list(task_grads[0])
-    total = [task_grads[0][k] for k in keys]
+    total: list[Tensor] | tuple[Tensor, ...] = [task_grads[0][k] for k in keys]
     for g in task_grads[1:]:
         total = torch._foreach_add(total, [g[k] for k in keys])
     return dict(zip(keys, torch._foreach_div(total, float(len(task_grads)))))
@@ -349,7 +351,9 @@ def igr_direction(
                 "second-order IGR couples all tasks through ḡ's graph: it cannot be gathered",
                 hint="compute it on one process",
             )
-        return _second_order(list(loss_fns), params, beta, return_task_grads)
+        # a mapping {task index: L_i} in index order, as the first-order path takes it
+        fns = [loss_fns[i] for i in sorted(loss_fns)] if isinstance(loss_fns, Mapping) else list(loss_fns)
+        return _second_order(fns, params, beta, return_task_grads)
 
     if fuse_tasks is None:
         fuse_tasks = _default_fuse(params)

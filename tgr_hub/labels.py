@@ -94,7 +94,7 @@ def imagenet_label_space(config: dict[str, Any]) -> tuple[str, int] | None:
 
 
 @lru_cache(maxsize=4)
-def _imagenet_info(space: str):  # type: ignore[no-untyped-def]
+def _imagenet_info(space: str):
     from timm.data import ImageNetInfo
 
     return ImageNetInfo(space)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,10 @@ class MetaModel(nn.Module):
         model_args: timm construction arguments to rebuild the backbone (saved in config.json).
         tgr_config: contents of ``tgr_config.json`` when loaded from a folder, else None.
     """
+
+    backbone: Any  # a timm model: num_features, pretrained_cfg... are not declared by nn.Module
+    _mean: Tensor  # buffers (register_buffer in __init__)
+    _std: Tensor
 
     def __init__(
         self,
@@ -243,7 +247,8 @@ def load_meta_model(folder: str | Path) -> MetaModel:
             hint="to evaluate a teacher's backbone, use the average baseline or re-save it with num_classes 0",
         )
     cfg = config["pretrained_cfg"]
-    size = tuple(int(v) for v in (cfg.get("input_size") or backbone.pretrained_cfg.get("input_size")))
+    timm_cfg = cast(Any, backbone).pretrained_cfg  # set by timm on the models it builds
+    size = tuple(int(v) for v in (cfg.get("input_size") or timm_cfg.get("input_size")))
     tgr_config = None
     tgr_path = folder / TGR_CONFIG_NAME
     if tgr_path.is_file():

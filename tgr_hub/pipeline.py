@@ -645,7 +645,7 @@ def run_tgr(
             device=str(dist.device),
         )
         save_meta_model(model, out, tgr_config=record.to_dict())
-    elif dist.is_main and evaluated:  # same model, new eval settings: only the record changes
+    elif dist.is_main and evaluated and done is not None:  # same model, new eval settings: only the record changes
         done.config, done.metrics = cfg.to_dict(), metrics
         done.data_source = done.data_source or data_source
         done.timings_s = {**done.timings_s, **timings}

@@ -33,7 +33,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -289,10 +289,11 @@ def member_from_folder(
     if config["num_classes"] < 1:
         raise NotAClassifierError(f"{folder} holds a feature extractor (num_classes 0), not a classifier")
     cfg = config["pretrained_cfg"]
-    size = tuple(int(v) for v in (cfg.get("input_size") or model.pretrained_cfg.get("input_size") or (3, 224, 224)))
+    timm_cfg = cast(Any, model).pretrained_cfg  # set by timm on the models it builds
+    size = tuple(int(v) for v in (cfg.get("input_size") or timm_cfg.get("input_size") or (3, 224, 224)))
     channels = size[0]
-    mean = _triple(cfg.get("mean", model.pretrained_cfg.get("mean")), 0.0, channels)
-    std = _triple(cfg.get("std", model.pretrained_cfg.get("std")), 1.0, channels)
+    mean = _triple(cfg.get("mean", timm_cfg.get("mean")), 0.0, channels)
+    std = _triple(cfg.get("std", timm_cfg.get("std")), 1.0, channels)
     if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
         raise NotAClassifierError(
             f"{folder}/config.json: mean/std must have {channels} values (std > 0), got {mean}, {std}"

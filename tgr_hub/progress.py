@@ -46,7 +46,7 @@ _SUMMARY = "{desc}: {n_fmt}/{total_fmt} done in {elapsed} ({rate_fmt}{postfix})"
 _SUMMARY_NO_TOTAL = "{desc}: {n_fmt} done in {elapsed} ({rate_fmt}{postfix})"
 
 
-class LineProgress(_std_tqdm):  # type: ignore[misc]
+class LineProgress(_std_tqdm):
     """A ``tqdm`` that logs a few whole lines instead of redrawing a bar (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ class WarmGenerator:
 
     def __init__(self, generator: Generator, cfg: RecoverConfig) -> None:
         self.generator = generator
-        self.optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.recoveries = 0
 
     @classmethod
@@ -141,7 +141,7 @@ def recovery_quality(member: PoolMember, task: RecoveredTask) -> dict[str, float
         teacher's penultimate features of the images (its logits when it has no
         ``forward_features``/``forward_head``), over distinct pairs.
     """
-    model = member.model
+    model: Any = member.model  # a timm model: forward_features/forward_head are not declared by nn.Module
     device = _device_of(model)
     was_training = model.training
     model.eval()
@@ -231,7 +231,8 @@ class _BNStatisticsLoss:
         dims = [d for d in range(x.dim()) if d != 1]  # every dim but channels: [N,C], [N,C,L], [N,C,H,W]...
         var, mean = torch.var_mean(x, dim=dims, correction=0)  # biased variance, as BN normalises with
         self._terms.append(
-            torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var)
+            torch.linalg.vector_norm(mean - cast(torch.Tensor, module.running_mean))
+            + torch.linalg.vector_norm(var - cast(torch.Tensor, module.running_var))
         )
 
     def __enter__(self) -> _BNStatisticsLoss:
@@ -321,8 +322,8 @@ def _check_classes(member: PoolMember, classes: Sequence[int]) -> list[int]:
 def _device_of(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -402,10 +403,11 @@ def recover_task(
     aug_rng = torch.Generator(device="cpu").manual_seed(aug_seed)
     pad = crop_padding_for(min(height, width)) if padding is None else int(padding)
     target = labels.to(device)
+    optimizer: torch.optim.Optimizer | _Both
     if warm is None:
-        optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=tuple(cfg.betas))
+        optimizer = torch.optim.Adam([*generator.parameters(), z], lr=cfg.lr, betas=cfg.betas)
     else:  # the generator's Adam carries over between recoveries; the fresh codes start their own
-        optimizer = _Both(warm.optimizer, torch.optim.Adam([z], lr=cfg.lr, betas=tuple(cfg.betas)))
+        optimizer = _Both(warm.optimizer, torch.optim.Adam([z], lr=cfg.lr, betas=cfg.betas))
 
     model = member.model
     was_training = model.training

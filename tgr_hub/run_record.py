@@ -114,7 +114,7 @@ class MemberRecord:
         labels = [str(label) for label in data.get("label_names") or []]
         return cls(
             name=str(data.get("name", "")),
-            kind=kind,
+            kind="hub" if kind == "hub" else "local",
             repo_id=repo_id if kind == "hub" else None,
             source=source,
             revision=data.get("revision"),

@@ -320,12 +320,14 @@ def train_teacher(
     n = len(train_x)
     steps_per_epoch = max(1, math.ceil(n / spec.batch_size))
     total = steps_per_epoch * spec.epochs
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr
     )
+    schedule: torch.optim.lr_scheduler.LRScheduler
     if total >= 4:
         # one-cycle needs at least one warm-up step: 20% of the steps, but never less than 1.5 of them
         warmup = max(0.2, 1.5 / total)

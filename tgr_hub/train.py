@@ -271,7 +271,7 @@ def pseudo_task_loss(
     return loss
 
 
-def _choose_teachers(groups: list[list[int]], m: int, rng: np.random.Generator) -> list[int]:
+def _choose_teachers(groups: Sequence[Sequence[int]], m: int, rng: np.random.Generator) -> list[int]:
     """A random group, then ``m`` of its teachers drawn **with replacement** (the reference): every
     step has ``m`` tasks, whatever the group's size; a teacher drawn twice gives two fresh tasks."""
     group = groups[int(rng.integers(len(groups)))]
@@ -294,7 +294,8 @@ def _make_head(feature_dim: int, way: int, seed: int) -> nn.Linear:
 
 def _bn_buffer_names(model: nn.Module) -> tuple[list[str], list[str]]:
     """``(float names, counter names)`` of the running-statistics buffers of every BatchNorm."""
-    floats, counters = [], []
+    floats: list[str] = []
+    counters: list[str] = []
     for prefix, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             for name, buffer in module.named_buffers(recurse=False):
@@ -540,10 +541,9 @@ class _MetaTrainer:
         for member in members:
             member.to(dist.device)
         if self.online is not None and self.online.online_start == "warm":
-            for (
-                t
-            ) in self._owned_teachers():  # the generators the up-front recovery left, if any (on the teachers' device)
-                if t in (generators or {}):
+            # the generators the up-front recovery left, if any (on the teachers' device)
+            for t in self._owned_teachers():
+                if generators is not None and t in generators:
                     self.warm[t] = self._fresh_warm(t)
                     self.warm[t].load_state_tensors(dict(generators[t]))
         dist.broadcast_module(self.model)  # identical start on every process, whatever each one built
@@ -717,7 +717,7 @@ class _MetaTrainer:
                 rng=step_rng(self.seed, step, _TASK, i),
             ).to(dist.device)
             items[i] = self._item(
-                lambda p, t=task: pseudo_task_loss(
+                lambda p, t=task: pseudo_task_loss(  # type: ignore[misc]  # mypy cannot type a lambda's default
                     self.learner,
                     self.model,
                     t,
@@ -825,9 +825,14 @@ class _MetaTrainer:
             ep = self.bank.sample_episode(
                 cfg.replay_way, cfg.replay_shot, cfg.replay_query, stream, resize_to=self.model.input_size[-1]
             )
-            ep = [t.to(self.dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
+            tensors = [t.to(self.dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
             episodes[e] = self._item(
-                lambda p, ep=ep: self.learner.episode_loss(self.model, *ep, params=p).float(), scale, step, _REPLAY, e
+                # mypy types neither a lambda's default nor the length of *ep
+                lambda p, ep=tensors: self.learner.episode_loss(self.model, *ep, params=p).float(),  # type: ignore[misc]
+                scale,
+                step,
+                _REPLAY,
+                e,
             )
         replayed = self.combiner.combine(episodes, cfg.replay_batch, beta=0.0, scale=scale)
         self._apply(replayed)
@@ -843,7 +848,8 @@ class _MetaTrainer:
             The last replay step's combined direction (``None`` without replay) and every episode loss.
         """
         cfg = self.cfg
-        last, losses = None, []
+        last: _Combined | None = None
+        losses: list[float] = []
         best, since_best, done = math.inf, 0, 0
         while done < cfg.replay_steps or (
             cfg.replay_patience > 0 and since_best < cfg.replay_patience and done < cfg.replay_max_steps

@@ -36,7 +36,7 @@ def _cub_chen2019(names: Sequence[str]) -> dict[str, list[int]]:
         )
     numbered = [re.match(r"^\s*(\d{1,3})\s*[._ ]", n) for n in names]
     # names like "001.Black_footed_Albatross" carry the official number; else the label order is taken as official
-    order = [int(m.group(1)) - 1 for m in numbered] if all(numbered) else list(range(200))
+    order = [int(m.group(1)) - 1 for m in numbered if m is not None] if all(numbered) else list(range(200))
     if sorted(order) != list(range(200)):
         raise DatasetError(
             "the dataset's CUB class numbers are not 001..200, each once",

@@ -201,7 +201,7 @@ def _render_mask(name: str, codepoint: int, size: int) -> np.ndarray | None:
     if right <= left or bottom <= top:
         return None
     pad = 2
-    image = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    image = Image.new("L", (int(right - left + 2 * pad), int(bottom - top + 2 * pad)), 0)
     ImageDraw.Draw(image).text((pad - left, pad - top), text, font=font, fill=255)
     box = image.getbbox()
     if box is None:
@@ -438,8 +438,8 @@ def choose_glyphs() -> list[tuple[str, int, tuple[str, ...]]]:
         masks: list[np.ndarray] = []
         where: list[tuple[int, int]] = []  # (font index, candidate index) of each mask
         for codepoint in _CANDIDATES[domain]:
-            drawn = [(f, _glyph_mask(name, allowed, codepoint, size)) for f, (name, allowed) in enumerate(fonts)]
-            drawn = [(f, m) for f, m in drawn if m is not None]
+            found = [(f, _glyph_mask(name, allowed, codepoint, size)) for f, (name, allowed) in enumerate(fonts)]
+            drawn = [(f, m) for f, m in found if m is not None]
             if len(drawn) < MIN_FONTS or max(drawn[0][1].shape) < MIN_INK_EM * size:  # rare, or a dot
                 continue
             for f, mask in drawn:

@@ -198,7 +198,7 @@ def _to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greyscale: stretch to 8 bits
         values = np.asarray(image.convert("F"), dtype=np.float32)
         low, high = float(values.min()), float(values.max())
-        image = Image.fromarray(np.uint8(np.clip((values - low) * 255.0 / ((high - low) or 1.0), 0, 255)))
+        image = Image.fromarray(np.clip((values - low) * 255.0 / ((high - low) or 1.0), 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # transparent -> white
@@ -444,14 +444,14 @@ def load_source_split(
             ", ".join(f"{k} 0..{int(v.max())}" for k, v in labels.items()),
         )
     else:
-        values = sorted(
+        distinct = sorted(
             {v.item() if hasattr(v, "item") else v for arr in labels.values() for v in arr.tolist()},
             key=lambda v: (str(type(v)), v),
         )
-        index = {v: i for i, v in enumerate(values)}
-        names = [str(v) for v in values]
+        index = {v: i for i, v in enumerate(distinct)}
+        names = [str(v) for v in distinct]
         codes = {k: np.array([index[v] for v in arr.tolist()], dtype=np.int64) for k, arr in labels.items()}
-        ids = [int(v) for v in values] if all(isinstance(v, int) for v in values) else None
+        ids = [int(v) for v in distinct] if all(isinstance(v, int) for v in distinct) else None
     if any(((c < 0) | (c >= len(names))).any() for c in codes.values()):
         raise DatasetError(f"dataset {source!r} has labels outside its {len(names)} classes (e.g. -1 for unlabelled)")
 

@@ -144,7 +144,7 @@ def _open(source: ImageSource, name: str, limits: InputLimits) -> Image.Image:
                 image = Image.open(io.BytesIO(raw))
         except Image.DecompressionBombError:
             raise ImageInputError(
-                f"{name}: image is far too large (more than {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels; "
+                f"{name}: image is far too large (more than {(Image.MAX_IMAGE_PIXELS or 0) * 2 / 1e6:.0f} megapixels; "
                 f"the limit is {limits.max_pixels / 1e6:g} MP)",
                 hint="downscale it first",
             ) from None

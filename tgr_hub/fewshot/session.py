@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -125,7 +125,11 @@ class FewShotSession:
     @classmethod
     def for_app_model(cls, app_model: AppModel, **kwargs: Any) -> FewShotSession:
         """A session with the learner and fine-tuning settings recorded with the model."""
-        options = {"learner": app_model.learner, "inner_steps": app_model.inner_steps, "inner_lr": app_model.inner_lr}
+        options: dict[str, Any] = {
+            "learner": app_model.learner,
+            "inner_steps": app_model.inner_steps,
+            "inner_lr": app_model.inner_lr,
+        }
         options.update(kwargs)
         return cls(app_model.model, **options)
 
@@ -203,11 +207,11 @@ class FewShotSession:
         logger.info("adapted with %s to %d classes", self.learner_name, len(self.class_names))
 
     def _total_steps(self) -> int:
-        return 1 if self.learner_name == "protonet" else max(1, self.learner.inner_steps)
+        return 1 if self.learner_name == "protonet" else max(1, cast(MAML, self.learner).inner_steps)
 
     def _finetune(self, model: nn.Module, sx: Tensor, sy: Tensor, progress_cb: ProgressCallback | None) -> Any:
         """MAML adaptation (first order) step by step, so that progress can be shown."""
-        learner: MAML = self.learner
+        learner = cast(MAML, self.learner)  # not protonet: make_learner gave a MAML
         if self.bn == "batch":  # the learner's own loop handles transductive statistics
             return learner.adapt(model, sx, sy)
         start = {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}

@@ -50,7 +50,7 @@ _SHA = re.compile(r"[0-9a-f]{40}")
 _TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 
 
-_LIBRARY = {"library_name": "tgr-hub", "library_version": __version__}
+_LIBRARY: dict[str, Any] = {"library_name": "tgr-hub", "library_version": __version__}
 
 
 # Retries of transient failures; module attributes so callers (and tests) can tune them.

@@ -371,24 +371,24 @@ def push_pool(
     pool_dir = Path(pool_dir)
     if not pool_dir.is_dir():
         raise RunFolderError(f"pool folder {pool_dir} does not exist", hint="run tgr-hub make-pool first")
-    teachers = (
+    folders: list[Path] = (
         [Path(t) for t in teachers]
         if teachers is not None
         else sorted(p for p in pool_dir.iterdir() if (p / "config.json").is_file())
     )
-    if not teachers:
+    if not folders:
         raise RunFolderError(f"{pool_dir} holds no teacher folder", hint="run tgr-hub make-pool first")
     prefix = f"{pool_dir.resolve().name}-" if prefix is None else prefix
     token = _push_token(token)
-    repo_ids = [f"{org}/{prefix}{folder.name}" for folder in teachers]
+    repo_ids = [f"{org}/{prefix}{folder.name}" for folder in folders]
     shas: dict[str, str] = {}
     with (
-        ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(teachers)))) as pool,
-        progress_bar(total=len(teachers), desc=f"pushing teachers to {org}", unit="repo", disable=not progress) as bar,
+        ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(folders)))) as pool,
+        progress_bar(total=len(folders), desc=f"pushing teachers to {org}", unit="repo", disable=not progress) as bar,
     ):
         futures = {
             pool.submit(push_teacher, folder, repo_id, private=private, token=token): repo_id
-            for folder, repo_id in zip(teachers, repo_ids)
+            for folder, repo_id in zip(folders, repo_ids)
         }
         for future in futures:  # in order: the first failure is the one reported
             shas[futures[future]] = future.result().commit_sha
@@ -397,7 +397,7 @@ def push_pool(
     lines = [
         f"# tgr-hub push-pool: {len(entries)} teachers of {pool_dir.name} pushed to {org}, pinned to their commits"
     ]
-    lines += [f"{entry}  # {folder.name}" for entry, folder in zip(entries, teachers)]
+    lines += [f"{entry}  # {folder.name}" for entry, folder in zip(entries, folders)]
     target = pool_dir / "repo-list-hub.txt"
     write_text_atomic(target, "\n".join(lines) + "\n")
     logger.info("pushed %d teachers to %s; list in %s", len(entries), org, target)

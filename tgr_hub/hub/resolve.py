@@ -141,7 +141,7 @@ def _record_ref(snapshot: Path, revision: str, sha: str) -> None:
     write_text_atomic(ref, sha)
 
 
-class _QuietTqdm(tqdm):  # type: ignore[misc]
+class _QuietTqdm(tqdm):
     """Per-file download bars are hidden when one bar shows the progress of many repositories."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

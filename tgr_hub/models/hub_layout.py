@@ -22,7 +22,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -179,7 +179,7 @@ def save_timm_folder(
     config = _timm_config(model, architecture, pretrained_cfg)
     if config:
         cfg = config["pretrained_cfg"]
-        if tuple(pretrained_cfg["input_size"]) != tuple(model.pretrained_cfg.get("input_size", ())):
+        if tuple(pretrained_cfg["input_size"]) != tuple(cast(Any, model).pretrained_cfg.get("input_size", ())):
             cfg["pool_size"] = None  # the registry's pool size is for its own input size
         for key in _SOURCE_META_KEYS:
             if key not in pretrained_cfg:
@@ -303,8 +303,8 @@ def find_weights(folder: str | Path) -> tuple[Path | None, list[Path]]:
         ``*.safetensors`` by name (or None); and the pickled checkpoints found.
     """
     folder = Path(folder)
-    safe = folder / WEIGHTS_NAME
-    if not safe.is_file():
+    safe: Path | None = folder / WEIGHTS_NAME
+    if not (folder / WEIGHTS_NAME).is_file():
         candidates = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
         safe = candidates[0] if candidates else None
     pickles: list[Path] = []
@@ -455,7 +455,9 @@ def create_from_folder(
         model_args.pop(key, None)
     target_classes = config["num_classes"] if num_classes is None else num_classes
     try:
-        model = timm.create_model(arch, pretrained=False, num_classes=target_classes, pretrained_cfg=cfg, **model_args)
+        model: Any = timm.create_model(
+            arch, pretrained=False, num_classes=target_classes, pretrained_cfg=cfg, **model_args
+        )
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as error:
         raise NotAClassifierError(
             f"timm cannot build {arch!r} from {folder / CONFIG_NAME}: {error}",
