@@ -5,13 +5,18 @@ The Hub test server
 ``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``
 once, when it is first imported (``huggingface_hub.constants``; the module-level ``HfApi`` that
 timm uses keeps that endpoint too). pytest imports this file before any test module, so the
-Hub-compatible test server (``tests/hub_server.py``) is started *here*, on 127.0.0.1 with a free
-port, and the environment is pointed at it before anything imports ``huggingface_hub``:
+address of the Hub-compatible test server (``tests/hub_server.py``) is fixed *here*: a free port on
+127.0.0.1, held by a bound socket that does not listen (a request that reaches it before the
+server runs is refused at once, and no other program can take the port), and the environment is
+pointed at it before anything imports ``huggingface_hub``:
 
 - ``HF_ENDPOINT`` = the server's URL: the real client, timm's ``hf-hub:`` loading and every
   subprocess (the CLI) talk to the test server; no test can reach the real Hub;
 - ``HF_HOME`` = a temporary folder (so the cache, stored tokens and the token file are the
   suite's own), telemetry and update checks off, no ``HF_TOKEN`` and no offline mode inherited.
+
+The server itself starts lazily, the first time a test asks for the ``hub_server`` fixture (or
+``hub``, ``hf_token``, ``hub_cache``, which use it): tests that never touch the Hub never start it.
 
 Tokens: :data:`WRITE_TOKEN` authenticates as user ``me`` (member of the organisations ``tgr-org``
 and ``timm``, write access); :data:`OTHER_TOKEN` as ``stranger``. Tests that need a token use the
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -40,15 +46,35 @@ if "huggingface_hub" in sys.modules:  # pragma: no cover - a plugin imported it 
     raise RuntimeError("huggingface_hub was imported before tests/conftest.py could point it at the test Hub")
 
 _HF_HOME = tempfile.mkdtemp(prefix="tgr-hub-tests-hf-")
-HUB = HubServer().start()
-HUB.add_token(WRITE_TOKEN, "me", orgs=("tgr-org", "timm"))
-HUB.add_token(OTHER_TOKEN, "stranger")
+_HUB_HOST = "127.0.0.1"
+# The port is reserved now (bound, not listening: connections are refused), the server started later.
+_PORT_HOLDER: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_PORT_HOLDER.bind((_HUB_HOST, 0))
+_HUB_PORT = _PORT_HOLDER.getsockname()[1]
+HUB_URL = f"http://{_HUB_HOST}:{_HUB_PORT}"
+_HUB: HubServer | None = None
+
+
+def _start_hub() -> HubServer:
+    """The Hub test server at :data:`HUB_URL`, started on first use (once per session)."""
+    global _HUB, _PORT_HOLDER
+    if _HUB is None:
+        if _PORT_HOLDER is not None:
+            _PORT_HOLDER.close()  # hand the reserved port over to the server
+            _PORT_HOLDER = None
+        server = HubServer(host=_HUB_HOST, port=_HUB_PORT)
+        assert server.url == HUB_URL
+        server.add_token(WRITE_TOKEN, "me", orgs=("tgr-org", "timm"))
+        server.add_token(OTHER_TOKEN, "stranger")
+        _HUB = server.start()
+    return _HUB
+
 
 for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
               "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
     os.environ.pop(_name, None)
 os.environ.update({
-    "HF_ENDPOINT": HUB.url,
+    "HF_ENDPOINT": HUB_URL,
     "HF_HOME": _HF_HOME,
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_XET": "1",  # uploads take the LFS path the test server speaks (no Xet storage)
@@ -86,14 +112,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    HUB.stop()
+    if _HUB is not None:
+        _HUB.stop()
+    if _PORT_HOLDER is not None:
+        _PORT_HOLDER.close()
     shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def hub_server() -> HubServer:
-    """The running Hub test server (``.url``; helpers to inspect repos and inject faults)."""
-    return HUB
+    """The running Hub test server (``.url``; helpers to inspect repos and inject faults), started
+    by the first test that asks for it."""
+    return _start_hub()
 
 
 @pytest.fixture
@@ -104,14 +134,14 @@ def hub(hub_server: HubServer) -> Iterator[HubServer]:
 
 
 @pytest.fixture
-def hf_token(monkeypatch: pytest.MonkeyPatch) -> str:
+def hf_token(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> str:
     """Set ``HF_TOKEN`` to the write token of user ``me``; return it."""
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
     return WRITE_TOKEN
 
 
 @pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hub_cache(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty Hub cache for this test (in-process and for subprocesses)."""
     from huggingface_hub import constants
 

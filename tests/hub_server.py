@@ -193,12 +193,13 @@ class HubServer:
 
     Args:
         host: the address to bind; only loopback makes sense for tests.
+        port: the port to bind (0: a free one).
         cdn_host: the host name LFS redirects point to. It must reach this same server but be a
             *different origin* from ``host`` (the client then treats it as the CDN: it does not
             follow the redirect on HEAD and sends no token to it), so ``localhost`` by default.
     """
 
-    def __init__(self, host: str = "127.0.0.1", cdn_host: str = "localhost") -> None:
+    def __init__(self, host: str = "127.0.0.1", cdn_host: str = "localhost", port: int = 0) -> None:
         self.lock = threading.RLock()
         self.blobs: dict[str, bytes] = {}
         self.by_sha256: dict[str, str] = {}  # sha256 of content -> blob oid (the "LFS" index)
@@ -211,7 +212,7 @@ class HubServer:
         self._secret = uuid.uuid4().hex.encode()
         self._counter = 0
         handler = type("Handler", (_Handler,), {"hub": self})
-        self.httpd = ThreadingHTTPServer((host, 0), handler)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}"
