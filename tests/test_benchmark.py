@@ -369,6 +369,7 @@ def _copy(bench_dir: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_every_method_sees_the_identical_episodes(bench) -> None:
     out, report, finished = bench
     assert [key for key, _ in finished] == [c.key for c in bm.plan_cells(_spec())]
@@ -408,6 +409,7 @@ def test_every_method_sees_the_identical_episodes(bench) -> None:
         assert seed0["random"]["accuracies"][f"{shot}shot"] == plain[f"{shot}shot"]["accuracies"]
 
 
+@pytest.mark.slow
 def test_trained_methods_share_the_recovered_tasks_and_differ_only_in_their_settings(bench) -> None:
     out, report, _ = bench
     for seed in SEEDS:
@@ -441,6 +443,7 @@ def test_trained_methods_share_the_recovered_tasks_and_differ_only_in_their_sett
     assert "| TGR |" in md and "− ERM" in md and "seeds ± " in md and "**Noise floor**" in md
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells_and_an_interruption_loses_only_the_cell_in_flight(bench, tmp_path, monkeypatch):
     out = _copy(bench[0], tmp_path)
     ran: list[str] = []
@@ -481,6 +484,7 @@ def test_resume_skips_finished_cells_and_an_interruption_loses_only_the_cell_in_
         assert json.loads(bm._cell_path(out, cell).read_text())["accuracies"] == before[cell.key]["accuracies"]
 
 
+@pytest.mark.slow
 def test_shards_share_the_grid_and_the_report_merges_them(bench, tmp_path, monkeypatch):
     out = _copy(bench[0], tmp_path)
     cells = bm.plan_cells(_spec())
@@ -503,6 +507,7 @@ def test_shards_share_the_grid_and_the_report_merges_them(bench, tmp_path, monke
         bm.run_benchmark(_spec(), out, progress=False)
 
 
+@pytest.mark.slow
 def test_a_folder_of_other_settings_is_refused(bench, tmp_path) -> None:
     out = _copy(bench[0], tmp_path)
     cfg = load_config("smoke", overrides=["eval.episodes=12"])
@@ -511,6 +516,7 @@ def test_a_folder_of_other_settings_is_refused(bench, tmp_path) -> None:
         bm.run_benchmark(spec, out, progress=False)
 
 
+@pytest.mark.slow
 def test_a_cell_whose_episodes_or_data_would_differ_from_its_finished_neighbours_is_refused_before_training(
         bench, tmp_path, monkeypatch) -> None:
     out = _copy(bench[0], tmp_path)
@@ -538,6 +544,7 @@ def test_a_cell_whose_episodes_or_data_would_differ_from_its_finished_neighbours
     assert bm.run_benchmark(_spec(), out, progress=False)["missing_cells"] == []
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_checkpoint_meta_validation_chose_and_the_groups(bench) -> None:
     out, report, finished = bench
     markdown = (out / "results.md").read_text()
@@ -557,6 +564,7 @@ def test_the_report_shows_the_checkpoint_meta_validation_chose_and_the_groups(be
         assert f"| {100 * record['recover_agreement']:.1f}% |" in markdown
 
 
+@pytest.mark.slow
 def test_quickstart_prints_its_table_from_the_benchmark(bench, tmp_path, monkeypatch, capsys) -> None:
     """The quickstart is the benchmark's special case: seed 0 of the module's benchmark is its whole grid."""
     from tgr_hub.cli import cmd_quickstart
@@ -627,6 +635,7 @@ def test_quickstart_hands_the_image_size_and_class_split_to_the_pool_and_the_tes
     assert data.image_size == 20 and data.class_split == str(split_file)
 
 
+@pytest.mark.slow
 def test_benchmark_cli_merge_and_bad_input(bench, tmp_path, capsys) -> None:
     from tgr_hub.cli.main import main
 

@@ -29,6 +29,7 @@ def _tgr_hub(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_inspect_prints_the_pool_table_and_writes_the_heatmap(tiny_pool: Path, tmp_path: Path) -> None:
     out = tmp_path / "inspect"
     done = _tgr_hub("inspect", "--pool", str(tiny_pool), "--out", str(out), "--preset", "smoke")
@@ -53,6 +54,7 @@ def test_inspect_prints_the_pool_table_and_writes_the_heatmap(tiny_pool: Path, t
     assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and heatmap.stat().st_size > 5_000
 
 
+@pytest.mark.slow
 def test_evaluate_average_baseline_on_the_cli_matches_the_library(tiny_pool: Path, tmp_path: Path) -> None:
     from tgr_hub.data import load_split
     from tgr_hub.evaluate import average_baseline, evaluate_model
@@ -75,6 +77,7 @@ def test_evaluate_average_baseline_on_the_cli_matches_the_library(tiny_pool: Pat
     assert f"{100 * expected['1shot']['mean']:.2f}%" in done.stdout
 
 
+@pytest.mark.slow
 def test_train_logs_to_tensorboard(tiny_pool: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -247,6 +247,7 @@ def test_cache_is_reused(glyph_folder: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert (glyph_folder / "meta.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_concurrent_builders_do_not_corrupt_the_cache(small_cache: Path) -> None:
     results: list[Path | BaseException] = []
     start = threading.Barrier(2)

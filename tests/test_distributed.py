@@ -65,6 +65,7 @@ def one_process_run(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_meta_model(pool: Path, one_process_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "two"
     done = _tgr_hub("train", "--pool", str(pool), "--out", str(out), "--num-processes", "2", *TRAIN_ARGS)
@@ -104,6 +105,7 @@ def test_two_processes_give_the_one_process_meta_model(pool: Path, one_process_r
         "random_states_0.pkl", "random_states_1.pkl"}
 
 
+@pytest.mark.slow
 def test_per_step_gradients_are_identical_across_ranks(pool: Path, one_process_run: Path, tmp_path: Path) -> None:
     worker = Path(__file__).resolve().parent / "dist_worker.py"
     out = tmp_path / "digests"
@@ -142,6 +144,7 @@ def test_per_step_gradients_are_identical_across_ranks(pool: Path, one_process_r
     assert cold[0]["task_losses"] != offline[0]["task_losses"]
 
 
+@pytest.mark.slow
 def test_ranks_detect_that_they_have_diverged(pool: Path, one_process_run: Path) -> None:
     """sync_check_every=1 and rank 1 nudges one weight by one ulp after step 1: both ranks stop at step 2."""
     worker = Path(__file__).resolve().parent / "diverge_worker.py"

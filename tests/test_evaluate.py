@@ -246,6 +246,7 @@ def test_auto_method_follows_the_meta_learner():
 # --- CLI ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_evaluate_random_baseline_and_meta_model(tmp_path, monkeypatch, capsys):
     import tgr_hub.data as data
     from tgr_hub.cli.main import main

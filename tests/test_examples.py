@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "tgr_in_100_lines.py"
 
 
+@pytest.mark.slow
 def test_the_example_trains_and_evaluates_a_meta_model(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, str(EXAMPLE), "--out", str(tmp_path), "--tiny"], cwd=tmp_path, env=env,

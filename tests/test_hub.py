@@ -189,6 +189,7 @@ def test_imagenet_teacher_keeps_its_input_size_and_normalisation(hub_cache, teac
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_offline_second_resolution_uses_the_cache_alone(hub, hub_cache, teachers, tmp_path: Path, monkeypatch) -> None:
     text = f"tgr-org/hub-teacher-a\ntgr-org/hub-teacher-a@v1\n{IMAGENET}\nhf-hub:tgr-org/hub-teacher-b\n"
     online = hub_mod.resolve_many(_refs(text, tmp_path), progress=False)
@@ -234,6 +235,7 @@ def test_resolve_many_runs_concurrently_with_progress(hub, hub_cache, teachers, 
     assert "resolving Hub teachers: 3/3 done" in caplog.text
 
 
+@pytest.mark.slow
 def test_transient_errors_are_retried(hub, hub_cache, teachers) -> None:
     before = len(hub.requests_matching(r"^/api/models/tgr-org/hub-teacher-b$"))
     hub.inject_fault(r"^/api/models/tgr-org/hub-teacher-b$", status=503, times=2)
@@ -340,6 +342,7 @@ def test_nothing_but_config_and_safetensors_is_downloaded_without_opt_in(hub, hu
     assert "pytorch_model.bin" in _downloads(hub, before) and "pytorch_model.bin" in _cached_files(hub_cache)
 
 
+@pytest.mark.slow
 def test_errors_and_logs_never_repeat_a_token_the_hub_echoes(hub, hf_token, hub_cache, teachers, fake_run: Path,
                                                              tmp_path: Path, caplog, capfd, monkeypatch) -> None:
     """A server (or proxy) that puts the token in its error answer: nothing tgr-hub says may repeat it."""
@@ -387,6 +390,7 @@ def test_errors_and_logs_never_repeat_a_token_the_hub_echoes(hub, hf_token, hub_
     assert not leaks, leaks[0][:300]
 
 
+@pytest.mark.slow
 def test_tgr_hub_retries_sets_the_number_of_retries(hub, hub_cache, teachers, tmp_path: Path) -> None:
     script = ("from tgr_hub.hub import resolve_repo\n"
               "from tgr_hub.errors import HubError\n"
@@ -408,6 +412,7 @@ def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
+@pytest.mark.slow
 def test_cli_prints_one_line_per_error(case, hub_cache, teachers, tmp_path: Path, monkeypatch, capsys) -> None:
     from tgr_hub.cli.main import main
 
@@ -423,6 +428,7 @@ def test_cli_prints_one_line_per_error(case, hub_cache, teachers, tmp_path: Path
     assert WRITE_TOKEN not in err and OTHER_TOKEN not in err
 
 
+@pytest.mark.slow
 def test_cli_error_in_its_own_process(hub_cache, teachers, tmp_path: Path) -> None:
     (tmp_path / "pool.txt").write_text("# teachers\nme/hub-private\n")
     done = _cli("inspect", "--pool", str(tmp_path / "pool.txt"), "--out", str(tmp_path / "out"), "--preset", "smoke")
@@ -448,6 +454,7 @@ def _space_app(tmp_path: Path) -> Path:
     return stub
 
 
+@pytest.mark.slow
 def test_push_meta_model_and_space(hub, hf_token, hub_cache, fake_run: Path, tmp_path: Path) -> None:
     import timm
     from huggingface_hub import HfApi, ModelCard
@@ -498,6 +505,7 @@ def test_push_meta_model_and_space(hub, hf_token, hub_cache, fake_run: Path, tmp
     assert not any(p.endswith((".pyc", "__pycache__")) for p in space)
 
 
+@pytest.mark.slow
 def test_repush_is_one_commit_and_nothing_when_unchanged(hub, hf_token, fake_run: Path) -> None:
     first = hub_mod.push_meta_model(fake_run, "me/hub-repush")
     count = hub.commit_count("me/hub-repush")
@@ -567,6 +575,7 @@ def test_push_pool_pins_each_teacher(hub, hf_token, hub_cache, tmp_path: Path) -
             torch.testing.assert_close(member.logits(images), models[name](member.normalize(images)))
 
 
+@pytest.mark.slow
 def test_cli_make_pool_push_org(hub, hf_token, hub_cache, tmp_path: Path) -> None:
     pool = tmp_path / "cli-pool"
     done = _cli("make-pool", "--dataset", "glyphs", "--domains", "latin", "--archs", "conv4", "--teachers", "2",
@@ -599,6 +608,7 @@ def test_private_push_needs_a_token_to_read(hub, hf_token, hub_cache, tmp_path: 
         hub_mod.resolve_repo("me/hub-private-teacher", pushed.commit_sha)
 
 
+@pytest.mark.slow
 def test_cli_push(hub, fake_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     from tgr_hub.cli.main import main
 
@@ -632,6 +642,7 @@ def test_cli_push(hub, fake_run: Path, tmp_path: Path, monkeypatch, capsys) -> N
     assert not hub.has_repo("me/hub-not-yours") and not hub.has_repo("me/x")
 
 
+@pytest.mark.slow
 def test_the_token_never_leaves_the_headers(hub, hf_token, hub_cache, teachers, fake_run: Path, tmp_path: Path,
                                             caplog, capfd, monkeypatch) -> None:
     caplog.set_level(logging.DEBUG)

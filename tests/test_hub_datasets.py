@@ -105,6 +105,7 @@ def _ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 # --- loading by id -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pushed_benchmark_loads_by_id_with_its_own_splits(pushed, tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="tgr_hub.data.sources"):
         parts = {s: load_split(f"{BENCH}@v1", s, image_size=32, cache_dir=tmp_path) for s in ("train", "val", "test")}
@@ -123,6 +124,7 @@ def test_pushed_benchmark_loads_by_id_with_its_own_splits(pushed, tmp_path: Path
     assert head.revision == pushed["main"]
 
 
+@pytest.mark.slow
 def test_converted_images_are_cached_by_commit_and_image_size(pushed, hub_server, tmp_path: Path,
                                                               monkeypatch) -> None:
     key = dict(split="test", name="cifarfs-tiny", image_size=32)
@@ -151,6 +153,7 @@ def test_converted_images_are_cached_by_commit_and_image_size(pushed, hub_server
     assert len(list((tmp_path / "datasets").glob("*.safetensors"))) == 2
 
 
+@pytest.mark.slow
 def test_unknown_hub_dataset_is_a_dataset_error(pushed, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="cannot load Hub dataset 'tgr-org/no-such-benchmark'"):
         load_split("tgr-org/no-such-benchmark", "test", cache_dir=tmp_path)
@@ -178,6 +181,7 @@ def test_a_dataset_error_never_repeats_a_token_the_hub_echoes(hf_token, tmp_path
 # --- the CLI by id, then offline ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_make_pool_train_evaluate_by_id_then_offline(pushed, hub_server, cli_env, tmp_path: Path) -> None:
     dataset = f"{BENCH}@v1"
     _ok(_cli("make-pool", "--dataset", dataset, "--domains", "*", "--teachers", "2", "--epochs", "1",
@@ -214,6 +218,7 @@ def test_make_pool_train_evaluate_by_id_then_offline(pushed, hub_server, cli_env
     assert len(hub_server.requests) == before  # nothing reached the Hub while offline
 
 
+@pytest.mark.slow
 def test_recipe_make_pool_and_smoke_train_at_84px(pushed, cli_env, tmp_path: Path) -> None:
     dataset = f"{MINI}@main"
     common = ("--recipe", "mini-imagenet", "--dataset", dataset)
@@ -242,6 +247,7 @@ def hub_revision(repo_id: str) -> str:
 # --- class splits ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_class_split_file_is_respected(pushed, tmp_path: Path, caplog) -> None:
     names = [f"{i:03d}.bird_{i}" for i in range(1, 10)]
     split_file = tmp_path / "split.json"
@@ -276,6 +282,7 @@ def test_class_split_file_is_respected(pushed, tmp_path: Path, caplog) -> None:
         read_class_split(str(split_file))
 
 
+@pytest.mark.slow
 def test_class_split_flag_reaches_evaluate(pushed, cli_env, tmp_path: Path) -> None:
     names = [f"{i:03d}.bird_{i}" for i in range(1, 10)]
     split_file = tmp_path / "split.json"

@@ -77,6 +77,7 @@ def _check_interrupted(done: subprocess.CompletedProcess, hint: str) -> None:
     assert lines and lines[-1].startswith("tgr-hub: interrupted; ") and hint in lines[-1], lines[-1:]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_make_pool(tmp_path: Path) -> None:
     out = tmp_path / "pool"
     done = _interrupt_when(["make-pool", "--out", str(out), "--domains", "latin", "--archs", "conv4", "--teachers", "3",
@@ -88,6 +89,7 @@ def test_ctrl_c_during_make_pool(tmp_path: Path) -> None:
 POOL = Path("config") / "seed-0" / "pool"  # the quickstart's pool (the benchmark's layout: scenario, seed)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_quickstart(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     done = _interrupt_when(["quickstart", "--preset", "smoke", "--out", str(out), "--set", "pool.epochs=40"],
@@ -96,6 +98,7 @@ def test_ctrl_c_during_quickstart(tmp_path: Path) -> None:
     assert (out / POOL / "t00" / "model.safetensors").is_file() and not (out / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_inspect(tiny_pool: Path, tmp_path: Path) -> None:
     out = tmp_path / "inspect"
     # recovery made long (many inversion steps) so that the interrupt lands inside it

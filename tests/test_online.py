@@ -31,7 +31,7 @@ from tgr_hub.recover import WarmGenerator, recover_task, sample_task_classes
 from tgr_hub.seeds import RECOVER_ONLINE, seed_sequence
 from tgr_hub.train import meta_train
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # slow: every test reuses one prepared online-recovery run (a module fixture)
 
 COMMON = ["train.replay_batch=1", "train.val_episodes=2", "train.eval_every=100", "recover.online_steps=2"]
 

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import tgr_hub
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quickstart_prints_the_four_method_table(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}  # the bars as a user gets them

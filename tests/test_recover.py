@@ -141,6 +141,7 @@ def hooks_of(model: nn.Module) -> int:
 # --- the "must show" ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_recovered_images_are_classified_as_intended_and_bn_loss_falls(teacher: PoolMember) -> None:
     # reference generator, latent size, lr and betas; fewer steps and images (≥95% from ~step 11 here)
     cfg = RecoverConfig(steps=20, images_per_class=6)

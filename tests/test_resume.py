@@ -134,6 +134,7 @@ def _compare(resumed: Path, reference: Path) -> float:
     return max(diff, trained)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_model(pool: Path, prepared: Path, uninterrupted: Path) -> None:
     out = prepared.parent / "killed"
     _killed_run(pool, prepared, out)
@@ -150,6 +151,7 @@ def test_killed_run_resumes_to_the_uninterrupted_model(pool: Path, prepared: Pat
     assert [step for step, _ in list_checkpoints(out / "checkpoints")] == [ITERATIONS - 1, ITERATIONS]  # pruned
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_on_two_processes(pool: Path, prepared: Path, uninterrupted: Path) -> None:
     out = prepared.parent / "killed-then-two"
     _killed_run(pool, prepared, out)
@@ -160,6 +162,7 @@ def test_killed_run_resumes_on_two_processes(pool: Path, prepared: Path, uninter
     assert _leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_resume_checks_settings_and_finished_runs(pool: Path, uninterrupted: Path, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(uninterrupted, out)
@@ -221,6 +224,7 @@ def _bank_state(path: Path) -> tuple[dict, dict]:
     return index, load_file(str(path))
 
 
+@pytest.mark.slow
 def test_stopped_recovery_and_embedding_resume_from_their_parts(pool: Path, prepared: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import tgr_hub.pipeline as pipeline

@@ -263,6 +263,7 @@ def api_error(client, support: list, labels: str, query: list) -> str:
 # --- the app through gradio_client ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_classify_api_gets_held_out_glyphs_right(client, glyph_test, space_model: Path, tmp_path: Path) -> None:
     correct = total = 0
     for index in range(EPISODES):
@@ -350,6 +351,7 @@ BAD_CASES = ["no classes", "no query", "more labels than images", "empty label",
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
+@pytest.mark.slow
 def test_classify_api_explains_bad_input(client, glyph_files, tmp_path: Path, case: str) -> None:
     support, labels, query, phrase = _bad_inputs(glyph_files, tmp_path)[case]
     message = api_error(client, support, labels, query)
@@ -389,6 +391,7 @@ def ui_error(call, *args, **kwargs) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_page_adapts_and_classifies(app_server: AppServer, glyph_test, space_model: Path, tmp_path: Path) -> None:
     from gradio_client import Client
 
@@ -416,6 +419,7 @@ def test_page_adapts_and_classifies(app_server: AppServer, glyph_test, space_mod
     assert "no query images" in ui_error(ui_classify, client, classes, [])
 
 
+@pytest.mark.slow
 def test_page_explains_bad_classes(client, glyph_files, tmp_path: Path) -> None:
     a, b = list(glyph_files)[:2]
     corrupt = tmp_path / "broken.png"
@@ -439,6 +443,7 @@ def test_page_explains_bad_classes(client, glyph_files, tmp_path: Path) -> None:
         assert phrase in message, (phrase, message)
 
 
+@pytest.mark.slow
 def test_classify_api_converts_grayscale_rgba_and_big_images(client, glyph_files, tmp_path: Path) -> None:
     a, b = list(glyph_files)[:2]
     rgb = Image.open(glyph_files[a][0]).convert("RGB")
@@ -458,6 +463,7 @@ def test_classify_api_converts_grayscale_rgba_and_big_images(client, glyph_files
     assert result["predictions"][2]["label"] == a
 
 
+@pytest.mark.slow
 def test_app_page_shows_the_model_panel(app_server: AppServer) -> None:
     with urllib.request.urlopen(app_server.url + "config", timeout=10) as response:
         config = json.loads(response.read())
@@ -469,6 +475,7 @@ def test_app_page_shows_the_model_panel(app_server: AppServer) -> None:
     assert api == ["classify"]
 
 
+@pytest.mark.slow
 def test_app_makes_no_outside_requests(app_server: AppServer, client) -> None:
     assert app_server.process.poll() is None
     assert app_server.proxy.requests == [], app_server.proxy.requests
@@ -500,6 +507,7 @@ def test_app_model_id_from_the_space_variable(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")  # gradio's pandas use
+@pytest.mark.slow
 def test_page_fine_tunes_a_maml_model(space_model: Path, glyph_files) -> None:
     """A MAML meta-model adapts by fine-tuning, step by step (the app served in this process)."""
     from dataclasses import replace
@@ -598,6 +606,7 @@ def test_load_image_palette_images_match_hand_computation(tmp_path: Path) -> Non
     assert notes[-1] == "pt.png: converted from P to RGB (transparent pixels flattened onto white)"
 
 
+@pytest.mark.slow
 def test_classify_api_takes_palette_images(client, glyph_files, tmp_path: Path) -> None:
     a, b = list(glyph_files)[:2]
     originals = [glyph_files[a][0], glyph_files[b][0], glyph_files[a][1], glyph_files[b][1]]  # 2 support, 2 query
@@ -740,6 +749,7 @@ def test_maml_session_reports_progress_and_matches_learner(small_model) -> None:
 # --- the model panel ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_model_summary_of_local_model(space_model: Path) -> None:
     app_model = load_app_model(str(space_model))
     text = model_summary_markdown(app_model)
@@ -750,6 +760,7 @@ def test_model_summary_of_local_model(space_model: Path) -> None:
         assert phrase in text, phrase
 
 
+@pytest.mark.slow
 def test_model_summary_of_hub_model_links_the_card(space_model: Path, hub, hf_token: str) -> None:
     from tgr_hub.hub import push_meta_model
 

@@ -20,6 +20,8 @@ import pytest
 
 from test_space import ROOT, AppServer, call_classify, episode_files, free_port, start_app
 
+pytestmark = pytest.mark.slow  # a served demo app and a headless browser
+
 # Debian's package installs /usr/bin/chromium; .ci/run installs it when `command -v chromium` finds none.
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -14,6 +14,8 @@ import pytest
 from tgr_hub.config import load_config
 from tgr_hub.pipeline import STAGES, stage_status
 
+pytestmark = pytest.mark.slow  # every test reuses one finished smoke run (a module fixture)
+
 REPO = Path(__file__).resolve().parent.parent
 ARTEFACTS = ["pool.json", "recovered/bank.safetensors", "recovered/bank.json", "recovered/generators.safetensors",
              "embeddings.safetensors",

@@ -51,6 +51,7 @@ def smoke_run(tiny_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return tiny_pool, root / "run", done
 
 
+@pytest.mark.slow
 def test_smoke_train_writes_a_meta_model_plain_timm_loads(smoke_run) -> None:
     import timm
 
@@ -176,6 +177,7 @@ def test_sharded_evaluation_equals_evaluate_model() -> None:
     assert ours == evaluate_model(model, split, progress=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_the_eval_settings_reach_the_final_test_and_the_baselines(smoke_run, tmp_path: Path) -> None:
     """eval.method / inner_steps / inner_lr reach run_tgr's final test and the quickstart's baselines."""
     from tgr_hub.evaluate import eval_settings
@@ -209,6 +211,7 @@ def prepared(smoke_run):
     return cfg, prepare_pool(pool, run, cfg, progress=False), load_split("glyphs", "val", image_size=32, seed=0)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_the_cpu(prepared) -> None:
     cfg, pool, val = prepared
     cfg = copy.deepcopy(cfg)  # the fixture is shared: tests run in any order
@@ -228,6 +231,7 @@ def test_bf16_mixed_precision_trains_on_the_cpu(prepared) -> None:
     make_accelerator("no")  # the next in-process run starts from full precision again
 
 
+@pytest.mark.slow
 def test_bad_settings_are_typed_errors(prepared, tmp_path: Path) -> None:
     cfg, pool, val = prepared
     cfg = copy.deepcopy(cfg)
@@ -293,6 +297,7 @@ def _run_recording(prepared, **train_values):
     return start, steps, result, model
 
 
+@pytest.mark.slow
 def test_every_step_changes_every_parameter_the_optimiser_owns(prepared) -> None:
     start, steps, result, model = _run_recording(prepared)
     names = {k for k, _ in model.named_parameters()}
@@ -308,6 +313,7 @@ def test_every_step_changes_every_parameter_the_optimiser_owns(prepared) -> None
     assert all(torch.equal(result.best_state[k].cpu(), best[k].cpu()) for k in names)
 
 
+@pytest.mark.slow
 def test_replay_contributes_a_gradient(prepared) -> None:
     _, with_replay, _, model_on = _run_recording(prepared)
     _, without, _, model_off = _run_recording(prepared, replay=False)
@@ -324,6 +330,7 @@ def test_replay_contributes_a_gradient(prepared) -> None:
 # --- faithful TGR: m tasks per step, validation on its own episodes ------------------------------------
 
 
+@pytest.mark.slow
 def test_a_singleton_group_still_gives_m_fresh_tasks_per_step(prepared) -> None:
     _, pool, val = prepared
     train_cfg = load_config(preset="smoke", overrides=["train.iterations=2", "train.val_episodes=2",
@@ -342,6 +349,7 @@ def test_a_singleton_group_still_gives_m_fresh_tasks_per_step(prepared) -> None:
     assert all(len(set(np.round(info.task_losses, 6))) == 3 for info in seen)  # three different tasks, three losses
 
 
+@pytest.mark.slow
 def test_validation_uses_its_own_way_shots_query_and_seed(prepared, monkeypatch: pytest.MonkeyPatch) -> None:
     import tgr_hub.train as train_module
 
