@@ -212,6 +212,7 @@ def run_paper(device: torch.device, repo_list: Path, tiny: bool, iterations: int
     episodes = 2 if tiny else 10
     kwargs = dict(way=run.eval.way, shots=[run.train.replay_shot], query=run.eval.query, learner="maml",
                   inner_steps=run.eval.inner_steps, inner_lr=run.eval.inner_lr, progress=False)
+    paper_train = load_config(preset="paper").train
     evaluate_model(model, val, episodes=1, **kwargs)  # warm-up (cuDNN autotuning, allocator)
     _sync(device)
     start = time.perf_counter()
@@ -221,9 +222,11 @@ def run_paper(device: torch.device, repo_list: Path, tiny: bool, iterations: int
     return {"teachers_per_step": m, "teachers_used": len(members), "overrides": tiny_sets,
             "recover": dataclasses.asdict(run.recover), "learner": run.train.learner,
             "upfront_recovery_s_per_teacher": upfront_per_teacher, "rows": rows,
-            "val_episode_s": per_episode, "paper_train": {"iterations": load_config(preset="paper").train.iterations,
-                                                        "eval_every": load_config(preset="paper").train.eval_every,
-                                                        "val_episodes": load_config(preset="paper").train.val_episodes},
+            "val_episode_s": per_episode, "paper_train": {"iterations": paper_train.iterations,
+                                                        "eval_every": paper_train.eval_every,
+                                                        # every validation runs val_episodes per validation shot
+                                                        "val_episodes": paper_train.val_episodes
+                                                        * len(paper_train.val_shots)},
             "paper_eval": {"episodes": run.eval.episodes, "shots": list(run.eval.shots)},
             "paper_teachers": load_config(preset="paper").pool.teachers}
 
@@ -235,7 +238,7 @@ def extrapolate(paper: dict[str, Any]) -> dict[str, Any]:
     t_ep = paper["val_episode_s"]
     n_test = paper["paper_eval"]["episodes"] * len(paper["paper_eval"]["shots"])
     out = {"formula": "T = P*t_up + I*t_iter + ((I/E)*V + S*N)*t_ep  (P teachers recovered up front, I iterations, "
-                      "meta-validation of V episodes every E steps, final test of N episodes for S shot settings, "
+                      "meta-validation of V episodes (all validation shots) every E steps, final test of N episodes for S shot settings, "
                       "t_ep = one 1-shot MAML episode; 5-shot episodes counted at the 1-shot cost; "
                       "make-pool excluded: the paper's teachers are downloaded)",
            "P": P, "I": I, "E": E, "V": V, "S*N": n_test, "t_up_s": t_up, "t_ep_s": t_ep,

@@ -2,7 +2,7 @@
 
 Used by ``tests/test_distributed.py`` under ``accelerate launch --num_processes 2`` (two gloo
 processes on the CPU), with ``train.sync_check_every=1``. After step 1, rank 1 (only) nudges
-one weight of its meta-model by one ulp, as a silent bug or a flipped bit would. Each rank
+one weight of its meta-model (its first tensor's largest) by one ulp, as a silent bug or a flipped bit would. Each rank
 prints ``rank R: finished`` or ``rank R: RankDivergenceError: <message>`` (then exits with 3).
 
     python tests/diverge_worker.py POOL_LIST RUN_FOLDER
@@ -33,8 +33,11 @@ def main(pool: str, run: str) -> int:
     def on_step(info: StepInfo) -> None:
         if info.step == 1 and dist.rank == 1:
             with torch.no_grad():
+                # the largest weight: Adam's next update (~lr) keeps it in its binade, so the ulp survives the
+                # update exactly; a weight near a power of two could round the nudge away and hide the bug
                 weight = next(info.model.parameters()).view(-1)
-                weight[0] = torch.nextafter(weight[0], torch.tensor(float("inf"), dtype=weight.dtype))
+                i = int(weight.abs().argmax())
+                weight[i] = torch.nextafter(weight[i], torch.tensor(float("inf"), dtype=weight.dtype))
 
     try:
         meta_train(model, prepared.members, prepared.bank, prepared.groups, cfg.train, val_split=val, seed=cfg.seed,

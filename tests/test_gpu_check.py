@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tgr_hub.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 # the quickstart is the benchmark's special case: make-pool and the shared preparation, then each
 # method (train + evaluate), the wall time, and the TGR run's own stages (its test is the benchmark's)
@@ -59,7 +61,8 @@ def test_gpu_check_tiny_on_the_cpu(tmp_path: Path) -> None:
 
     # the extrapolation is the stated formula applied to the measured figures
     x = report["extrapolation"]
-    assert (x["P"], x["I"], x["E"], x["V"]) == (100, 60000, 2000, 600)
+    paper_train = load_config(preset="paper").train  # 1,200 rounds, validation every 100 on 600 episodes per shot
+    assert (x["P"], x["I"], x["E"], x["V"]) == (100, 1200, 100, 600 * len(paper_train.val_shots))
     for row in paper["rows"]:
         expected = (x["P"] * paper["upfront_recovery_s_per_teacher"] + x["I"] * row["seconds_per_iteration"]
                     + (x["I"] / x["E"] * x["V"] + x["S*N"]) * paper["val_episode_s"]) / 3600
