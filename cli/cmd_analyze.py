@@ -1,4 +1,4 @@
-"""``tgr-hub analyze cka|fisher|gradients``: the paper's analyses of a pool, each written as JSON + PNG.
+"""``tgr-hub analyze cka|fisher|gradients|gain``: the paper's analyses of a pool, each written as JSON + PNG.
 
 ``inspect`` shows a pool (table, dissimilarity heatmap, groups); ``analyze`` measures it. Both
 work in the same kind of run folder, so an analysis in the folder of an earlier ``inspect``
@@ -136,7 +136,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gradients.set_defaults(func=run_gradients)
 
-    for sub in (cka, fisher, gradients):
+    gain = analyses.add_parser(
+        "gain",
+        help="accuracy gain of an auxiliary teacher against class overlap (AG, paired over episodes)",
+        description="For each pair of the overlap ladder (built into OUT/ladder-pool unless --pool names one), "
+        "meta-trains on the basic teacher alone and with the auxiliary teacher, per seed, and scores both on the "
+        "same meta-test episodes: AG is their paired difference, with a t-interval per overlap fraction.",
+    )
+    gain.add_argument("--pool", default=None, help="a ladder pool's repo-list.txt (default: build the ladder)")
+    gain.add_argument(
+        "--fractions",
+        type=_fractions,
+        default=None,
+        metavar="P,P,...",
+        help="the ladder's class-overlap fractions (default 0,0.2,0.4,0.6,0.8,1)",
+    )
+    gain.add_argument("--repeats", type=int, default=1, help="ladder pairs per fraction (default 1)")
+    gain.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    gain.add_argument("--method", choices=("erm", "tgr"), default="erm", help="how both models meta-train")
+    gain.set_defaults(func=run_gain)
+
+    for sub in (cka, fisher, gradients, gain):
         sub.add_argument("--out", help="folder for the artefacts (default: inspect's, runs/inspect-<pool folder>)")
         sub.add_argument("--allow-pickle", action="store_true", help="accept pickled teacher weights")
         add_config_args(sub)
@@ -252,4 +272,42 @@ def run_gradients(args: argparse.Namespace) -> int:
                 f"{fmt(trace.mean_norm[index], '10.4g')}"
             )
     say(f"written: {out / 'gradients.json'}, {out / 'gradients.png'} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def run_gain(args: argparse.Namespace) -> int:
+    from tgr_hub.analyze import DEFAULT_FRACTIONS, write_gain
+    from tgr_hub.analyze import run_gain as analyze_gain
+
+    cfg = config_from_args(args)
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"tgr-hub: error: --seeds expects comma-separated integers, got {args.seeds!r}") from None
+    out = Path(args.out) if args.out else default_out(args.pool, "gain")
+    start = time.perf_counter()
+    result = analyze_gain(
+        args.pool,
+        out,
+        cfg,
+        seeds=seeds,
+        fractions=args.fractions or DEFAULT_FRACTIONS,
+        repeats=args.repeats,
+        method=args.method,
+        allow_pickle=args.allow_pickle,
+    )
+    json_path, png_path = write_gain(result, out)
+    say(f"accuracy gain of an auxiliary teacher ({result.method}; points, 95% CI over pairs x seeds):")
+    groups = [(f"overlap {level}", summary) for level, summary in result.by_overlap.items()]
+    groups.append(("other architecture", result.architecture))
+    for name, summary in groups:
+        parts = []
+        for shot in result.shots:
+            value = summary.get(f"{shot}shot") or {}
+            if value.get("mean") is None:
+                continue
+            half = value.get("half")
+            parts.append(f"{shot}-shot {100 * value['mean']:+.2f}" + (f" ± {100 * half:.2f}" if half else ""))
+        say(f"  {name}: {', '.join(parts) or 'n/a'} ({summary['rows']} runs)")
+    say(f"written: {json_path}, {png_path} ({time.perf_counter() - start:.1f} s)")
     return 0

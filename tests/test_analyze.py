@@ -392,3 +392,52 @@ def test_analyze_gradients_refuses_one_teacher_and_unknown_methods(tmp_path: Pat
     assert not (tmp_path / "out").exists()
     with pytest.raises(AnalysisError, match="methods must be"):
         run_gradients(listing, tmp_path / "out", load_config(preset="smoke"), methods=("erm", "maml"))
+
+
+# --- accuracy gain ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gain_trains_basic_alone_and_with_its_auxiliary_and_pairs_their_episodes(tmp_path: Path, monkeypatch) -> None:
+    import tgr_hub.train as train_module
+    from tgr_hub import stats
+    from tgr_hub.analyze import run_gain, write_gain
+
+    trained_on = []
+    real = train_module.meta_train
+
+    def recording(model, members, bank, groups, cfg, **kwargs):
+        trained_on.append(([m.name for m in members], sorted(bank.teachers()), groups))
+        return real(model, members, bank, groups, cfg, **kwargs)
+
+    monkeypatch.setattr(train_module, "meta_train", recording)
+    cfg = load_config(preset="smoke", values={"pool": {"domains": ["latin"], "archs": ["conv4"], "way": 5, "epochs": 2},
+                                              "train": {"iterations": 2}, "eval": {"episodes": 6}})
+    result = run_gain(None, tmp_path, cfg, seeds=(0, 1), fractions=(0.0, 1.0), progress=False)
+    ladder = json.loads((tmp_path / "ladder-pool" / "ladder.json").read_text())
+    pairs = [p for p in ladder["pairs"] if p["kind"] == "overlap"]
+    assert [p["shared"] for p in pairs] == [0, 5] and len(result.rows) == 2 * len(pairs)
+    # per seed: each basic teacher alone once, then basic + auxiliary; each bank holds only those teachers
+    assert len(trained_on) == 2 * 2 * len(pairs)
+    for names, bank_teachers, groups in trained_on:
+        assert sorted(names) == bank_teachers and groups == [list(range(len(names)))]
+    for row in result.rows:
+        for shot in ("1shot", "5shot"):
+            d = row[shot]["difference"]
+            assert d["mean"] == pytest.approx(row[shot]["joint"] - row[shot]["basic"], abs=1e-12)
+    # per overlap fraction: the t-interval over its rows' mean differences (here the two seeds)
+    full = [r["1shot"]["difference"]["mean"] for r in result.rows if r["shared"] == 5]
+    assert result.by_overlap["1"]["1shot"]["mean"] == pytest.approx(stats.across_seeds(full).mean)
+    assert result.by_overlap["1"]["1shot"]["half"] == pytest.approx(stats.across_seeds(full).half)
+    json_path, png_path = write_gain(result, tmp_path)
+    assert json.loads(json_path.read_text())["by_overlap"].keys() == {"0", "1"}
+    assert png_path.read_bytes()[:8] == PNG
+
+
+def test_gain_refuses_a_pool_without_a_ladder(tiny_pool: Path, tmp_path: Path) -> None:
+    from tgr_hub.analyze import run_gain
+
+    with pytest.raises(AnalysisError, match="no ladder.json"):
+        run_gain(tiny_pool, tmp_path, load_config(preset="smoke"), progress=False)
+    with pytest.raises(AnalysisError, match="erm or tgr"):
+        run_gain(tiny_pool, tmp_path, load_config(preset="smoke"), method="maml", progress=False)  # type: ignore[arg-type]

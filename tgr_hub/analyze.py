@@ -41,6 +41,7 @@ Random streams: the ladder plan and the probe-image choice draw from
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -75,6 +76,7 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "FisherValidation",
     "GRADIENT_METHODS",
+    "GainResult",
     "GradientProbe",
     "GradientStats",
     "GradientTrace",
@@ -98,11 +100,13 @@ __all__ = [
     "real_image_bank",
     "run_cka",
     "run_fisher",
+    "run_gain",
     "run_gradients",
     "teacher_features",
     "teacher_info",
     "write_cka",
     "write_fisher",
+    "write_gain",
     "write_gradients",
 ]
 
@@ -1541,3 +1545,217 @@ def run_gradients(
     analysis = GradientsResult(traces, probe_info, every, iterations, seconds)
     write_gradients(analysis, out)
     return analysis
+
+
+# --- accuracy gain of an auxiliary teacher (the paper's Fig. 2) ------------------------------------
+
+
+@dataclass
+class GainResult:
+    """``tgr-hub analyze gain``: AG = P(θ(M_basic, M_aux)) − P(θ(M_basic)) per ladder pair.
+
+    Attributes:
+        rows: one per (pair, seed): ``kind``, ``shared``, ``overlap`` (shared / way), ``basic``,
+            ``aux``, ``seed`` and per shot (``"1shot"``...) the two accuracies and the paired
+            difference on the identical episodes (:meth:`tgr_hub.stats.TInterval.to_dict`).
+        by_overlap: per overlap fraction (as text) and shot, the t-interval over that fraction's
+            rows' mean differences (pairs × seeds).
+        architecture: the same over the cross-architecture pairs (same classes, two architectures).
+        method: ``erm`` or ``tgr`` (the meta-training of both models).
+        seconds: run times of the stages.
+    """
+
+    rows: list[dict[str, Any]]
+    by_overlap: dict[str, dict[str, Any]]
+    architecture: dict[str, Any]
+    method: str
+    shots: list[int]
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _gain_summary(rows: Sequence[dict[str, Any]], shots: Sequence[int]) -> dict[str, Any]:
+    from . import stats
+
+    summary: dict[str, Any] = {"rows": len(rows)}
+    for shot in shots:
+        key = f"{shot}shot"
+        diffs = [row[key]["difference"]["mean"] for row in rows]
+        summary[key] = stats.across_seeds(diffs).to_dict() if diffs else {"mean": None}
+    return summary
+
+
+def run_gain(
+    pool_path: str | Path | None,
+    out: str | Path,
+    cfg: RunConfig,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    repeats: int = 1,
+    method: Literal["erm", "tgr"] = "erm",
+    allow_pickle: bool = False,
+    progress: bool = True,
+) -> GainResult:
+    """``tgr-hub analyze gain``: does an auxiliary teacher help, and how does that depend on overlap?
+
+    For every pair of the overlap ladder (:func:`build_ladder_pool`; ``pool_path`` may name a
+    ladder pool built before, with its ``ladder.json``), the first teacher is the *basic* one and
+    the second the *auxiliary*. For each seed, one meta-model learns from the basic teacher alone
+    and one from both (``method``: ERM, or TGR's IGR with β = ``cfg.train.beta`` on the pair), each
+    from the same initialisation, with only those teachers' recovered tasks in its bank (online
+    recovery, replay and meta-validation as configured). Both are scored on the same meta-test
+    episodes (``cfg.eval``; the benchmark's fixed episode lists), and AG is their paired difference
+    (:func:`tgr_hub.stats.paired_difference`); per overlap fraction, a t-interval over the pairs'
+    and seeds' mean differences (:func:`tgr_hub.stats.across_seeds`).
+
+    Raises:
+        AnalysisError: no ladder pairs, an unknown method, no seeds.
+    """
+    from dataclasses import replace
+
+    from . import stats
+    from .benchmark import EpisodeList
+    from .data import ImageSplit, load_split
+    from .evaluate import eval_settings, evaluate_model
+    from .metamodel import create_meta_model
+    from .pipeline import prepare_pool
+    from .train import meta_train
+
+    if method not in ("erm", "tgr"):
+        raise AnalysisError(f"method must be erm or tgr, got {method!r}")
+    if not seeds:
+        raise AnalysisError("gain needs at least one seed")
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if pool_path is None:
+        pool_path = build_ladder_pool(
+            Path(out) / "ladder-pool",
+            cfg.pool,
+            seed=cfg.seed,
+            data=cfg.data,
+            fractions=fractions,
+            repeats=repeats,
+            progress=progress,
+        )
+        seconds["ladder"] = time.perf_counter() - started
+    ladder_file = Path(pool_path).parent / "ladder.json"
+    if not ladder_file.is_file():
+        raise AnalysisError(
+            f"{pool_path} has no ladder.json beside it",
+            hint="leave out --pool to build the overlap ladder, or give a ladder pool built by it",
+        )
+    ladder = json.loads(ladder_file.read_text())
+    pairs = [p for p in ladder["pairs"] if p["kind"] in ("overlap", "architecture")]
+    if not pairs:
+        raise AnalysisError(f"{ladder_file} plans no overlap or architecture pairs")
+    start = time.perf_counter()
+    prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress)
+    seconds["prepare"] = time.perf_counter() - start
+    index = {m.name: i for i, m in enumerate(prepared.members)}
+
+    def split(name: str) -> ImageSplit:
+        data = cfg.data
+        return load_split(
+            data.dataset,
+            name,
+            domains=data.domains,
+            image_size=data.image_size,
+            seed=data.seed,
+            cache_dir=data.cache_dir,
+            class_split=data.class_split,
+        )
+
+    val_split, test_split = split("val"), split(cfg.eval.split)
+    train_cfg = replace(cfg.train, beta=cfg.train.beta if method == "tgr" else 0.0, checkpoint_every=0)
+    settings = eval_settings(cfg.eval, cfg.train.learner)
+
+    def score(teachers: list[str], seed: int, episodes: dict[int, EpisodeList]) -> dict[str, list[float]]:
+        members = [prepared.members[index[name]] for name in teachers]
+        model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=seed)
+        trained = meta_train(
+            model,
+            members,
+            prepared.bank.subset(teachers),
+            [list(range(len(members)))],
+            train_cfg,
+            val_split=val_split,
+            seed=seed,
+            progress=progress,
+            recover=cfg.recover,
+            val_seed=seed + 1,
+        )
+        model.load_state_dict(trained.best_state)
+        metrics = evaluate_model(
+            model.eval(), test_split, **settings, progress=False, keep_accuracies=True, episode_lists=episodes
+        )
+        return {f"{shot}shot": metrics[f"{shot}shot"]["accuracies"] for shot in episodes}
+
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for seed in seeds:
+        episodes = {
+            int(shot): EpisodeList(
+                test_split,
+                way=cfg.eval.way,
+                shot=int(shot),
+                query=cfg.eval.query,
+                seed=int(seed),
+                count=cfg.eval.episodes,
+            )
+            for shot in cfg.eval.shots
+        }
+        alone: dict[str, dict[str, list[float]]] = {}  # a basic teacher's model is shared by its pairs
+        for pair in pairs:
+            basic, aux = pair["a"], pair["b"]
+            if basic not in alone:
+                alone[basic] = score([basic], int(seed), episodes)
+            joint = score([basic, aux], int(seed), episodes)
+            row: dict[str, Any] = {
+                "kind": pair["kind"],
+                "shared": pair["shared"],
+                "overlap": pair["shared"] / ladder["way"],
+                "basic": basic,
+                "aux": aux,
+                "seed": int(seed),
+            }
+            for key in joint:
+                row[key] = {
+                    "basic": float(np.mean(alone[basic][key])),
+                    "joint": float(np.mean(joint[key])),
+                    "difference": stats.paired_difference(joint[key], alone[basic][key]).to_dict(),
+                }
+            rows.append(row)
+            logger.info(
+                "gain %s + %s (%s, shared %d), seed %d: %s",
+                basic,
+                aux,
+                pair["kind"],
+                pair["shared"],
+                seed,
+                ", ".join(f"{k} {100 * row[k]['difference']['mean']:+.2f}" for k in joint),
+            )
+    seconds["train+score"] = time.perf_counter() - start
+    seconds["total"] = time.perf_counter() - started
+    shots = [int(s) for s in cfg.eval.shots]
+    overlap_rows = [r for r in rows if r["kind"] == "overlap"]
+    by_overlap = {
+        f"{f:g}": _gain_summary([r for r in overlap_rows if abs(r["overlap"] - f) < 1e-9], shots)
+        for f in sorted({r["overlap"] for r in overlap_rows})
+    }
+    architecture = _gain_summary([r for r in rows if r["kind"] == "architecture"], shots)
+    return GainResult(rows, by_overlap, architecture, method, shots, seconds)
+
+
+def write_gain(result: GainResult, out: str | Path) -> tuple[Path, Path]:
+    """``gain.json`` and ``gain.png`` (AG against class overlap, one line per shot) into ``out``."""
+    from .figures import plot_gain
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = result.to_dict()
+    write_json_atomic(out / "gain.json", data)
+    plot_gain(data, out / "gain.png")
+    return out / "gain.json", out / "gain.png"

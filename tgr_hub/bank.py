@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -144,6 +144,17 @@ class MemoryBank:
         twin = MemoryBank(self.bank_size)
         twin._slots = {k: list(v) for k, v in self._slots.items()}
         twin._written, twin._names, twin._tasks = dict(self._written), dict(self._names), dict(self._tasks)
+        return twin
+
+    def subset(self, teachers: Collection[str]) -> MemoryBank:
+        """An independent bank holding only the recoveries of ``teachers`` (what replay may then draw)."""
+        keep = set(teachers)
+        twin = self.copy()
+        for key in [k for k in twin._slots if k[0] not in keep]:
+            del twin._slots[key]
+            twin._written.pop(key, None)
+            twin._names.pop(key, None)
+        twin._tasks = {t: n for t, n in twin._tasks.items() if t in keep}
         return twin
 
     # -- content ------------------------------------------------------------------------
