@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--pool is only used with --baseline average")
     cfg = _config(args)
 
-    from tgr_hub.data import load_split
+    from tgr_hub.data import split_of
     from tgr_hub.evaluate import average_baseline, evaluate_model, random_baseline
     from tgr_hub.metamodel import load_meta_model
 
@@ -132,15 +132,7 @@ def run(args: argparse.Namespace) -> int:
         else torch.device(args.device)
     )
     model.to(device)
-    split = load_split(
-        cfg.data.dataset,
-        cfg.eval.split,
-        domains=cfg.data.domains,
-        image_size=cfg.data.image_size,
-        seed=cfg.data.seed,
-        cache_dir=cfg.data.cache_dir,
-        class_split=cfg.data.class_split,
-    )
+    split = split_of(cfg.data, cfg.eval.split)
     pinned = f" (commit {split.revision[:12]})" if split.revision else ""
     say(
         f"evaluating {name} on {cfg.data.dataset}{pinned} {cfg.eval.split} ({split.num_classes} classes): "

@@ -709,6 +709,20 @@ def build_ladder_pool(
     return out / "repo-list.txt"
 
 
+def _build_ladder(out: str | Path, cfg: RunConfig, fractions: Sequence[float], repeats: int, progress: bool) -> Path:
+    """The overlap ladder an analysis builds when no pool is given: into ``out/ladder-pool``, from the
+    config's ``pool`` and ``data`` sections and its seed."""
+    return build_ladder_pool(
+        Path(out) / "ladder-pool",
+        cfg.pool,
+        seed=cfg.seed,
+        data=cfg.data,
+        fractions=fractions,
+        repeats=repeats,
+        progress=progress,
+    )
+
+
 # --- Fisher validation ---------------------------------------------------------------------
 
 
@@ -1011,15 +1025,7 @@ def run_fisher(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     if pool_path is None:
-        pool_path = build_ladder_pool(
-            Path(out) / "ladder-pool",
-            cfg.pool,
-            seed=cfg.seed,
-            data=cfg.data,
-            fractions=fractions,
-            repeats=repeats,
-            progress=progress,
-        )
+        pool_path = _build_ladder(out, cfg, fractions, repeats, progress)
         seconds["ladder"] = time.perf_counter() - started
     _check_pool_size(pool_path)
     start = time.perf_counter()
@@ -1424,7 +1430,7 @@ def run_gradients(
     """
     from dataclasses import replace
 
-    from .data import load_split
+    from .data import split_of
     from .learners import make_learner
     from .metamodel import create_meta_model
     from .pipeline import _warm_upfront, load_generators, prepare_pool
@@ -1449,15 +1455,7 @@ def run_gradients(
     members, names = prepared.members, [m.name for m in prepared.members]
     seconds = {"prepare": time.perf_counter() - started}
 
-    val_split = load_split(
-        cfg.data.dataset,
-        "val",
-        domains=cfg.data.domains,
-        image_size=cfg.data.image_size,
-        seed=cfg.data.seed,
-        cache_dir=cfg.data.cache_dir,
-        class_split=cfg.data.class_split,
-    )
+    val_split = split_of(cfg.data, "val")
     train_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed
     learner = make_learner(
         cfg.train.learner,
@@ -1618,7 +1616,7 @@ def run_gain(
 
     from . import stats
     from .benchmark import EpisodeList
-    from .data import ImageSplit, load_split
+    from .data import split_of
     from .evaluate import eval_settings, evaluate_model
     from .metamodel import create_meta_model
     from .pipeline import prepare_pool
@@ -1631,15 +1629,7 @@ def run_gain(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     if pool_path is None:
-        pool_path = build_ladder_pool(
-            Path(out) / "ladder-pool",
-            cfg.pool,
-            seed=cfg.seed,
-            data=cfg.data,
-            fractions=fractions,
-            repeats=repeats,
-            progress=progress,
-        )
+        pool_path = _build_ladder(out, cfg, fractions, repeats, progress)
         seconds["ladder"] = time.perf_counter() - started
     ladder_file = Path(pool_path).parent / "ladder.json"
     if not ladder_file.is_file():
@@ -1656,19 +1646,7 @@ def run_gain(
     seconds["prepare"] = time.perf_counter() - start
     index = {m.name: i for i, m in enumerate(prepared.members)}
 
-    def split(name: str) -> ImageSplit:
-        data = cfg.data
-        return load_split(
-            data.dataset,
-            name,
-            domains=data.domains,
-            image_size=data.image_size,
-            seed=data.seed,
-            cache_dir=data.cache_dir,
-            class_split=data.class_split,
-        )
-
-    val_split, test_split = split("val"), split(cfg.eval.split)
+    val_split, test_split = split_of(cfg.data, "val"), split_of(cfg.data, cfg.eval.split)
     train_cfg = replace(cfg.train, beta=cfg.train.beta if method == "tgr" else 0.0, checkpoint_every=0)
     settings = eval_settings(cfg.eval, cfg.train.learner)
 

@@ -66,7 +66,7 @@ import torch
 
 from . import stats
 from .config import PoolBuildConfig, RunConfig
-from .data import load_split
+from .data import split_of
 from .data.fewshot import Episode, EpisodeSampler, ImageSplit
 from .errors import BenchmarkError, ConfigError
 from .io import copy_atomic, write_json_atomic, write_text_atomic
@@ -509,15 +509,7 @@ class _Runner:
         key = self._domains_key(scenario)
         if key not in self._tests:
             cfg = self.config(scenario)
-            self._tests[key] = load_split(
-                cfg.data.dataset,
-                cfg.eval.split,
-                domains=cfg.data.domains,
-                image_size=cfg.data.image_size,
-                seed=cfg.data.seed,
-                cache_dir=cfg.data.cache_dir,
-                class_split=cfg.data.class_split,
-            )
+            self._tests[key] = split_of(cfg.data, cfg.eval.split)
         return self._tests[key]
 
     def episodes(self, scenario: Scenario, seed: int) -> dict[int, EpisodeList]:

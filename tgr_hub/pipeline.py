@@ -48,7 +48,7 @@ from safetensors.torch import load_file
 from . import __version__
 from .bank import MemoryBank, RecoveredTask
 from .config import RunConfig
-from .data import load_split
+from .data import split_of
 from .data.fewshot import ImageSplit
 from .distributed import Distributed, check_run_folder_shared, make_accelerator
 from .embed import dissimilarity_matrix, fisher_diagonal
@@ -544,15 +544,7 @@ def run_tgr(
     else:
         start = time.perf_counter()
         with dist.local_main_first():
-            val_split = load_split(
-                cfg.data.dataset,
-                "val",
-                domains=cfg.data.domains,
-                image_size=cfg.data.image_size,
-                seed=cfg.data.seed,
-                cache_dir=cfg.data.cache_dir,
-                class_split=cfg.data.class_split,
-            )
+            val_split = split_of(cfg.data, "val")
         data_source = _data_source(cfg, val_split)
         # the training seed (init, task choice, online recovery); validation episodes stay on the run's
         train_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed
@@ -613,15 +605,7 @@ def run_tgr(
         evaluated = True
         start = time.perf_counter()
         with dist.local_main_first():
-            test_split = load_split(
-                cfg.data.dataset,
-                cfg.eval.split,
-                domains=cfg.data.domains,
-                image_size=cfg.data.image_size,
-                seed=cfg.data.seed,
-                cache_dir=cfg.data.cache_dir,
-                class_split=cfg.data.class_split,
-            )
+            test_split = split_of(cfg.data, cfg.eval.split)
         data_source = data_source or _data_source(cfg, test_split)
         model.eval()
         metrics[cfg.eval.split] = evaluate_model(

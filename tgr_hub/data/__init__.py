@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .fewshot import SPLIT_NAMES, Episode, EpisodeSampler, ImageSplit, normalize_split, split_classes
 from .glyphs import (
@@ -26,6 +27,9 @@ from .glyphs import (
 #: The name of the built-in benchmark for ``--dataset``.
 GLYPHS = "glyphs"
 
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
 __all__ = [
     "GLYPHS",
     "GLYPH_DOMAINS",
@@ -40,6 +44,7 @@ __all__ = [
     "load_glyph_dataset",
     "load_glyph_split",
     "load_split",
+    "split_of",
     "normalize_split",
     "split_classes",
 ]
@@ -90,4 +95,18 @@ def load_split(
 
     return load_source_split(
         dataset, split, domains=domains, image_size=image_size, seed=seed, cache_dir=cache_dir, class_split=class_split
+    )
+
+
+def split_of(data: DataConfig, split: str) -> ImageSplit:
+    """The ``split`` (``train``, ``val`` or ``test``) of a run's ``data`` section: its dataset, domains,
+    image size, seed, cache and class split, as every stage that needs real images loads it."""
+    return load_split(
+        data.dataset,
+        split,
+        domains=data.domains,
+        image_size=data.image_size,
+        seed=data.seed,
+        cache_dir=data.cache_dir,
+        class_split=data.class_split,
     )
