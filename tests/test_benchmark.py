@@ -267,10 +267,9 @@ def test_data_domains_restricts_the_meta_validation_and_meta_test_classes(tmp_pa
     cfg = load_config("smoke", overrides=["data.domains=[cyrillic]"])
     monkeypatch.setattr(pipeline, "prepare_pool", lambda *a, **k: pipeline.PreparedPool([], None, np.zeros((0, 0)),
                                                                                       [], {}))
-    monkeypatch.setattr(pipeline, "load_split", fake_load_split)
+    monkeypatch.setattr(data_mod, "load_split", fake_load_split)  # what data.split_of, the one loader, calls
     with pytest.raises(Stop):
         pipeline.run_tgr(tmp_path / "list.txt", tmp_path / "run", cfg, progress=False)
-    monkeypatch.setattr(data_mod, "load_split", fake_load_split)
     with pytest.raises(Stop):
         main(["evaluate", "--baseline", "random", "--preset", "smoke", "--set", "data.domains=[cyrillic]"])
     with pytest.raises(Stop):
@@ -601,6 +600,7 @@ def test_quickstart_prints_its_table_from_the_benchmark(bench, tmp_path, monkeyp
 
 def test_quickstart_hands_the_image_size_and_class_split_to_the_pool_and_the_test_split(tmp_path, monkeypatch):
     """The benchmark path (the quickstart's too) keeps the data settings: make-pool and the meta-test split get them."""
+    import tgr_hub.data as data_mod
     import tgr_hub.teachers as teachers
     from tgr_hub.cli.main import main
 
@@ -618,7 +618,7 @@ def test_quickstart_hands_the_image_size_and_class_split_to_the_pool_and_the_tes
         raise Stop
 
     monkeypatch.setattr(teachers, "make_pool", fake_make_pool)
-    monkeypatch.setattr(bm, "load_split", fake_load_split)
+    monkeypatch.setattr(data_mod, "load_split", fake_load_split)  # behind data.split_of
     split_file = tmp_path / "split.json"
     split_file.write_text(json.dumps({"train": ["a", "b", "c"], "validation": ["d", "e", "f"], "test": ["g", "h", "i"]}))
     overrides = ["--set", "data.image_size=20", "--set", f"data.class_split={split_file}"]
