@@ -131,6 +131,17 @@ def test_ladder_specs_add_architecture_and_domain_pairs() -> None:
     assert all(names[c].startswith("greek/") for c in by_name[dom.b].classes)
 
 
+def test_ladder_names_stay_distinct_with_three_domains_and_three_architectures() -> None:
+    names = [f"{d}/{i}" for d in ("latin", "greek", "symbols") for i in range(8)]
+    domains = [n.split("/")[0] for n in names]
+    pool = PoolBuildConfig(domains=["latin", "greek", "symbols"], archs=["conv4", "resnet10t", "resnet18"], way=4,
+                           epochs=1)
+    specs, pairs = ladder_specs(names, domains, pool, seed=0, fractions=[0.0, 1.0], repeats=2, image_size=32,
+                                dataset="glyphs", data_seed=0)
+    assert len({s.name for s in specs}) == len(specs)  # the ladder of the quick preset's pool failed here once
+    assert sorted(p.kind for p in pairs).count("architecture") == 2 * 2 and sum(p.kind == "domain" for p in pairs) == 4
+
+
 # --- Fisher validation ------------------------------------------------------------------------------
 
 

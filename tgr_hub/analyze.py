@@ -639,7 +639,10 @@ def ladder_specs(
         for r, (_, a, _) in enumerate(same):
             pairs.append(
                 LadderPair(
-                    "architecture", way, add(f"arch-{a0}-r{r}-a", a0, d0, a), add(f"arch-{arch}-r{r}-b", arch, d0, a)
+                    "architecture",
+                    way,
+                    add(f"arch-{a0}-vs-{arch}-r{r}-a", a0, d0, a),
+                    add(f"arch-{arch}-vs-{a0}-r{r}-b", arch, d0, a),
                 )
             )
     for d in domains[1:]:
@@ -647,7 +650,9 @@ def ladder_specs(
             rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _DOMAIN_PAIR, domains.index(d), r))
             a = [by_domain[d0][i] for i in rng.choice(len(by_domain[d0]), size=way, replace=False)]
             b = [by_domain[d][i] for i in rng.choice(len(by_domain[d]), size=way, replace=False)]
-            pairs.append(LadderPair("domain", 0, add(f"dom-{d0}-r{r}-a", a0, d0, a), add(f"dom-{d}-r{r}-b", a0, d, b)))
+            # the partner in both names: with three or more domains, d0 is in a pair with each of the others
+            first, second = add(f"dom-{d0}-vs-{d}-r{r}-a", a0, d0, a), add(f"dom-{d}-vs-{d0}-r{r}-b", a0, d, b)
+            pairs.append(LadderPair("domain", 0, first, second))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):  # e.g. two architectures that differ only in characters _safe replaces
         raise AnalysisError(f"the ladder's teacher names repeat: {names}")
