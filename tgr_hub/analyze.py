@@ -924,16 +924,23 @@ def fisher_validation(
     )
 
 
+def _write_json_and_plot(
+    out: str | Path, name: str, data: dict[str, Any], plot: Callable[[dict, Path], None]
+) -> tuple[Path, Path]:
+    """``out/NAME.json`` (``data``, atomically) and ``out/NAME.png`` drawn by ``plot(data, path)``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out / f"{name}.json", out / f"{name}.png"
+    write_json_atomic(json_path, data)
+    plot(data, png_path)
+    return json_path, png_path
+
+
 def write_fisher(result: FisherValidation, out: str | Path) -> tuple[Path, Path]:
     """Write ``out/fisher.json`` and ``out/fisher.png`` (dissimilarity against overlap, domains, stability)."""
     from .figures import plot_fisher_validation
 
-    out = Path(out)
-    json_path, png_path = out / "fisher.json", out / "fisher.png"
-    data = result.to_dict()
-    write_json_atomic(json_path, data)
-    plot_fisher_validation(data, png_path)
-    return json_path, png_path
+    return _write_json_and_plot(out, "fisher", result.to_dict(), plot_fisher_validation)
 
 
 def real_image_bank(members: Sequence[PoolMember], data: DataConfig, per_class: int, seed: int) -> MemoryBank:
@@ -1388,12 +1395,7 @@ def write_gradients(result: GradientsResult, out: str | Path) -> tuple[Path, Pat
     """Write ``out/gradients.json`` and ``out/gradients.png`` (P, cosine, relative spread against step)."""
     from .figures import plot_gradient_dynamics
 
-    out = Path(out)
-    json_path, png_path = out / "gradients.json", out / "gradients.png"
-    data = result.to_dict()
-    write_json_atomic(json_path, data)
-    plot_gradient_dynamics(data, png_path)
-    return json_path, png_path
+    return _write_json_and_plot(out, "gradients", result.to_dict(), plot_gradient_dynamics)
 
 
 def run_gradients(
@@ -1736,9 +1738,4 @@ def write_gain(result: GainResult, out: str | Path) -> tuple[Path, Path]:
     """``gain.json`` and ``gain.png`` (AG against class overlap, one line per shot) into ``out``."""
     from .figures import plot_gain
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = result.to_dict()
-    write_json_atomic(out / "gain.json", data)
-    plot_gain(data, out / "gain.png")
-    return out / "gain.json", out / "gain.png"
+    return _write_json_and_plot(out, "gain", result.to_dict(), plot_gain)

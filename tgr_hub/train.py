@@ -564,7 +564,10 @@ class _MetaTrainer:
         self.buffers = dict(self.model.named_buffers())
         self.bn_floats, self.bn_counters = _bn_buffer_names(self.model)
         self.combiner = _Combiner(dist, self.params, self.bn_floats, self.buffers)
-        self.task_combiner = _Combiner(dist, self.task_params, self.bn_floats, self.buffers)
+        # the IGR step's exchange: the replay one, unless the shared head adds its parameters
+        self.task_combiner = (
+            self.combiner if self.head is None else _Combiner(dist, self.task_params, self.bn_floats, self.buffers)
+        )
         self.torch_seeded = _has_randomness(self.model)
 
     # --- checkpoints ---------------------------------------------------------------------------
