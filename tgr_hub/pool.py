@@ -50,6 +50,7 @@ from .errors import (
     TeacherNotFoundError,
 )
 from .labels import resolve_label_names
+from .models import fast_layout
 from .models.hub_layout import create_from_folder
 from .repo_id import LOCAL_PREFIX, RepoRef, is_local_ref, parse_repo_ref
 
@@ -246,7 +247,7 @@ class PoolMember:
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return fast_layout((x - mean) / std)
 
     def logits(self, images01: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` in [0, 1] -> logits ``[B, num_classes]`` (gradients flow to the images)."""

@@ -22,6 +22,8 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from .layout import fast_layout
+
 __all__ = ["Conv4"]
 
 _POOLS = ("flatten", "avg", "max")
@@ -115,6 +117,7 @@ class Conv4(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> feature map [B, width, H/16, W/16]."""
+        x = fast_layout(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             from timm.models import checkpoint_seq
 

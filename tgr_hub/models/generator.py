@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layout import fast_layout
+
 
 def _round_up4(n: int) -> int:
     return 4 * math.ceil(n / 4)
@@ -116,7 +118,7 @@ class Generator(nn.Module):
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"Generator expects z of shape [B, {self.latent_dim}], got {tuple(z.shape)}")
         x = self.fc(z).view(z.shape[0], self.width, self.init_size[0], self.init_size[1])
-        x = self.blocks(x)
+        x = self.blocks(fast_layout(x))
         if self.work_size != self.image_size:
             # Bilinear keeps the result in [0, 1] (a convex combination of sigmoid outputs).
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
