@@ -8,7 +8,7 @@ cross-entropy loss on a batch of 32x32 images per task, Adam. Steps:
 - IGR (first):  ``igr_direction(..., beta=1e-3)`` (two evaluations of the m tasks), Adam step;
   default ``fuse_tasks`` (fused on an accelerator, one by one on the CPU), then both forced.
 - IGR (second): the authors' variant with double backward (for information).
-- IGR (training path): exactly what meta-training runs per step (``tgr_hub.train._Combiner``):
+- IGR (training path): exactly what meta-training runs per step (``tgr_hub.train._StepMechanics``):
   ``igr_direction`` with the exact cross-process exchange injected (here one process), each
   task on copies of the BatchNorm buffers, the buffers' mean exchanged too; the verdict uses it.
 
@@ -30,7 +30,7 @@ from common import conv4, timed
 
 from tgr_hub.distributed import Distributed, make_accelerator
 from tgr_hub.igr import igr_direction
-from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss
+from tgr_hub.train import _StepMechanics
 
 TARGET = 2.3
 
@@ -86,15 +86,13 @@ def main() -> None:
         return step
 
     dist = Distributed(make_accelerator("no"))
-    bn_floats, bn_counters = _bn_buffer_names(model)
-    combiner = _Combiner(dist, params, bn_floats, buffers)
+    mechanics = _StepMechanics(dist, model, params)
 
     def training_step(beta: float) -> Callable[[], None]:
         def step() -> None:
-            start = {k: buffers[k].detach() for k in (*bn_floats, *bn_counters)}
-            items = {i: _ItemLoss(lambda p, x=x, y=y: F.cross_entropy(functional_call(model, p, (x,)), y), start, 1.0,
-                                  None, device) for i, (x, y) in enumerate(tasks)}
-            direction = combiner.combine(items, len(tasks), beta=beta, scale=1.0).direction
+            items = {i: mechanics.loss(lambda p, x=x, y=y: F.cross_entropy(functional_call(model, p, (x,)), y))
+                     for i, (x, y) in enumerate(tasks)}
+            direction = mechanics.direction(items, len(tasks), beta=beta).direction
             for k, p in params.items():
                 p.grad = direction[k]
             opt.step()

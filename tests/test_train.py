@@ -31,7 +31,7 @@ from tgr_hub.errors import ConfigError
 from tgr_hub.igr import igr_direction
 from tgr_hub.learners import make_learner
 from tgr_hub.metamodel import create_meta_model
-from tgr_hub.train import _bn_buffer_names, _Combiner, _ItemLoss, meta_train, step_rng
+from tgr_hub.train import _bn_buffer_names, _StepMechanics, meta_train, step_rng
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process work on one thread
 
@@ -121,8 +121,8 @@ def test_exchanged_direction_is_igr_direction(beta: float, learner_name: str) ->
 
     reference = igr_direction([loss_of(t) for t in tasks], params, beta, fuse_tasks=False)
     dist = Distributed(make_accelerator("no"))
-    items = {i: _ItemLoss(loss_of(t), start, 1.0, None, dist.device) for i, t in enumerate(tasks)}
-    combined = _Combiner(dist, params, floats, buffers).combine(items, 3, beta=beta, scale=1.0)
+    mechanics = _StepMechanics(dist, model, params)
+    combined = mechanics.direction({i: mechanics.loss(loss_of(t)) for i, t in enumerate(tasks)}, 3, beta=beta)
     assert combined.direction.keys() == reference.direction.keys()
     for name, value in reference.direction.items():
         assert torch.equal(combined.direction[name], value), name  # bitwise, not just close
@@ -140,9 +140,9 @@ def test_batchnorm_statistics_are_the_mean_over_tasks() -> None:
     tasks = _tasks(3, seed=1)
     before = {k: v.clone() for k, v in buffers.items()}
     dist = Distributed(make_accelerator("no"))
-    items = {i: _ItemLoss(lambda p, t=t: learner.episode_loss(model, *t, params=p), start, 1.0, None, dist.device)
-             for i, t in enumerate(tasks)}
-    combined = _Combiner(dist, params, floats, buffers).combine(items, 3, beta=0.1, scale=1.0)
+    mechanics = _StepMechanics(dist, model, params)
+    items = {i: mechanics.loss(lambda p, t=t: learner.episode_loss(model, *t, params=p)) for i, t in enumerate(tasks)}
+    combined = mechanics.direction(items, 3, beta=0.1)
     # the model's own buffers were not touched by any pass (θ or displaced)
     assert all(torch.equal(buffers[k], before[k]) for k in buffers)
     # by hand: each task's two forward passes (support, query) from the start statistics, momentum 0.1

@@ -139,6 +139,13 @@ class MemoryBank:
         self._names: dict[tuple[str, int], str] = {}
         self._tasks: dict[str, int] = {}  # tasks ever added per teacher (what recover_teachers resumes from)
 
+    @classmethod
+    def holding(cls, task: RecoveredTask) -> MemoryBank:
+        """A bank of one recovery: what a pseudo-task of exactly that recovery is drawn from."""
+        bank = cls(1)
+        bank.add(task)
+        return bank
+
     def copy(self) -> MemoryBank:
         """An independent bank with the same content (slots are never changed in place, so shared)."""
         twin = MemoryBank(self.bank_size)

@@ -54,6 +54,7 @@ displacement unscaled), and a step whose gradients overflow is skipped by the sc
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -362,20 +363,85 @@ class _Combined:
     buffers: dict[str, Tensor]  # mean over items of the BN buffers after each item's θ pass
 
 
-class _Combiner:
-    """Forms mean (IGR) gradients of items computed on different processes, exactly."""
+class _StepMechanics:
+    """Everything a meta-training step does besides its algorithm, for one set of trained parameters.
+
+    The step itself (:meth:`_MetaTrainer.task_step`) reads: choose tasks, ``loss`` of each,
+    ``direction`` (:func:`tgr_hub.igr.igr_direction`), ``apply``. Behind those four calls:
+
+    - **several processes**: item ``i`` is computed on process ``i % world`` (``shard``); the
+      exact exchange (:meth:`Distributed.gather_rows`) is injected into ``igr_direction``, so the
+      direction is bitwise the one a single process computes. Second-order IGR couples all
+      items through ḡ's graph: the main process computes them all and broadcasts the result;
+    - **BatchNorm running statistics**: every loss runs on fresh copies of the buffers; ``apply``
+      sets them to the mean, in item order, of what each item's pass at θ left, and counts one
+      update in ``num_batches_tracked``;
+    - **mixed precision**: under fp16 each loss is multiplied by the gradient scaler's S, so the
+      displacement uses β / S and the reported losses are divided by S;
+    - **stochastic models** (dropout): each item draws from its own torch seed
+      ``[seed, TRAIN, *key]``, so it is the same function at θ and θ' and on any process.
+    """
 
     def __init__(
-        self, dist: Distributed, params: Mapping[str, Tensor], bn_floats: Sequence[str], buffers: Mapping[str, Tensor]
+        self,
+        dist: Distributed,
+        model: nn.Module,
+        params: Mapping[str, Tensor],
+        *,
+        seed: int = 0,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
-        self.dist = dist
+        self.dist, self.optimizer, self.seed = dist, optimizer, seed
         self.keys = list(params)
         self.params = params
-        self.bn_keys = list(bn_floats)
-        self.buffers = buffers
+        self.buffers = dict(model.named_buffers())
+        self.bn_keys, self.bn_counters = _bn_buffer_names(model)
+        self.torch_seeded = _has_randomness(model)
         self.dtype = next(iter(params.values())).dtype
         self.grad_size = sum(p.numel() for p in params.values())
-        self.bn_size = sum(buffers[k].numel() for k in self.bn_keys)
+        self.bn_size = sum(self.buffers[k].numel() for k in self.bn_keys)
+
+    # --- the four calls of a step --------------------------------------------------------------
+
+    def shard(self, n: int, *, beta: float = 0.0, order: str = "first") -> Sequence[int]:
+        """The items of ``n`` this process computes for ``direction`` with the same β and order."""
+        if order == "second" and beta != 0:  # coupled through ḡ's graph: all on the main process
+            return range(n) if self.dist.is_main else range(0)
+        return self.dist.shard(n)
+
+    def loss(self, compute: Callable[[dict[str, Tensor]], Tensor], *key: int) -> _ItemLoss:
+        """``compute`` (params -> loss) as an item of this step; ``key`` names its torch seed."""
+        start_buffers = {k: self.buffers[k].detach() for k in (*self.bn_keys, *self.bn_counters)}
+        torch_seed = None
+        if self.torch_seeded:
+            torch_seed = int(np.random.SeedSequence([self.seed, _TRAIN_STREAM, *key]).generate_state(1)[0])
+        return _ItemLoss(compute, start_buffers, self.loss_scale(), torch_seed, self.dist.device)
+
+    def direction(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, order: str = "first") -> _Combined:
+        """The IGR direction of ``n`` items (``items``: this process's), the plain mean at β = 0."""
+        if order == "second" and beta != 0:
+            return self._second_order(items, n, beta=beta, scale=self.loss_scale())
+        return self.combine(items, n, beta=beta, scale=self.loss_scale())
+
+    def apply(self, combined: _Combined) -> None:
+        """An optimiser step along the direction; BatchNorm buffers to the items' mean."""
+        assert self.optimizer is not None, "apply needs the optimiser"
+        self.optimizer.zero_grad(set_to_none=True)  # a parameter without direction stays
+        for name, parameter in self.params.items():
+            if name in combined.direction:
+                parameter.grad = combined.direction[name].detach().clone()
+        self.optimizer.step()
+        with torch.no_grad():
+            for name, value in combined.buffers.items():
+                self.buffers[name].copy_(value)
+            for name in self.bn_counters:
+                self.buffers[name].add_(1)
+
+    # --- behind them -----------------------------------------------------------------------------
+
+    def loss_scale(self) -> float:
+        scaler = self.dist.accelerator.scaler
+        return float(scaler.get_scale()) if scaler is not None else 1.0
 
     def _exchange_losses(self, own: Sequence[int], losses: Sequence[float], n: int) -> list[float]:
         rows = {i: torch.tensor([loss], dtype=torch.float64) for i, loss in zip(own, losses)}
@@ -409,7 +475,7 @@ class _Combiner:
         losses = self._exchange_losses(own, [v / scale for v in result.losses], n)
         return _Combined(result.direction, losses, buffers)
 
-    def second_order(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
+    def _second_order(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, scale: float) -> _Combined:
         """The authors' second-order IGR: computed on the main process (``items`` = all n) and broadcast.
 
         With a loss scale S the closures return S·L_i, so the displacement uses β / S.
@@ -494,7 +560,7 @@ class _MetaTrainer:
     """The state of one meta-training run and its phases; :func:`meta_train` drives it.
 
     Holds the prepared model and optimiser, the best-on-val state and the history (what a
-    checkpoint saves besides Accelerate's state), and the gradient combiner.
+    checkpoint saves besides Accelerate's state), and the step mechanics of the IGR and replay steps.
     """
 
     def __init__(
@@ -561,14 +627,9 @@ class _MetaTrainer:
         self.task_params = dict(self.params)  # what the IGR step trains: θ and the shared head, if any
         if self.head is not None:
             self.task_params.update({HEAD_WEIGHT: self.head.weight, HEAD_BIAS: self.head.bias})
-        self.buffers = dict(self.model.named_buffers())
-        self.bn_floats, self.bn_counters = _bn_buffer_names(self.model)
-        self.combiner = _Combiner(dist, self.params, self.bn_floats, self.buffers)
-        # the IGR step's exchange: the replay one, unless the shared head adds its parameters
-        self.task_combiner = (
-            self.combiner if self.head is None else _Combiner(dist, self.task_params, self.bn_floats, self.buffers)
-        )
-        self.torch_seeded = _has_randomness(self.model)
+        # the IGR step trains θ and the shared head, if any; replay trains θ
+        self.igr = _StepMechanics(dist, self.model, self.task_params, seed=seed, optimizer=self.optimizer)
+        self.replay = _StepMechanics(dist, self.model, self.params, seed=seed, optimizer=self.optimizer)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -693,52 +754,37 @@ class _MetaTrainer:
         )
 
     def task_step(self, step: int) -> _Combined:
-        """The IGR step: one pseudo-task per chosen teacher, their combined direction applied."""
-        cfg, dist = self.cfg, self.dist
+        """The TGR step: one group's m teachers, a pseudo-task of each, their IGR direction, one Adam step."""
+        cfg = self.cfg
         self.model.train()
-        scale = self._loss_scale()
-        chosen = _choose_teachers(self.groups, cfg.teachers_per_step, step_rng(self.seed, step, _CHOICE))
-        n = len(chosen)
-        self.last_quality = None
-        fresh = self.recover_fresh(step, chosen) if self._online_step(step) else None
-        second = cfg.igr_order == "second" and cfg.beta != 0
-        # second order couples all tasks through ḡ's graph: the main process computes them all
-        mine = (range(n) if dist.is_main else range(0)) if second else dist.shard(n)
-        items = {}
-        for i in mine:
-            source = self.bank
-            if fresh is not None:  # this step's IGR uses the freshly recovered task, not the bank
-                source = MemoryBank(1)
-                source.add(fresh[i])
+        teachers = _choose_teachers(self.groups, cfg.teachers_per_step, step_rng(self.seed, step, _CHOICE))
+        self.last_quality = None  # recover_fresh sets it
+        fresh = self.recover_fresh(step, teachers) if self._online_step(step) else None
+        losses = {}
+        for i in self.igr.shard(len(teachers), beta=cfg.beta, order=cfg.igr_order):
+            # a fresh recovery is this step's task; without online recovery the task comes from the bank
+            source = self.bank if fresh is None else MemoryBank.holding(fresh[i])
             task = make_pseudo_task(
-                self.members[chosen[i]],
+                self.members[teachers[i]],
                 source,
                 way=cfg.replay_way,
                 shot=cfg.replay_shot,
                 query=cfg.replay_query,
                 temperature=cfg.distill_temperature,
                 rng=step_rng(self.seed, step, _TASK, i),
-            ).to(dist.device)
-            items[i] = self._item(
-                lambda p, t=task: pseudo_task_loss(  # type: ignore[misc]  # mypy cannot type a lambda's default
-                    self.learner,
-                    self.model,
-                    t,
-                    p,
-                    kind=cfg.igr_loss,
-                    distill_weight=cfg.distill_weight,
-                    temperature=cfg.distill_temperature,
-                ),
-                scale,
-                step,
-                _TASK,
-                i,
+            ).to(self.dist.device)
+            loss_of_task = functools.partial(
+                pseudo_task_loss,
+                self.learner,
+                self.model,
+                task,
+                kind=cfg.igr_loss,
+                distill_weight=cfg.distill_weight,
+                temperature=cfg.distill_temperature,
             )
-        if second:
-            combined = self.task_combiner.second_order(items, n, beta=cfg.beta, scale=scale)
-        else:
-            combined = self.task_combiner.combine(items, n, beta=cfg.beta, scale=scale)
-        self._apply(combined)
+            losses[i] = self.igr.loss(loss_of_task, step, _TASK, i)
+        combined = self.igr.direction(losses, len(teachers), beta=cfg.beta, order=cfg.igr_order)
+        self.igr.apply(combined)
         return combined
 
     # --- online recovery ---------------------------------------------------------------------------
@@ -821,24 +867,22 @@ class _MetaTrainer:
         cfg = self.cfg
         if not (cfg.replay and cfg.replay_batch > 0):
             return None
-        scale = self._loss_scale()
         episodes = {}
-        for e in self.dist.shard(cfg.replay_batch):
+        for e in self.replay.shard(cfg.replay_batch):
             stream = step_rng(self.seed, step, _REPLAY, round_step * cfg.replay_batch + e)
             ep = self.bank.sample_episode(
                 cfg.replay_way, cfg.replay_shot, cfg.replay_query, stream, resize_to=self.model.input_size[-1]
             )
             tensors = [t.to(self.dist.device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
-            episodes[e] = self._item(
+            episodes[e] = self.replay.loss(
                 # mypy types neither a lambda's default nor the length of *ep
                 lambda p, ep=tensors: self.learner.episode_loss(self.model, *ep, params=p).float(),  # type: ignore[misc]
-                scale,
                 step,
                 _REPLAY,
                 e,
             )
-        replayed = self.combiner.combine(episodes, cfg.replay_batch, beta=0.0, scale=scale)
-        self._apply(replayed)
+        replayed = self.replay.direction(episodes, cfg.replay_batch, beta=0.0)
+        self.replay.apply(replayed)
         return replayed
 
     def replay_round(self, step: int) -> tuple[_Combined | None, list[float]]:
@@ -870,30 +914,6 @@ class _MetaTrainer:
         for name, value in losses.items():
             self.history[name].append((step, value))
         self.accelerator.log(losses, step=step)
-
-    def _loss_scale(self) -> float:
-        scaler = self.accelerator.scaler
-        return float(scaler.get_scale()) if scaler is not None else 1.0
-
-    def _item(self, compute: Callable[[dict[str, Tensor]], Tensor], scale: float, *key: int) -> _ItemLoss:
-        start_buffers = {k: self.buffers[k].detach() for k in (*self.bn_floats, *self.bn_counters)}
-        torch_seed = None
-        if self.torch_seeded:
-            torch_seed = int(np.random.SeedSequence([self.seed, _TRAIN_STREAM, *key]).generate_state(1)[0])
-        return _ItemLoss(compute, start_buffers, scale, torch_seed, self.dist.device)
-
-    def _apply(self, combined: _Combined) -> None:
-        """An optimiser step along the combined direction; BatchNorm buffers to the items' mean."""
-        self.optimizer.zero_grad(set_to_none=True)  # a parameter without direction (the head in replay) stays
-        for name, parameter in self.task_params.items():
-            if name in combined.direction:
-                parameter.grad = combined.direction[name].detach().clone()
-        self.optimizer.step()
-        with torch.no_grad():
-            for name, value in combined.buffers.items():
-                self.buffers[name].copy_(value)
-            for name in self.bn_counters:
-                self.buffers[name].add_(1)
 
     def result(self, resumed_from: int) -> TrainResult:
         best_acc = self.best_acc
