@@ -95,8 +95,7 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from tgr_hub.distributed import choose_device
     from tgr_hub.errors import ConfigError
 
     if args.baseline is None and args.model is None:
@@ -126,11 +125,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_meta_model(args.model)
         name = f"{args.model} ({model.architecture})"
 
-    device = (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if args.device == "auto"
-        else torch.device(args.device)
-    )
+    device = choose_device(args.device)
     model.to(device)
     split = split_of(cfg.data, cfg.eval.split)
     pinned = f" (commit {split.revision[:12]})" if split.revision else ""

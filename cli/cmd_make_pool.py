@@ -68,8 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
+    from tgr_hub.distributed import choose_device
     from tgr_hub.teachers import format_table, make_pool
 
     pool: dict = {}
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         data=cfg.data,
         num_threads=args.threads or None,
         progress=not args.no_progress,
-        device=args.device or PartialState().device,
+        device=choose_device(args.device),
     )
     elapsed = time.perf_counter() - started
     say(format_table(reports))

@@ -13,7 +13,7 @@ import timm
 import torch
 
 import tgr_hub  # noqa: F401  (registers conv4)
-from tgr_hub.data.fewshot import ImageSplit
+from tgr_hub.data.episodes import ImageSplit
 from tgr_hub.errors import EmptyPoolError, RunFolderError
 from tgr_hub.evaluate import (
     EvaluationError,

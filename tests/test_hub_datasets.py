@@ -26,7 +26,7 @@ from PIL import Image
 from conftest import WRITE_TOKEN  # noqa: E402  (tests/ is on sys.path)
 from tgr_hub.data import load_split, sources
 from tgr_hub.data.class_splits import read_class_split
-from tgr_hub.data.fewshot import channel_stats
+from tgr_hub.data.episodes import channel_stats
 from tgr_hub.errors import ConfigError, DatasetError
 
 BENCH = "tgr-org/cifarfs-tiny"

@@ -61,7 +61,7 @@ def test_ref_label_and_name() -> None:
 
 
 def test_split_fractions_that_leave_no_train_class_are_a_dataset_error() -> None:
-    from tgr_hub.data.fewshot import split_classes
+    from tgr_hub.data.episodes import split_classes
 
     with pytest.raises(DatasetError, match="too few"):
         split_classes(3, seed=0, fractions=(0.0, 0.5, 0.5))  # 2 val + 2 test of 3 classes

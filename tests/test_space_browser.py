@@ -171,7 +171,7 @@ def test_browser_builtin_glyph_examples(demo_server: AppServer, chromium: Path) 
             predicted = [rows.nth(i).locator("td").nth(1).inner_text().strip() for i in range(10)]
             files = [rows.nth(i).locator("td").nth(0).inner_text().strip() for i in range(10)]
             # example files are named after their class (greek/λ -> greek_u03bb_<index>.png)
-            from tgr_hub.fewshot.images import _file_stem
+            from tgr_hub.space.images import _file_stem
 
             truth = [next(n for n in names if f.startswith(_file_stem(n) + "_")) for f in files]
             assert sum(p == t for p, t in zip(predicted, truth)) >= 8, (predicted, truth)

@@ -67,7 +67,8 @@ import torch
 from . import stats
 from .config import PoolBuildConfig, RunConfig
 from .data import split_of
-from .data.fewshot import Episode, EpisodeSampler, ImageSplit
+from .data.episodes import Episode, EpisodeSampler, ImageSplit
+from .distributed import choose_device
 from .errors import BenchmarkError, ConfigError
 from .io import copy_atomic, write_json_atomic, write_text_atomic
 from .progress import progress_bar
@@ -498,9 +499,7 @@ class _Runner:
         """Accelerate's device (a GPU when one is visible): teachers train there and every method is scored
         there, the baselines included, as the trained methods' runs (run_tgr) train there."""
         if self._device is None:
-            from accelerate import PartialState
-
-            self._device = PartialState().device
+            self._device = choose_device()
         return self._device
 
     # the meta-test split and the per-seed episode lists, built once per meta-test domains

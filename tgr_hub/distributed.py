@@ -88,6 +88,16 @@ def is_distributed_launch() -> bool:
         return False
 
 
+def choose_device(requested: str | torch.device | None = None) -> torch.device:
+    """The device work runs on: ``requested`` if given (not ``"auto"``), else Accelerate's choice
+    for this process (its GPU when one is visible, else the CPU). Every command decides it here."""
+    if requested is not None and str(requested) != "auto":
+        return torch.device(requested)
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
 def _check_trackers(log_with: Sequence[str]) -> None:
     from accelerate.tracking import get_available_trackers
     from accelerate.utils import LoggerType

@@ -3,7 +3,7 @@
 Protocol (docs/method.md, "Evaluation"): N-way K-shot episodes from the meta-test (or
 meta-val) classes, Q queries per class, accuracy averaged over episodes and reported with
 a 95% confidence interval ``1.96 * std / sqrt(n)``. Episodes come from
-:class:`~tgr_hub.data.fewshot.EpisodeSampler` and are a deterministic function of
+:class:`~tgr_hub.data.episodes.EpisodeSampler` and are a deterministic function of
 ``(seed, index)``, so two evaluations with the same seed see the same episodes.
 
 Adaptation ("method"):
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .config import EvalConfig
-from .data.fewshot import Episode, EpisodeSampler, ImageSplit
+from .data.episodes import Episode, EpisodeSampler, ImageSplit
 from .distributed import Distributed
 from .errors import ConfigError, EmptyPoolError, EvaluationError
 from .learners import MAML, ProtoNet, make_learner

@@ -1,12 +1,12 @@
 """The few-shot app's library side, under the name the Space and ``tgr-hub demo`` import.
 
-Everything lives in :mod:`tgr_hub.fewshot` (image intake, session, model summary); this module
+Everything lives in :mod:`tgr_hub.space` (image intake, session, model summary); this module
 only re-exports its public names so that ``from tgr_hub.fewshot_app import ...`` keeps working.
 """
 
 from __future__ import annotations
 
-from .fewshot import (  # noqa: F401  (re-exported)
+from .space import (  # noqa: F401  (re-exported)
     DEFAULT_LIMITS,
     AppModel,
     FewShotSession,

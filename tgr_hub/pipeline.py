@@ -49,7 +49,7 @@ from . import __version__
 from .bank import MemoryBank, RecoveredTask
 from .config import RunConfig
 from .data import split_of
-from .data.fewshot import ImageSplit
+from .data.episodes import ImageSplit
 from .distributed import Distributed, check_run_folder_shared, make_accelerator
 from .embed import dissimilarity_matrix, fisher_diagonal
 from .errors import MemoryBankError, RunFolderError

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DataConfig, PoolBuildConfig
-from .data.fewshot import channel_stats
+from .data.episodes import channel_stats
 from .errors import ConfigError, DatasetError, UnknownArchitectureError
 from .io import write_json_atomic, write_text_atomic
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, save_timm_folder

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .fewshot import SPLIT_NAMES, Episode, EpisodeSampler, ImageSplit, normalize_split, split_classes
+from .episodes import SPLIT_NAMES, Episode, EpisodeSampler, ImageSplit, normalize_split, split_classes
 from .glyphs import (
     GLYPH_DOMAINS,
     build_glyphs,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError
-from .fewshot import SPLIT_NAMES, normalize_split
+from .episodes import SPLIT_NAMES, normalize_split
 
 logger = logging.getLogger(__name__)
 

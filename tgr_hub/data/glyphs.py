@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import DatasetError
 from ..io import write_text_atomic
-from .fewshot import SPLIT_NAMES, ImageSplit, normalize_split, split_classes
+from .episodes import SPLIT_NAMES, ImageSplit, normalize_split, split_classes
 
 logger = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def select_classes(seed: int = 0, *, cache_dir: str | os.PathLike | None = None)
 
     The choice of characters and fonts (:func:`choose_glyphs`) does not depend on the
     seed and is cached in ``cache_dir`` for the installed fonts; the classes of each domain
-    are then split 60/20/20 into train/val/test by :func:`~tgr_hub.data.fewshot.split_classes`,
+    are then split 60/20/20 into train/val/test by :func:`~tgr_hub.data.episodes.split_classes`,
     seeded with ``(seed, domain index)``.
 
     Args:

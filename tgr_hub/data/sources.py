@@ -36,7 +36,7 @@ from ..errors import DatasetError, RepoIdError
 from ..io import save_safetensors_atomic
 from ..repo_id import parse_repo_ref
 from .class_splits import read_class_split
-from .fewshot import ImageSplit, normalize_split, split_classes
+from .episodes import ImageSplit, normalize_split, split_classes
 from .hub_datasets import HubDataset, is_commit_id, resolve_hub_dataset
 
 logger = logging.getLogger(__name__)

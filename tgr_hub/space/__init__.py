@@ -3,12 +3,12 @@
 The Gradio Space (``spaces_app/app.py``) and ``tgr-hub demo`` are thin layers over this
 package, which does not import Gradio. Three modules, one per seam:
 
-- :mod:`~tgr_hub.fewshot.images`: image intake (strict, explained validation; class labels;
+- :mod:`~tgr_hub.space.images`: image intake (strict, explained validation; class labels;
   the built-in glyph examples);
-- :mod:`~tgr_hub.fewshot.session`: a few-shot task built from named classes, the meta-model
+- :mod:`~tgr_hub.space.session`: a few-shot task built from named classes, the meta-model
   adapted to it (prototypes for ProtoNet, a few fine-tuning steps for MAML), per-class
   probabilities for query images;
-- :mod:`~tgr_hub.fewshot.summary`: loading the meta-model (folder or Hub id) and describing it.
+- :mod:`~tgr_hub.space.summary`: loading the meta-model (folder or Hub id) and describing it.
 
     app_model = load_app_model("me/my-meta-model")          # or a local meta-model folder
     session = FewShotSession.for_app_model(app_model)
