@@ -15,7 +15,7 @@ from tgr_hub import benchmark as bm
 from tgr_hub import stats
 from tgr_hub.config import load_config
 from tgr_hub.data import load_split
-from tgr_hub.errors import DatasetError
+from tgr_hub.errors import BenchmarkError, ConfigError, DatasetError
 from tgr_hub.evaluate import evaluate_model, random_baseline
 from tgr_hub.run_record import RunRecord
 
@@ -82,7 +82,7 @@ def test_summarize_pairs_each_seed_and_takes_a_t_interval_over_seed_means(tmp_pa
     cfg = load_config("smoke", overrides=["eval.shots=[1]"])
     scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
     spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), ("erm", "tgr"))
-    digest = bm._digest(bm._settings(cfg, scenario))
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
     erm = {0: [0.5, 0.6, 0.7], 1: [0.4, 0.4, 0.5], 2: [0.6, 0.6, 0.6]}
     tgr = {0: [0.7, 0.6, 0.8], 1: [0.5, 0.4, 0.6], 2: [0.6, 0.7, 0.6]}  # differences: mean 0.1, 0.0667, 0.0333
     for seed in erm:
@@ -106,7 +106,7 @@ def test_summarize_pairs_each_seed_and_takes_a_t_interval_over_seed_means(tmp_pa
 
     # methods of one seed scored on different episodes: refused
     _fake_cell(tmp_path, "multi-domain", 2, "tgr", tgr[2], digest, seen="other")
-    with pytest.raises(bm.BenchmarkError, match="identical episodes"):
+    with pytest.raises(BenchmarkError, match="identical episodes"):
         bm.summarize(spec, tmp_path)
 
 
@@ -122,9 +122,9 @@ def test_method_configs_are_the_ablations() -> None:
     for name, (beta, strategy, order) in expected.items():
         run = bm.method_config(cfg, bm.METHODS[name], seed=7)
         assert (run.train.beta, run.group.strategy, run.train.igr_order, run.seed) == (beta, strategy, order, 7), name
-    with pytest.raises(bm.ConfigError, match="reference"):
+    with pytest.raises(ConfigError, match="reference"):
         bm.BenchmarkSpec(cfg, (bm.scenario_from_name("multi-domain", cfg),), (0,), ("tgr",), reference="erm")
-    with pytest.raises(bm.ConfigError, match="unknown scenario"):
+    with pytest.raises(ConfigError, match="unknown scenario"):
         bm.scenario_from_name("multi-everything", cfg)
 
 
@@ -178,7 +178,7 @@ def test_the_standard_scenario_builds_overlapping_five_class_conv4_teachers_from
     scenario = bm.scenario_from_name("standard", cfg)
     spec = bm.BenchmarkSpec(cfg, (scenario,), (0,), ("erm",))
     with pytest.raises(Stop):
-        bm._Runner(spec, tmp_path / "bench", progress=False).pool_list(scenario, 0)
+        bm.run._Runner(spec, tmp_path / "bench", progress=False).pool_list(scenario, 0)
     pool, data = seen["pool"], seen["data"]
     assert (pool.domains, pool.archs, pool.way, pool.teachers) == (["cyrillic"], ["conv4"], 5, 24)
     train = load_split(data.dataset, "train", domains=pool.domains, image_size=data.image_size, seed=data.seed)
@@ -204,16 +204,16 @@ def test_the_standard_scenario_is_scored_on_its_domain_and_the_others_are_unchan
     assert bm.scenario_config(cfg, standard).data.domains == ["cyrillic"]
     assert bm.scenario_config(cfg, multi) is cfg
     # the settings digest sees the scenario's data.domains; the other scenarios' settings are as before
-    settings = bm._settings(cfg, standard)
+    settings = bm.grid.settings_of(cfg, standard)
     assert settings["config"]["data"]["domains"] == ["cyrillic"] and settings["scenario"]["eval_domains"] == ["cyrillic"]
     config = cfg.to_dict()
     config.pop("seed")
-    assert bm._settings(cfg, multi) == {"config": config, "scenario": {
+    assert bm.grid.settings_of(cfg, multi) == {"config": config, "scenario": {
         "name": "multi-domain", "domains": ["latin", "greek", "cyrillic", "symbols"], "archs": ["conv4"],
         "pool_list": None}}
     # the episode lists of each scenario come from its own meta-test classes
     spec = bm.BenchmarkSpec(cfg, (standard, multi), (0,), ("random",), reference="random")
-    runner = bm._Runner(spec, tmp_path / "bench", progress=False)
+    runner = bm.run._Runner(spec, tmp_path / "bench", progress=False)
     assert set(runner.test_split(standard).class_domains) == {"cyrillic"}
     assert set(runner.test_split(multi).class_domains) == {"latin", "greek", "cyrillic", "symbols"}
     test = runner.test_split(standard)
@@ -221,10 +221,10 @@ def test_the_standard_scenario_is_scored_on_its_domain_and_the_others_are_unchan
     assert {test.class_domains[c] for c in classes} == {"cyrillic"}
     assert runner.fingerprints(standard, 0) != runner.fingerprints(multi, 0)
     # a data.domains at odds with the scenario's is refused up front; a domain the dataset lacks is a DatasetError
-    with pytest.raises(bm.ConfigError, match="data.domains"):
+    with pytest.raises(ConfigError, match="data.domains"):
         bm.BenchmarkSpec(load_config("smoke", overrides=["data.domains=[latin]"]), (standard,), (0,), ("erm",))
     lacking = bm.Scenario("lacking", ("latin",), ("conv4",), eval_domains=("klingon",))
-    odd = bm._Runner(bm.BenchmarkSpec(cfg, (lacking,), (0,), ("random",), reference="random"), tmp_path, False)
+    odd = bm.run._Runner(bm.BenchmarkSpec(cfg, (lacking,), (0,), ("random",), reference="random"), tmp_path, False)
     with pytest.raises(DatasetError, match="klingon"):
         odd.episodes(lacking, 0)
 
@@ -284,7 +284,7 @@ def test_the_noise_floor_is_erm_replicate_minus_erm_across_seeds(tmp_path: Path)
     scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
     methods = ("erm", "erm-replicate", "tgr")
     spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), methods)
-    digest = bm._digest(bm._settings(cfg, scenario))
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
     acc = {
         "erm": {0: [0.5, 0.6, 0.7, 0.4], 1: [0.4, 0.4, 0.5, 0.6], 2: [0.6, 0.6, 0.6, 0.5]},
         "erm-replicate": {0: [0.6, 0.6, 0.6, 0.4], 1: [0.4, 0.3, 0.5, 0.5], 2: [0.7, 0.6, 0.8, 0.5]},
@@ -334,12 +334,12 @@ def test_the_noise_floor_is_erm_replicate_minus_erm_across_seeds(tmp_path: Path)
 
 def test_a_cell_records_the_mean_online_recovery_agreement_of_its_run(tmp_path: Path) -> None:
     cfg = load_config("smoke")
-    assert bm._mean_recover_agreement(tmp_path) is None  # no run record
+    assert bm.run._mean_recover_agreement(tmp_path) is None  # no run record
     RunRecord(config=cfg.to_dict(), history={"task_loss": [[1, 2.0]]}).write(tmp_path / "tgr_config.json")
-    assert bm._mean_recover_agreement(tmp_path) is None  # no online recovery
+    assert bm.run._mean_recover_agreement(tmp_path) is None  # no online recovery
     RunRecord(config=cfg.to_dict(), history={"recover_agreement": [[1, 0.25], [2, 0.5], [3, 1.0]]}).write(
         tmp_path / "tgr_config.json")
-    assert bm._mean_recover_agreement(tmp_path) == pytest.approx(1.75 / 3)
+    assert bm.run._mean_recover_agreement(tmp_path) == pytest.approx(1.75 / 3)
 
 
 # --- a real smoke benchmark ---------------------------------------------------------------------------
@@ -446,21 +446,21 @@ def test_trained_methods_share_the_recovered_tasks_and_differ_only_in_their_sett
 def test_resume_skips_finished_cells_and_an_interruption_loses_only_the_cell_in_flight(bench, tmp_path, monkeypatch):
     out = _copy(bench[0], tmp_path)
     ran: list[str] = []
-    real_run = bm._Runner.run
+    real_run = bm.run._Runner.run
 
     def counting_run(self, cell):
         ran.append(cell.key)
         return real_run(self, cell)
 
-    monkeypatch.setattr(bm._Runner, "run", counting_run)
+    monkeypatch.setattr(bm.run._Runner, "run", counting_run)
     bm.run_benchmark(_spec(), out, progress=False)
     assert ran == []  # everything finished: nothing runs again
 
     cells = bm.plan_cells(_spec())
     lost = [cells[0], cells[2]]  # seed 0: random and erm
-    before = {c.key: json.loads(bm._cell_path(out, c).read_text()) for c in lost}
+    before = {c.key: json.loads(bm.grid.cell_path(out, c).read_text()) for c in lost}
     for cell in lost:
-        bm._cell_path(out, cell).unlink()
+        bm.grid.cell_path(out, cell).unlink()
 
     def interrupted_run(self, cell):  # Ctrl-C while the second missing cell is being computed
         ran.append(cell.key)
@@ -468,19 +468,19 @@ def test_resume_skips_finished_cells_and_an_interruption_loses_only_the_cell_in_
             raise KeyboardInterrupt
         return real_run(self, cell)
 
-    monkeypatch.setattr(bm._Runner, "run", interrupted_run)
+    monkeypatch.setattr(bm.run._Runner, "run", interrupted_run)
     with pytest.raises(KeyboardInterrupt):
         bm.run_benchmark(_spec(), out, progress=False)
     assert ran == [lost[0].key, lost[1].key]
-    assert bm._cell_path(out, lost[0]).exists() and not bm._cell_path(out, lost[1]).exists()
+    assert bm.grid.cell_path(out, lost[0]).exists() and not bm.grid.cell_path(out, lost[1]).exists()
 
     ran.clear()
-    monkeypatch.setattr(bm._Runner, "run", counting_run)
+    monkeypatch.setattr(bm.run._Runner, "run", counting_run)
     report = bm.run_benchmark(_spec(), out, progress=False)
     assert ran == [lost[1].key]
     assert report["missing_cells"] == []
     for cell in lost:  # recomputed cells give the same accuracies
-        assert json.loads(bm._cell_path(out, cell).read_text())["accuracies"] == before[cell.key]["accuracies"]
+        assert json.loads(bm.grid.cell_path(out, cell).read_text())["accuracies"] == before[cell.key]["accuracies"]
 
 
 @pytest.mark.slow
@@ -488,10 +488,10 @@ def test_shards_share_the_grid_and_the_report_merges_them(bench, tmp_path, monke
     out = _copy(bench[0], tmp_path)
     cells = bm.plan_cells(_spec())
     for cell in cells[:2]:  # seed 0: random (position 0) and average (position 1)
-        bm._cell_path(out, cell).unlink()
+        bm.grid.cell_path(out, cell).unlink()
     ran: list[str] = []
-    real_run = bm._Runner.run
-    monkeypatch.setattr(bm._Runner, "run", lambda self, cell: (ran.append(cell.key), real_run(self, cell))[1])
+    real_run = bm.run._Runner.run
+    monkeypatch.setattr(bm.run._Runner, "run", lambda self, cell: (ran.append(cell.key), real_run(self, cell))[1])
     partial = bm.run_benchmark(_spec(), out, shard=(1, 2), progress=False)
     assert ran == [cells[1].key]
     assert partial["missing_cells"] == [cells[0].key]
@@ -499,10 +499,10 @@ def test_shards_share_the_grid_and_the_report_merges_them(bench, tmp_path, monke
     merged = bm.run_benchmark(_spec(), out, shard=(0, 2), progress=False)
     assert ran == [cells[1].key, cells[0].key]
     assert merged["missing_cells"] == []
-    with pytest.raises(bm.ConfigError, match="shard"):
+    with pytest.raises(ConfigError, match="shard"):
         bm.run_benchmark(_spec(), out, shard=(2, 2), progress=False)
     monkeypatch.setenv("WORLD_SIZE", "2")  # under accelerate launch every process would run every cell
-    with pytest.raises(bm.ConfigError, match="accelerate launch"):
+    with pytest.raises(ConfigError, match="accelerate launch"):
         bm.run_benchmark(_spec(), out, progress=False)
 
 
@@ -511,7 +511,7 @@ def test_a_folder_of_other_settings_is_refused(bench, tmp_path) -> None:
     out = _copy(bench[0], tmp_path)
     cfg = load_config("smoke", overrides=["eval.episodes=12"])
     spec = bm.BenchmarkSpec(cfg, (bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg),), SEEDS, METHODS)
-    with pytest.raises(bm.BenchmarkError, match="other settings"):
+    with pytest.raises(BenchmarkError, match="other settings"):
         bm.run_benchmark(spec, out, progress=False)
 
 
@@ -520,23 +520,23 @@ def test_a_cell_whose_episodes_or_data_would_differ_from_its_finished_neighbours
         bench, tmp_path, monkeypatch) -> None:
     out = _copy(bench[0], tmp_path)
     cells = bm.plan_cells(_spec())
-    bm._cell_path(out, cells[2]).unlink()  # seed 0, erm: to be run again
-    neighbour = bm._cell_path(out, cells[0])  # seed 0, random: finished
+    bm.grid.cell_path(out, cells[2]).unlink()  # seed 0, erm: to be run again
+    neighbour = bm.grid.cell_path(out, cells[0])  # seed 0, random: finished
     original = json.loads(neighbour.read_text())
-    monkeypatch.setattr(bm._Runner, "prepared", lambda *a: pytest.fail("trained although the data changed"))
+    monkeypatch.setattr(bm.run._Runner, "prepared", lambda *a: pytest.fail("trained although the data changed"))
 
     moved = json.loads(json.dumps(original))
     moved["data_source"]["revision"] = "0" * 40  # as if the dataset's branch had moved since
     neighbour.write_text(json.dumps(moved))
-    with pytest.raises(bm.BenchmarkError, match=r"differ from those of the finished cell .*random\.json.*@0000"):
+    with pytest.raises(BenchmarkError, match=r"differ from those of the finished cell .*random\.json.*@0000"):
         bm.run_benchmark(_spec(), out, progress=False)
 
     other = json.loads(json.dumps(original))
     other["episodes"]["1shot"]["list"] = "f" * 64  # other episode indices (e.g. another class split)
     neighbour.write_text(json.dumps(other))
-    with pytest.raises(bm.BenchmarkError, match="meta-test episodes of"):
+    with pytest.raises(BenchmarkError, match="meta-test episodes of"):
         bm.run_benchmark(_spec(), out, progress=False)
-    assert not bm._cell_path(out, cells[2]).exists()
+    assert not bm.grid.cell_path(out, cells[2]).exists()
 
     neighbour.write_text(json.dumps(original))  # the control: unchanged neighbours let it run
     monkeypatch.undo()
@@ -578,7 +578,7 @@ def test_quickstart_prints_its_table_from_the_benchmark(bench, tmp_path, monkeyp
         return real(spec, folder, **kwargs)
 
     monkeypatch.setattr(bm, "run_benchmark", spy)
-    monkeypatch.setattr(bm._Runner, "run", lambda self, cell: pytest.fail(f"{cell.key} was finished already"))
+    monkeypatch.setattr(bm.run._Runner, "run", lambda self, cell: pytest.fail(f"{cell.key} was finished already"))
     assert main(["quickstart", "--preset", "smoke", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert len(calls) == 1 and calls[0].methods == bm.QUICKSTART_METHODS and calls[0].seeds == (0,)
@@ -630,7 +630,7 @@ def test_quickstart_hands_the_image_size_and_class_split_to_the_pool_and_the_tes
     cfg = load_config("smoke", overrides=["data.image_size=20", f"data.class_split={split_file}"])
     spec = bm.BenchmarkSpec(cfg, (bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg),), (0,), bm.QUICKSTART_METHODS)
     with pytest.raises(Stop):
-        bm._Runner(spec, tmp_path / "bench", progress=False).pool_list(spec.scenarios[0], 0)
+        bm.run._Runner(spec, tmp_path / "bench", progress=False).pool_list(spec.scenarios[0], 0)
     data = seen["make_pool"]["data"]
     assert data.image_size == 20 and data.class_split == str(split_file)
 
@@ -671,7 +671,7 @@ def test_every_benchmark_evaluation_uses_the_run_eval_section(tmp_path, monkeypa
     cfg = load_config("smoke", overrides=["train.learner=protonet", "eval.method=finetune", "eval.inner_steps=2",
                                           "eval.inner_lr=0.05", "eval.episodes=3", "eval.shots=[1]"])
     spec = bm.BenchmarkSpec(cfg, (bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg),), (0,), ("random",), reference="random")
-    runner = bm._Runner(spec, tmp_path / "bench", progress=False)
+    runner = bm.run._Runner(spec, tmp_path / "bench", progress=False)
     record = runner.run(bm.plan_cells(spec)[0])
     assert len(calls) == 1
     assert (calls[0]["learner"], calls[0]["inner_steps"], calls[0]["inner_lr"]) == ("finetune", 2, 0.05)
@@ -732,7 +732,7 @@ def test_the_benchmark_pairs_each_episode_with_itself_and_takes_a_t_interval_ove
     cfg = load_config("smoke", overrides=["eval.shots=[1]"])
     scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
     spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), ("erm", "tgr"))
-    digest = bm._digest(bm._settings(cfg, scenario))
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
     data = {seed: _correlated(seed) for seed in (0, 1, 2)}
     for seed, (method, reference) in data.items():
         # the method's cell lists its episodes in the order they were scored: the reference's order

@@ -1,0 +1,389 @@
+"""The benchmark's report: paired statistics over identical episodes, results.md and the figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import stats
+from ..errors import BenchmarkError
+from ..io import write_json_atomic, write_text_atomic
+from .grid import (
+    METHODS,
+    NOISE_FLOOR,
+    REPLICATE_SEED_OFFSET,
+    RESULTS_FORMAT,
+    BenchmarkSpec,
+    cell_path,
+    plan_cells,
+    read_cell,
+    seed_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+# --- statistics and report --------------------------------------------------------------------------
+
+
+def _interval(values: Sequence[float]) -> dict[str, Any]:
+    mean, ci95 = stats.episode_interval(values)
+    return {"mean": mean, "ci95": ci95, "episodes": len(values)}
+
+
+def _paired(
+    records: dict[tuple[int, str], dict[str, Any]],
+    method: str,
+    reference: str,
+    seeds: Sequence[int],
+    shots: Sequence[str],
+) -> dict[str, Any] | None:
+    """``method − reference`` on the seeds that have both cells (None: no such seed).
+
+    Returns:
+        ``{"seeds": [...], SHOT: {"per_seed": {seed: paired t over the episodes}, "across_seeds":
+        t-interval over the seeds' mean differences}}`` (each a :meth:`stats.TInterval.to_dict`).
+    """
+    both = [s for s in seeds if (s, method) in records and (s, reference) in records]
+    if not both:
+        return None
+    diff: dict[str, Any] = {"seeds": both}
+    for shot in shots:
+        per_seed = {
+            s: stats.paired_difference(
+                records[(s, method)]["accuracies"][shot], records[(s, reference)]["accuracies"][shot]
+            )
+            for s in both
+        }
+        diff[shot] = {
+            "per_seed": {str(s): d.to_dict() for s, d in per_seed.items()},
+            "across_seeds": stats.across_seeds([d.mean for d in per_seed.values()]).to_dict(),
+        }
+    return diff
+
+
+def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
+    """Statistics of every finished cell of ``spec`` in ``out`` (see :mod:`tgr_hub.stats`).
+
+    Per scenario, method and shot: ``per_seed[seed]`` (mean and episode CI), ``pooled`` (all
+    episodes of all seeds, episode CI; ``seeds``: t-interval over the seed means, with ≥ 2 seeds).
+    Per method against the reference: ``per_seed[seed]`` (paired t over the identical episodes)
+    and ``across_seeds`` (t-interval over the seeds' mean paired differences, ≥ 2 seeds).
+    ``noise_floor`` (None unless both ``erm-replicate`` and ``erm`` have cells): ``erm-replicate −
+    erm`` in the same form (``seeds``, then per shot ``per_seed`` and ``across_seeds``), the
+    spread of ERM trained again with another training seed on the same pool, tasks and episodes.
+    Per trained method, ``selection[seed]`` (the meta-validation result, group sizes and mean
+    online-recovery agreement) and ``recover_agreement`` (its mean over the seeds; None: n/a).
+
+    Raises:
+        BenchmarkError: the methods of one seed were not scored on identical episodes.
+    """
+    out = Path(out)
+    report: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "version": 1,
+        "reference": spec.reference,
+        "learner": spec.cfg.train.learner,
+        "eval": dataclasses.asdict(spec.cfg.eval),
+        "preset": spec.cfg.preset,
+        "scenarios": {},
+        "missing_cells": [],
+    }
+    data_sources: dict[str, Any] = {}  # every distinct resolved meta-test source the cells were scored on
+    devices: set[str] = set()  # where the cells were scored
+    shots = [f"{int(s)}shot" for s in spec.cfg.eval.shots]
+    for scenario in spec.scenarios:
+        records: dict[tuple[int, str], dict[str, Any]] = {}
+        for cell in plan_cells(dataclasses.replace(spec, scenarios=(scenario,))):
+            path = cell_path(out, cell)
+            if path.exists():
+                record = read_cell(path)
+                records[(cell.seed, cell.method.name)] = record
+                if record.get("device"):
+                    devices.add(str(record["device"]))
+                if record.get("data_source") is not None:
+                    data_sources[json.dumps(record["data_source"], sort_keys=True)] = record["data_source"]
+            else:
+                report["missing_cells"].append(cell.key)
+        for seed in spec.seeds:  # the invariant the paired statistics rest on
+            seen = {name: rec["episodes"] for (s, name), rec in records.items() if s == seed}
+            if len({json.dumps(v, sort_keys=True) for v in seen.values()}) > 1:
+                raise BenchmarkError(
+                    f"{scenario.name}, seed {seed}: the methods were not scored on identical "
+                    f"episodes ({', '.join(sorted(seen))})",
+                    hint="delete the cells of that seed and run them again",
+                )
+        methods: dict[str, Any] = {}
+        paired: dict[str, Any] = {}
+        for name in spec.methods:
+            seeds = [s for s in spec.seeds if (s, name) in records]
+            if not seeds:
+                continue
+            entry: dict[str, Any] = {"label": METHODS[name].label, "seeds": seeds}
+            for shot in shots:
+                per_seed = {str(s): _interval(records[(s, name)]["accuracies"][shot]) for s in seeds}
+                pooled = _interval([a for s in seeds for a in records[(s, name)]["accuracies"][shot]])
+                pooled["seeds"] = stats.across_seeds([per_seed[str(s)]["mean"] for s in seeds]).to_dict()
+                entry[shot] = {"per_seed": per_seed, "pooled": pooled}
+            entry["timings_s"] = {str(s): records[(s, name)]["timings_s"] for s in seeds}
+            # trained methods: the checkpoint meta-validation chose, the groups it trained with, and how
+            # often the teachers agreed with the labels online recovery intended (None: no online recovery)
+            entry["selection"] = {
+                str(s): {
+                    "val": records[(s, name)].get("val"),
+                    "group_sizes": [len(g) for g in records[(s, name)].get("groups") or []],
+                    "recover_agreement": records[(s, name)].get("recover_agreement"),
+                }
+                for s in seeds
+                if records[(s, name)].get("val") is not None
+            }
+            agreements = [
+                c["recover_agreement"] for c in entry["selection"].values() if c["recover_agreement"] is not None
+            ]
+            entry["recover_agreement"] = float(np.mean(agreements)) if agreements else None
+            methods[name] = entry
+            if name != spec.reference:
+                diff = _paired(records, name, spec.reference, spec.seeds, shots)
+                if diff is not None:
+                    paired[name] = diff
+        replicate, original = NOISE_FLOOR
+        noise_floor = _paired(records, replicate, original, spec.seeds, shots)
+        prepare: dict[str, Any] = {}  # make-pool, then recovery / embedding / grouping, per seed
+        for seed in spec.seeds:
+            timings: dict[str, float] = {}
+            for name in ("pool-build.json", "prepare.json"):
+                path = seed_dir(out, scenario, seed) / name
+                if path.exists():
+                    timings.update(json.loads(path.read_text())["timings_s"])
+            if timings:
+                prepare[str(seed)] = {"timings_s": timings}
+        report["scenarios"][scenario.name] = {
+            "scenario": scenario.describe(),
+            "seeds": list(spec.seeds),
+            "methods": methods,
+            "paired": paired,
+            "noise_floor": noise_floor,
+            "prepare": prepare,
+        }
+    report["data_sources"] = list(data_sources.values())
+    report["devices"] = sorted(devices)
+    return report
+
+
+def _pct(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _pair_interval(pair: dict[str, Any], shot: str) -> dict[str, Any]:
+    """The interval a paired difference is read with: across seeds with ≥ 2 seeds, else the one seed's paired t."""
+    return pair[shot]["across_seeds"] if len(pair["seeds"]) > 1 else pair[shot]["per_seed"][str(pair["seeds"][0])]
+
+
+def _difference(d: dict[str, Any]) -> str:
+    return f"{_pct(d['mean'], True)} [{_pct(d['low'], True)}, {_pct(d['high'], True)}], p {_p(d['p'])}"
+
+
+def _noise_floor_lines(sc: dict[str, Any], shots: Sequence[str]) -> list[str]:
+    """The ERM − ERM spread (``erm-replicate − erm``) every method difference is to be read against."""
+    floor = sc.get("noise_floor")
+    if not floor:
+        return []
+    seeds = floor["seeds"]
+    over = (
+        f"95% t-interval over {len(seeds)} seeds (df = {len(seeds) - 1})"
+        if len(seeds) > 1
+        else f"one seed ({seeds[0]}): 95% paired-t interval over its episodes, which covers episode sampling only; "
+        f"run more seeds for the spread across training seeds"
+    )
+    parts = "; ".join(f"{shot[:-4]}-shot {_difference(_pair_interval(floor, shot))}" for shot in shots)
+    return [
+        f"**Noise floor** (ERM − ERM), {METHODS[NOISE_FLOOR[0]].label} − {METHODS[NOISE_FLOOR[1]].label} in "
+        f"points: {parts}. That is ERM meta-trained again with training seed = seed + {REPLICATE_SEED_OFFSET} on "
+        f"the same pool, recovered tasks and meta-test episodes ({over}). A difference between methods must "
+        f"exceed this spread to mean anything: one inside it is what training ERM again with another seed "
+        f"already gives.",
+        "",
+    ]
+
+
+def _agreement(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
+    """Per trained method and seed: the step meta-validation chose, its meta-val accuracy, the group
+    sizes, the mean online-recovery agreement and the cell's times; then each seed's shared preparation times."""
+    rows = []
+    for entry in sc["methods"].values():
+        for seed, chosen in entry.get("selection", {}).items():
+            val = chosen["val"]
+            scores = ", ".join(f"{k[:-4]}-shot {_pct(v)}" for k, v in val.items() if k.endswith("shot"))
+            if val.get("selection_noise") is not None:  # the standard error of the mean it was chosen on
+                scores += f" (± {_pct(val['selection_noise'])})"
+            times = entry["timings_s"][seed]
+            rows.append(
+                f"| {entry['label']} | {seed} | {val.get('best_step')} | {scores} | "
+                f"{'+'.join(map(str, chosen['group_sizes']))} | {_agreement(chosen.get('recover_agreement'))} | "
+                f"{times.get('train', 0):.0f} | {times.get('evaluate', 0):.0f} |"
+            )
+    if not rows:
+        return []
+    means = "; ".join(
+        f"{entry['label']} {_agreement(entry.get('recover_agreement'))}"
+        for entry in sc["methods"].values()
+        if entry.get("selection")
+    )
+    lines = [
+        "Checkpoints are chosen on meta-validation only (on the mean accuracy over the validation shots; "
+        "± its standard error over the validation episodes: the selection noise); the step chosen, its "
+        "meta-val accuracy, the group "
+        "sizes each method trained with, the mean online-recovery agreement (how often a teacher predicts the "
+        "label its recovered image was made for, over the run's online recoveries; n/a: no online recovery), "
+        "and the cell's times (seconds):",
+        "",
+        "| method | seed | step chosen | meta-val accuracy | groups | recovery agreement | train s | evaluate s |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Mean online-recovery agreement over the seeds: {means}.",
+        "",
+    ]
+    prepare = sc.get("prepare", {})
+    if prepare:
+        lines += [
+            "Shared per seed (seconds): "
+            + "; ".join(
+                f"seed {seed}: " + ", ".join(f"{k} {v:.0f}" for k, v in p["timings_s"].items())
+                for seed, p in prepare.items()
+            ),
+            "",
+        ]
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report's tables (results.md)."""
+    ref = report["reference"]
+    ev = report["eval"]
+    lines = [
+        f"# Benchmark: {ev['way']}-way meta-test accuracy (%), learner {report['learner']}, preset {report['preset']}",
+        "",
+    ]
+    for name, sc in report["scenarios"].items():
+        desc = sc["scenario"]
+        where = (
+            f"pool {desc['pool_list']}"
+            if desc.get("pool_list")
+            else f"domains {', '.join(desc['domains'])} × archs {', '.join(desc['archs'])}"
+        )
+        if desc.get("min_teachers") or desc.get("way"):
+            where += (
+                f" (at least {desc.get('min_teachers') or 1} teachers"
+                + (f", {desc['way']} classes each" if desc.get("way") else "")
+                + ")"
+            )
+        if desc.get("eval_domains"):
+            where += f"; meta-validation and meta-test on {', '.join(desc['eval_domains'])} only"
+        seeds = sc["seeds"]
+        lines += [
+            f"## {name}: {where}; seeds {', '.join(map(str, seeds))}; {ev['episodes']} episodes per seed, "
+            f"{ev['query']} queries per class",
+            "",
+        ]
+        shots = [f"{s}shot" for s in ev["shots"]]
+        ref_label = METHODS[ref].label
+        header = (
+            "| method | " + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots) + " |"
+        )
+        lines += [header, "|---|" + "---|---|" * len(shots)]
+        for method, entry in sc["methods"].items():
+            cells = []
+            for shot in shots:
+                pooled = entry[shot]["pooled"]
+                acc = f"{_pct(pooled['mean'])} ± {_pct(pooled['ci95'])}"
+                if len(entry["seeds"]) > 1:
+                    acc += f" (seeds ± {_pct(pooled['seeds']['half'])})"
+                if method == ref:
+                    delta = "reference"
+                elif method in sc["paired"]:
+                    delta = _difference(_pair_interval(sc["paired"][method], shot))
+                else:
+                    delta = "n/a"
+                cells += [acc, delta]
+            lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += _noise_floor_lines(sc, shots)  # beside the differences it is the yardstick of
+        lines.append(
+            f"Accuracy: mean over all episodes of the seeds listed ± 1.96·std/√n over those episodes "
+            f"(episode sampling only); '(seeds ± h)': 95% t-interval over the seed means (covers the pool, "
+            f"recovery, training and episode set of each seed). − {ref_label}: the paired difference on "
+            f"identical episodes, in points; "
+            + (
+                "95% t-interval and p-value over the seeds' mean paired differences (df = seeds − 1)."
+                if len(seeds) > 1
+                else "95% paired-t interval and p-value over the episodes (df = episodes − 1)."
+            )
+        )
+        lines.append("")
+        if len(seeds) > 1:
+            lines += [
+                f"Per seed: accuracy ± 1.96·std/√n over that seed's episodes, and the paired difference "
+                f"− {ref_label} on them (95% paired-t interval, p-value; df = episodes − 1):",
+                "",
+                "| method | seed | "
+                + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots)
+                + " |",
+                "|---|---|" + "---|---|" * len(shots),
+            ]
+            for method, entry in sc["methods"].items():
+                for seed in entry["seeds"]:
+                    cells = []
+                    for shot in shots:
+                        acc = entry[shot]["per_seed"][str(seed)]
+                        cells.append(f"{_pct(acc['mean'])} ± {_pct(acc['ci95'])}")
+                        pair = sc["paired"].get(method)
+                        if method == ref:
+                            cells.append("reference")
+                        elif pair is not None and seed in pair["seeds"]:
+                            cells.append(_difference(pair[shot]["per_seed"][str(seed)]))
+                        else:
+                            cells.append("n/a")
+                    lines.append(f"| {entry['label']} | {seed} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += _selection_and_cost_lines(sc)
+    if report["missing_cells"]:
+        lines += [f"Not finished yet ({len(report['missing_cells'])} cells): " + ", ".join(report["missing_cells"]), ""]
+    return "\n".join(lines)
+
+
+def write_report(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
+    """Write results.json, results.md and results.png from the finished cells; returns the report."""
+    from ..figures import plot_benchmark
+
+    out = Path(out)
+    report = summarize(spec, out)
+    write_json_atomic(out / "results.json", report)
+    write_text_atomic(out / "results.md", render_markdown(report) + "\n")
+    if any(sc["methods"] for sc in report["scenarios"].values()):
+        plot_benchmark(report, out / "results.png")
+    if report["missing_cells"]:
+        logger.warning(
+            "benchmark report covers the finished cells only; %d cells are not done (other shards, or "
+            "rerun the same command): %s",
+            len(report["missing_cells"]),
+            ", ".join(report["missing_cells"]),
+        )
+    return report
