@@ -18,7 +18,7 @@ import traceback
 from tgr_hub.errors import TgrHubError
 
 # Subcommand modules in the order `tgr-hub --help` lists them.
-COMMANDS = ["quickstart", "benchmark", "make_pool", "inspect", "analyze", "train", "evaluate", "push", "demo"]
+COMMANDS = ["quickstart", "benchmark", "make_pool", "inspect", "analyze", "train", "evaluate", "push", "demo", "docs"]
 
 # What to do after Ctrl-C, by subcommand: every stage saves its finished work as it goes.
 RESUME_HINTS = {

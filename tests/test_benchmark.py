@@ -752,3 +752,49 @@ def test_the_benchmark_pairs_each_episode_with_itself_and_takes_a_t_interval_ove
                                                pytest.approx(means.mean() + half, rel=1e-9))
     t = means.mean() / (means.std(ddof=1) / np.sqrt(3))
     assert across["t"] == pytest.approx(t, rel=1e-9) and across["p"] == pytest.approx(2 * student.sf(abs(t), 2), rel=1e-9)
+
+
+def test_generated_blocks_of_a_document_are_refilled_from_the_report_it_names(tmp_path: Path, capsys) -> None:
+    from tgr_hub.cli.main import main
+
+    cfg = load_config("smoke", overrides=["eval.shots=[1]"])
+    scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
+    spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1), ("erm", "erm-replicate", "tgr"))
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
+    for seed in (0, 1):
+        for method, shift in (("erm", 0.0), ("erm-replicate", 0.05), ("tgr", 0.1)):
+            _fake_cell(tmp_path / "bench", "multi-domain", seed, method, [0.4 + shift, 0.5 + shift, 0.3 + seed / 10],
+                       digest, val={"best_step": 2, "1shot": 0.5}, groups=[[0, 1]], recover_agreement=0.9)
+    report = bm.write_report(spec, tmp_path / "bench")
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir()
+    source = "../bench/results.json"
+    stale = "| TGR | 99.99 | stale |"
+    doc.write_text(
+        "# Results\n\nProse the command leaves alone.\n\n"
+        f"<!-- tgr-hub docs: {source} accuracy multi-domain -->\n{stale}\n<!-- end tgr-hub docs -->\n\n"
+        f"More prose.\n<!-- tgr-hub docs: {source} setup multi-domain -->\n<!-- end tgr-hub docs -->\n"
+    )
+    assert main(["docs", "--check", str(doc)]) == 1  # stale: reported, not changed
+    assert stale in doc.read_text()
+    assert main(["docs", str(doc)]) == 0
+    text = doc.read_text()
+    assert stale not in text and "Prose the command leaves alone." in text and "More prose." in text
+    # the block holds exactly what results.md holds for that section
+    accuracy = "\n".join(bm.report.SECTIONS["accuracy"](report, "multi-domain")).strip("\n")
+    assert f"<!-- tgr-hub docs: {source} accuracy multi-domain -->\n{accuracy}\n<!-- end tgr-hub docs -->" in text
+    assert accuracy in (tmp_path / "bench" / "results.md").read_text()
+    # TGR: pooled mean (0.5 + 0.6 + 0.3 + 0.5 + 0.6 + 0.4) / 6; paired difference (0.1, 0.1, 0) on each seed
+    assert "| TGR | 48.33 ± " in accuracy and "+6.67" in accuracy
+    assert "Noise floor" in accuracy and "preset smoke" in text
+    assert main(["docs", "--check", str(doc)]) == 0  # refilled: idempotent
+    capsys.readouterr()
+    # a block naming a missing report, an unknown section or scenario is an error, not a silent skip
+    for bad, message in (("missing.json accuracy multi-domain", "does not exist"),
+                         (f"{source} nonsense multi-domain", "unknown section"),
+                         (f"{source} accuracy standard", "no scenario 'standard'")):
+        doc.write_text(f"<!-- tgr-hub docs: {bad} -->\n<!-- end tgr-hub docs -->\n")
+        with pytest.raises(BenchmarkError, match=message):
+            bm.regenerate_blocks(doc.read_text(), doc.parent)
+    assert main(["docs", str(tmp_path / "nope.md")]) == 2
+    assert "no such markdown file" in capsys.readouterr().err

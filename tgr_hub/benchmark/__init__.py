@@ -69,7 +69,7 @@ from .grid import (
     scenario_from_pool,
     scenario_pool,
 )
-from .report import render_markdown, summarize, write_report
+from .report import regenerate_blocks, render_markdown, summarize, write_report
 from .run import run_benchmark
 
 __all__ = [
@@ -89,6 +89,7 @@ __all__ = [
     "REPLICATE_SEED_OFFSET",
     "method_config",
     "plan_cells",
+    "regenerate_blocks",
     "render_markdown",
     "run_benchmark",
     "scenario_config",

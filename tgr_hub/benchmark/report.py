@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,96 +275,128 @@ def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _scenario_heading(report: dict[str, Any], name: str) -> str:
+    sc, ev = report["scenarios"][name], report["eval"]
+    desc = sc["scenario"]
+    where = (
+        f"pool {desc['pool_list']}"
+        if desc.get("pool_list")
+        else f"domains {', '.join(desc['domains'])} × archs {', '.join(desc['archs'])}"
+    )
+    if desc.get("min_teachers") or desc.get("way"):
+        where += (
+            f" (at least {desc.get('min_teachers') or 1} teachers"
+            + (f", {desc['way']} classes each" if desc.get("way") else "")
+            + ")"
+        )
+    if desc.get("eval_domains"):
+        where += f"; meta-validation and meta-test on {', '.join(desc['eval_domains'])} only"
+    return (
+        f"{name}: {where}; seeds {', '.join(map(str, sc['seeds']))}; {ev['episodes']} episodes per seed, "
+        f"{ev['query']} queries per class"
+    )
+
+
+def _shots(report: dict[str, Any]) -> list[str]:
+    return [f"{s}shot" for s in report["eval"]["shots"]]
+
+
+def _shot_columns(shots: Sequence[str], ref_label: str) -> list[str]:
+    return [f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots]
+
+
+def _accuracy_lines(report: dict[str, Any], name: str) -> list[str]:
+    """The scenario's table: each method's accuracy and its paired difference from the reference,
+    then the noise floor and how to read the intervals."""
+    sc, ref = report["scenarios"][name], report["reference"]
+    shots = _shots(report)
+    ref_label = METHODS[ref].label
+    lines = [
+        "| method | " + " | ".join(_shot_columns(shots, ref_label)) + " |",
+        "|---|" + "---|---|" * len(shots),
+    ]
+    for method, entry in sc["methods"].items():
+        cells = []
+        for shot in shots:
+            pooled = entry[shot]["pooled"]
+            acc = f"{_pct(pooled['mean'])} ± {_pct(pooled['ci95'])}"
+            if len(entry["seeds"]) > 1:
+                acc += f" (seeds ± {_pct(pooled['seeds']['half'])})"
+            if method == ref:
+                delta = "reference"
+            elif method in sc["paired"]:
+                delta = _difference(_pair_interval(sc["paired"][method], shot))
+            else:
+                delta = "n/a"
+            cells += [acc, delta]
+        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += _noise_floor_lines(sc, shots)  # beside the differences it is the yardstick of
+    lines += [
+        f"Accuracy: mean over all episodes of the seeds listed ± 1.96·std/√n over those episodes "
+        f"(episode sampling only); '(seeds ± h)': 95% t-interval over the seed means (covers the pool, "
+        f"recovery, training and episode set of each seed). − {ref_label}: the paired difference on "
+        f"identical episodes, in points; "
+        + (
+            "95% t-interval and p-value over the seeds' mean paired differences (df = seeds − 1)."
+            if len(sc["seeds"]) > 1
+            else "95% paired-t interval and p-value over the episodes (df = episodes − 1)."
+        ),
+        "",
+    ]
+    return lines
+
+
+def _per_seed_lines(report: dict[str, Any], name: str) -> list[str]:
+    """Per method and seed: accuracy and the paired difference from the reference on that seed's episodes."""
+    sc, ref = report["scenarios"][name], report["reference"]
+    if len(sc["seeds"]) < 2:
+        return []
+    shots = _shots(report)
+    ref_label = METHODS[ref].label
+    lines = [
+        f"Per seed: accuracy ± 1.96·std/√n over that seed's episodes, and the paired difference "
+        f"− {ref_label} on them (95% paired-t interval, p-value; df = episodes − 1):",
+        "",
+        "| method | seed | " + " | ".join(_shot_columns(shots, ref_label)) + " |",
+        "|---|---|" + "---|---|" * len(shots),
+    ]
+    for method, entry in sc["methods"].items():
+        for seed in entry["seeds"]:
+            cells = []
+            for shot in shots:
+                acc = entry[shot]["per_seed"][str(seed)]
+                cells.append(f"{_pct(acc['mean'])} ± {_pct(acc['ci95'])}")
+                pair = sc["paired"].get(method)
+                if method == ref:
+                    cells.append("reference")
+                elif pair is not None and seed in pair["seeds"]:
+                    cells.append(_difference(pair[shot]["per_seed"][str(seed)]))
+                else:
+                    cells.append("n/a")
+            lines.append(f"| {entry['label']} | {seed} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+# what each kind of generated block holds (render_markdown writes them all, per scenario)
+SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
+    "accuracy": _accuracy_lines,
+    "per-seed": _per_seed_lines,
+    "selection": lambda report, name: _selection_and_cost_lines(report["scenarios"][name]),
+}
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report's tables (results.md)."""
-    ref = report["reference"]
     ev = report["eval"]
     lines = [
         f"# Benchmark: {ev['way']}-way meta-test accuracy (%), learner {report['learner']}, preset {report['preset']}",
         "",
     ]
-    for name, sc in report["scenarios"].items():
-        desc = sc["scenario"]
-        where = (
-            f"pool {desc['pool_list']}"
-            if desc.get("pool_list")
-            else f"domains {', '.join(desc['domains'])} × archs {', '.join(desc['archs'])}"
-        )
-        if desc.get("min_teachers") or desc.get("way"):
-            where += (
-                f" (at least {desc.get('min_teachers') or 1} teachers"
-                + (f", {desc['way']} classes each" if desc.get("way") else "")
-                + ")"
-            )
-        if desc.get("eval_domains"):
-            where += f"; meta-validation and meta-test on {', '.join(desc['eval_domains'])} only"
-        seeds = sc["seeds"]
-        lines += [
-            f"## {name}: {where}; seeds {', '.join(map(str, seeds))}; {ev['episodes']} episodes per seed, "
-            f"{ev['query']} queries per class",
-            "",
-        ]
-        shots = [f"{s}shot" for s in ev["shots"]]
-        ref_label = METHODS[ref].label
-        header = (
-            "| method | " + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots) + " |"
-        )
-        lines += [header, "|---|" + "---|---|" * len(shots)]
-        for method, entry in sc["methods"].items():
-            cells = []
-            for shot in shots:
-                pooled = entry[shot]["pooled"]
-                acc = f"{_pct(pooled['mean'])} ± {_pct(pooled['ci95'])}"
-                if len(entry["seeds"]) > 1:
-                    acc += f" (seeds ± {_pct(pooled['seeds']['half'])})"
-                if method == ref:
-                    delta = "reference"
-                elif method in sc["paired"]:
-                    delta = _difference(_pair_interval(sc["paired"][method], shot))
-                else:
-                    delta = "n/a"
-                cells += [acc, delta]
-            lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines += _noise_floor_lines(sc, shots)  # beside the differences it is the yardstick of
-        lines.append(
-            f"Accuracy: mean over all episodes of the seeds listed ± 1.96·std/√n over those episodes "
-            f"(episode sampling only); '(seeds ± h)': 95% t-interval over the seed means (covers the pool, "
-            f"recovery, training and episode set of each seed). − {ref_label}: the paired difference on "
-            f"identical episodes, in points; "
-            + (
-                "95% t-interval and p-value over the seeds' mean paired differences (df = seeds − 1)."
-                if len(seeds) > 1
-                else "95% paired-t interval and p-value over the episodes (df = episodes − 1)."
-            )
-        )
-        lines.append("")
-        if len(seeds) > 1:
-            lines += [
-                f"Per seed: accuracy ± 1.96·std/√n over that seed's episodes, and the paired difference "
-                f"− {ref_label} on them (95% paired-t interval, p-value; df = episodes − 1):",
-                "",
-                "| method | seed | "
-                + " | ".join(f"{s[:-4]}-shot accuracy | {s[:-4]}-shot − {ref_label}" for s in shots)
-                + " |",
-                "|---|---|" + "---|---|" * len(shots),
-            ]
-            for method, entry in sc["methods"].items():
-                for seed in entry["seeds"]:
-                    cells = []
-                    for shot in shots:
-                        acc = entry[shot]["per_seed"][str(seed)]
-                        cells.append(f"{_pct(acc['mean'])} ± {_pct(acc['ci95'])}")
-                        pair = sc["paired"].get(method)
-                        if method == ref:
-                            cells.append("reference")
-                        elif pair is not None and seed in pair["seeds"]:
-                            cells.append(_difference(pair[shot]["per_seed"][str(seed)]))
-                        else:
-                            cells.append("n/a")
-                    lines.append(f"| {entry['label']} | {seed} | " + " | ".join(cells) + " |")
-            lines.append("")
-        lines += _selection_and_cost_lines(sc)
+    for name in report["scenarios"]:
+        lines += [f"## {_scenario_heading(report, name)}", ""]
+        for render in SECTIONS.values():
+            lines += render(report, name)
     if report["missing_cells"]:
         lines += [f"Not finished yet ({len(report['missing_cells'])} cells): " + ", ".join(report["missing_cells"]), ""]
     return "\n".join(lines)
@@ -387,3 +420,69 @@ def write_report(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
             ", ".join(report["missing_cells"]),
         )
     return report
+
+
+# --- generated blocks in the project's documents ------------------------------------------------------
+
+_BLOCK = re.compile(
+    r"(?P<open><!-- tgr-hub docs: (?P<source>\S+) (?P<section>[\w-]+) (?P<scenario>[\w-]+) -->\n)"
+    r"(?P<body>.*?)"
+    r"(?P<close><!-- end tgr-hub docs -->)",
+    re.S,
+)
+
+
+def _setup_lines(report: dict[str, Any], name: str) -> list[str]:
+    """Where and how the numbers were made: once per document, not in its prose."""
+    ev = report["eval"]
+    return [
+        f"Setting: {_scenario_heading(report, name)}; {ev['way']}-way, preset {report['preset']}, learner "
+        f"{report['learner']}, scored on {', '.join(report.get('devices') or ['n/a'])}.",
+        "",
+    ]
+
+
+SECTIONS["setup"] = _setup_lines
+
+
+def regenerate_blocks(text: str, base: Path) -> str:
+    """``text`` (markdown) with every generated block refilled from the benchmark report it names.
+
+    A block is two HTML comments, invisible when rendered::
+
+        <!-- tgr-hub docs: RESULTS_JSON SECTION SCENARIO -->
+        ... (replaced) ...
+        <!-- end tgr-hub docs -->
+
+    ``RESULTS_JSON`` is a ``results.json`` that ``tgr-hub benchmark`` wrote, relative to ``base``
+    (the document's folder); ``SECTION`` is one of :data:`SECTIONS` (``setup``, ``accuracy``,
+    ``per-seed``, ``selection``), rendered exactly as results.md renders it.
+
+    Raises:
+        BenchmarkError: a block names a report that is missing or not a benchmark report, or a
+            section or scenario it lacks.
+    """
+    reports: dict[Path, dict[str, Any]] = {}
+
+    def fill(match: re.Match[str]) -> str:
+        path = (base / match["source"]).resolve()
+        if path not in reports:
+            if not path.is_file():
+                raise BenchmarkError(
+                    f"generated block names {match['source']}, which does not exist (looked for {path})",
+                    hint="run the benchmark (or tgr-hub benchmark --merge) that writes it, or fix the path",
+                )
+            reports[path] = json.loads(path.read_text())
+            if reports[path].get("format") != RESULTS_FORMAT:
+                raise BenchmarkError(f"{path} is not a tgr-hub benchmark report (format {RESULTS_FORMAT!r})")
+        report, section, scenario = reports[path], match["section"], match["scenario"]
+        if section not in SECTIONS:
+            raise BenchmarkError(f"unknown section {section!r} in a generated block", hint=f"one of {sorted(SECTIONS)}")
+        if scenario not in report["scenarios"]:
+            raise BenchmarkError(
+                f"{match['source']} has no scenario {scenario!r}", hint=f"it has {sorted(report['scenarios'])}"
+            )
+        body = "\n".join(SECTIONS[section](report, scenario)).strip("\n")
+        return f"{match['open']}{body}\n{match['close']}"
+
+    return _BLOCK.sub(fill, text)
