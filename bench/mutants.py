@@ -295,11 +295,10 @@ def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, 
     """Run pytest on ``tests`` inside the copy; ``(outcome, seconds, tail of the output)``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TQDM_DISABLE": "1"}
-    # which tgr_hub the copy's tests import: it must be the copy's
-    where = subprocess.run([sys.executable, "-c", "import tgr_hub, sys; sys.stdout.write(tgr_hub.__file__)"],
-                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    if not where.stdout.startswith(str(root)):
-        return "ERROR", 0.0, f"the copy imports tgr_hub from {where.stdout or where.stderr[-500:]}, not from {root}"
+    # which tgr_hub and tgr_hub.cli the copy's tests (and the CLI subprocesses they start) import: the copy's
+    files = copy_files(root, env)
+    if not all(f.startswith(str(root)) for f in files):
+        return "ERROR", 0.0, f"the copy imports {' and '.join(files)}, not from {root}"
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
@@ -321,9 +320,27 @@ def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, 
 
 
 def copy_repo(where: Path) -> Path:
+    """A copy of the checkout whose ``tgr_hub.cli`` is the copy's ``cli/``.
+
+    The editable install maps ``tgr_hub.cli`` to the checkout's ``cli/`` (a meta-path finder that
+    runs after the path finder), so without help a mutated copy's CLI subprocesses would run the
+    checkout's CLI. A ``tgr_hub/cli -> ../cli`` link in the copy is found first, as the wheel
+    ships it.
+    """
     root = where / "repo"
     shutil.copytree(ROOT, root, ignore=IGNORE, symlinks=True)
+    link = root / "tgr_hub" / "cli"
+    if not link.exists():
+        link.symlink_to(Path("..") / "cli", target_is_directory=True)
     return root
+
+
+def copy_files(root: Path, env: dict[str, str]) -> list[str]:
+    """Where ``tgr_hub`` and ``tgr_hub.cli`` are imported from in the copy at ``root`` (with ``env``)."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import sys, tgr_hub, tgr_hub.cli.main as m; print(tgr_hub.__file__); print(m.__file__)"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    return where.stdout.split() if where.returncode == 0 else [where.stderr[-500:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{mutant.name:<30} {mutant.file:<28} {' '.join(mutant.tests):<40} {state}\n    {mutant.why}")
         return 0
 
+    with tempfile.TemporaryDirectory(prefix="tgr-mutants-") as tmp:  # once: what the copies' tests run
+        root = copy_repo(Path(tmp))
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        print("a copy imports " + " and ".join(copy_files(root, env)) + f" (copy at {root})", flush=True)
     rows: list[tuple[str, str, str, float, str]] = []
     started = time.perf_counter()
     baseline_done: dict[tuple[str, ...], str] = {}
