@@ -59,7 +59,7 @@ from torch import Tensor
 
 from .errors import AnalysisError
 from .io import write_json_atomic
-from .seeds import ANALYZE, seed_sequence
+from .seeds import ANALYZE, numpy_rng, same_domain_ladder_seed, seed_sequence, torch_seed, val_seed
 
 if TYPE_CHECKING:  # annotations only: importing the pipeline pulls in training
     from .bank import MemoryBank
@@ -293,7 +293,7 @@ def probe_images_from_bank(bank: MemoryBank, members: Sequence[PoolMember], max_
     per_teacher = max_images // len(members)
     parts = []
     for index, member in enumerate(members):
-        rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _PROBE, index))
+        rng = numpy_rng(seed_sequence(seed, ANALYZE, _PROBE, index))
         images, _ = bank.task_for(member.name, None, None, rng)
         pick = np.sort(rng.choice(images.shape[0], size=min(per_teacher, images.shape[0]), replace=False))
         parts.append(_to_size(images[torch.from_numpy(pick)], size))
@@ -323,7 +323,7 @@ def probe_images_from_dataset(data: DataConfig, dataset: str, split: str, max_im
         cache_dir=data.cache_dir,
         class_split=data.class_split if dataset == data.dataset else None,
     )
-    rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _PROBE))
+    rng = numpy_rng(seed_sequence(seed, ANALYZE, _PROBE))
     pick = np.sort(rng.choice(len(images), size=min(max_images, len(images)), replace=False))
     return images.float_images(torch.from_numpy(pick))
 
@@ -549,7 +549,7 @@ def plan_overlap_ladder(
                 hint="use a smaller pool.way or a larger domain",
             )
         for r in range(repeats):
-            rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _LADDER, r, k))
+            rng = numpy_rng(seed_sequence(seed, ANALYZE, _LADDER, r, k))
             order = [pool[i] for i in rng.permutation(len(pool))]
             common, rest = order[:shared], order[shared:]
             a = common + rest[: way - shared]
@@ -603,7 +603,7 @@ def ladder_specs(
 
     def add(name: str, arch: str, domain: str, classes: list[int]) -> str:
         index = len(specs)
-        teacher_seed = int(seed_sequence(seed, ANALYZE, _LADDER_TEACHER, index).generate_state(1)[0]) % (2**31 - 1)
+        teacher_seed = torch_seed(seed, ANALYZE, _LADDER_TEACHER, index) % (2**31 - 1)
         specs.append(
             TeacherSpec(
                 name=_safe(name),
@@ -634,7 +634,9 @@ def ladder_specs(
                 add(f"ov{shared}of{way}-r{r}-b", a0, d0, b),
             )
         )
-    same = plan_overlap_ladder(by_domain[d0], way=way, fractions=[1.0], seed=seed + 1, repeats=repeats)
+    same = plan_overlap_ladder(
+        by_domain[d0], way=way, fractions=[1.0], seed=same_domain_ladder_seed(seed), repeats=repeats
+    )
     for arch in pool.archs[1:]:
         for r, (_, a, _) in enumerate(same):
             pairs.append(
@@ -647,7 +649,7 @@ def ladder_specs(
             )
     for d in domains[1:]:
         for r in range(repeats):
-            rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _DOMAIN_PAIR, domains.index(d), r))
+            rng = numpy_rng(seed_sequence(seed, ANALYZE, _DOMAIN_PAIR, domains.index(d), r))
             a = [by_domain[d0][i] for i in rng.choice(len(by_domain[d0]), size=way, replace=False)]
             b = [by_domain[d][i] for i in rng.choice(len(by_domain[d]), size=way, replace=False)]
             # the partner in both names: with three or more domains, d0 is in a pair with each of the others
@@ -979,7 +981,7 @@ def real_image_bank(members: Sequence[PoolMember], data: DataConfig, per_class: 
                 f"teacher {member.name}: class {missing[0]!r} is not a meta-train class of {data.dataset}",
                 hint="real images need teachers trained on the dataset's classes; use the recovered ones",
             )
-        rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _PROBE, t))
+        rng = numpy_rng(seed_sequence(seed, ANALYZE, _PROBE, t))
         xs, ys = [], []
         for label, name in enumerate(member.label_names):
             idx = split.indices_of(index[name])
@@ -1220,11 +1222,11 @@ def make_gradient_probe(
         chosen = _choose_teachers(
             groups,
             cfg.teachers_per_step,
-            np.random.default_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_CHOICE, k)),
+            numpy_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_CHOICE, k)),
         )
         row = []
         for i, t in enumerate(chosen):
-            rng = np.random.default_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_TASK, k, i))
+            rng = numpy_rng(seed_sequence(seed, ANALYZE, _GRADIENTS, _PROBE_TASK, k, i))
             task = make_pseudo_task(
                 members[t],
                 bank,
@@ -1524,7 +1526,7 @@ def run_gradients(
             on_step=on_step,
             recover=cfg.recover,
             generators=generators,
-            val_seed=cfg.seed + 1,
+            val_seed=val_seed(cfg.seed),
         )
         trace.val_acc = [[int(s), float(v)] for s, v in trained.history.get("val_acc", [])]
         trace.seconds = time.perf_counter() - start
@@ -1670,7 +1672,7 @@ def run_gain(
             seed=seed,
             progress=progress,
             recover=cfg.recover,
-            val_seed=seed + 1,
+            val_seed=val_seed(seed),
         )
         model.load_state_dict(trained.best_state)
         metrics = evaluate_model(

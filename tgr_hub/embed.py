@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from . import seeds
 from .errors import EmbeddingError
 from .progress import progress_bar
 
@@ -163,7 +164,7 @@ def _probe_features(probe: nn.Module, images: Tensor, chunk_size: int) -> Tensor
 
 def _init_head(num_classes: int, dim: int, *, seed: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
     """``nn.Linear``'s default init (U(±1/√D)), from a seeded generator."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = seeds.fisher_head_generator(seed)
     bound = 1.0 / math.sqrt(dim)
     weight = (torch.rand(num_classes, dim, generator=gen, dtype=torch.float64) * 2 - 1) * bound
     bias = (torch.rand(num_classes, generator=gen, dtype=torch.float64) * 2 - 1) * bound
@@ -247,7 +248,7 @@ def _prepare(
         logger.info("no labels given: the probe head is not fitted (random head, seed %d)", seed)
     with torch.no_grad():
         probs = torch.softmax(feats64 @ head64["weight"].T + head64["bias"], dim=1)
-    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    gen = seeds.fisher_label_generator(seed)
     sampled = torch.multinomial(probs, mc_samples, replacement=True, generator=gen)  # [N, S]
     head = on_device(head64)
     targets = sampled.reshape(-1).to(images.device)

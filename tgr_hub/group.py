@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import seeds
 from .errors import GroupingError
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def _canonical(labels: np.ndarray) -> list[list[int]]:
 
 
 def _random_groups(n: int, num_groups: int, seed: int) -> list[list[int]]:
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = seeds.random_groups_rng(seed).permutation(n)
     labels = np.empty(n, dtype=np.int64)
     labels[perm] = np.arange(n) % num_groups  # teacher perm[k] joins group k mod num_groups
     return _canonical(labels)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import seeds
 from .errors import ConfigError, PoolError, RunFolderError
 from .io import write_json_atomic
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, create_from_folder, save_timm_folder
@@ -165,8 +166,7 @@ def create_meta_model(arch: str = "conv4", image_size: int = 32, seed: int = 0, 
     """
     if image_size < 8:
         raise ConfigError(f"image_size must be >= 8, got {image_size}")
-    with torch.random.fork_rng(devices=[]):  # timm initialises from the global CPU RNG
-        torch.manual_seed(seed)
+    with seeds.seeded_torch(seed):  # timm initialises from the global CPU RNG
         backbone = _build_backbone(arch, image_size, pretrained)
     cfg = getattr(backbone, "pretrained_cfg", {}) or {}
     channels = int((cfg.get("input_size") or (3,))[0])

@@ -45,7 +45,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from . import __version__
+from . import __version__, seeds
 from .bank import MemoryBank, RecoveredTask
 from .config import RunConfig
 from .data import split_of
@@ -240,7 +240,7 @@ def recover_pool(
 def _embed_one(
     probe: torch.nn.Module, member: PoolMember, index: int, bank: MemoryBank, cfg: RunConfig
 ) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng(seed_sequence(cfg.seed, EMBED, index, 0))
+    rng = seeds.numpy_rng(seeds.seed_sequence(cfg.seed, seeds.EMBED, index, 0))
     classes = bank.classes_of(member.name)
     if not classes:
         raise MemoryBankError(
@@ -526,7 +526,7 @@ def run_tgr(
         if dist is not None
         else Distributed(make_accelerator(cfg.train.mixed_precision, log_with=log_with, project_dir=out / "logs"))
     )
-    torch.manual_seed(cfg.seed)
+    seeds.seed_global_torch(cfg.seed)
     logger.info("run %s on %s (mixed precision %s)", out, dist.device, cfg.train.mixed_precision)
     prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress, dist=dist)
     members, groups, timings = prepared.members, prepared.groups, prepared.timings
@@ -574,7 +574,7 @@ def run_tgr(
             resume=resume,
             recover=cfg.recover,
             generators=generators,
-            val_seed=cfg.seed + 1,
+            val_seed=seeds.val_seed(cfg.seed),
         )
         model.load_state_dict(result.best_state)
         timings["meta-train"] = time.perf_counter() - start

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import seeds
 from .bank import MemoryBank, RecoveredTask
 from .config import RecoverConfig
 from .errors import RecoverError
@@ -369,7 +370,7 @@ def recover_task(
     classes = _check_classes(member, classes)
     _, height, width = (int(v) for v in member.input_size)
     device = _device_of(member.model)
-    gen_seed, z_seed, aug_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(3))
+    gen_seed, z_seed, aug_seed = seeds.recovery_seeds(seed)
 
     steps = cfg.steps if steps is None else int(steps)
     if steps < 1:
@@ -398,9 +399,9 @@ def recover_task(
     generated = math.ceil(per_class * cfg.oversample)  # per class; the most on-label `per_class` are kept
     n = generated * len(classes)
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(generated)
-    z_rng = torch.Generator(device="cpu").manual_seed(z_seed)
+    z_rng = seeds.torch_generator(z_seed)
     z = torch.randn(n, cfg.latent_dim, generator=z_rng).to(device).requires_grad_(True)
-    aug_rng = torch.Generator(device="cpu").manual_seed(aug_seed)
+    aug_rng = seeds.torch_generator(aug_seed)
     pad = crop_padding_for(min(height, width)) if padding is None else int(padding)
     target = labels.to(device)
     optimizer: torch.optim.Optimizer | _Both
@@ -550,8 +551,8 @@ def recover_teachers(
     try:
         for i, member, r in plan:
             seq = seed_sequence(seed, RECOVER, i, r)
-            class_rng = np.random.default_rng(seq.spawn(1)[0])
-            task_seed = int(seq.generate_state(1)[0])
+            class_rng = seeds.numpy_rng(seq.spawn(1)[0])
+            task_seed = seeds.seed_int(seq)
             classes = sample_task_classes(member, cfg.max_way, class_rng)
             if warm is not None:
                 if member.name not in warm:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import seeds
 from .config import DataConfig, PoolBuildConfig
 from .data.episodes import channel_stats
 from .errors import ConfigError, DatasetError, UnknownArchitectureError
@@ -101,11 +102,6 @@ class TeacherReport:
         return self.label_names
 
 
-def _teacher_seed(seed: int, index: int) -> int:
-    # distinct, stable streams per teacher (no global RNG state involved)
-    return (int(seed) * 1_000_003 + 7919 * (index + 1)) % (2**31 - 1)
-
-
 def plan_teachers(
     class_names: Sequence[str],
     class_domains: Sequence[str],
@@ -143,8 +139,8 @@ def plan_teachers(
     specs = []
     for i in range(teachers):
         arch, domain = cycle[i % len(cycle)]
-        tseed = _teacher_seed(seed, i)
-        g = torch.Generator().manual_seed(tseed)
+        tseed = seeds.teacher_seed(seed, i)
+        g = seeds.teacher_plan_generator(tseed)
         pool = by_domain[domain]
         pick = torch.randperm(len(pool), generator=g)[:way].tolist()
         classes = [pool[j] for j in pick]
@@ -274,8 +270,7 @@ def create_teacher_model(architecture: str, num_classes: int, image_size: int, s
     kwargs: dict[str, Any] = {}
     if architecture.startswith("conv4"):
         kwargs["img_size"] = image_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeds.seeded_torch(seed):
         try:
             return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
         except (ValueError, TypeError, RuntimeError) as error:
@@ -316,7 +311,7 @@ def train_teacher(
     device = torch.device(device)
     model = create_teacher_model(spec.architecture, len(spec.classes), spec.image_size, spec.seed).to(device)
     normalize = _normalizer(mean, std)
-    g = torch.Generator().manual_seed(spec.seed + 1)
+    g = seeds.teacher_batches_generator(spec.seed)
     n = len(train_x)
     steps_per_epoch = max(1, math.ceil(n / spec.batch_size))
     total = steps_per_epoch * spec.epochs
@@ -519,7 +514,7 @@ def make_pool(
             continue
         t0 = time.perf_counter()
         sub = split.select_classes(spec.classes)
-        g = torch.Generator().manual_seed(spec.seed)
+        g = seeds.teacher_heldout_generator(spec.seed)
         train_idx, held_idx = split_heldout(sub.labels, len(spec.classes), spec.heldout_fraction, g)
         train_x, train_y = sub.float_images(train_idx), sub.labels[train_idx]
         held_x, held_y = sub.float_images(held_idx), sub.labels[held_idx]

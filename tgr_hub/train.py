@@ -188,7 +188,7 @@ def step_rng(seed: int, step: int, *key: int) -> np.random.Generator:
     ``key`` is ``(0,)`` for the group/teacher choice, ``(1, i)`` for task ``i`` and ``(2, e)``
     for replay episode ``e``: a pure function of its arguments (see the module docstring).
     """
-    return np.random.default_rng([int(seed), _TRAIN_STREAM, int(step), *(int(k) for k in key)])
+    return seeds.numpy_rng(seeds.seed_sequence(seed, _TRAIN_STREAM, step, *key))
 
 
 def make_pseudo_task(
@@ -282,7 +282,7 @@ def _choose_teachers(groups: Sequence[Sequence[int]], m: int, rng: np.random.Gen
 def _make_head(feature_dim: int, way: int, seed: int) -> nn.Linear:
     """The shared ``way``-way head of ``head`` task losses, initialised as ``nn.Linear`` is, from its own stream."""
     head = nn.Linear(feature_dim, way)
-    generator = torch.Generator().manual_seed(int(seeds.seed_sequence(seed, seeds.HEAD_INIT).generate_state(1)[0]))
+    generator = seeds.torch_generator(seeds.torch_seed(seed, seeds.HEAD_INIT))
     bound = 1 / math.sqrt(feature_dim)
     with torch.no_grad():
         head.weight.uniform_(-bound, bound, generator=generator)
@@ -347,9 +347,7 @@ class _ItemLoss:
         if self.torch_seed is None:
             loss = self.compute({**params, **copies})
         else:
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.torch_seed)
+            with seeds.seeded_torch(self.torch_seed, [self.device]):
                 loss = self.compute({**params, **copies})
         if self.buffers_after is None:
             self.buffers_after = copies
@@ -414,7 +412,7 @@ class _StepMechanics:
         start_buffers = {k: self.buffers[k].detach() for k in (*self.bn_keys, *self.bn_counters)}
         torch_seed = None
         if self.torch_seeded:
-            torch_seed = int(np.random.SeedSequence([self.seed, _TRAIN_STREAM, *key]).generate_state(1)[0])
+            torch_seed = seeds.torch_seed(self.seed, _TRAIN_STREAM, *key)
         return _ItemLoss(compute, start_buffers, self.loss_scale(), torch_seed, self.dist.device)
 
     def direction(self, items: Mapping[int, _ItemLoss], n: int, *, beta: float, order: str = "first") -> _Combined:
@@ -589,7 +587,7 @@ class _MetaTrainer:
         self.recoveries = [0] * len(members)  # online recoveries per teacher (every process counts all)
 
         self.val_split, self.seed, self.dist, self.checkpoint_dir = val_split, seed, dist, checkpoint_dir
-        self.val_seed = seed + 1 if val_seed is None else val_seed
+        self.val_seed = seeds.val_seed(seed) if val_seed is None else val_seed
         self.accelerator = dist.accelerator
         self.learner = make_learner(
             cfg.learner, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.maml_first_order
@@ -817,7 +815,7 @@ class _MetaTrainer:
         for i, t in enumerate(chosen):
             # a teacher drawn twice in one step gets a second stream: [.., t, 1] (the first, [.., t], is [.., t, 0])
             sequence = seeds.seed_sequence(self.seed, seeds.RECOVER_ONLINE, step, t, chosen[:i].count(t))
-            classes = sample_task_classes(self.members[t], cfg.max_way, np.random.default_rng(sequence.spawn(1)[0]))
+            classes = sample_task_classes(self.members[t], cfg.max_way, seeds.numpy_rng(sequence.spawn(1)[0]))
             plans.append((t, classes, int(sequence.generate_state(1)[0])))
         shapes = [
             (len(classes) * cfg.images_per_class, 3, *(int(v) for v in self.members[t].input_size[1:]))

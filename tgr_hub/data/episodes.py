@@ -12,9 +12,9 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from .. import seeds
 from ..errors import DatasetError, EpisodeError
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def split_classes(
             f"{num_classes} classes are too few for a train, a val and a test split with fractions {tuple(fractions)}",
             hint="use a dataset with more classes",
         )
-    order = np.random.default_rng(seed).permutation(num_classes)
+    order = seeds.class_split_rng(seed).permutation(num_classes)
     return {
         "train": sorted(int(c) for c in order[:n_train]),
         "val": sorted(int(c) for c in order[n_train : n_train + n_val]),
@@ -304,7 +304,7 @@ class EpisodeSampler:
         if index < 0:
             raise EpisodeError(f"episode index must be >= 0, got {index}")
         # a fresh generator per episode: independent of which episodes were drawn before
-        rng = np.random.default_rng([self.seed, int(index)])
+        rng = seeds.episode_rng(self.seed, index)
         picked = rng.choice(len(self.eligible), size=self.way, replace=False)
         classes = [self.eligible[int(i)] for i in picked]
         support, query = [], []

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from .. import seeds
 from ..errors import DatasetError
 from ..io import write_text_atomic
 from .episodes import SPLIT_NAMES, ImageSplit, normalize_split, split_classes
@@ -481,7 +482,7 @@ def choose_glyphs() -> list[tuple[str, int, tuple[str, ...]]]:
 
 
 def _domain_seed(seed: int, domain_index: int) -> int:
-    return int(np.random.SeedSequence([seed, domain_index]).generate_state(1)[0])
+    return seeds.glyph_domain_seed(seed, domain_index)
 
 
 # --- build and cache ---------------------------------------------------------------------
@@ -527,7 +528,7 @@ def _render_all(
     row = 0
     for cls in progress_bar(classes, desc="rendering glyphs", unit="class", disable=None):
         # one stream per class, keyed by the character (not its position): stable classes keep their images
-        rng = np.random.default_rng([seed, domain_index[cls.domain], cls.codepoint])
+        rng = seeds.glyph_class_rng(seed, domain_index[cls.domain], cls.codepoint)
         first = int(rng.integers(len(cls.fonts)))
         masks: dict[str, np.ndarray] = {}
         for i in range(instances):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import seeds
 from .layout import fast_layout
 
 
@@ -63,9 +64,9 @@ class Generator(nn.Module):
         self.work_size: tuple[int, int] = (_round_up4(height), _round_up4(wide))
         self.init_size: tuple[int, int] = (self.work_size[0] // 4, self.work_size[1] // 4)
 
-        # Layers draw their default init from the global RNG; fork it so that building a generator
-        # leaves the caller's random state alone (the real init comes from ``seed`` below).
-        with torch.random.fork_rng(devices=[]):
+        # Layers draw their default init from the global RNG; on a forked, seeded copy of it, so that
+        # building a generator leaves the caller's random state alone (the real init comes from ``seed`` below).
+        with seeds.seeded_torch(seed):
             self._build(latent_dim, width, channels)
         self.reset_parameters(seed)
 
@@ -92,7 +93,7 @@ class Generator(nn.Module):
         Linear/Conv weights and biases: U(-1/√fan_in, 1/√fan_in) (what ``kaiming_uniform_(a=√5)``
         amounts to); BatchNorm: weight 1, bias 0, fresh running statistics.
         """
-        rng = torch.Generator(device="cpu").manual_seed(int(seed))
+        rng = seeds.torch_generator(seed)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 fan_in = module.weight[0].numel()

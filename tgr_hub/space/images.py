@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .. import seeds
 from ..errors import ImageInputError
 from ..io import atomic_path
 
@@ -448,7 +449,7 @@ def write_glyph_examples(
     from ..data import load_split
 
     data = load_split("glyphs", split)
-    rng = np.random.default_rng(seed)
+    rng = seeds.space_examples_rng(seed)
     if classes:
         unknown = [c for c in classes if c not in data.class_names]
         if unknown:
