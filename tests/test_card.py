@@ -16,9 +16,9 @@ from tgr_hub.card import (
     build_space_readme,
     build_teacher_card,
     eval_results_from_metrics,
-    hub_teachers,
 )
 from tgr_hub.errors import RunFolderError
+from tgr_hub.run_record import RunRecord
 
 
 def _reparsed(card: ModelCard) -> ModelCard:
@@ -99,7 +99,7 @@ def test_metric_formats() -> None:
     tgr = {"eval": {"way": 5, "episodes": 600}, "data": {"dataset": "me/my-dataset"},
            "metrics": {"test": {"1-shot": {"mean": 61.5, "ci95": 0.8, "way": 10},  # already percent
                                 "5shot": 0.75, "best_step": 3, "notes": "x"}}}
-    results = {r.dataset_config: r for r in eval_results_from_metrics(tgr)}
+    results = {r.dataset_config: r for r in eval_results_from_metrics(RunRecord.from_dict(tgr))}
     assert results["10-way-1-shot"].metric_value == pytest.approx(61.5)
     assert results["5-way-5-shot"].metric_value == pytest.approx(75.0)
     assert results["5-way-5-shot"].dataset_type == "me/my-dataset"
@@ -112,7 +112,7 @@ def test_hub_teachers_from_pool_sources() -> None:
         {"source": "./org/c"}, {"source": "local-dir:/abs/d"}, {"source": "/abs/e/f"}, {"source": "~/x/y"},
         {"source": "whatever", "repo_id": "org/g"}, {"source": "org/h", "kind": "local"},
     ]}
-    assert hub_teachers(tgr) == ["org/a", "org/b", "org/g"]
+    assert RunRecord.from_dict(tgr).hub_teachers == ["org/a", "org/b", "org/g"]
 
 
 def test_teacher_card(tmp_path: Path) -> None:

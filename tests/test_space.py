@@ -286,8 +286,10 @@ def test_classify_api_gets_held_out_glyphs_right(client, glyph_test, space_model
             reference = classify_episode(app_model.model, support, labels, query, learner=app_model.learner)
             for got, want in zip(result["predictions"], reference["predictions"]):
                 assert got["label"] == want["label"]
+                # float rounding only: on the CPU, Conv4 runs channels-last, whose kernels block the work
+                # by the thread count, and the server computes in its own worker thread
                 for name, p in want["probabilities"].items():
-                    assert got["probabilities"][name] == pytest.approx(p, abs=1e-5)
+                    assert got["probabilities"][name] == pytest.approx(p, abs=1e-4)
     accuracy = correct / total
     print(f"classify API accuracy on {EPISODES} fixed 5-way 5-shot glyph test episodes: {accuracy:.3f} "
           f"({correct}/{total})")

@@ -20,7 +20,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
-from .run_record import RunRecord, config_part
+from .run_record import RunRecord
 
 __all__ = [
     "META_MODEL_TAGS",
@@ -28,7 +28,6 @@ __all__ = [
     "build_space_readme",
     "build_teacher_card",
     "eval_results_from_metrics",
-    "hub_teachers",
     "model_card_data",
 ]
 
@@ -208,22 +207,20 @@ for use on its own.
 # --- reading a run ------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _run_files(run_or_model_folder: str | Path) -> tuple[Path, RunRecord, dict[str, Any], list[str]]:
+    """``(model folder, run record, timm config, figure names)`` of a run or meta-model folder.
 
-
-def _run_files(run_or_model_folder: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any], list[str]]:
-    """``(model folder, tgr_config, timm config, figure names)`` of a run or meta-model folder."""
+    A folder without ``tgr_config.json`` gives an empty record (a card without the run's details);
+    one that cannot be read is a :class:`RunFolderError`.
+    """
     from .metamodel import TGR_CONFIG_NAME, find_meta_model_folder
+    from .models.hub_layout import read_timm_config
 
     run = Path(run_or_model_folder)
     model_folder = find_meta_model_folder(run)
-    tgr = _read_json(model_folder / TGR_CONFIG_NAME) or _read_json(run / TGR_CONFIG_NAME)
-    config = _read_json(model_folder / "config.json")
+    found = [p for p in (model_folder / TGR_CONFIG_NAME, run / TGR_CONFIG_NAME) if p.is_file()]
+    record = RunRecord.read(found[0]) if found else RunRecord(config={})
+    config = read_timm_config(model_folder)
     figures = sorted(
         {
             p.name
@@ -233,7 +230,7 @@ def _run_files(run_or_model_folder: str | Path) -> tuple[Path, dict[str, Any], d
             if ".tmp" not in p.name
         }
     )
-    return model_folder, tgr, config, figures
+    return model_folder, record, config, figures
 
 
 def _pct(value: Any) -> float:
@@ -264,16 +261,16 @@ def _shot_results(split_metrics: Any) -> list[tuple[int, float, float | None, di
     return sorted(rows, key=lambda row: row[0])
 
 
-def _dataset(tgr: dict[str, Any]) -> tuple[str, str]:
-    dataset = str((tgr.get("data") or {}).get("dataset") or "glyphs")
+def _dataset(record: RunRecord) -> tuple[str, str]:
+    dataset = str(record.setting("data.dataset") or "glyphs")
     return dataset, BUILT_IN_DATASETS.get(dataset, dataset)
 
 
-def eval_results_from_metrics(tgr: dict[str, Any], splits: tuple[str, ...] = ("test",)) -> list[EvalResult]:
+def eval_results_from_metrics(record: RunRecord, splits: tuple[str, ...] = ("test",)) -> list[EvalResult]:
     """One :class:`EvalResult` per split and shot: N-way K-shot accuracy in percent, with its CI."""
-    dataset, dataset_name = _dataset(tgr)
-    eval_cfg = tgr.get("eval") or {}
-    metrics = tgr.get("metrics") or {}
+    dataset, dataset_name = _dataset(record)
+    eval_cfg = record.setting("eval") or {}
+    metrics = record.metrics
     results = []
     for split in splits:
         for shot, mean, ci, raw in _shot_results(metrics.get(split)):
@@ -300,14 +297,9 @@ def eval_results_from_metrics(tgr: dict[str, Any], splits: tuple[str, ...] = ("t
     return results
 
 
-def hub_teachers(tgr: dict[str, Any]) -> list[str]:
-    """The distinct Hub repositories of the pool, in pool order (see :class:`RunRecord`)."""
-    return RunRecord.from_dict(tgr).hub_teachers
-
-
-def model_card_data(tgr: dict[str, Any], repo_id: str, *, license: str = "apache-2.0") -> ModelCardData:
+def model_card_data(record: RunRecord, repo_id: str, *, license: str = "apache-2.0") -> ModelCardData:
     """The metadata block of a meta-model card."""
-    base = hub_teachers(tgr)
+    base = record.hub_teachers
     return ModelCardData(
         library_name="timm",
         license=license,
@@ -315,7 +307,7 @@ def model_card_data(tgr: dict[str, Any], repo_id: str, *, license: str = "apache
         pipeline_tag=META_MODEL_PIPELINE,
         base_model=base or None,
         model_name=repo_id.split("/")[-1],
-        eval_results=eval_results_from_metrics(tgr) or None,
+        eval_results=eval_results_from_metrics(record) or None,
         metrics=["accuracy"],
     )
 
@@ -333,8 +325,8 @@ def _size(config: dict[str, Any]) -> str:
     return f"{size[1]}×{size[2]}" if isinstance(size, (list, tuple)) and len(size) == 3 else "?"
 
 
-def _pool_table(tgr: dict[str, Any]) -> str:
-    members = RunRecord.from_dict(tgr).pool_members
+def _pool_table(record: RunRecord) -> str:
+    members = record.pool_members
     if not members:
         return "   (the pool is not recorded in tgr_config.json)"
     lines = [
@@ -362,22 +354,20 @@ def _pool_table(tgr: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _groups(tgr: dict[str, Any]) -> str:
-    lines = [f"   - group {index}: {', '.join(group)}" for index, group in enumerate(RunRecord.from_dict(tgr).groups)]
+def _groups(record: RunRecord) -> str:
+    lines = [f"   - group {index}: {', '.join(group)}" for index, group in enumerate(record.groups)]
     return "\n".join(lines) if lines else "   - (no grouping recorded)"
 
 
-def _results(tgr: dict[str, Any]) -> str:
-    metrics = tgr.get("metrics") or {}
-    eval_cfg = tgr.get("eval") or {}
-    _, dataset_name = _dataset(tgr)
+def _results(record: RunRecord) -> str:
+    metrics = record.metrics
+    eval_cfg = record.setting("eval") or {}
+    _, dataset_name = _dataset(record)
     lines = []
     for split, title in (("test", "meta-test"), ("val", "meta-validation")):
         for shot, mean, ci, raw in _shot_results(metrics.get(split)):
             way = int(raw.get("way") or eval_cfg.get("way") or 5)
-            default_episodes = (
-                eval_cfg.get("episodes") if split == "test" else (tgr.get("train") or {}).get("val_episodes")
-            )
+            default_episodes = eval_cfg.get("episodes") if split == "test" else record.setting("train.val_episodes")
             episodes = raw.get("episodes") or default_episodes or ""
             ci_text = f"± {ci:.2f}" if ci is not None else ""
             lines.append(f"| {title} | {way}-way {shot}-shot | {mean:.2f} | {ci_text} | {episodes} |")
@@ -405,7 +395,7 @@ def _results(tgr: dict[str, Any]) -> str:
     return "\n".join(head + lines + tail)
 
 
-def _config_table(tgr: dict[str, Any]) -> str:
+def _config_table(record: RunRecord) -> str:
     keys = [
         ("seed", "seed"),
         ("preset", "preset"),
@@ -432,16 +422,14 @@ def _config_table(tgr: dict[str, Any]) -> str:
     ]
     rows = ["| setting | value |", "|---|---|"]
     for dotted, title in keys:
-        node: Any = tgr
-        for key in dotted.split("."):
-            node = node.get(key) if isinstance(node, dict) else None
+        node = record.setting(dotted)
         if node is not None:
             rows.append(f"| {title} | `{_md(json.dumps(node) if isinstance(node, (list, dict, bool)) else node)}` |")
     return "\n".join(rows)
 
 
-def _config_json(tgr: dict[str, Any]) -> str:
-    return json.dumps(config_part(tgr), indent=2, default=str)
+def _config_json(record: RunRecord) -> str:
+    return json.dumps(record.config, indent=2, default=str)
 
 
 def _image(figures: list[str], name: str, alt: str) -> str:
@@ -465,12 +453,12 @@ def build_model_card(
     """
     from . import __version__
 
-    model_folder, tgr, config, figures = _run_files(run_or_model_folder)
-    architecture = str(config.get("architecture") or (tgr.get("train") or {}).get("arch") or "?")
+    model_folder, record, config, figures = _run_files(run_or_model_folder)
+    architecture = str(config.get("architecture") or record.setting("train.arch") or "?")
     feature_dim = config.get("num_features", "D")
-    members = tgr.get("pool_members") or []
-    dataset, dataset_name = _dataset(tgr)
-    learner = (tgr.get("train") or {}).get("learner", "protonet")
+    members = record.pool_members
+    dataset, dataset_name = _dataset(record)
+    learner = record.setting("train.learner", "protonet")
     facts = "\n".join(
         [
             "| | |",
@@ -499,22 +487,22 @@ def build_model_card(
         else ""
     )
     return ModelCard.from_template(
-        model_card_data(tgr, repo_id, license=license),
+        model_card_data(record, repo_id, license=license),
         template_str=_META_TEMPLATE,
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         intro=intro,
         facts=facts,
-        results=_results(tgr),
+        results=_results(record),
         pool_count=len(members),
-        pool_table=_pool_table(tgr),
-        groups=_groups(tgr),
+        pool_table=_pool_table(record),
+        groups=_groups(record),
         heatmap=_image(
             figures, "dissimilarity.png", "Dissimilarity of the teachers' tasks, ordered and outlined by group"
         ),
         curve=_image(figures, "training_curve.png", "Meta-training losses and meta-validation accuracy"),
-        config_table=_config_table(tgr),
-        config_json=_config_json(tgr),
+        config_table=_config_table(record),
+        config_json=_config_json(record),
         feature_dim=feature_dim,
         architecture=architecture,
         input_size=_size(config),
@@ -523,7 +511,7 @@ def build_model_card(
         paper=PAPER,
         paper_url=PAPER_URL,
         # the version that made the run (its record), not the one that happens to write the card
-        version=tgr.get("tgr_hub_version") or __version__,
+        version=record.tgr_hub_version or __version__,
     )
 
 

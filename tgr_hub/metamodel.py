@@ -17,7 +17,6 @@ Folder layout (written by :func:`save_meta_model`)::
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +29,7 @@ from . import seeds
 from .errors import ConfigError, PoolError, RunFolderError
 from .io import write_json_atomic
 from .models.hub_layout import CONFIG_NAME, WEIGHTS_NAME, create_from_folder, save_timm_folder
+from .run_record import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -249,13 +249,8 @@ def load_meta_model(folder: str | Path) -> MetaModel:
     cfg = config["pretrained_cfg"]
     timm_cfg = cast(Any, backbone).pretrained_cfg  # set by timm on the models it builds
     size = tuple(int(v) for v in (cfg.get("input_size") or timm_cfg.get("input_size")))
-    tgr_config = None
     tgr_path = folder / TGR_CONFIG_NAME
-    if tgr_path.is_file():
-        try:
-            tgr_config = json.loads(tgr_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise RunFolderError(f"{tgr_path} is not valid JSON: {error}") from None
+    tgr_config = RunRecord.read(tgr_path).to_dict() if tgr_path.is_file() else None
     model = MetaModel(
         backbone,
         config["architecture"],
