@@ -111,3 +111,37 @@ def test_the_tgr_step_settings_are_checked() -> None:
                                ("recover.oversample=0.5", "oversample"), ("train.replay_steps=0", "replay_steps")]:
         with pytest.raises(ConfigError, match=fragment):
             load_config(preset="smoke", overrides=[override])
+
+
+def test_one_list_says_what_may_change_when_saved_work_is_reused() -> None:
+    from dataclasses import asdict
+
+    from tgr_hub.config import MAY_CHANGE, changed_settings, comparable
+    from tgr_hub.train import _as_sections, _settings
+
+    base = load_config(preset="smoke")
+    longer = load_config(preset="smoke", overrides=["train.iterations=99", "eval.episodes=7"])
+    other = load_config(preset="smoke", overrides=["train.beta=0.5", "seed=3"])
+    # a checkpoint: running longer is fine, another β is not
+    checkpoint = _settings(base.train, base.seed)
+    assert changed_settings(checkpoint, _settings(longer.train, base.seed), "checkpoint") == {}
+    assert changed_settings(checkpoint, _settings(other.train, base.seed), "checkpoint") == {
+        "train.beta": (base.train.beta, 0.5)
+    }
+    # checkpoints that recorded the train section flat (its seed over the run's) still resume and still refuse
+    flat = {"seed": base.seed, **{k: v for k, v in asdict(base.train).items() if k != "iterations"}}
+    old = _as_sections(flat, base.seed)
+    assert changed_settings(old, _settings(longer.train, base.seed), "checkpoint") == {}
+    assert list(changed_settings(old, _settings(other.train, base.seed), "checkpoint")) == ["train.beta"]
+    # a trained meta-model: another evaluation reuses it, another iteration count does not
+    assert list(changed_settings(base.to_dict(), longer.to_dict(), "meta-model")) == ["train.iterations"]
+    assert list(changed_settings(base.to_dict(), longer.to_dict(), "evaluation")) == [
+        "eval.episodes",
+        "train.iterations",
+    ]
+    # a benchmark folder: the seed is the cell's own, the rest is the folder's
+    assert list(changed_settings(base.to_dict(), other.to_dict(), "benchmark")) == ["train.beta"]
+    assert "seed" not in comparable(base.to_dict(), "benchmark") and "eval" not in comparable(base.to_dict(), "meta-model")
+    assert set(MAY_CHANGE) == {"checkpoint", "meta-model", "evaluation", "benchmark"}
+    with pytest.raises(ValueError, match="unknown kind of reuse"):
+        comparable(base.to_dict(), "nonsense")

@@ -491,3 +491,52 @@ def load_config(
     for text in overrides or []:
         merged = _merge(merged, _parse_override(text))
     return _build(RunConfig, merged, "")
+
+
+# --- reusing saved work -----------------------------------------------------------------------------
+
+#: What may differ between saved work and the run that reuses it, by what is reused (dotted names; a
+#: section's name covers the whole section). Every other setting must be equal, or the work is redone
+#: (a meta-model, its test) or refused (a checkpoint, a benchmark folder).
+MAY_CHANGE: dict[str, frozenset[str]] = {
+    # resuming meta-training from a checkpoint: how long it runs and how it saves, not what a step computes
+    "checkpoint": frozenset(
+        {"train.iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.sync_check_every"}
+    ),
+    # a run folder's trained meta-model: only its evaluation may differ
+    "meta-model": frozenset({"eval"}),
+    # a run folder's test metrics: nothing may differ
+    "evaluation": frozenset(),
+    # a benchmark folder's cells: each cell runs with its own seed
+    "benchmark": frozenset({"seed"}),
+}
+
+
+def comparable(config: dict[str, Any], reuse: str) -> dict[str, Any]:
+    """``config`` as JSON values, without what :data:`MAY_CHANGE` lets differ when ``reuse`` is reused."""
+    if reuse not in MAY_CHANGE:
+        raise ValueError(f"unknown kind of reuse {reuse!r}; one of {sorted(MAY_CHANGE)}")
+    data = json.loads(json.dumps(config, default=str))
+    for dotted in MAY_CHANGE[reuse]:
+        *parents, key = dotted.split(".")
+        node: Any = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return data
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any], reuse: str) -> dict[str, tuple[Any, Any]]:
+    """``{dotted name: (saved value, value now)}`` of each setting that differs and may not (``reuse``)."""
+    changed: dict[str, tuple[Any, Any]] = {}
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        elif a != b:
+            changed[prefix] = (a, b)
+
+    walk(comparable(saved, reuse), comparable(now, reuse), "")
+    return changed

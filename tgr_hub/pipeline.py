@@ -47,7 +47,7 @@ from safetensors.torch import load_file
 
 from . import __version__, seeds
 from .bank import MemoryBank, RecoveredTask
-from .config import RunConfig
+from .config import RunConfig, changed_settings
 from .data import split_of
 from .data.episodes import ImageSplit
 from .distributed import Distributed, check_run_folder_shared, make_accelerator
@@ -352,10 +352,6 @@ def dissimilarity_done(out: str | Path, names: Sequence[str]) -> bool:
     )
 
 
-def _without_eval(config: dict[str, Any]) -> Any:
-    return json.loads(json.dumps({k: v for k, v in config.items() if k != "eval"}, default=str))
-
-
 def training_done(out: str | Path, cfg: RunConfig) -> RunRecord | None:
     """The record of the meta-model in ``out`` when it was trained with ``cfg`` (all but ``eval``), else None.
 
@@ -369,14 +365,12 @@ def training_done(out: str | Path, cfg: RunConfig) -> RunRecord | None:
         record = RunRecord.read(out / TGR_CONFIG_NAME)
     except RunFolderError:
         return None
-    return record if _without_eval(record.config) == _without_eval(cfg.to_dict()) else None
+    return None if changed_settings(record.config, cfg.to_dict(), "meta-model") else record
 
 
 def evaluation_done(record: RunRecord, cfg: RunConfig) -> bool:
     """Whether ``record`` holds the final test of ``cfg.eval`` (same eval settings, metrics present)."""
-    same = json.loads(json.dumps(record.config.get("eval"), default=str)) == json.loads(
-        json.dumps(cfg.to_dict()["eval"], default=str)
-    )
+    same = not changed_settings(record.config, cfg.to_dict(), "evaluation")
     return same and isinstance(record.metrics.get(cfg.eval.split), dict)
 
 

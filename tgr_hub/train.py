@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from . import seeds
 from .bank import MemoryBank, RecoveredTask, to_uint8
-from .config import RecoverConfig, TrainConfig
+from .config import RecoverConfig, TrainConfig, changed_settings
 from .data import ImageSplit
 from .distributed import (
     TRAINER_STATE,
@@ -118,8 +118,6 @@ BEST_MODEL = "best_model.safetensors"
 BANK_FOLDER = "bank"  # inside a checkpoint: the memory bank as online recovery left it
 GENERATORS_FOLDER = "generators"  # inside a checkpoint: t00003.safetensors per warm-started teacher
 QUALITY = ("agreement", "bn_loss", "ce", "diversity")  # logged per online recovery (recovery_quality)
-# settings that may change between a checkpoint and its resumption without changing the result
-_RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "sync_check_every"}
 
 
 @dataclass
@@ -506,11 +504,24 @@ class _StepMechanics:
 
 
 def _settings(cfg: TrainConfig, seed: int, recover: RecoverConfig | None = None) -> dict[str, Any]:
-    """What must match between a checkpoint and the run resuming it (``recover``: with online recovery)."""
-    settings = {"seed": int(seed), **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}}
+    """The settings a checkpoint records, as config sections (``recover``: with online recovery);
+    what must match to resume from it is :data:`tgr_hub.config.MAY_CHANGE` ``["checkpoint"]``."""
+    settings: dict[str, Any] = {"seed": int(seed), "train": asdict(cfg)}
     if recover is not None:
         settings["recover"] = asdict(recover)
     return settings
+
+
+def _as_sections(saved: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A checkpoint's settings as config sections.
+
+    Older checkpoints recorded the train section flat beside the run seed, whose ``seed`` key the
+    train section's own ``seed`` overwrote: the run seed was not recorded, and is taken as ``seed``.
+    """
+    if "train" in saved:
+        return saved
+    flat = {k: v for k, v in saved.items() if k != "recover"}
+    return {"seed": int(seed), "train": flat, **({"recover": saved["recover"]} if "recover" in saved else {})}
 
 
 def _bank_summary(bank: MemoryBank) -> dict[str, int]:
@@ -535,10 +546,10 @@ def _check_resumable(
     path: Path,
     recover: RecoverConfig | None = None,
 ) -> None:
-    saved, now = state.get("settings", {}), json.loads(json.dumps(_settings(cfg, seed, recover)))
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    saved = _as_sections(state.get("settings", {}), seed)
+    changed = changed_settings(saved, _settings(cfg, seed, recover), "checkpoint")
     if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(
             f"cannot resume from {path}: the settings changed ({detail})",
             hint="resume with the interrupted run's settings, or delete the checkpoints to start over",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..config import PoolBuildConfig, RunConfig
+from ..config import PoolBuildConfig, RunConfig, comparable
 from ..data.episodes import Episode, EpisodeSampler, ImageSplit
 from ..errors import BenchmarkError, ConfigError
 from ..io import write_json_atomic
@@ -308,13 +308,10 @@ def seed_dir(out: Path, scenario: Scenario, seed: int) -> Path:
 
 def settings_of(cfg: RunConfig, scenario: Scenario) -> dict[str, Any]:
     """What a cell's result depends on besides its seed and method (the scenario's config: its data.domains)."""
-    return {"config": config_without_seed(scenario_config(cfg, scenario)), "scenario": scenario.describe()}
-
-
-def config_without_seed(cfg: RunConfig) -> dict[str, Any]:
-    config = cfg.to_dict()
-    config.pop("seed")
-    return config
+    return {
+        "config": comparable(scenario_config(cfg, scenario).to_dict(), "benchmark"),
+        "scenario": scenario.describe(),
+    }
 
 
 def json_digest(data: Any) -> str:
@@ -409,7 +406,7 @@ def write_settings(spec: BenchmarkSpec, out: Path) -> None:
     # the config as given; a scenario's own data.domains is in its description (eval_domains)
     data: dict[str, Any] = {
         "format": RESULTS_FORMAT,
-        "config": config_without_seed(spec.cfg),
+        "config": comparable(spec.cfg.to_dict(), "benchmark"),
         "scenarios": {s.name: s.describe() for s in spec.scenarios},
         "seeds": list(spec.seeds),
         "methods": list(spec.methods),
