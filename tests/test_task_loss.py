@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tgr_hub.data import Episode
 from tgr_hub.errors import ConfigError
 from tgr_hub.igr import task_gradients
 from tgr_hub.learners import make_learner
@@ -26,7 +27,6 @@ from tgr_hub.pool import PoolMember
 from tgr_hub.train import (
     HEAD_BIAS,
     HEAD_WEIGHT,
-    PseudoTask,
     _choose_teachers,
     _make_head,
     make_pseudo_task,
@@ -39,14 +39,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WAY, SHOT, QUERY = 3, 2, 3
 
 
-def _task(seed: int = 0, temperature: float = 2.0) -> PseudoTask:
+def _task(seed: int = 0, temperature: float = 2.0) -> Episode:
     gen = torch.Generator().manual_seed(seed)
     support_y = torch.arange(WAY).repeat_interleave(SHOT)
     query_y = torch.arange(WAY).repeat_interleave(QUERY)
     teacher_logits = torch.randn(WAY * (SHOT + QUERY), WAY, generator=gen)
-    return PseudoTask(torch.rand(WAY * SHOT, 3, 16, 16, generator=gen), support_y,
-                      torch.rand(WAY * QUERY, 3, 16, 16, generator=gen), query_y,
-                      F.softmax(teacher_logits / temperature, dim=-1))
+    return Episode(torch.rand(WAY * SHOT, 3, 16, 16, generator=gen), support_y,
+                   torch.rand(WAY * QUERY, 3, 16, 16, generator=gen), query_y, list(range(WAY)),
+                   teacher_probs=F.softmax(teacher_logits / temperature, dim=-1))
 
 
 def _model_and_params():
@@ -102,12 +102,12 @@ def test_an_unknown_task_loss_is_a_typed_error() -> None:
                          temperature=1.0)
 
 
-def _permuted(task: PseudoTask, order: list[int]) -> PseudoTask:
+def _permuted(task: Episode, order: list[int]) -> Episode:
     """The same images, the teacher numbering its classes as ``order`` says (class c becomes order[c])."""
     relabel = torch.tensor(order)
     inverse = torch.argsort(relabel)
-    return PseudoTask(task.support_x, relabel[task.support_y], task.query_x, relabel[task.query_y],
-                      task.teacher_probs[:, inverse])
+    return Episode(task.support_x, relabel[task.support_y], task.query_x, relabel[task.query_y], task.classes,
+                   teacher_probs=task.teacher_probs[:, inverse])
 
 
 @pytest.mark.parametrize("learner_name", ["protonet", "maml"])
@@ -118,7 +118,7 @@ def test_head_gradients_see_the_label_order_and_protonet_gradients_do_not(learne
     assert _permuted(_permuted(task, order), [1, 2, 0]).support_y.tolist() == task.support_y.tolist()  # a bijection
     body = [k for k in params if not k.startswith("__")]
 
-    def grads(kind: str, t: PseudoTask) -> torch.Tensor:
+    def grads(kind: str, t: Episode) -> torch.Tensor:
         fn = lambda p: pseudo_task_loss(learner, model, t, p, kind=kind, distill_weight=0.0, temperature=1.0)  # noqa: E731
         _, (g,) = task_gradients([fn], params, fuse=False)
         return torch.cat([g[k].flatten() for k in body])

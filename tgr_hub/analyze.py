@@ -1166,7 +1166,7 @@ class GradientProbe:
     """A fixed set of pseudo-tasks the gradient statistics are measured on.
 
     Attributes:
-        tasks: ``K`` groups of ``m`` :class:`tgr_hub.train.PseudoTask` (on the CPU).
+        tasks: ``K`` groups of ``m`` :class:`tgr_hub.data.Episode` pseudo-tasks (on the CPU).
         teachers: ``[K][m]`` the teacher index of each task.
         head: the fixed shared N-way head of ``head`` losses (:func:`tgr_hub.train._make_head`),
             the same for every method measured: the head training starts from, never trained here.

@@ -19,13 +19,13 @@ import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from .data.episodes import Episode
 from .errors import EpisodeError, MemoryBankError, RunFolderError
 from .io import save_safetensors_atomic, write_json_atomic
 from .models.generator import Generator
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BANK_INDEX",
     "BANK_TENSORS",
-    "BankEpisode",
     "MemoryBank",
     "MemoryBankError",
     "RecoveredTask",
@@ -89,19 +88,6 @@ def bank_files(path: str | os.PathLike) -> tuple[Path, Path]:
     if path.suffix == ".safetensors":
         return path, path.with_suffix(".json")
     return path / BANK_TENSORS, path / BANK_INDEX
-
-
-class BankEpisode(NamedTuple):
-    """An N-way K-shot episode drawn from a :class:`MemoryBank` (same fields as ``data.Episode``).
-
-    ``classes[i]`` is the ``(teacher, teacher class id)`` behind episode label ``i``.
-    """
-
-    support_x: torch.Tensor  # [way*shot, 3, S, S] float32 in [0, 1]
-    support_y: torch.Tensor  # [way*shot] int64 in 0..way-1
-    query_x: torch.Tensor  # [way*query, 3, S, S]
-    query_y: torch.Tensor  # [way*query]
-    classes: list[tuple[str, int]]
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -292,7 +278,7 @@ class MemoryBank:
         resize_to: int,
         *,
         distinct_names: bool = True,
-    ) -> BankEpisode:
+    ) -> Episode:
         """An N-way K-shot episode whose classes are ``(teacher, class)`` keys from across the bank.
 
         The ``way`` classes are drawn uniformly among the keys holding at least ``shot + query``
@@ -306,7 +292,8 @@ class MemoryBank:
             distinct_names: skip keys whose label name is already in the episode.
 
         Returns:
-            A :class:`BankEpisode`; support/query grouped by class, labels ``0..way-1``.
+            An :class:`~tgr_hub.data.Episode` whose ``classes[i]`` is the ``(teacher, class id)`` key
+            behind label ``i``; support/query grouped by class, labels ``0..way-1``.
         """
         if way < 1 or shot < 1 or query < 0:
             raise EpisodeError(f"way and shot must be >= 1 and query >= 0, got way={way}, shot={shot}, query={query}")
@@ -338,7 +325,7 @@ class MemoryBank:
             sx.append(images[:shot])
             qx.append(images[shot:])
         labels = torch.arange(way, dtype=torch.int64)
-        return BankEpisode(
+        return Episode(
             support_x=torch.cat(sx),
             support_y=labels.repeat_interleave(shot),
             query_x=torch.cat(qx),

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from . import seeds
 from .bank import MemoryBank, RecoveredTask, to_uint8
 from .config import RecoverConfig, TrainConfig, changed_settings
-from .data import ImageSplit
+from .data import Episode, ImageSplit
 from .distributed import (
     TRAINER_STATE,
     Distributed,
@@ -102,7 +102,6 @@ from .recover import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PseudoTask",
     "StepInfo",
     "TrainResult",
     "make_pseudo_task",
@@ -118,31 +117,6 @@ BEST_MODEL = "best_model.safetensors"
 BANK_FOLDER = "bank"  # inside a checkpoint: the memory bank as online recovery left it
 GENERATORS_FOLDER = "generators"  # inside a checkpoint: t00003.safetensors per warm-started teacher
 QUALITY = ("agreement", "bn_loss", "ce", "diversity")  # logged per online recovery (recovery_quality)
-
-
-@dataclass
-class PseudoTask:
-    """One teacher's recovered task, split for episodic losses.
-
-    Attributes:
-        support_x: [way*shot, 3, S, S] recovered images in [0, 1].
-        support_y: [way*shot] labels 0..way-1 (the position of the class in the teacher's task).
-        query_x: [way*q, 3, S, S].
-        query_y: [way*q].
-        teacher_probs: [way*(shot+q), way] the teacher's softened predictions on the support
-            then the query images, restricted to the task's classes (the distillation targets).
-    """
-
-    support_x: Tensor
-    support_y: Tensor
-    query_x: Tensor
-    query_y: Tensor
-    teacher_probs: Tensor
-
-    def to(self, device: torch.device) -> PseudoTask:
-        return PseudoTask(
-            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y, self.teacher_probs))
-        )
 
 
 @dataclass
@@ -198,7 +172,7 @@ def make_pseudo_task(
     query: int,
     temperature: float,
     rng: np.random.Generator,
-) -> PseudoTask:
+) -> Episode:
     """Draw a ``way``-way pseudo-task of one teacher from the memory bank.
 
     The classes are an N-way subset of the teacher's recovered classes (all of them for a
@@ -221,8 +195,13 @@ def make_pseudo_task(
     with torch.no_grad():
         teacher_logits = member.logits(torch.cat([support_x, query_x]))[:, classes]
         teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return PseudoTask(
-        support_x, task_labels[support_idx_t].to(device), query_x, task_labels[query_idx_t].to(device), teacher_probs
+    return Episode(
+        support_x,
+        task_labels[support_idx_t].to(device),
+        query_x,
+        task_labels[query_idx_t].to(device),
+        classes=list(classes),
+        teacher_probs=teacher_probs,
     )
 
 
@@ -232,7 +211,7 @@ HEAD_WEIGHT, HEAD_BIAS = "__task_head__.weight", "__task_head__.bias"  # the sha
 def pseudo_task_loss(
     learner: ProtoNet | MAML,
     model: MetaModel,
-    task: PseudoTask,
+    task: Episode,
     params: dict[str, Tensor],
     *,
     kind: str,
@@ -251,6 +230,8 @@ def pseudo_task_loss(
     With ``distill_weight`` w > 0 the loss adds ``w · T² · KL(p_teacher,T ‖ p_model,T)`` on the
     same images (T² keeps the KL's gradient scale independent of T).
     """
+    if task.teacher_probs is None:
+        raise ValueError("a pseudo-task carries its teacher's predictions (make_pseudo_task sets teacher_probs)")
     body = {k: v for k, v in params.items() if k not in (HEAD_WEIGHT, HEAD_BIAS)}
     n_support = task.support_y.numel()
     if kind == "head":

@@ -8,9 +8,11 @@ episodes were drawn before it (evaluations are reproducible and resumable).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -215,7 +217,7 @@ class ImageSplit:
 
 @dataclass
 class Episode:
-    """One N-way K-shot episode.
+    """One N-way K-shot task: the one type of training, replay, validation and test episodes.
 
     Support and query are ordered by episode class, then by draw:
     ``support_y = [0]*shot + [1]*shot + ...``.
@@ -225,18 +227,35 @@ class Episode:
         support_y: ``[way*shot]`` int64 in ``0..way-1``.
         query_x: ``[way*query, 3, H, W]`` float32 in [0, 1].
         query_y: ``[way*query]`` int64 in ``0..way-1``.
-        classes: split class ids; position = episode label.
-        support_idx: ``[way*shot]`` indices of the support images in the split.
-        query_idx: ``[way*query]`` indices of the query images in the split.
+        classes: what each episode label is (position = label): a split's class ids (real
+            episodes), ``(teacher, class id)`` keys (replay episodes from the memory bank), or one
+            teacher's class ids (a pseudo-task, :func:`tgr_hub.train.make_pseudo_task`).
+        support_idx: ``[way*shot]`` indices of the support images in the split (real episodes).
+        query_idx: ``[way*query]`` indices of the query images in the split (real episodes).
+        teacher_probs: ``[way*(shot+query), way]`` a pseudo-task's teacher's softened predictions on
+            the support then the query images, restricted to its classes (the distillation targets).
     """
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
-    classes: list[int]
+    classes: list[Any]
     support_idx: torch.Tensor | None = None
     query_idx: torch.Tensor | None = None
+    teacher_probs: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Episode:
+        """The episode's tensors on ``device``."""
+        probs = self.teacher_probs
+        return dataclasses.replace(
+            self,
+            support_x=self.support_x.to(device),
+            support_y=self.support_y.to(device),
+            query_x=self.query_x.to(device),
+            query_y=self.query_y.to(device),
+            teacher_probs=probs.to(device) if probs is not None else None,
+        )
 
     @property
     def way(self) -> int:
