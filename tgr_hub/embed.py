@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -341,6 +341,7 @@ def fisher_diagonal(
     head_l2: float = 1e-3,
     param_filter: ParamFilter | None = None,
     progress: bool = False,
+    per_sample: Literal["vmap", "loop"] = "vmap",
 ) -> dict[str, Tensor]:
     """Diagonal Fisher of ``probe`` on a task, with vmapped per-sample gradients.
 
@@ -368,6 +369,8 @@ def fisher_diagonal(
         param_filter: ``(name, param) -> bool`` selecting the probe parameters to embed
             (default: all floating-point parameters, whatever their ``requires_grad``).
         progress: Show a tqdm bar over chunks.
+        per_sample: ``vmap`` (torch.func, ``chunk_size`` images per call) or ``loop`` (one autograd
+            call per image: the reference the vmap path is tested against, :func:`fisher_diagonal_loop`).
 
     Returns:
         ``{parameter name: Fisher diagonal}``; shapes are the parameters' shapes, or ``[O]``
@@ -396,42 +399,47 @@ def fisher_diagonal(
             return _finalise(sq_sum, count, per_filter)
 
         fn = _log_likelihood(probe, prep.buffers, prep.include_head, prep.head)
-
-        def one_sample(gp: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            # vmap strips the batch dimension; the probe expects one, so add it back.
-            return fn(gp, x.unsqueeze(0), y.unsqueeze(0))
-
-        per_sample_grad = vmap(grad(one_sample), in_dims=(None, 0, 0))
-        gparams = prep.grad_params()
-        sq_sum = {k: torch.zeros_like(v) for k, v in gparams.items()}
-        n = prep.images.shape[0]
-        for start in progress_bar(range(0, n, chunk_size), desc="fisher", disable=not progress, leave=False):
-            with torch.enable_grad():
-                grads = per_sample_grad(
-                    gparams, prep.images[start : start + chunk_size], prep.targets[start : start + chunk_size]
-                )
-            for k, g in grads.items():
-                sq_sum[k] += (g.detach() ** 2).sum(dim=0)
-        return _finalise(sq_sum, n, per_filter)
+        squared_grads = _squared_grads_loop if per_sample == "loop" else _squared_grads_vmap
+        return _finalise(squared_grads(fn, prep, chunk_size, progress), prep.images.shape[0], per_filter)
 
 
-def fisher_diagonal_loop(
-    probe: nn.Module,
-    images: Tensor,
-    labels: Tensor | None,
-    *,
-    num_classes: int,
-    method: Method = "task2vec",
-    head_steps: int = 50,
-    per_filter: bool = True,
-    seed: int = 0,
-    chunk_size: int = 32,
-    mc_samples: int = 1,
-    include_head: bool = False,
-    head_l2: float = 1e-3,
-    param_filter: ParamFilter | None = None,
-    progress: bool = False,
-) -> dict[str, Tensor]:
+def _squared_grads_vmap(fn: Any, prep: _Prepared, chunk_size: int, progress: bool) -> dict[str, Tensor]:
+    """Σ over images of the squared per-image gradients, ``chunk_size`` images per vmap call."""
+
+    def one_sample(gp: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        # vmap strips the batch dimension; the probe expects one, so add it back.
+        return fn(gp, x.unsqueeze(0), y.unsqueeze(0))
+
+    per_sample_grad = vmap(grad(one_sample), in_dims=(None, 0, 0))
+    gparams = prep.grad_params()
+    sq_sum = {k: torch.zeros_like(v) for k, v in gparams.items()}
+    n = prep.images.shape[0]
+    for start in progress_bar(range(0, n, chunk_size), desc="fisher", disable=not progress, leave=False):
+        with torch.enable_grad():
+            grads = per_sample_grad(
+                gparams, prep.images[start : start + chunk_size], prep.targets[start : start + chunk_size]
+            )
+        for k, g in grads.items():
+            sq_sum[k] += (g.detach() ** 2).sum(dim=0)
+    return sq_sum
+
+
+def _squared_grads_loop(fn: Any, prep: _Prepared, chunk_size: int, progress: bool) -> dict[str, Tensor]:
+    """The same sum, one image per autograd call (the reference the vmap path is tested against)."""
+    gparams = {k: v.detach().requires_grad_(True) for k, v in prep.grad_params().items()}
+    names = list(gparams)
+    sq_sum = {k: torch.zeros_like(v) for k, v in gparams.items()}
+    for j in progress_bar(range(prep.images.shape[0]), desc="fisher (loop)", disable=not progress, leave=False):
+        with torch.enable_grad():
+            logp = fn(gparams, prep.images[j : j + 1], prep.targets[j : j + 1])
+            grads = torch.autograd.grad(logp, [gparams[k] for k in names], allow_unused=True)
+        for k, g in zip(names, grads):
+            if g is not None:
+                sq_sum[k] += g.detach() ** 2
+    return sq_sum
+
+
+def fisher_diagonal_loop(probe: nn.Module, images: Tensor, labels: Tensor | None, **options: Any) -> dict[str, Tensor]:
     """Reference implementation of :func:`fisher_diagonal`: one autograd call per sample.
 
     Same arguments, same head fit and the same sampled labels (same ``seed`` and
@@ -441,38 +449,7 @@ def fisher_diagonal_loop(
     the CPU; about 1e-3 on a GPU, where cuDNN convolutions may run in TF32). Slow; for tests
     and benchmarks. ``"reference"`` is batch-level by definition and shares its implementation.
     """
-    with _EvalMode(probe):
-        prep = _prepare(
-            probe,
-            images,
-            labels,
-            method=method,
-            num_classes=num_classes,
-            head_steps=head_steps,
-            head_l2=head_l2,
-            seed=seed,
-            chunk_size=chunk_size,
-            mc_samples=mc_samples,
-            include_head=include_head,
-            param_filter=param_filter,
-        )
-        if method == "reference":
-            sq_sum, count = _reference_fisher(probe, prep, chunk_size, progress)
-            return _finalise(sq_sum, count, per_filter)
-
-        fn = _log_likelihood(probe, prep.buffers, prep.include_head, prep.head)
-        gparams = {k: v.detach().requires_grad_(True) for k, v in prep.grad_params().items()}
-        names = list(gparams)
-        sq_sum = {k: torch.zeros_like(v) for k, v in gparams.items()}
-        n = prep.images.shape[0]
-        for j in progress_bar(range(n), desc="fisher (loop)", disable=not progress, leave=False):
-            with torch.enable_grad():
-                logp = fn(gparams, prep.images[j : j + 1], prep.targets[j : j + 1])
-                grads = torch.autograd.grad(logp, [gparams[k] for k in names], allow_unused=True)
-            for k, g in zip(names, grads):
-                if g is not None:
-                    sq_sum[k] += g.detach() ** 2
-        return _finalise(sq_sum, n, per_filter)
+    return fisher_diagonal(probe, images, labels, per_sample="loop", **options)
 
 
 # --- dissimilarity ---------------------------------------------------------------------
