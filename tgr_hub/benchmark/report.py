@@ -291,10 +291,12 @@ def _scenario_heading(report: dict[str, Any], name: str) -> str:
         )
     if desc.get("eval_domains"):
         where += f"; meta-validation and meta-test on {', '.join(desc['eval_domains'])} only"
-    return (
-        f"{name}: {where}; seeds {', '.join(map(str, sc['seeds']))}; {ev['episodes']} episodes per seed, "
-        f"{ev['query']} queries per class"
-    )
+    asked = [int(seed) for seed in sc["seeds"]]
+    finished = sorted({int(seed) for entry in sc["methods"].values() for seed in entry["seeds"]})
+    seeds = ", ".join(map(str, asked))
+    if finished != asked:  # a report of unfinished cells says which seeds its numbers cover
+        seeds = f"{', '.join(map(str, finished)) or 'none'} finished of {seeds}"
+    return f"{name}: {where}; seeds {seeds}; {ev['episodes']} episodes per seed, {ev['query']} queries per class"
 
 
 def _shots(report: dict[str, Any]) -> list[str]:
