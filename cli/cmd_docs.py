@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Refill every block '<!-- tgr-hub docs: RESULTS_JSON SECTION SCENARIO --> ... "
         "<!-- end tgr-hub docs -->' of the given markdown files from the results.json it names (relative to the "
         "file), so a rerun benchmark updates its documents without hand edits. Sections: setup, accuracy, "
-        "per-seed, selection.",
+        "per-seed, selection, gradients.",
     )
     parser.add_argument("files", nargs="+", type=Path, help="markdown files, e.g. docs/results.md")
     parser.add_argument(

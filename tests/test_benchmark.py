@@ -206,8 +206,10 @@ def test_the_standard_scenario_is_scored_on_its_domain_and_the_others_are_unchan
     # the settings digest sees the scenario's data.domains; the other scenarios' settings are as before
     settings = bm.grid.settings_of(cfg, standard)
     assert settings["config"]["data"]["domains"] == ["cyrillic"] and settings["scenario"]["eval_domains"] == ["cyrillic"]
-    config = json.loads(json.dumps(cfg.to_dict()))  # as JSON (tuples are lists), the seed left out
-    config.pop("seed")
+    config = json.loads(json.dumps(cfg.to_dict()))  # as JSON (tuples are lists), without what cells may change:
+    config.pop("seed")  # each cell's seed
+    for key in ("analysis_every", "analysis_groups"):  # and whether it measured the gradients
+        config["train"].pop(key)
     assert bm.grid.settings_of(cfg, multi) == {"config": config, "scenario": {
         "name": "multi-domain", "domains": ["latin", "greek", "cyrillic", "symbols"], "archs": ["conv4"],
         "pool_list": None}}
@@ -332,14 +334,17 @@ def test_the_noise_floor_is_erm_replicate_minus_erm_across_seeds(tmp_path: Path)
     assert "Noise floor" not in bm.render_markdown(without)
 
 
-def test_a_cell_records_the_mean_online_recovery_agreement_of_its_run(tmp_path: Path) -> None:
+def test_a_cell_records_the_mean_online_recovery_agreement_and_gradient_curves_of_its_run(tmp_path: Path) -> None:
     cfg = load_config("smoke")
-    assert bm.run._mean_recover_agreement(tmp_path) is None  # no run record
+    assert bm.run._from_history(tmp_path) == {"recover_agreement": None, "gradients": None}  # no run record
     RunRecord(config=cfg.to_dict(), history={"task_loss": [[1, 2.0]]}).write(tmp_path / "tgr_config.json")
-    assert bm.run._mean_recover_agreement(tmp_path) is None  # no online recovery
-    RunRecord(config=cfg.to_dict(), history={"recover_agreement": [[1, 0.25], [2, 0.5], [3, 1.0]]}).write(
-        tmp_path / "tgr_config.json")
-    assert bm.run._mean_recover_agreement(tmp_path) == pytest.approx(1.75 / 3)
+    assert bm.run._from_history(tmp_path) == {"recover_agreement": None, "gradients": None}  # neither recorded
+    history = {"recover_agreement": [[1, 0.25], [2, 0.5], [3, 1.0]], "grad_P": [[0, 4.0], [2, 1.5]],
+               "grad_cosine": [[0, 0.1], [2, 0.3]]}
+    RunRecord(config=cfg.to_dict(), history=history).write(tmp_path / "tgr_config.json")
+    recorded = bm.run._from_history(tmp_path)
+    assert recorded["recover_agreement"] == pytest.approx(1.75 / 3)
+    assert recorded["gradients"] == {"grad_P": [[0, 4.0], [2, 1.5]], "grad_cosine": [[0, 0.1], [2, 0.3]]}
 
 
 # --- a real smoke benchmark ---------------------------------------------------------------------------
@@ -798,3 +803,31 @@ def test_generated_blocks_of_a_document_are_refilled_from_the_report_it_names(tm
             bm.regenerate_blocks(doc.read_text(), doc.parent)
     assert main(["docs", str(tmp_path / "nope.md")]) == 2
     assert "no such markdown file" in capsys.readouterr().err
+
+
+def test_the_report_shows_each_methods_gradient_statistics_when_cells_recorded_them(tmp_path: Path) -> None:
+    cfg = load_config("smoke", overrides=["eval.shots=[1]"])
+    scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
+    spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1), ("erm", "tgr"))
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
+    curves = {
+        "erm": {0: [[0, 4.0], [10, 2.0]], 1: [[0, 6.0], [10, 3.0]]},
+        "tgr": {0: [[0, 4.0], [10, 1.0]], 1: [[0, 6.0], [10, 2.0]]},
+    }
+    for method, per_seed in curves.items():
+        for seed, points in per_seed.items():
+            _fake_cell(tmp_path, "multi-domain", seed, method, [0.5, 0.6], digest, val={"best_step": 10},
+                       gradients={"grad_P": points, "grad_cosine": [[0, 0.1], [10, 0.2 + seed / 10]]})
+    _fake_cell(tmp_path, "multi-domain", 0, "erm", [0.5, 0.6], digest)  # no curves in this cell: left out
+    report = bm.summarize(spec, tmp_path)
+    assert report["scenarios"]["multi-domain"]["methods"]["tgr"]["gradients"]["1"]["grad_P"] == [[0, 6.0], [10, 2.0]]
+    lines = bm.report.SECTIONS["gradients"](report, "multi-domain")
+    assert "| ERM | 1 | 6 → 3 (steps 0 → 10) | 0.1 → 0.3 (steps 0 → 10) | n/a |" in lines
+    assert "| TGR | 0, 1 | 5 → 1.5 (steps 0 → 10) | 0.1 → 0.25 (steps 0 → 10) | n/a |" in lines
+    assert "\n".join(lines) in bm.render_markdown(report)
+    # a report without curves renders as before
+    plain = tmp_path / "plain"
+    for method in ("erm", "tgr"):
+        for seed in (0, 1):
+            _fake_cell(plain, "multi-domain", seed, method, [0.5, 0.6], digest)
+    assert bm.report.SECTIONS["gradients"](bm.summarize(spec, plain), "multi-domain") == []

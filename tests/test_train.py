@@ -277,7 +277,7 @@ def test_launched_processes_get_the_same_arguments(monkeypatch: pytest.MonkeyPat
 # --- the optimiser and replay really act on the model ------------------------------------------------
 
 
-def _run_recording(prepared, **train_values):
+def _run_recording(prepared, measure=None, **train_values):
     """Meta-train a fresh Conv4 on the prepared pool; per step: (parameters after it, StepInfo's gradients)."""
     _, pool, val = prepared
     train_cfg = load_config(preset="smoke", overrides=["train.iterations=2", "train.val_episodes=2"],
@@ -293,7 +293,7 @@ def _run_recording(prepared, **train_values):
         steps.append((params, replay))
 
     result = meta_train(model, pool.members, pool.bank, pool.groups, train_cfg, val_split=val, seed=0,
-                        progress=False, dist=Distributed(make_accelerator("no")), on_step=on_step)
+                        progress=False, dist=Distributed(make_accelerator("no")), on_step=on_step, measure=measure)
     return start, steps, result, model
 
 
@@ -325,6 +325,31 @@ def test_replay_contributes_a_gradient(prepared) -> None:
     # same seeds, same tasks: only the replay steps tell the two runs apart, and they must
     on, off = dict(model_on.named_parameters()), dict(model_off.named_parameters())
     assert any(not torch.equal(on[k], off[k]) for k in on)
+
+
+@pytest.mark.slow
+def test_gradient_statistics_are_recorded_every_analysis_step_and_change_nothing(prepared) -> None:
+    from tgr_hub.probe import gradient_measure, make_gradient_probe, probe_statistics
+
+    cfg, pool, val = prepared
+    train_cfg = load_config(preset="smoke", overrides=["train.analysis_groups=2"]).train
+    _, _, plain, plain_model = _run_recording(prepared)
+    measure = gradient_measure(pool.members, pool.bank, train_cfg, seed=1)  # the validation seed of seed 0
+    _, _, measured, measured_model = _run_recording(prepared, measure, analysis_every=1, analysis_groups=2)
+    # measuring draws no random number and touches no state: the two runs end bitwise equal
+    plain_state, measured_state = plain_model.state_dict(), measured_model.state_dict()
+    assert all(torch.equal(plain_state[k], measured_state[k]) for k in plain_state)
+    assert "grad_P" not in plain.history
+    for name in ("grad_P", "grad_cosine", "grad_spread"):
+        assert [s for s, _ in measured.history[name]] == [0, 1, 2]  # before training, then every step
+    # step 0 is the probe's statistics at the initialisation: the same probe, measured by hand
+    model = create_meta_model("conv4", 32, seed=0)
+    probe = make_gradient_probe(pool.members, pool.bank, [list(range(len(pool.members)))], train_cfg,
+                                num_groups=2, feature_dim=model.feature_dim, seed=1)  # the validation seed
+    by_hand = probe_statistics(model, probe, make_learner("protonet"), train_cfg.igr_loss)
+    assert measured.history["grad_P"][0][1] == pytest.approx(by_hand.P, rel=1e-6)
+    assert measured.history["grad_cosine"][0][1] == pytest.approx(by_hand.cosine, rel=1e-6)
+    assert measured.history["grad_P"][-1][1] != pytest.approx(by_hand.P)  # training moved it
 
 
 # --- faithful TGR: m tasks per step, validation on its own episodes ------------------------------------

@@ -179,6 +179,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (and at the end); 0: never
     keep_checkpoints: int = 2  # newest checkpoints kept in runs/NAME/checkpoints/
     sync_check_every: int = 100  # several processes: verify every N steps that all hold the same model; 0: never
+    # every N steps, P and the cosine of the task gradients on a fixed probe of pseudo-tasks go into
+    # the history (tgr-hub analyze gradients' measurement, inside any run); 0: never
+    analysis_every: int = 0
+    analysis_groups: int = 8  # the probe's groups of teachers_per_step tasks
 
     def __post_init__(self) -> None:
         _check(self.learner in ("protonet", "maml"), f"train.learner must be protonet or maml, got {self.learner!r}")
@@ -204,6 +208,8 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: no checkpoints)")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
         _check(self.sync_check_every >= 0, "train.sync_check_every must be >= 0 (0: never)")
+        _check(self.analysis_every >= 0, "train.analysis_every must be >= 0 (0: never)")
+        _check(self.analysis_groups >= 1, "train.analysis_groups must be >= 1")
         # torch's batch_norm has no 3rd derivative: second-order IGR differentiates through
         # second-order MAML's inner-loop gradients, which needs one
         _check(
@@ -499,16 +505,24 @@ def load_config(
 #: section's name covers the whole section). Every other setting must be equal, or the work is redone
 #: (a meta-model, its test) or refused (a checkpoint, a benchmark folder).
 MAY_CHANGE: dict[str, frozenset[str]] = {
-    # resuming meta-training from a checkpoint: how long it runs and how it saves, not what a step computes
+    # resuming meta-training from a checkpoint: how long it runs, how it saves and what it measures,
+    # not what a step computes
     "checkpoint": frozenset(
-        {"train.iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.sync_check_every"}
+        {
+            "train.iterations",
+            "train.checkpoint_every",
+            "train.keep_checkpoints",
+            "train.sync_check_every",
+            "train.analysis_every",
+            "train.analysis_groups",
+        }
     ),
     # a run folder's trained meta-model: only its evaluation may differ
     "meta-model": frozenset({"eval"}),
     # a run folder's test metrics: nothing may differ
     "evaluation": frozenset(),
-    # a benchmark folder's cells: each cell runs with its own seed
-    "benchmark": frozenset({"seed"}),
+    # a benchmark folder's cells: each cell runs with its own seed; measuring gradients changes no result
+    "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups"}),
 }
 
 

@@ -59,6 +59,7 @@ from .group import group_teachers
 from .io import save_safetensors_atomic, write_json_atomic
 from .metamodel import TGR_CONFIG_NAME, MetaModel, create_meta_model, load_meta_model, save_meta_model
 from .pool import PoolMember, load_pool
+from .probe import gradient_measure
 from .progress import progress_bar
 from .recover import WarmGenerator, recover_teachers
 from .run_record import MemberRecord, RunRecord, describe_pool
@@ -569,6 +570,10 @@ def run_tgr(
             recover=cfg.recover,
             generators=generators,
             val_seed=seeds.val_seed(cfg.seed),
+            # train.analysis_every: the task gradients on a probe the run's methods share (validation seed)
+            measure=gradient_measure(members, prepared.bank, cfg.train, seed=seeds.val_seed(cfg.seed))
+            if cfg.train.analysis_every > 0
+            else None,
         )
         model.load_state_dict(result.best_state)
         timings["meta-train"] = time.perf_counter() - start

@@ -609,6 +609,7 @@ class _MetaTrainer:
         self.history: dict[str, list[tuple[int, float]]] = {"task_loss": [], "replay_loss": [], "val_acc": []}
         if self.online is not None:
             self.history.update({f"recover_{k}": [] for k in QUALITY})
+
         self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.best_step, self.best_acc = 0, -math.inf
         self.val_std_error = float("nan")
@@ -902,7 +903,7 @@ class _MetaTrainer:
 
     def record(self, step: int, losses: dict[str, float]) -> None:
         for name, value in losses.items():
-            self.history[name].append((step, value))
+            self.history.setdefault(name, []).append((step, value))
         self.accelerator.log(losses, step=step)
 
     def result(self, resumed_from: int) -> TrainResult:
@@ -939,6 +940,7 @@ def meta_train(
     recover: RecoverConfig | None = None,
     generators: Mapping[int, Mapping[str, Tensor]] | None = None,
     val_seed: int | None = None,
+    measure: Callable[[MetaModel], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Meta-train ``model`` in place with IGR inside teacher groups, then replay episodes.
 
@@ -973,6 +975,8 @@ def meta_train(
             first recovery runs ``recover.steps`` steps instead of ``recover.online_steps``.
         val_seed: seeds the meta-validation episodes (default ``seed + 1``); the benchmark keeps it
             on the run seed when only the training seed changes, so every run selects on the same episodes.
+        measure: ``model -> {name: value}``, recorded in the history before training and every
+            ``cfg.analysis_every`` steps (:func:`tgr_hub.probe.gradient_measure`); it must change nothing.
 
     Raises:
         ConfigError: checkpointing without ``checkpoint_dir``, or resuming with other settings.
@@ -1000,6 +1004,8 @@ def meta_train(
     start = trainer.restore(resume)
     if start == 0:
         trainer.validate(0)
+        if measure is not None and cfg.analysis_every > 0:
+            trainer.record(0, measure(trainer.model))
 
     bar = progress_bar(
         range(start, cfg.iterations),
@@ -1023,6 +1029,12 @@ def meta_train(
 
         if done % cfg.eval_every == 0 or done == cfg.iterations:
             trainer.validate(done)
+        if (
+            measure is not None
+            and cfg.analysis_every > 0
+            and (done % cfg.analysis_every == 0 or done == cfg.iterations)
+        ):
+            trainer.record(done, measure(trainer.model))
         if dist.world > 1 and cfg.sync_check_every > 0 and (done % cfg.sync_check_every == 0 or done == cfg.iterations):
             dist.check_in_sync(
                 {**trainer.model.state_dict(), **{f"direction/{k}": v for k, v in combined.direction.items()}},

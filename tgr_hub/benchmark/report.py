@@ -147,6 +147,10 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                 c["recover_agreement"] for c in entry["selection"].values() if c["recover_agreement"] is not None
             ]
             entry["recover_agreement"] = float(np.mean(agreements)) if agreements else None
+            # train.analysis_every: the task gradients' P / cosine / spread on the seed's fixed probe
+            curves = {str(s): records[(s, name)]["gradients"] for s in seeds if records[(s, name)].get("gradients")}
+            if curves:
+                entry["gradients"] = curves
             methods[name] = entry
             if name != spec.reference:
                 diff = _paired(records, name, spec.reference, spec.seeds, shots)
@@ -380,12 +384,45 @@ def _per_seed_lines(report: dict[str, Any], name: str) -> list[str]:
     return [*lines, ""]
 
 
-# what each kind of generated block holds (render_markdown writes them all, per scenario)
+def _gradient_lines(report: dict[str, Any], name: str) -> list[str]:
+    """Per method: the task gradients' statistics on the seed's fixed probe at the first and the last
+    measurement (``train.analysis_every``), each the mean over the seeds that recorded them."""
+    rows = []
+    for entry in report["scenarios"][name]["methods"].values():
+        curves = entry.get("gradients") or {}
+        cells = []
+        for key in ("grad_P", "grad_cosine", "grad_spread"):
+            per_seed = [c[key] for c in curves.values() if c.get(key)]
+            if not per_seed:
+                cells.append("n/a")
+                continue
+            first, last = np.mean([c[0][1] for c in per_seed]), np.mean([c[-1][1] for c in per_seed])
+            cells.append(f"{first:.4g} → {last:.4g} (steps {per_seed[0][0][0]} → {per_seed[0][-1][0]})")
+        if curves:
+            rows.append(f"| {entry['label']} | {', '.join(curves)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "Task-gradient statistics on each seed's fixed probe of pseudo-tasks (`train.analysis_every`; the same "
+        "tasks and head for every method of a seed), first → last measurement, mean over the seeds: P = "
+        "(1/2m) Σ‖g_i − ḡ‖², the mean pairwise cosine, and the relative spread (1/m) Σ‖g_i − ḡ‖ / ‖ḡ‖ "
+        "(per-step curves in results.json):",
+        "",
+        "| method | seeds | P | cosine | relative spread |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+# what each kind of generated block holds (results.md holds REPORT_SECTIONS, per scenario; `setup` is for documents)
 SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "accuracy": _accuracy_lines,
     "per-seed": _per_seed_lines,
     "selection": lambda report, name: _selection_and_cost_lines(report["scenarios"][name]),
+    "gradients": _gradient_lines,
 }
+REPORT_SECTIONS = ("accuracy", "per-seed", "selection", "gradients")  # results.md's, in order; `setup` is the heading
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -397,8 +434,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for name in report["scenarios"]:
         lines += [f"## {_scenario_heading(report, name)}", ""]
-        for render in SECTIONS.values():
-            lines += render(report, name)
+        for section in REPORT_SECTIONS:
+            lines += SECTIONS[section](report, name)
     if report["missing_cells"]:
         lines += [f"Not finished yet ({len(report['missing_cells'])} cells): " + ", ".join(report["missing_cells"]), ""]
     return "\n".join(lines)
@@ -458,7 +495,7 @@ def regenerate_blocks(text: str, base: Path) -> str:
 
     ``RESULTS_JSON`` is a ``results.json`` that ``tgr-hub benchmark`` wrote, relative to ``base``
     (the document's folder); ``SECTION`` is one of :data:`SECTIONS` (``setup``, ``accuracy``,
-    ``per-seed``, ``selection``), rendered exactly as results.md renders it.
+    ``per-seed``, ``selection``, ``gradients``), rendered exactly as results.md renders it.
 
     Raises:
         BenchmarkError: a block names a report that is missing or not a benchmark report, or a

@@ -222,7 +222,7 @@ class _Runner:
                 "val": result.metrics.get("val"),
                 "groups": [[int(i) for i in g] for g in result.groups],
                 "run_folder": str(run_dir.relative_to(self.out)),
-                "recover_agreement": _mean_recover_agreement(run_dir),
+                **_from_history(run_dir),
             }
         timings["train"] = time.perf_counter() - start
 
@@ -269,21 +269,26 @@ class _Runner:
         }
 
 
-def _mean_recover_agreement(run_dir: Path) -> float | None:
-    """Mean of meta-training's ``recover_agreement`` history in the run record of ``run_dir``.
+def _from_history(run_dir: Path) -> dict[str, Any]:
+    """What a cell records of its run's meta-training history (the run record in ``run_dir``).
 
-    How often the teacher predicted the intended label of the images online recovery made
-    (over every recovery of the run); None without online recovery (no such history) or record.
+    ``recover_agreement``: the mean of ``recover_agreement`` over the run's online recoveries (how
+    often the teacher predicted the label its recovered image was made for); None without online
+    recovery. ``gradients``: the ``train.analysis_every`` curves ``{name: [[step, value], ...]}``
+    (P, cosine and relative spread of the task gradients on the fixed probe); None without them.
     """
     from ..metamodel import TGR_CONFIG_NAME
+    from ..probe import GRADIENT_HISTORY
     from ..run_record import RunRecord
 
     path = run_dir / TGR_CONFIG_NAME
-    if not path.is_file():
-        return None
-    points = RunRecord.read(path).history.get("recover_agreement") or []
-    values = [float(value) for _, value in points]
-    return float(np.mean(values)) if values else None
+    history = RunRecord.read(path).history if path.is_file() else {}
+    agreement = [float(value) for _, value in history.get("recover_agreement") or []]
+    curves = {name: [[int(s), float(v)] for s, v in history[name]] for name in GRADIENT_HISTORY if history.get(name)}
+    return {
+        "recover_agreement": float(np.mean(agreement)) if agreement else None,
+        "gradients": curves or None,
+    }
 
 
 def run_benchmark(
