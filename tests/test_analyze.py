@@ -207,8 +207,12 @@ def _tgr_hub(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+def saved_names(out: Path) -> list[str]:
+    return sorted(json.loads((out / "cka.json").read_text())["names"])
+
+
 @pytest.mark.slow
-def test_analyze_cka_and_fisher_on_a_hub_pool(tiny_pool: Path, hub, hf_token, hub_cache, tmp_path: Path,
+def test_analyze_cka_fisher_and_gradients_on_a_hub_pool(tiny_pool: Path, hub, hf_token, hub_cache, tmp_path: Path,
                                               monkeypatch) -> None:
     from tgr_hub.hub import push_pool
 
@@ -244,6 +248,15 @@ def test_analyze_cka_and_fisher_on_a_hub_pool(tiny_pool: Path, hub, hf_token, hu
     assert len(saved["stability"]["seeds"]) == 10 and len(saved["group_sizes"]) == 10
     assert saved["domain_means"]["cross"]["pairs"] == 4  # 2 latin, 2 greek teachers
     assert (out / "fisher.png").read_bytes()[:8] == PNG
+
+    # the gradient dynamics on the same Hub teachers (their recovered tasks reused from the folder)
+    gradients = _tgr_hub("analyze", "gradients", "--pool", str(hub_list), "--out", str(out), "--preset", "smoke",
+                         "--iterations", "2", "--every", "1", "--probe-groups", "1")
+    assert gradients.returncode == 0, gradients.stderr[-3000:]
+    traces = json.loads((out / "gradients.json").read_text())["methods"]
+    assert list(traces) == ["erm", "tgr"] and all(t["steps"] == [0, 1, 2] for t in traces.values())
+    assert sorted(n for g in traces["tgr"]["groups"] for n in g) == saved_names(out)
+    assert (out / "gradients.png").read_bytes()[:8] == PNG
 
 
 def test_fewer_than_two_teachers_is_one_line_and_a_nonzero_exit(tmp_path: Path, capsys) -> None:
