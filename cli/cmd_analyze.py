@@ -41,6 +41,19 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
+def _add_ladder_arguments(parser: argparse.ArgumentParser, *, pool_help: str) -> None:
+    """The overlap ladder's flags, shared by ``fisher`` and ``gain``."""
+    parser.add_argument("--pool", default=None, help=pool_help)
+    parser.add_argument(
+        "--fractions",
+        type=_fractions,
+        default=None,
+        metavar="P,P,...",
+        help="the ladder's class-overlap fractions (default 0,0.2,0.4,0.6,0.8,1)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="ladder pairs per fraction (default 1)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "analyze",
@@ -80,15 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sharing a fraction of their classes, pairs of architectures, pairs of "
         "domains; from the config's pool section) into OUT/ladder-pool.",
     )
-    fisher.add_argument("--pool", default=None, help="repo-list.txt to analyse (default: build the overlap ladder)")
-    fisher.add_argument(
-        "--fractions",
-        type=_fractions,
-        default=None,
-        metavar="P,P,...",
-        help="the ladder's class-overlap fractions (default 0,0.2,0.4,0.6,0.8,1)",
-    )
-    fisher.add_argument("--repeats", type=int, default=1, help="ladder pairs per fraction (default 1)")
+    _add_ladder_arguments(fisher, pool_help="repo-list.txt to analyse (default: build the overlap ladder)")
     fisher.add_argument(
         "--seeds", type=int, default=10, help="clustering seeds for the grouping stability (default 10)"
     )
@@ -143,15 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "meta-trains on the basic teacher alone and with the auxiliary teacher, per seed, and scores both on the "
         "same meta-test episodes: AG is their paired difference, with a t-interval per overlap fraction.",
     )
-    gain.add_argument("--pool", default=None, help="a ladder pool's repo-list.txt (default: build the ladder)")
-    gain.add_argument(
-        "--fractions",
-        type=_fractions,
-        default=None,
-        metavar="P,P,...",
-        help="the ladder's class-overlap fractions (default 0,0.2,0.4,0.6,0.8,1)",
-    )
-    gain.add_argument("--repeats", type=int, default=1, help="ladder pairs per fraction (default 1)")
+    _add_ladder_arguments(gain, pool_help="a ladder pool's repo-list.txt (default: build the ladder)")
     gain.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     gain.add_argument("--method", choices=("erm", "tgr"), default="erm", help="how both models meta-train")
     gain.set_defaults(func=run_gain)
