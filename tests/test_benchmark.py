@@ -831,3 +831,13 @@ def test_the_report_shows_each_methods_gradient_statistics_when_cells_recorded_t
         for seed in (0, 1):
             _fake_cell(plain, "multi-domain", seed, method, [0.5, 0.6], digest)
     assert bm.report.SECTIONS["gradients"](bm.summarize(spec, plain), "multi-domain") == []
+
+
+def test_the_repository_documents_match_their_reports(capsys):
+    """README.md and docs/results.md hold exactly what `tgr-hub docs` generates from the reports they name."""
+    from tgr_hub.cli.main import main
+
+    repo = Path(__file__).resolve().parents[1]
+    documents = [repo / "README.md", repo / "docs" / "results.md"]
+    assert all("<!-- tgr-hub docs:" in path.read_text() for path in documents)  # they do name reports
+    assert main(["docs", "--check", *map(str, documents)]) == 0, capsys.readouterr().out
