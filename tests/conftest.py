@@ -25,6 +25,8 @@ and ``timm``, write access); :data:`OTHER_TOKEN` as ``stranger``. Tests that nee
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -117,6 +119,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _PORT_HOLDER is not None:
         _PORT_HOLDER.close()
     shutil.rmtree(_HF_HOME, ignore_errors=True)
+    shutil.rmtree(_FAKE_RUNS, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -152,9 +155,13 @@ def hub_cache(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return cache
 
 
+_FAKE_RUNS = Path(tempfile.mkdtemp(prefix="tgr-hub-tests-fake-runs-"))
+
+
 def make_fake_run(folder: Path, *, seed: int = 0, pool_members: list[dict] | None = None, nested: bool = False) -> Path:
     """A run folder as ``tgr-hub train`` writes it (``tgr_hub.pipeline.run_tgr``), with a tiny
-    untrained Conv4 meta-model.
+    untrained Conv4 meta-model: a copy of one built once per session for these arguments (building
+    one, with its two figures, takes about a second; copying it, milliseconds).
 
     ``folder`` holds config.json, model.safetensors and tgr_config.json (smoke config, a pool of
     two Hub teachers and one local one, two groups of teacher names, test metrics as
@@ -162,6 +169,15 @@ def make_fake_run(folder: Path, *, seed: int = 0, pool_members: list[dict] | Non
     figures ``dissimilarity.png`` and ``training_curve.png``. ``nested=True`` puts the meta-model
     files in ``folder/meta_model/`` instead (the other layout tgr-hub accepts).
     """
+    key = hashlib.sha256(json.dumps([seed, pool_members, nested]).encode()).hexdigest()[:16]
+    template = _FAKE_RUNS / key
+    if not template.exists():
+        _build_fake_run(_FAKE_RUNS / f".{key}", seed=seed, pool_members=pool_members, nested=nested).rename(template)
+    shutil.copytree(template, folder, dirs_exist_ok=True)
+    return folder
+
+
+def _build_fake_run(folder: Path, *, seed: int, pool_members: list[dict] | None, nested: bool) -> Path:
     import numpy as np
 
     from tgr_hub.config import load_config

@@ -41,7 +41,7 @@ from tgr_hub.pool import load_pool, parse_pool_text
 from conftest import OTHER_TOKEN, WRITE_TOKEN  # noqa: E402  (tests/ is on sys.path)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IMAGENET = "timm/resnet18.a1_in1k"
+IMAGENET = "timm/mobilenetv3_small_050.lamb_in1k"
 
 
 # --- teachers on the test Hub --------------------------------------------------------------
@@ -94,7 +94,7 @@ def teachers(hub_server):
         sha_main = _timm_push(second, "tgr-org/hub-teacher-a", model_config={"label_names": labels})
         _timm_push(_conv4(5, seed=3), "tgr-org/hub-teacher-b", model_config={"label_names": labels})
         _timm_push(_conv4(4, seed=4), "tgr-org/hub-teacher-c")
-        imagenet = timm.create_model("resnet18.a1_in1k", pretrained=False).eval()  # its own pretrained_cfg
+        imagenet = timm.create_model("mobilenetv3_small_050.lamb_in1k", pretrained=False).eval()  # its own pretrained_cfg
         _timm_push(imagenet, IMAGENET)  # like the real repo: model.safetensors + pytorch_model.bin + README
         _timm_push(_conv4(5, seed=5), "tgr-org/hub-pickle-only", safe_serialization=False)
         _timm_push(_conv4(0, seed=6), "tgr-org/hub-features")
@@ -141,7 +141,7 @@ def test_resolve_pins_commit_and_downloads_only_what_is_needed(hub, hub_cache, t
     before = len(hub.requests)
     resolved = hub_mod.resolve_repo(IMAGENET)
     assert resolved.sha == hub.repo(IMAGENET).branches["main"]
-    assert resolved.folder == hub_cache / "models--timm--resnet18.a1_in1k" / "snapshots" / resolved.sha
+    assert resolved.folder == hub_cache / "models--timm--mobilenetv3_small_050.lamb_in1k" / "snapshots" / resolved.sha
     assert sorted(p.name for p in resolved.folder.iterdir()) == ["config.json", "model.safetensors"]
     assert (resolved.folder.parent.parent / "refs" / "main").read_text() == resolved.sha
     paths = [r.path for r in hub.requests[before:]]
@@ -175,7 +175,7 @@ def test_branch_tag_sha_and_prefix_entries(hub_cache, teachers, tmp_path: Path) 
 def test_imagenet_teacher_keeps_its_input_size_and_normalisation(hub_cache, teachers, tmp_path: Path) -> None:
     (tmp_path / "pool.txt").write_text(f"{IMAGENET}\n")
     (member,) = load_pool(tmp_path / "pool.txt")
-    assert member.num_classes == 1000 and member.architecture == "resnet18"
+    assert member.num_classes == 1000 and member.architecture == "mobilenetv3_small_050"
     assert member.input_size == (3, 224, 224)
     assert member.mean == pytest.approx((0.485, 0.456, 0.406)) and member.std == pytest.approx((0.229, 0.224, 0.225))
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

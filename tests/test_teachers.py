@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -155,10 +156,15 @@ def test_unknown_architecture_is_refused(tmp_path):
 # --- end to end on the glyph benchmark ----------------------------------------------------
 
 
+# two teachers (conv4, resnet10t), one epoch each: what the make_pool tests build
+SMALL_POOL = PoolBuildConfig(domains=["latin", "greek"], archs=["conv4", "resnet10t"], teachers=2, way=3, epochs=1,
+                             batch_size=32, lr=3e-3)
+
+
 @pytest.fixture(scope="module")
 def small_pool(tmp_path_factory) -> tuple[Path, list]:
     out = tmp_path_factory.mktemp("pool")
-    reports = make_pool(out, PoolBuildConfig(domains=["latin", "greek"], archs=["conv4", "resnet10t"], teachers=2, way=3, epochs=2, batch_size=32, lr=3e-3), seed=0, num_threads=1, progress=False)
+    reports = make_pool(out, SMALL_POOL, seed=0, num_threads=1, progress=False)
     return out, reports
 
 
@@ -206,7 +212,7 @@ def test_make_pool_resumes_without_retraining(small_pool):
     out, reports = small_pool
     weights = (out / "t00" / "model.safetensors").read_bytes()
     stamp = (out / "t00" / "model.safetensors").stat().st_mtime_ns
-    again = make_pool(out, PoolBuildConfig(domains=["latin", "greek"], archs=["conv4", "resnet10t"], teachers=2, way=3, epochs=2, batch_size=32, lr=3e-3), seed=0, num_threads=1, progress=False)
+    again = make_pool(out, SMALL_POOL, seed=0, num_threads=1, progress=False)
     assert [r.reused for r in again] == [True, True]
     assert [r.heldout_accuracy for r in again] == [r.heldout_accuracy for r in reports]
     assert (out / "t00" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -214,7 +220,7 @@ def test_make_pool_resumes_without_retraining(small_pool):
 
 def test_make_pool_is_deterministic(small_pool, tmp_path):
     out, reports = small_pool
-    again = make_pool(tmp_path, PoolBuildConfig(domains=["latin", "greek"], archs=["conv4"], teachers=1, way=3, epochs=2, batch_size=32, lr=3e-3), seed=0, num_threads=1, progress=False)
+    again = make_pool(tmp_path, dataclasses.replace(SMALL_POOL, archs=["conv4"], teachers=1), seed=0, num_threads=1, progress=False)
     assert again[0].label_names == reports[0].label_names and not again[0].reused
     assert (tmp_path / "t00" / "model.safetensors").read_bytes() == (out / "t00" / "model.safetensors").read_bytes()
 
