@@ -457,6 +457,20 @@ def test_gain_trains_basic_alone_and_with_its_auxiliary_and_pairs_their_episodes
     json_path, png_path = write_gain(result, tmp_path)
     assert json.loads(json_path.read_text())["by_overlap"].keys() == {"0", "1"}
     assert png_path.read_bytes()[:8] == PNG
+    # started again (as after an interruption): every model's scores are in gain-scores.json, nothing retrains
+    trained_on.clear()
+    again = run_gain(None, tmp_path, cfg, seeds=(0, 1), fractions=(0.0, 1.0), progress=False)
+    assert trained_on == [] and again.rows == result.rows
+    # with one model's scores lost, only that model trains; other settings retrain everything
+    scores = json.loads((tmp_path / "gain-scores.json").read_text())
+    lost = sorted(scores["scores"])[0]
+    del scores["scores"][lost]
+    (tmp_path / "gain-scores.json").write_text(json.dumps(scores))
+    assert run_gain(None, tmp_path, cfg, seeds=(0, 1), fractions=(0.0, 1.0), progress=False).rows == result.rows
+    assert [sorted(names) for names, _, _ in trained_on] == [sorted(lost.split("@")[0].split("+"))]
+    trained_on.clear()
+    run_gain(None, tmp_path, cfg, seeds=(0,), fractions=(0.0, 1.0), method="tgr", progress=False)
+    assert len(trained_on) == 2 * len(pairs)
 
 
 def test_gain_refuses_a_pool_without_a_ladder(tiny_pool: Path, tmp_path: Path) -> None:

@@ -1370,7 +1370,9 @@ def run_gain(
     recovery, replay and meta-validation as configured). Both are scored on the same meta-test
     episodes (``cfg.eval``; the benchmark's fixed episode lists), and AG is their paired difference
     (:func:`tgr_hub.stats.paired_difference`); per overlap fraction, a t-interval over the pairs'
-    and seeds' mean differences (:func:`tgr_hub.stats.across_seeds`).
+    and seeds' mean differences (:func:`tgr_hub.stats.across_seeds`). Each model's scores are saved in
+    ``out/gain-scores.json`` as soon as it is scored: an interrupted run, started again with the same
+    pool and settings, trains only the models still missing.
 
     Raises:
         AnalysisError: no ladder pairs, an unknown method, no seeds.
@@ -1413,7 +1415,25 @@ def run_gain(
     train_cfg = replace(cfg.train, beta=cfg.train.beta if method == "tgr" else 0.0, checkpoint_every=0)
     settings = eval_settings(cfg.eval, cfg.train.learner)
 
+    # Each trained model's episode accuracies are kept in OUT/gain-scores.json as soon as it is scored,
+    # under the settings that made them: a run that is interrupted and started again with the same
+    # pool and settings trains only what is missing; other settings start the file afresh.
+    scores_file = Path(out) / "gain-scores.json"
+    pool_key = str(Path(pool_path).resolve())
+    settings_key = json.loads(json.dumps({"config": cfg.to_dict(), "method": method, "pool": pool_key}))
+    saved = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
+    done: dict[str, dict[str, list[float]]] = saved.get("scores", {}) if saved.get("settings") == settings_key else {}
+    if done:
+        logger.info("gain: %d trained models already scored in %s; training the rest", len(done), scores_file)
+
     def score(teachers: list[str], seed: int, episodes: dict[int, EpisodeList]) -> dict[str, list[float]]:
+        key = f"{'+'.join(teachers)}@{seed}"
+        if key not in done:
+            done[key] = train_and_score(teachers, seed, episodes)
+            write_json_atomic(scores_file, {"settings": settings_key, "scores": done})
+        return done[key]
+
+    def train_and_score(teachers: list[str], seed: int, episodes: dict[int, EpisodeList]) -> dict[str, list[float]]:
         members = [prepared.members[index[name]] for name in teachers]
         model = create_meta_model(cfg.train.arch, cfg.data.image_size, seed=seed)
         trained = meta_train(
