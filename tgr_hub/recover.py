@@ -23,10 +23,11 @@ exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -213,6 +214,22 @@ def bn_layers(model: nn.Module) -> list[nn.Module]:
         for m in model.modules()
         if isinstance(m, _BN_TYPES) and m.running_mean is not None and m.running_var is not None
     ]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (BN normalises with its running statistics and does not update them)
+    with its parameters frozen (gradients flow to the inputs only) for the block; its mode and
+    ``requires_grad`` flags are restored afterwards, also on error."""
+    was_training = model.training
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    try:
+        model.eval().requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), grad_flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
 
 
 class _BNStatisticsLoss:
@@ -411,8 +428,6 @@ def recover_task(
         optimizer = _Both(warm.optimizer, torch.optim.Adam([z], lr=cfg.lr, betas=cfg.betas))
 
     model = member.model
-    was_training = model.training
-    grad_flags = [p.requires_grad for p in model.parameters()]
     bn_loss = _BNStatisticsLoss(model)
     if not bn_loss.layers:
         logger.warning(
@@ -427,37 +442,29 @@ def recover_task(
     best_step_t = torch.zeros((), dtype=torch.int64, device=device)
     best_images: torch.Tensor | None = None
     start = time.perf_counter()
-    try:
-        model.eval()  # BN normalises with running statistics and does not update them
-        for p in model.parameters():
-            p.requires_grad_(False)  # gradients flow to the images only
-        with bn_loss:
-            bar = progress_bar(range(steps), desc=f"recover {member.name}", disable=not progress, leave=False)
-            for step in bar:
-                images = generator(z)
-                logits = model(member.normalize(random_crop_flip(images, pad, aug_rng)))
-                ce = F.cross_entropy(logits, target)
-                bn = bn_loss.pop(ce)
-                loss = ce + cfg.bn_weight * bn
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+    with frozen(model), bn_loss:
+        bar = progress_bar(range(steps), desc=f"recover {member.name}", disable=not progress, leave=False)
+        for step in bar:
+            images = generator(z)
+            logits = model(member.normalize(random_crop_flip(images, pad, aug_rng)))
+            ce = F.cross_entropy(logits, target)
+            bn = bn_loss.pop(ce)
+            loss = ce + cfg.bn_weight * bn
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
-                with torch.no_grad():
-                    ce_values.append(ce.detach())
-                    bn_values.append(bn.detach())
-                    better = loss.detach() < best_loss_t  # False for NaN: a NaN step is never kept
-                    best_loss_t = torch.where(better, loss.detach(), best_loss_t)
-                    best_step_t = torch.where(better, step, best_step_t)
-                    # the images that produced this loss (before the update just made)
-                    images = images.detach()
-                    best_images = images.clone() if best_images is None else torch.where(better, images, best_images)
-                if progress and step % 10 == 0:
-                    bar.set_postfix(ce=f"{float(ce):.3f}", bn=f"{float(bn):.3f}")
-    finally:
-        for p, flag in zip(model.parameters(), grad_flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
+            with torch.no_grad():
+                ce_values.append(ce.detach())
+                bn_values.append(bn.detach())
+                better = loss.detach() < best_loss_t  # False for NaN: a NaN step is never kept
+                best_loss_t = torch.where(better, loss.detach(), best_loss_t)
+                best_step_t = torch.where(better, step, best_step_t)
+                # the images that produced this loss (before the update just made)
+                images = images.detach()
+                best_images = images.clone() if best_images is None else torch.where(better, images, best_images)
+            if progress and step % 10 == 0:
+                bar.set_postfix(ce=f"{float(ce):.3f}", bn=f"{float(bn):.3f}")
 
     ce_history = torch.stack(ce_values).float().cpu().tolist()
     bn_history = torch.stack(bn_values).float().cpu().tolist()

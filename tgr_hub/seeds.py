@@ -28,6 +28,7 @@ __all__ = [
     "EMBED",
     "GENERATOR_INIT",
     "HEAD_INIT",
+    "PEERS",
     "RECOVER",
     "RECOVER_ONLINE",
     "TRAIN",
@@ -64,6 +65,7 @@ RECOVER_ONLINE = 4  # recovery inside meta-training: [seed, RECOVER_ONLINE, step
 GENERATOR_INIT = 5  # a teacher's online generator at its first recovery: [seed, GENERATOR_INIT, teacher]
 HEAD_INIT = 6  # the shared N-way head of `head` task losses: [seed, HEAD_INIT]
 ANALYZE = 7  # tgr-hub analyze: ladder plans and probe images, [seed, ANALYZE, kind, ...]
+PEERS = 8  # the peer methods (tgr_hub.peers): [seed, PEERS, kind, ...], the kinds named by each method
 
 
 def seed_sequence(seed: int, stream: int, *key: int) -> np.random.SeedSequence:

@@ -1,0 +1,125 @@
+"""The peer methods' parts (tgr_hub.peers): PURER's pixel memory against hand computations."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tgr_hub.errors import RecoverError
+from tgr_hub.peers.purer import PixelMemory, PixelMemoryConfig, total_variation
+from tgr_hub.pool import load_pool
+
+
+def _loss(memory: PixelMemory, shift: tuple[int, int] = (0, 0)) -> float:
+    return float(memory.inversion_loss(shift)[0].detach())
+
+
+@pytest.fixture(scope="module")
+def teachers(tiny_pool: Path) -> list:
+    return load_pool(tiny_pool)
+
+
+def test_total_variation_by_hand() -> None:
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = x.numpy()
+    squares = dict.fromkeys(("right", "down", "down_right", "down_left"), 0.0)
+    for b in range(2):
+        for c in range(3):
+            for i in range(4):
+                for j in range(5):
+                    if j + 1 < 5:
+                        squares["right"] += (a[b, c, i, j + 1] - a[b, c, i, j]) ** 2
+                    if i + 1 < 4:
+                        squares["down"] += (a[b, c, i + 1, j] - a[b, c, i, j]) ** 2
+                    if i + 1 < 4 and j + 1 < 5:
+                        squares["down_right"] += (a[b, c, i + 1, j + 1] - a[b, c, i, j]) ** 2
+                    if i + 1 < 4 and j - 1 >= 0:
+                        squares["down_left"] += (a[b, c, i + 1, j - 1] - a[b, c, i, j]) ** 2
+    expected = sum(np.sqrt(v) for v in squares.values())
+    assert float(total_variation(x)) == pytest.approx(expected, rel=1e-12)
+    assert float(total_variation(torch.ones(1, 3, 6, 6))) == 0.0
+
+
+def test_a_data_step_lowers_the_inversion_loss_and_leaves_the_teachers_alone(teachers) -> None:
+    memory = PixelMemory(teachers, image_size=32, cfg=PixelMemoryConfig(per_class=3), seed=0)
+    modes = [(m.model.training, [p.requires_grad for p in m.model.parameters()]) for m in teachers]
+    before = _loss(memory)
+    for _ in range(5):
+        report = memory.step()
+    assert _loss(memory) < 0.8 * before
+    assert set(report) == {"loss", "ce", "bn", "tv", "l2"} and memory.steps == 5
+    assert 0.0 <= float(memory.images.detach().min()) and float(memory.images.detach().max()) <= 1.0  # clamped to [0, 1]
+    assert [(m.model.training, [p.requires_grad for p in m.model.parameters()]) for m in teachers] == modes
+    assert all(p.grad is None for m in teachers for p in m.model.parameters())  # gradients reach the images only
+
+
+def test_classes_are_pooled_by_name_and_each_teacher_reads_its_own_numbering(teachers) -> None:
+    first = teachers[0]
+    # a second teacher that knows the first one's class 2 as its class 0, and one class of its own
+    other = dataclasses.replace(first, name="other", label_names=[first.label_names[2], "made/up"])
+    memory = PixelMemory([first, other], image_size=32, cfg=PixelMemoryConfig(per_class=2), seed=0)
+    assert memory.class_names == [*first.label_names, "made/up"]
+    assert memory.images.shape == (2 * (first.num_classes + 1), 3, 32, 32)
+    images, targets = memory.teacher_batch(1)
+    assert targets.tolist() == [0, 0, 1, 1]
+    assert torch.equal(images[:2], memory.images[4:6]) and torch.equal(images[2:], memory.images[-2:])
+    first_images, first_targets = memory.teacher_batch(0)
+    assert torch.equal(first_images, memory.images[: 2 * first.num_classes])
+    assert first_targets.tolist() == [c for c in range(first.num_classes) for _ in range(2)]
+
+
+def test_running_sum_weighting_is_n_minus_i_and_equal_weighting_is_one(teachers, monkeypatch) -> None:
+    n = len(teachers)
+    memory = PixelMemory(teachers, image_size=32, cfg=PixelMemoryConfig(per_class=2), seed=1)
+    alone = []
+    for i in range(n):  # each teacher's own loss, by weighting it alone
+        monkeypatch.setattr(memory, "teacher_weights", lambda i=i: [float(k == i) for k in range(n)])
+        alone.append(_loss(memory, (1, -1)))
+    monkeypatch.undo()
+    assert _loss(memory, (1, -1)) == pytest.approx(sum(alone), rel=1e-5)
+    running = PixelMemory(teachers, image_size=32, cfg=PixelMemoryConfig(per_class=2, teacher_weights="running-sum"),
+                          seed=1)
+    assert running.teacher_weights() == [float(n - i) for i in range(n)]
+    assert _loss(running, (1, -1)) == pytest.approx(
+        sum((n - i) * value for i, value in enumerate(alone)), rel=1e-5)
+
+
+def test_an_extra_loss_joins_the_step(teachers) -> None:
+    cfg = PixelMemoryConfig(per_class=2)
+    plain, pushed = (PixelMemory(teachers, image_size=32, cfg=cfg, seed=2) for _ in range(2))
+    assert torch.equal(plain.images, pushed.images)  # one seed, one start
+    start = float(pushed.images.detach().mean())
+    plain.step()
+    report = pushed.step(extra_loss=lambda images: -100.0 * images.mean())
+    assert report["extra"] == pytest.approx(-100.0 * start, rel=1e-6)  # scored on the images before the step
+    assert report["loss"] == pytest.approx(report["ce"] + 0.01 * report["bn"] + 1e-4 * report["tv"]
+                                           + 1e-5 * report["l2"] + report["extra"], rel=1e-5)
+    assert float(pushed.images.detach().mean()) > float(plain.images.detach().mean())  # the extra term raised the pixels
+
+
+def test_seeded_start_and_exact_resume(teachers) -> None:
+    cfg = PixelMemoryConfig(per_class=2)
+    a = PixelMemory(teachers, image_size=32, cfg=cfg, seed=3)
+    assert not torch.equal(a.images, PixelMemory(teachers, image_size=32, cfg=cfg, seed=4).images)
+    assert a.jitter(0) != a.jitter(1) or a.jitter(1) != a.jitter(2)  # the roll changes from step to step
+    for _ in range(2):
+        a.step()
+    saved = a.state_dict()
+    b = PixelMemory(teachers, image_size=32, cfg=cfg, seed=3)
+    b.load_state_dict(saved)
+    a.step()
+    b.step()
+    assert b.steps == a.steps == 3 and torch.equal(a.images, b.images)
+    with pytest.raises(RecoverError, match="does not fit"):
+        PixelMemory(teachers[:1], image_size=32, cfg=cfg, seed=3).load_state_dict(saved)
+
+
+def test_bad_settings_are_refused(teachers) -> None:
+    with pytest.raises(RecoverError, match="at least one teacher"):
+        PixelMemory([], image_size=32, seed=0)
+    with pytest.raises(RecoverError, match="at least one image per class"):
+        PixelMemory(teachers, image_size=32, cfg=PixelMemoryConfig(per_class=0), seed=0)

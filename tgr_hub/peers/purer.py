@@ -1,0 +1,216 @@
+"""PURER's data (Hu et al., CVPR 2023): a learnable memory of images, improved one step at a time.
+
+PURER keeps no generator. Every class that some teacher of the pool knows gets ``per_class``
+images of its own, all held in one tensor, and one Adam optimiser (never reset) improves that
+tensor by a single step per meta-iteration. The step lowers, summed over the teachers ``t``,
+
+    w_t · [ CE(f_t(x̃_t), y_t) + bn · BN_t(x̃_t) + tv · TV(x̂_t) + l2 · ‖x̂_t‖₂ ]
+
+- ``x̃_t``: the images of teacher ``t``'s classes, all shifted by one random roll of up to
+  ``jitter`` pixels (the same shift for the whole step), in [0, 1]; ``y_t`` their classes as the
+  teacher numbers them;
+- ``x̂_t``: the same images as teacher ``t`` sees them (resized to its input size and normalised
+  with its mean and std): the two image priors act there, as in the public code, which keeps its
+  images normalised;
+- ``BN_t``: the distance of each BatchNorm input's batch statistics from the teacher's running
+  ones (tgr-hub's recovery prior, :class:`tgr_hub.recover._BNStatisticsLoss`);
+- ``TV``: the total variation, ‖·‖₂ of the differences between neighbouring pixels in four
+  directions (right, down and both diagonals), summed;
+- ``w_t``: 1 (``teacher_weights="equal"``), or the public code's weighting
+  (``"running-sum"``): it adds each teacher's loss to a running sum and that running sum to the
+  total after every teacher, so teacher ``i`` of ``n`` weighs ``n − i``. Kept as an option, not as
+  the default.
+
+Classes are pooled by name: two teachers that know ``latin/A`` share its images and both shape
+them (the public code pools classes by their global id in the same way). A step may add an extra
+loss on the images: PURER's curriculum subtracts the meta-learner's query loss on an episode drawn
+from the memory, so that episodes get harder (see :meth:`PixelMemory.step`).
+
+Where tgr-hub differs from the public code: the images are kept in [0, 1] (each teacher
+normalises them itself, since a heterogeneous pool has no one normalisation) and clamped there
+after every step; they start at ``0.5 + 0.25·N(0, 1)``, about what a standard normal draw in a
+normalised space is in pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import RecoverError
+from ..pool import PoolMember
+from ..recover import _BNStatisticsLoss, frozen
+from ..seeds import PEERS, torch_generator, torch_seed
+
+__all__ = ["PixelMemory", "PixelMemoryConfig", "total_variation"]
+
+#: the two kinds of draw of a pixel memory in the ``PEERS`` stream: [seed, PEERS, PURER_INIT] and
+#: [seed, PEERS, PURER_JITTER, step]
+PURER_INIT, PURER_JITTER = 0, 1
+
+
+@dataclass(frozen=True)
+class PixelMemoryConfig:
+    """PURER's inversion settings (the public code's values)."""
+
+    per_class: int = 20  # images per class (the public code: 16 or 20)
+    lr: float = 0.25  # Adam's learning rate on the pixels
+    bn_weight: float = 0.01
+    tv_weight: float = 1e-4
+    l2_weight: float = 1e-5
+    jitter: int = 2  # the largest roll, in pixels
+    teacher_weights: Literal["equal", "running-sum"] = "equal"
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Σ over four directions (right, down, down-right, down-left) of ‖x[neighbour] − x‖₂.
+
+    Args:
+        x: ``[B, C, H, W]``.
+
+    Returns:
+        A scalar: four L2 norms, each over the whole batch, summed.
+    """
+    right = x[..., :, 1:] - x[..., :, :-1]
+    down = x[..., 1:, :] - x[..., :-1, :]
+    down_right = x[..., 1:, 1:] - x[..., :-1, :-1]
+    down_left = x[..., 1:, :-1] - x[..., :-1, 1:]
+    return sum((torch.linalg.vector_norm(d) for d in (right, down, down_right, down_left)), x.new_zeros(()))
+
+
+class PixelMemory:
+    """``per_class`` learnable images for every class the pool's teachers know (PURER's data).
+
+    Attributes:
+        class_names: the pooled classes, in the order the teachers name them first.
+        images: ``[len(class_names) * per_class, 3, size, size]`` in [0, 1], a leaf tensor with
+            ``requires_grad``; class ``c``'s images are rows ``c * per_class`` to ``(c + 1) * per_class``.
+        labels: ``[len(images)]`` the class index of each row.
+        steps: inversion steps taken so far.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[PoolMember],
+        image_size: int,
+        cfg: PixelMemoryConfig | None = None,
+        *,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not members:
+            raise RecoverError("a pixel memory needs at least one teacher")
+        self.cfg = cfg or PixelMemoryConfig()
+        if self.cfg.per_class < 1:
+            raise RecoverError(f"a pixel memory needs at least one image per class, got {self.cfg.per_class}")
+        self.members = list(members)
+        self.class_names = list(dict.fromkeys(name for m in self.members for name in m.label_names))
+        index = {name: c for c, name in enumerate(self.class_names)}
+        # per teacher: the memory's class of each of its own classes
+        self._teacher_classes = [torch.tensor([index[n] for n in m.label_names]) for m in self.members]
+        per_class = self.cfg.per_class
+        self.labels = torch.arange(len(self.class_names)).repeat_interleave(per_class)
+        start = torch.randn(
+            len(self.labels), 3, image_size, image_size, generator=torch_generator(torch_seed(seed, PEERS, PURER_INIT))
+        )
+        self.images = (0.5 + 0.25 * start).clamp_(0.0, 1.0).to(device).requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.images], lr=self.cfg.lr)
+        self.seed = int(seed)
+        self.steps = 0
+
+    def teacher_batch(self, teacher: int) -> tuple[Tensor, Tensor]:
+        """Teacher ``teacher``'s classes' images ``[K * per_class, 3, H, W]`` (differentiable) and the
+        teacher's own class index of each ``[K * per_class]``."""
+        classes = self._teacher_classes[teacher]  # [K] memory class of each teacher class
+        rows = (classes[:, None] * self.cfg.per_class + torch.arange(self.cfg.per_class)).reshape(-1)
+        targets = torch.arange(len(classes)).repeat_interleave(self.cfg.per_class)
+        return self.images[rows.to(self.images.device)], targets.to(self.images.device)
+
+    def teacher_weights(self) -> list[float]:
+        """Each teacher's weight in the inversion loss (see the module doc)."""
+        n = len(self.members)
+        if self.cfg.teacher_weights == "running-sum":
+            return [float(n - i) for i in range(n)]
+        return [1.0] * n
+
+    def inversion_loss(self, shift: tuple[int, int] = (0, 0)) -> tuple[Tensor, dict[str, float]]:
+        """The weighted inversion loss of the current images, each rolled by ``shift`` (rows, columns).
+
+        Returns:
+            The loss (a scalar that back-propagates to :attr:`images`) and its four parts summed
+            over the teachers, unweighted (``ce``, ``bn``, ``tv``, ``l2``).
+        """
+        cfg = self.cfg
+        total = self.images.new_zeros(())
+        parts = dict.fromkeys(("ce", "bn", "tv", "l2"), 0.0)
+        for teacher, (member, weight) in enumerate(zip(self.members, self.teacher_weights())):
+            images, targets = self.teacher_batch(teacher)
+            shifted = torch.roll(images, shifts=shift, dims=(2, 3))
+            seen = member.normalize(shifted)
+            with _BNStatisticsLoss(member.model) as bn:
+                ce = F.cross_entropy(member.model(seen), targets)
+                bn_term = bn.pop(like=ce)
+            tv = total_variation(seen)
+            l2 = torch.linalg.vector_norm(seen)
+            total = total + weight * (ce + cfg.bn_weight * bn_term + cfg.tv_weight * tv + cfg.l2_weight * l2)
+            for key, value in (("ce", ce), ("bn", bn_term), ("tv", tv), ("l2", l2)):
+                parts[key] += float(value.detach())
+        return total, parts
+
+    def jitter(self, step: int) -> tuple[int, int]:
+        """The roll of step ``step``: two integers in ``[-jitter, jitter]``, from the run's seed."""
+        if self.cfg.jitter == 0:
+            return (0, 0)
+        rng = torch_generator(torch_seed(self.seed, PEERS, PURER_JITTER, step))
+        rows, cols = torch.randint(-self.cfg.jitter, self.cfg.jitter + 1, (2,), generator=rng).tolist()
+        return int(rows), int(cols)
+
+    def step(self, extra_loss: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """One Adam step on the images: the inversion loss at this step's roll, plus ``extra_loss(images)``
+        if given (PURER's curriculum passes minus the meta-learner's query loss on an episode drawn
+        from the images). The images are clamped to [0, 1] afterwards.
+
+        Returns:
+            The loss before the step and its parts (``loss``, ``ce``, ``bn``, ``tv``, ``l2``, and
+            ``extra`` when an extra loss was given).
+        """
+        with contextlib.ExitStack() as teachers:
+            for member in self.members:
+                teachers.enter_context(frozen(member.model))
+            loss, parts = self.inversion_loss(self.jitter(self.steps))
+            if extra_loss is not None:
+                extra = extra_loss(self.images)
+                parts["extra"] = float(extra.detach())
+                loss = loss + extra
+            if not math.isfinite(float(loss.detach())):
+                raise RecoverError(f"the pixel memory's inversion loss is {float(loss.detach())} at step {self.steps}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            self.images.clamp_(0.0, 1.0)
+        self.steps += 1
+        return {"loss": float(loss.detach()), **parts}
+
+    def state_dict(self) -> dict[str, object]:
+        """A snapshot of the images, the optimiser's state and the step count (for checkpoints and exact
+        resume; later steps do not change it)."""
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        return {"images": self.images.detach().clone(), "optimizer": optimizer, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        images = state["images"]
+        if not isinstance(images, Tensor) or images.shape != self.images.shape:
+            raise RecoverError("the saved pixel memory does not fit this pool and image size")
+        with torch.no_grad():
+            self.images.copy_(images)
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self.steps = int(state["steps"])  # type: ignore[call-overload]
