@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from tgr_hub.errors import RecoverError
-from tgr_hub.peers.purer import PixelMemory, PixelMemoryConfig, total_variation
+from tgr_hub.learners import MAML
+from tgr_hub.metamodel import create_meta_model
+from tgr_hub.peers.purer import PixelMemory, PixelMemoryConfig, curriculum_loss, total_variation
 from tgr_hub.pool import load_pool
 
 
@@ -123,3 +125,42 @@ def test_bad_settings_are_refused(teachers) -> None:
         PixelMemory([], image_size=32, seed=0)
     with pytest.raises(RecoverError, match="at least one image per class"):
         PixelMemory(teachers, image_size=32, cfg=PixelMemoryConfig(per_class=0), seed=0)
+
+
+def test_episodes_from_the_memory_are_seeded_and_use_distinct_images(teachers) -> None:
+    memory = PixelMemory(teachers, image_size=32, cfg=PixelMemoryConfig(per_class=4), seed=5)
+    task = memory.episode(3, 1, 3, key=(7, 0))
+    again = memory.episode(3, 1, 3, key=(7, 0))
+    assert torch.equal(task.support_x, again.support_x) and torch.equal(task.query_x, again.query_x)
+    assert task.classes == again.classes and task.classes != memory.episode(3, 1, 3, key=(7, 1)).classes
+    assert task.support_y.tolist() == [0, 1, 2] and task.query_y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for label, name in enumerate(task.classes):  # each class's 1 + 3 images are its 4 memory rows, once each
+        c = memory.class_names.index(name)
+        rows = memory.images.detach()[4 * c : 4 * c + 4]
+        picked = torch.cat([task.support_x[task.support_y == label], task.query_x[task.query_y == label]])
+        assert sorted(rows.flatten(1).sum(1).tolist()) == sorted(picked.flatten(1).sum(1).tolist())
+    assert not task.query_x.requires_grad and memory.episode(3, 1, 3, key=(7, 0), differentiable=True).query_x.requires_grad
+    with pytest.raises(RecoverError, match="shot \\+ query <= 4"):
+        memory.episode(3, 2, 3, key=(0,))
+
+
+def test_the_curriculum_makes_its_episode_harder_for_the_meta_learner(teachers) -> None:
+    # a small step (Adam's first step moves every pixel by about lr), so that the term's sign decides
+    cfg = PixelMemoryConfig(per_class=4, lr=0.01)
+    plain, harder, easier = (PixelMemory(teachers, image_size=32, cfg=cfg, seed=6) for _ in range(3))
+    model = create_meta_model("conv4", image_size=32, seed=0).train()
+    learner = MAML(inner_steps=1, inner_lr=0.1, first_order=False)
+
+    def query_loss(memory: PixelMemory) -> float:
+        return float(learner.episode_loss(model, memory.episode(5, 1, 3, key=(0,))).detach())
+
+    def term(memory: PixelMemory, scale: float):
+        return curriculum_loss(memory, learner, model, way=5, shot=1, query=3, key=(0,), scale=scale)
+
+    plain.step()
+    report = harder.step(extra_loss=term(harder, 10.0))
+    easier.step(extra_loss=term(easier, -10.0))  # the control: the opposite sign makes the episode easier
+    assert report["extra"] < 0  # minus the query loss
+    # the same episode after one step with the term, without it, and with its opposite
+    assert query_loss(harder) > 1.1 * query_loss(plain) > 1.1 * query_loss(easier)
+    assert all(p.grad is None for p in model.parameters())  # the meta-model is not trained by the data step

@@ -45,16 +45,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data import Episode
 from ..errors import RecoverError
+from ..learners import EpisodicLearner
 from ..pool import PoolMember
 from ..recover import _BNStatisticsLoss, frozen
-from ..seeds import PEERS, torch_generator, torch_seed
+from ..seeds import PEERS, numpy_rng, seed_sequence, torch_generator, torch_seed
 
-__all__ = ["PixelMemory", "PixelMemoryConfig", "total_variation"]
+__all__ = ["PixelMemory", "PixelMemoryConfig", "curriculum_loss", "total_variation"]
 
-#: the two kinds of draw of a pixel memory in the ``PEERS`` stream: [seed, PEERS, PURER_INIT] and
-#: [seed, PEERS, PURER_JITTER, step]
-PURER_INIT, PURER_JITTER = 0, 1
+#: the kinds of draw of a pixel memory in the ``PEERS`` stream: [seed, PEERS, PURER_INIT],
+#: [seed, PEERS, PURER_JITTER, step] and [seed, PEERS, PURER_EPISODE, *key]
+PURER_INIT, PURER_JITTER, PURER_EPISODE = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,37 @@ class PixelMemory:
         rows = (classes[:, None] * self.cfg.per_class + torch.arange(self.cfg.per_class)).reshape(-1)
         targets = torch.arange(len(classes)).repeat_interleave(self.cfg.per_class)
         return self.images[rows.to(self.images.device)], targets.to(self.images.device)
+
+    def episode(self, way: int, shot: int, query: int, *, key: Sequence[int], differentiable: bool = False) -> Episode:
+        """An episode drawn from the memory: ``way`` of its classes, and for each, ``shot`` support and
+        ``query`` query images among its ``per_class`` (distinct; PURER's tasks). ``key`` names the
+        draw (e.g. the meta-iteration and the task's place in it). ``differentiable=True`` keeps the
+        images attached to :attr:`images` (the curriculum differentiates the query loss through them).
+        """
+        per_class = self.cfg.per_class
+        if shot < 1 or query < 0 or shot + query > per_class:
+            raise RecoverError(
+                f"an episode of {shot} support and {query} query images per class needs shot + query <= "
+                f"{per_class} (the memory's images per class)"
+            )
+        if not 1 <= way <= len(self.class_names):
+            raise RecoverError(f"the memory holds {len(self.class_names)} classes; cannot draw {way}-way episodes")
+        rng = numpy_rng(seed_sequence(self.seed, PEERS, PURER_EPISODE, *key))
+        classes = [int(c) for c in rng.choice(len(self.class_names), size=way, replace=False)]
+        support_rows, query_rows = [], []
+        for c in classes:
+            order = rng.permutation(per_class)
+            support_rows += [c * per_class + int(i) for i in order[:shot]]
+            query_rows += [c * per_class + int(i) for i in order[shot : shot + query]]
+        images = self.images if differentiable else self.images.detach()
+        device = images.device
+        return Episode(
+            support_x=images[torch.tensor(support_rows, device=device)],
+            support_y=torch.arange(way, device=device).repeat_interleave(shot),
+            query_x=images[torch.tensor(query_rows, device=device)],
+            query_y=torch.arange(way, device=device).repeat_interleave(query),
+            classes=[self.class_names[c] for c in classes],
+        )
 
     def teacher_weights(self) -> list[float]:
         """Each teacher's weight in the inversion loss (see the module doc)."""
@@ -214,3 +247,29 @@ class PixelMemory:
             self.images.copy_(images)
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.steps = int(state["steps"])  # type: ignore[call-overload]
+
+
+def curriculum_loss(
+    memory: PixelMemory,
+    learner: EpisodicLearner,
+    model: torch.nn.Module,
+    *,
+    way: int,
+    shot: int,
+    query: int,
+    key: Sequence[int],
+    scale: float = 10.0,
+) -> Callable[[Tensor], Tensor]:
+    """PURER's curriculum term for :meth:`PixelMemory.step`: ``−scale ×`` the meta-learner's query loss on
+    an episode drawn from the memory, differentiated through the inner loop into the images, so the
+    step makes that episode harder. The meta-model's own parameters get no gradient from it (the
+    learner adapts detached copies of them).
+    """
+
+    def extra(images: Tensor) -> Tensor:
+        del images  # the episode reads memory.images, which is the tensor the step passes
+        task = memory.episode(way, shot, query, key=key, differentiable=True)
+        params = {name: p.detach().requires_grad_(True) for name, p in model.named_parameters()}
+        return -scale * learner.episode_loss(model, task, params=params)
+
+    return extra
