@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from tgr_hub.errors import RecoverError
+from tgr_hub.errors import ConfigError, RecoverError, RunFolderError
 from tgr_hub.learners import MAML
 from tgr_hub.metamodel import create_meta_model
-from tgr_hub.peers.purer import PixelMemory, PixelMemoryConfig, curriculum_loss, total_variation
+from tgr_hub.peers import purer as purer_module
+from tgr_hub.peers.purer import (PixelMemory, PixelMemoryConfig, PurerConfig, curriculum_loss, total_variation,
+                                 train_purer)
 from tgr_hub.pool import load_pool
 
 
@@ -110,14 +112,14 @@ def test_seeded_start_and_exact_resume(teachers) -> None:
     assert a.jitter(0) != a.jitter(1) or a.jitter(1) != a.jitter(2)  # the roll changes from step to step
     for _ in range(2):
         a.step()
-    saved = a.state_dict()
+    saved = a.state_tensors()
     b = PixelMemory(teachers, image_size=32, cfg=cfg, seed=3)
-    b.load_state_dict(saved)
+    b.load_state_tensors(saved)
     a.step()
     b.step()
     assert b.steps == a.steps == 3 and torch.equal(a.images, b.images)
-    with pytest.raises(RecoverError, match="does not fit"):
-        PixelMemory(teachers[:1], image_size=32, cfg=cfg, seed=3).load_state_dict(saved)
+    with pytest.raises(RecoverError, match="another pool, image size or images per class"):
+        PixelMemory(teachers[:1], image_size=32, cfg=cfg, seed=3).load_state_tensors(saved)
 
 
 def test_bad_settings_are_refused(teachers) -> None:
@@ -164,3 +166,62 @@ def test_the_curriculum_makes_its_episode_harder_for_the_meta_learner(teachers) 
     # the same episode after one step with the term, without it, and with its opposite
     assert query_loss(harder) > 1.1 * query_loss(plain) > 1.1 * query_loss(easier)
     assert all(p.grad is None for p in model.parameters())  # the meta-model is not trained by the data step
+
+
+# --- PURER's meta-training ----------------------------------------------------------------------
+
+TINY_PURER = PurerConfig(memory=PixelMemoryConfig(per_class=4), iterations=6, episode_batch=2, shot=1, query=3,
+                         inner_steps=1, curriculum_start=2, curriculum_patience=1, eval_every=3, val_episodes=4,
+                         val_inner_steps=2)
+
+
+@pytest.fixture(scope="module")
+def val_split():
+    from tgr_hub.data import load_split
+
+    return load_split("glyphs", "val")
+
+
+@pytest.mark.slow
+def test_purer_trains_from_the_teachers_average_with_its_curriculum(teachers, val_split) -> None:
+    from tgr_hub.evaluate import average_baseline
+
+    result = train_purer(teachers, TINY_PURER, arch="conv4", image_size=32, val_split=val_split, seed=0,
+                         progress=False)
+    assert [s for s, _ in result.history["task_loss"]] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in result.history["val_acc"]] == [0, 3, 6]
+    assert result.best_step in (0, 3, 6) and result.best_val_accuracy == max(v for _, v in result.history["val_acc"])
+    # due after outer step 2 (curriculum_start), so the data step of step index 2 carries it; with a
+    # patience of 1 a later one follows each batch that does not beat the best since the last
+    assert result.curriculum_steps[0] == 2 and all(s > 2 for s in result.curriculum_steps[1:])
+    # the start is the teachers' average (all conv4 at 32 px here)
+    average = average_baseline(teachers).state_dict()
+    start = purer_module._initial_model(teachers, "conv4", 32, seed=0, average=True).state_dict()
+    assert all(torch.equal(start[k], average[k]) for k in average)
+
+
+@pytest.mark.slow
+def test_purer_resumes_exactly(teachers, val_split, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY_PURER, checkpoint_every=3)
+    whole = train_purer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                        checkpoint_dir=tmp_path / "whole")
+    train_purer(teachers, dataclasses.replace(cfg, iterations=3), arch="conv4", image_size=32, val_split=val_split,
+                seed=1, progress=False, checkpoint_dir=tmp_path / "cut")
+    with pytest.raises(RunFolderError, match="earlier PURER run"):
+        train_purer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                    checkpoint_dir=tmp_path / "cut")
+    with pytest.raises(ConfigError, match="other settings"):
+        train_purer(teachers, dataclasses.replace(cfg, outer_lr=0.1), arch="conv4", image_size=32,
+                    val_split=val_split, seed=1, progress=False, checkpoint_dir=tmp_path / "cut", resume=True)
+    resumed = train_purer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                          checkpoint_dir=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 3
+    assert resumed.history == whole.history and resumed.curriculum_steps == whole.curriculum_steps
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["step-000003", "step-000006"]
+
+
+def test_purer_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="shot \\+ query = 20 images per class"):
+        PurerConfig(memory=PixelMemoryConfig(per_class=16))

@@ -97,9 +97,7 @@ class WarmGenerator:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything that makes the next recovery what it will be, as named CPU tensors."""
         tensors = {f"generator.{k}": v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
-        for index, state in self.optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        tensors.update(optimizer_state_tensors(self.optimizer))
         tensors["recoveries"] = torch.tensor(self.recoveries, dtype=torch.int64)
         return tensors
 
@@ -107,15 +105,31 @@ class WarmGenerator:
         """Restore what :meth:`state_tensors` returned (in place)."""
         generator_state = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
         self.generator.load_state_dict(generator_state)
-        saved = self.optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in tensors.items():
-            if name.startswith("adam."):
-                _, index, key = name.split(".", 2)
-                state.setdefault(int(index), {})[key] = value.clone()
-        saved["state"] = state
-        self.optimizer.load_state_dict(saved)
+        load_optimizer_state_tensors(self.optimizer, tensors)
         self.recoveries = int(tensors["recoveries"])
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimiser's per-parameter state (Adam's moments and step counts) as named CPU tensors,
+    ``adam.{parameter index}.{key}``: a safetensors file holds it, no pickle. Its settings (learning
+    rate, betas) are not included: they come from the config."""
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+    return tensors
+
+
+def load_optimizer_state_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore the state :func:`optimizer_state_tensors` returned (other keys of ``tensors`` are ignored)."""
+    saved = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("adam."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value.clone()
+    saved["state"] = state
+    optimizer.load_state_dict(saved)
 
 
 class _Both:

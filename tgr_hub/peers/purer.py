@@ -35,24 +35,50 @@ normalised space is in pixels.
 from __future__ import annotations
 
 import contextlib
-import copy
+import json
+import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor
 
-from ..data import Episode
-from ..errors import RecoverError
-from ..learners import EpisodicLearner
+from ..data import Episode, ImageSplit
+from ..distributed import (
+    TRAINER_STATE,
+    Distributed,
+    clean_checkpoint_leftovers,
+    latest_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+)
+from ..errors import ConfigError, RecoverError, RunFolderError
+from ..io import save_safetensors_atomic, write_json_atomic
+from ..learners import MAML, EpisodicLearner
+from ..metamodel import MetaModel
 from ..pool import PoolMember
-from ..recover import _BNStatisticsLoss, frozen
-from ..seeds import PEERS, numpy_rng, seed_sequence, torch_generator, torch_seed
+from ..progress import progress_bar
+from ..recover import _BNStatisticsLoss, frozen, load_optimizer_state_tensors, optimizer_state_tensors
+from ..seeds import PEERS, numpy_rng, seed_sequence, torch_generator, torch_seed, val_seed
 
-__all__ = ["PixelMemory", "PixelMemoryConfig", "curriculum_loss", "total_variation"]
+__all__ = [
+    "PixelMemory",
+    "PixelMemoryConfig",
+    "PurerConfig",
+    "PurerResult",
+    "curriculum_loss",
+    "total_variation",
+    "train_purer",
+]
+
+logger = logging.getLogger(__name__)
 
 #: the kinds of draw of a pixel memory in the ``PEERS`` stream: [seed, PEERS, PURER_INIT],
 #: [seed, PEERS, PURER_JITTER, step] and [seed, PEERS, PURER_EPISODE, *key]
@@ -233,20 +259,26 @@ class PixelMemory:
         self.steps += 1
         return {"loss": float(loss.detach()), **parts}
 
-    def state_dict(self) -> dict[str, object]:
-        """A snapshot of the images, the optimiser's state and the step count (for checkpoints and exact
-        resume; later steps do not change it)."""
-        optimizer = copy.deepcopy(self.optimizer.state_dict())
-        return {"images": self.images.detach().clone(), "optimizer": optimizer, "steps": self.steps}
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The images, Adam's state and the step count as named CPU tensors (a safetensors file holds
+        them): a memory restored from them continues bitwise."""
+        return {
+            "images": self.images.detach().cpu().clone(),
+            **optimizer_state_tensors(self.optimizer),
+            "steps": torch.tensor(self.steps, dtype=torch.int64),
+        }
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        images = state["images"]
-        if not isinstance(images, Tensor) or images.shape != self.images.shape:
-            raise RecoverError("the saved pixel memory does not fit this pool and image size")
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (in place)."""
+        if tensors["images"].shape != self.images.shape:
+            raise RecoverError(
+                f"the saved pixel memory holds images of shape {tuple(tensors['images'].shape)}, this one "
+                f"{tuple(self.images.shape)}: another pool, image size or images per class"
+            )
         with torch.no_grad():
-            self.images.copy_(images)
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
-        self.steps = int(state["steps"])  # type: ignore[call-overload]
+            self.images.copy_(tensors["images"])
+        load_optimizer_state_tensors(self.optimizer, tensors)
+        self.steps = int(tensors["steps"])
 
 
 def curriculum_loss(
@@ -273,3 +305,337 @@ def curriculum_loss(
         return -scale * learner.episode_loss(model, task, params=params)
 
     return extra
+
+
+# --- meta-training -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PurerConfig:
+    """PURER's meta-training (the public code's values, the length aside).
+
+    Each outer step takes one data step on the memory, then MAML (second order) on
+    ``episode_batch`` tasks drawn from it, summed, and one Adam step. The curriculum adds its term
+    to the data step at outer step ``curriculum_start``, and again whenever the tasks' training
+    accuracy has not improved for ``curriculum_patience`` outer steps.
+    """
+
+    memory: PixelMemoryConfig = field(default_factory=PixelMemoryConfig)
+    iterations: int = 15000  # outer steps (the public code: 60000 tasks in batches of 4)
+    episode_batch: int = 4
+    way: int = 5
+    shot: int = 5
+    query: int = 15  # shot + query images of each class: every image the memory holds (20)
+    inner_steps: int = 5
+    inner_lr: float = 0.01
+    first_order: bool = False
+    outer_lr: float = 1e-3
+    curriculum_start: int = 1000  # 0: no curriculum
+    curriculum_scale: float = 1.0
+    curriculum_patience: int = 6
+    average_init: bool = True  # start from the teachers' average where their architecture is the meta-model's
+    eval_every: int = 500
+    val_episodes: int = 200
+    val_inner_steps: int = 10
+    checkpoint_every: int = 0  # outer steps between checkpoints (0: none)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.episode_batch < 1 or self.eval_every < 1:
+            raise ConfigError("PURER needs iterations, episode_batch and eval_every of at least 1")
+        if self.shot + self.query > self.memory.per_class:
+            raise ConfigError(
+                f"PURER's tasks take shot + query = {self.shot + self.query} images per class, but the memory "
+                f"holds {self.memory.per_class}",
+                hint="raise memory.per_class or lower shot / query",
+            )
+
+
+@dataclass
+class PurerResult:
+    """A PURER run: the meta-model in its best state (on meta-validation) and what happened."""
+
+    model: MetaModel
+    best_step: int
+    best_val_accuracy: float
+    history: dict[str, list[tuple[int, float]]]
+    curriculum_steps: list[int]
+    resumed_from: int
+
+
+class _PurerTrainer:
+    """The state of a PURER run: meta-model, its Adam, the pixel memory and the curriculum's counters."""
+
+    def __init__(
+        self,
+        members: Sequence[PoolMember],
+        cfg: PurerConfig,
+        *,
+        arch: str,
+        image_size: int,
+        val_split: ImageSplit,
+        seed: int,
+        dist: Distributed,
+    ) -> None:
+        self.cfg, self.val_split, self.seed, self.dist = cfg, val_split, int(seed), dist
+        for member in members:
+            member.to(dist.device)
+        model = _initial_model(members, arch, image_size, seed=seed, average=cfg.average_init)
+        self.model = dist.accelerator.prepare_model(model, evaluation_mode=True)
+        self.optimizer = dist.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.outer_lr))
+        self.memory = PixelMemory(members, image_size, cfg.memory, seed=seed, device=dist.device)
+        self.learner = MAML(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+        self.history: dict[str, list[tuple[int, float]]] = {
+            "task_loss": [],
+            "task_acc": [],
+            "data_loss": [],
+            "val_acc": [],
+        }
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_step, self.best_acc = 0, -math.inf
+        # the curriculum: due at the next data step; the best batch accuracy since the last one, and
+        # how many outer steps have not beaten it
+        self.curriculum_due, self.best_batch_acc, self.stalls = False, -math.inf, 0
+        self.curriculum_steps: list[int] = []
+
+    def outer_step(self, step: int) -> dict[str, float]:
+        """PURER's meta-iteration: a data step on the memory, then MAML on tasks drawn from it."""
+        cfg = self.cfg
+        extra = None
+        if self.curriculum_due:
+            extra = curriculum_loss(
+                self.memory,
+                self.learner,
+                self.model,
+                way=cfg.way,
+                shot=cfg.shot,
+                query=cfg.query,
+                key=(step, cfg.episode_batch),
+                scale=cfg.curriculum_scale,
+            )
+            self.curriculum_steps.append(step)
+        data = self.memory.step(extra_loss=extra)
+
+        self.model.train()
+        losses, correct = [], []
+        for b in range(cfg.episode_batch):
+            task = self.memory.episode(cfg.way, cfg.shot, cfg.query, key=(step, b))
+            logits = self.learner.logits(self.model, task.support_x, task.support_y, task.query_x)
+            losses.append(F.cross_entropy(logits, task.query_y))
+            correct.append((logits.argmax(1) == task.query_y).float().mean())
+        loss = torch.stack(losses).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        accuracy = float(torch.stack(correct).mean())
+        self.update_curriculum(step + 1, accuracy, ran=extra is not None)
+        return {"task_loss": float(loss.detach()) / cfg.episode_batch, "task_acc": accuracy, "data_loss": data["loss"]}
+
+    def update_curriculum(self, done: int, accuracy: float, *, ran: bool) -> None:
+        """The public code's trigger: due after outer step ``curriculum_start``, then whenever the batch
+        accuracy has not beaten its best since the last curriculum step for ``curriculum_patience`` steps."""
+        cfg = self.cfg
+        if ran:
+            self.curriculum_due, self.best_batch_acc, self.stalls = False, -math.inf, 0
+        if cfg.curriculum_start <= 0 or done < cfg.curriculum_start:
+            return
+        if done == cfg.curriculum_start:
+            self.curriculum_due = True
+        elif not self.curriculum_due:
+            if accuracy > self.best_batch_acc:
+                self.best_batch_acc, self.stalls = accuracy, 0
+            else:
+                self.stalls += 1
+                if self.stalls == cfg.curriculum_patience:
+                    self.curriculum_due = True
+
+    def validate(self, step: int) -> None:
+        """Meta-validation (real images, fine-tuning adaptation); the best state is kept."""
+        from ..evaluate import evaluate_model
+
+        cfg = self.cfg
+        metrics = evaluate_model(
+            self.model,
+            self.val_split,
+            way=cfg.way,
+            shots=[1, 5],
+            query=15,
+            episodes=cfg.val_episodes,
+            learner="finetune",
+            inner_steps=cfg.val_inner_steps,
+            inner_lr=cfg.inner_lr,
+            seed=val_seed(self.seed),
+            dist=self.dist,
+            progress=False,
+        )
+        accuracy = float(np.mean([metrics[k]["mean"] for k in ("1shot", "5shot")]))
+        self.history["val_acc"].append((step, accuracy))
+        if accuracy > self.best_acc:
+            self.best_acc, self.best_step = accuracy, step
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        logger.info(
+            "PURER step %d: meta-val accuracy %.2f%% (best %.2f%% at step %d)",
+            step,
+            100 * accuracy,
+            100 * self.best_acc,
+            self.best_step,
+        )
+
+    # --- checkpoints: the meta-model and its Adam through Accelerate, the rest beside them ---
+
+    def checkpoint(self, folder: Path, step: int) -> None:
+        def write(tmp: Path) -> None:
+            save_safetensors_atomic(tmp / _MEMORY, self.memory.state_tensors())
+            save_safetensors_atomic(tmp / _BEST, self.best_state)
+            state = {
+                "format": _PURER_STATE,
+                "version": 1,
+                "step": step,
+                "seed": self.seed,
+                "settings": json.loads(json.dumps(asdict(self.cfg))),
+                "best_step": self.best_step,
+                "best_val_accuracy": self.best_acc,
+                "history": self.history,
+                "curriculum": {
+                    "due": self.curriculum_due,
+                    "best_batch_acc": self.best_batch_acc,
+                    "stalls": self.stalls,
+                    "steps": self.curriculum_steps,
+                },
+            }
+            write_json_atomic(tmp / _STATE, state)
+
+        save_checkpoint(self.dist, folder, step, write, keep=2)
+
+    def restore(self, folder: Path) -> int:
+        """Continue from the newest checkpoint in ``folder``, if any; returns the outer step to start at."""
+        if self.dist.is_main:
+            clean_checkpoint_leftovers(folder)
+        self.dist.barrier()
+        found = latest_checkpoint(folder)
+        if found is None:
+            return 0
+        state = json.loads((found / _STATE).read_text())
+        settings = json.loads(json.dumps(asdict(self.cfg)))
+        changed = sorted(
+            k
+            for k in settings
+            if k not in ("iterations", "checkpoint_every") and state["settings"].get(k) != settings[k]
+        )
+        if state.get("format") != _PURER_STATE or state["seed"] != self.seed or changed:
+            raise ConfigError(
+                f"the checkpoint {found} was made with other settings ({', '.join(changed) or 'seed'})",
+                hint="resume with the settings it was made with, or delete the folder to start over",
+            )
+        load_checkpoint(self.dist, found)
+        self.memory.load_state_tensors(load_file(str(found / _MEMORY), device=str(self.dist.device)))
+        self.best_state = load_file(str(found / _BEST), device=str(self.dist.device))
+        self.best_step, self.best_acc = int(state["best_step"]), float(state["best_val_accuracy"])
+        self.history = {k: [(int(s), float(v)) for s, v in values] for k, values in state["history"].items()}
+        c = state["curriculum"]
+        self.curriculum_due, self.best_batch_acc, self.stalls = (
+            bool(c["due"]),
+            float(c["best_batch_acc"]),
+            int(c["stalls"]),
+        )
+        self.curriculum_steps = [int(s) for s in c["steps"]]
+        logger.info("resuming PURER from %s (outer step %d of %d)", found.name, state["step"], self.cfg.iterations)
+        return int(state["step"])
+
+
+_PURER_STATE = "tgr-hub-purer-state"
+# a checkpoint is complete when its state file (distributed.TRAINER_STATE) is in
+_STATE, _MEMORY, _BEST = TRAINER_STATE, "pixel_memory.safetensors", "best_model.safetensors"
+
+
+def _initial_model(members: Sequence[PoolMember], arch: str, image_size: int, *, seed: int, average: bool) -> MetaModel:
+    """The teachers' average when ``average`` and some teacher has the meta-model's architecture and
+    input size (PURER's start), else a fresh meta-model from ``seed``."""
+    from ..evaluate import average_baseline
+    from ..metamodel import create_meta_model
+
+    fresh = create_meta_model(arch, image_size, seed=seed)
+    same = [m for m in members if m.architecture == arch and tuple(m.input_size)[1:] == (image_size, image_size)]
+    if not average or not same:
+        if average:
+            logger.warning("PURER: no teacher is a %s at %d px; starting from a fresh meta-model", arch, image_size)
+        return fresh
+    averaged = average_baseline(same)
+    fresh.load_state_dict(averaged.state_dict())
+    return fresh.train()
+
+
+def train_purer(
+    members: Sequence[PoolMember],
+    cfg: PurerConfig,
+    *,
+    arch: str,
+    image_size: int,
+    val_split: ImageSplit,
+    seed: int,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    dist: Distributed | None = None,
+) -> PurerResult:
+    """Meta-train a meta-model with PURER on ``members`` (no data: the pixel memory is all it sees).
+
+    Args:
+        members: the teachers; their classes are pooled by name into the memory.
+        cfg: PURER's settings.
+        arch, image_size: the meta-model.
+        val_split: real meta-validation images; the best state on them is returned (the public
+            code chose on the meta-test split).
+        seed: every draw of the run (memory start, rolls, tasks) and the meta-model's start.
+        checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go; ``resume`` continues the newest.
+
+    Raises:
+        ConfigError: checkpoints without a folder, or a checkpoint made with other settings.
+        RunFolderError: checkpoints exist and ``resume`` is False.
+    """
+    dist = dist or Distributed(make_accelerator("no"))
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if cfg.checkpoint_every > 0 and folder is None:
+        raise ConfigError("PURER's checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
+    trainer = _PurerTrainer(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
+    start = 0
+    if folder is not None:
+        if not resume and latest_checkpoint(folder) is not None:
+            raise RunFolderError(
+                f"{folder} holds checkpoints of an earlier PURER run",
+                hint="pass resume=True to continue it, or delete that folder to start over",
+            )
+        start = trainer.restore(folder) if resume else 0
+    if start == 0:
+        trainer.validate(0)
+    bar = progress_bar(
+        range(start, cfg.iterations),
+        desc="PURER",
+        disable=not (progress and dist.is_main),
+        initial=start,
+        total=cfg.iterations,
+    )
+    for step in bar:
+        done = step + 1
+        values = trainer.outer_step(step)
+        for key, value in values.items():
+            trainer.history[key].append((done, value))
+        bar.set_postfix(task_loss=f"{values['task_loss']:.3f}", best_val=f"{100 * max(trainer.best_acc, 0):.1f}%")
+        if done % cfg.eval_every == 0 or done == cfg.iterations:
+            trainer.validate(done)
+        if (
+            folder is not None
+            and cfg.checkpoint_every > 0
+            and (done % cfg.checkpoint_every == 0 or done == cfg.iterations)
+        ):
+            trainer.checkpoint(folder, done)
+    bar.close()
+    trainer.model.load_state_dict(trainer.best_state)
+    return PurerResult(
+        trainer.model,
+        trainer.best_step,
+        trainer.best_acc,
+        trainer.history,
+        trainer.curriculum_steps,
+        resumed_from=start,
+    )
