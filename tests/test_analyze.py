@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tgr_hub.analyze import (
+    _ladder_index,
     TeacherInfo,
     cka_matrix,
     fisher_validation,
@@ -423,7 +424,8 @@ def test_analyze_gradients_refuses_one_teacher_and_unknown_methods(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_gain_trains_basic_alone_and_with_its_auxiliary_and_pairs_their_episodes(tmp_path: Path, monkeypatch) -> None:
+def test_gain_trains_basic_alone_and_with_its_auxiliary_and_pairs_their_episodes(tmp_path: Path, monkeypatch, hub,
+                                                                                 hf_token, hub_cache) -> None:
     import tgr_hub.train as train_module
     from tgr_hub import stats
     from tgr_hub.analyze import run_gain, write_gain
@@ -471,6 +473,20 @@ def test_gain_trains_basic_alone_and_with_its_auxiliary_and_pairs_their_episodes
     trained_on.clear()
     run_gain(None, tmp_path, cfg, seeds=(0,), fractions=(0.0, 1.0), method="tgr", progress=False)
     assert len(trained_on) == 2 * len(pairs)
+
+    # the same ladder pushed to the Hub (its repositories named PREFIX-NAME), read back over HTTP:
+    # the same models train on the same teachers and score the same
+    from tgr_hub.hub import push_pool
+    from tgr_hub.pool import pool_folders
+
+    push_pool(tmp_path / "ladder-pool", "tgr-org", progress=False, teachers=pool_folders(tmp_path / "ladder-pool"))
+    monkeypatch.delenv("HF_TOKEN")
+    over_http = run_gain(tmp_path / "ladder-pool" / "repo-list-hub.txt", tmp_path / "hub", cfg, seeds=(0,),
+                         fractions=(0.0, 1.0), progress=False)
+    assert hub.requests_matching("ladder-pool-ov0of5")  # the teachers came over HTTP
+    assert [r["1shot"] for r in over_http.rows] == [r["1shot"] for r in result.rows if r["seed"] == 0]
+    with pytest.raises(AnalysisError, match="which the pool holds 0 times"):
+        _ladder_index(["ov0of5-r0-a"], ["t00", "t01"])
 
 
 def test_gain_refuses_a_pool_without_a_ladder(tiny_pool: Path, tmp_path: Path) -> None:

@@ -1409,7 +1409,7 @@ def run_gain(
     start = time.perf_counter()
     prepared = prepare_pool(pool_path, out, cfg, allow_pickle=allow_pickle, progress=progress)
     seconds["prepare"] = time.perf_counter() - start
-    index = {m.name: i for i, m in enumerate(prepared.members)}
+    index = _ladder_index([name for p in pairs for name in (p["a"], p["b"])], [m.name for m in prepared.members])
 
     val_split, test_split = split_of(cfg.data, "val"), split_of(cfg.data, cfg.eval.split)
     train_cfg = replace(cfg.train, beta=cfg.train.beta if method == "tgr" else 0.0, checkpoint_every=0)
@@ -1439,7 +1439,7 @@ def run_gain(
         trained = meta_train(
             model,
             members,
-            prepared.bank.subset(teachers),
+            prepared.bank.subset([m.name for m in members]),
             [list(range(len(members)))],
             train_cfg,
             val_split=val_split,
@@ -1508,6 +1508,24 @@ def run_gain(
     }
     architecture = _gain_summary([r for r in rows if r["kind"] == "architecture"], shots)
     return GainResult(rows, by_overlap, architecture, method, shots, seconds)
+
+
+def _ladder_index(ladder_names: Sequence[str], pool_names: Sequence[str]) -> dict[str, int]:
+    """Where each teacher ``ladder.json`` names sits in the pool: the member of that name, or the one
+    named ``PREFIX-NAME`` (a ladder pushed with ``push_pool``, whose repositories carry a prefix)."""
+    index = {}
+    for name in dict.fromkeys(ladder_names):
+        found = [i for i, n in enumerate(pool_names) if n == name] or [
+            i for i, n in enumerate(pool_names) if n.endswith(f"-{name}")
+        ]
+        if len(found) != 1:
+            raise AnalysisError(
+                f"ladder.json names teacher {name!r}, which the pool holds {len(found)} times "
+                f"(its teachers: {', '.join(pool_names)})",
+                hint="give the repo list that sits beside the ladder's ladder.json",
+            )
+        index[name] = found[0]
+    return index
 
 
 def write_gain(result: GainResult, out: str | Path) -> tuple[Path, Path]:
