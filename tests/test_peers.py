@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,8 @@ from tgr_hub.errors import ConfigError, RecoverError, RunFolderError
 from tgr_hub.learners import MAML
 from tgr_hub.metamodel import create_meta_model
 from tgr_hub.peers import purer as purer_module
-from tgr_hub.peers.purer import (PixelMemory, PixelMemoryConfig, PurerConfig, curriculum_loss, total_variation,
-                                 train_purer)
+from tgr_hub.config import PurerConfig, load_config
+from tgr_hub.peers.purer import PixelMemory, PixelMemoryConfig, curriculum_loss, total_variation, train_purer
 from tgr_hub.pool import load_pool
 
 
@@ -170,9 +172,9 @@ def test_the_curriculum_makes_its_episode_harder_for_the_meta_learner(teachers) 
 
 # --- PURER's meta-training ----------------------------------------------------------------------
 
-TINY_PURER = PurerConfig(memory=PixelMemoryConfig(per_class=4), iterations=6, episode_batch=2, shot=1, query=3,
-                         inner_steps=1, curriculum_start=2, curriculum_patience=1, eval_every=3, val_episodes=4,
-                         val_inner_steps=2)
+TINY_PURER = PurerConfig(per_class=4, iterations=6, episode_batch=2, shot=1, query=3, inner_steps=1,
+                         curriculum_start=2, curriculum_patience=1, eval_every=3, val_episodes=4, val_inner_steps=2,
+                         checkpoint_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -223,5 +225,39 @@ def test_purer_resumes_exactly(teachers, val_split, tmp_path: Path) -> None:
 
 
 def test_purer_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="shot \\+ query = 20 images per class"):
-        PurerConfig(memory=PixelMemoryConfig(per_class=16))
+    with pytest.raises(ConfigError, match="purer.shot \\+ purer.query = 20 images per class"):
+        PurerConfig(per_class=16)
+    with pytest.raises(ConfigError, match="purer.teacher_weights must be one of equal, running-sum"):
+        load_config("smoke", overrides=["purer.teacher_weights=by-position"])
+
+
+@pytest.mark.slow
+def test_purer_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> None:
+    from tgr_hub import benchmark as bm
+    from tgr_hub.errors import BenchmarkError
+
+    cfg = load_config("smoke")
+    scenario = bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg)
+    out = tmp_path / "bench"
+    finished: list = []
+    report = bm.run_benchmark(bm.BenchmarkSpec(cfg, (scenario,), (0,), ("erm", "purer")), out, progress=False,
+                              on_cell=lambda cell, record: finished.append(record))
+    erm, purer = sorted(finished, key=lambda r: r["method"])
+    for shot in ("1shot", "5shot"):  # scored on the very episodes ERM was scored on
+        assert purer["episodes"][shot]["seen"] == erm["episodes"][shot]["seen"]
+        assert len(purer["accuracies"][shot]) == cfg.eval.episodes
+    assert purer["val"]["best_step"] in (0, 2, 4) and 0 <= purer["val"]["1shot"] <= 1
+    assert "method_settings_digest" in purer and "method_settings_digest" not in erm
+    assert (out / purer["run_folder"] / "checkpoints").is_dir()
+    assert "PURER" in json.dumps(report)
+    # PURER's own settings bind its cells only: a folder of ERM cells stays valid under other PURER
+    # settings (nothing retrains)...
+    other = load_config("smoke", overrides=["purer.outer_lr=0.01"])
+    erm_only = tmp_path / "erm-only"
+    shutil.copytree(out, erm_only)
+    (erm_only / "cells" / "config" / "seed-0" / "purer.json").unlink()
+    again = bm.run_benchmark(bm.BenchmarkSpec(other, (scenario,), (0,), ("erm",)), erm_only, progress=False)
+    assert again["missing_cells"] == []
+    # ...but a folder whose PURER cells were made with other PURER settings is refused
+    with pytest.raises(BenchmarkError, match="made with other settings"):
+        bm.run_benchmark(bm.BenchmarkSpec(other, (scenario,), (0,), ("erm", "purer")), out, progress=False)

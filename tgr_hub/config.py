@@ -239,6 +239,59 @@ class EvalConfig:
 
 
 @dataclass
+class PurerConfig:
+    """PURER, the ``purer`` method of ``tgr-hub benchmark`` (:mod:`tgr_hub.peers.purer`): a learnable
+    pixel memory improved by one inversion step per outer step, and second-order MAML on tasks
+    drawn from it. Defaults: the public code's values, the length aside."""
+
+    iterations: int = 15000  # outer steps (the public code: 60,000 tasks in batches of 4)
+    episode_batch: int = 4  # tasks per outer step (the memory takes one data step per outer step)
+    way: int = 5
+    shot: int = 5
+    query: int = 15  # shot + query of each class's per_class images: every one of them (20)
+    per_class: int = 20  # learnable images per class
+    data_lr: float = 0.25  # Adam on the pixels
+    bn_weight: float = 0.01
+    tv_weight: float = 1e-4
+    l2_weight: float = 1e-5
+    jitter: int = 2  # the largest roll of a data step, in pixels
+    # "running-sum": the public code's weighting, teacher i of n weighing n - i
+    teacher_weights: Literal["equal", "running-sum"] = "equal"
+    inner_steps: int = 5
+    inner_lr: float = 0.01
+    first_order: bool = False
+    outer_lr: float = 1e-3
+    curriculum_start: int = 1000  # the outer step after which the curriculum term first joins; 0: never
+    curriculum_scale: float = 1.0
+    curriculum_patience: int = 6  # later: whenever the tasks' accuracy has not improved for this many steps
+    average_init: bool = True  # start from the teachers' average where their architecture is the meta-model's
+    eval_every: int = 500
+    val_episodes: int = 200
+    val_inner_steps: int = 10  # fine-tuning steps of meta-validation
+    checkpoint_every: int = 500  # outer steps between checkpoints (and at the end); 0: none
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 1 and self.episode_batch >= 1, "purer.iterations and episode_batch must be >= 1")
+        _check(self.eval_every >= 1 and self.val_episodes >= 1, "purer.eval_every and val_episodes must be >= 1")
+        _check(self.way >= 2 and self.shot >= 1 and self.query >= 1, "purer.way >= 2, shot >= 1, query >= 1")
+        _check(
+            self.shot + self.query <= self.per_class,
+            f"purer.shot + purer.query = {self.shot + self.query} images per class, but purer.per_class is "
+            f"{self.per_class}: raise per_class or lower shot / query",
+        )
+        _check(self.jitter >= 0 and self.data_lr > 0, "purer.jitter must be >= 0 and purer.data_lr > 0")
+        _check(
+            self.teacher_weights in ("equal", "running-sum"),
+            f"purer.teacher_weights must be equal or running-sum, got {self.teacher_weights!r}",
+        )
+        _check(
+            self.checkpoint_every >= 0 and self.curriculum_start >= 0,
+            "purer.checkpoint_every and curriculum_start must be >= 0",
+        )
+        _check(self.curriculum_patience >= 1, "purer.curriculum_patience must be >= 1")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``tgr_config.json`` beside the meta-model."""
 
@@ -252,6 +305,7 @@ class RunConfig:
     group: GroupConfig = field(default_factory=GroupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    purer: PurerConfig = field(default_factory=PurerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -290,6 +344,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "inner_steps": 1,
         },
         "eval": {"episodes": 10, "query": 5},
+        "purer": {
+            "iterations": 4,
+            "episode_batch": 2,
+            "shot": 1,
+            "query": 3,
+            "per_class": 4,
+            "inner_steps": 1,
+            "curriculum_start": 2,
+            "curriculum_patience": 1,
+            "eval_every": 2,
+            "val_episodes": 4,
+            "val_inner_steps": 2,
+        },
     },
     # minutes on a laptop CPU
     "quick": {
@@ -309,6 +376,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "group": {"num_groups": 3, "n_init": 10},
         "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 200},
         "eval": {"episodes": 600},
+        "purer": {"iterations": 300, "curriculum_start": 150, "eval_every": 100, "checkpoint_every": 100},
     },
     # the reference settings of docs/method.md
     "paper": {
@@ -515,14 +583,17 @@ MAY_CHANGE: dict[str, frozenset[str]] = {
             "train.sync_check_every",
             "train.analysis_every",
             "train.analysis_groups",
+            "purer.iterations",
+            "purer.checkpoint_every",
         }
     ),
-    # a run folder's trained meta-model: only its evaluation may differ
-    "meta-model": frozenset({"eval"}),
-    # a run folder's test metrics: nothing may differ
-    "evaluation": frozenset(),
-    # a benchmark folder's cells: each cell runs with its own seed; measuring gradients changes no result
-    "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups"}),
+    # a TGR run folder's trained meta-model: only its evaluation may differ (and PURER's settings, unused)
+    "meta-model": frozenset({"eval", "purer"}),
+    # a TGR run folder's test metrics: nothing may differ (but PURER's settings, unused)
+    "evaluation": frozenset({"purer"}),
+    # a benchmark folder's cells: each cell runs with its own seed; measuring gradients changes no result;
+    # the peers' sections matter to their own cells only (tgr_hub.benchmark.grid.method_settings)
+    "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups", "purer"}),
 }
 
 

@@ -162,7 +162,8 @@ class Method:
     Attributes:
         name: identifier used on the command line and in file names.
         label: the name in tables.
-        kind: ``random`` / ``average`` (baselines, not trained) or ``trained``.
+        kind: ``random`` / ``average`` (baselines, not trained), ``trained`` (TGR and its ablations,
+            :func:`tgr_hub.pipeline.run_tgr`) or ``peer`` (another DFML method, :mod:`tgr_hub.peers`).
         igr: β = ``train.beta`` (True) or β = 0 (False).
         groups: teacher grouping (``group.strategy``).
         igr_order: ``first`` or ``second`` (the authors' second-order IGR).
@@ -174,7 +175,7 @@ class Method:
 
     name: str
     label: str
-    kind: Literal["random", "average", "trained"]
+    kind: Literal["random", "average", "trained", "peer"]
     igr: bool = False
     groups: Literal["spectral", "random", "none"] = "none"
     igr_order: Literal["first", "second"] = "first"
@@ -205,6 +206,7 @@ METHODS: dict[str, Method] = {
         Method("igr-no-groups", "IGR, no groups", "trained", igr=True, groups="none"),
         Method("igr-random-groups", "IGR, random groups", "trained", igr=True, groups="random"),
         Method("tgr-second-order", "TGR 2nd order", "trained", igr=True, groups="spectral", igr_order="second"),
+        Method("purer", "PURER", "peer"),
     )
 }
 #: The quickstart's four methods.
@@ -314,6 +316,14 @@ def settings_of(cfg: RunConfig, scenario: Scenario) -> dict[str, Any]:
     }
 
 
+def method_settings(cfg: RunConfig, method: Method) -> dict[str, Any] | None:
+    """A peer method's own config section (its cells depend on it besides :func:`settings_of`); None for
+    the others."""
+    if method.kind != "peer":
+        return None
+    return {method.name: json.loads(json.dumps(dataclasses.asdict(getattr(cfg, method.name))))}
+
+
 def json_digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -393,7 +403,11 @@ def check_settings(spec: BenchmarkSpec, out: Path) -> None:
         expected = json_digest(settings_of(spec.cfg, scenario))
         folder = out / "cells" / scenario.name
         for path in sorted(folder.glob("seed-*/*.json")) if folder.is_dir() else []:
-            if read_cell(path).get("settings_digest") != expected:
+            cell = read_cell(path)
+            own = method_settings(spec.cfg, METHODS[cell["method"]]) if cell.get("method") in METHODS else None
+            if cell.get("settings_digest") != expected or (
+                own is not None and cell.get("method_settings_digest") != json_digest(own)
+            ):
                 raise BenchmarkError(
                     f"{out} holds results of scenario {scenario.name!r} made with other settings ({path})",
                     hint="use another --out for new settings (the preset, --set overrides, learner and "

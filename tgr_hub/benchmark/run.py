@@ -32,6 +32,7 @@ from .grid import (
     check_settings,
     json_digest,
     method_config,
+    method_settings,
     plan_cells,
     read_cell,
     scenario_config,
@@ -187,7 +188,7 @@ class _Runner:
         extra: dict[str, Any] = {}
         # building / preparing the pool is timed apart: only the first cell of a (scenario, seed) pays for it
         start = time.perf_counter()
-        if method.kind == "average":
+        if method.kind in ("average", "peer"):
             repo_list = self.pool_list(cell.scenario, seed)
         elif method.kind == "trained":
             repo_list, shared = self.prepared(cell.scenario, seed)
@@ -200,6 +201,12 @@ class _Runner:
             from ..pool import load_pool
 
             model = average_baseline(load_pool(repo_list))
+        elif method.kind == "peer":
+            from ..peers import run_peer
+
+            run_dir = seed_dir(self.out, cell.scenario, seed) / method.name
+            model, val = run_peer(method.name, repo_list, run_dir, cfg, seed=seed, progress=self.progress)
+            extra = {"val": val, "run_folder": str(run_dir.relative_to(self.out))}
         else:
             from ..pipeline import run_tgr
 
@@ -251,6 +258,11 @@ class _Runner:
             "method": method.name,
             "learner": cfg.train.learner,
             "settings_digest": json_digest(settings_of(cfg, cell.scenario)),
+            **(
+                {"method_settings_digest": json_digest(own)}
+                if (own := method_settings(cfg, method)) is not None
+                else {}
+            ),
             "accuracies": {f"{shot}shot": metrics[f"{shot}shot"]["accuracies"] for shot in episodes},
             "episodes": {
                 f"{shot}shot": {

@@ -1,9 +1,56 @@
 """The data-free meta-learning methods tgr-hub compares TGR with, built from tgr-hub's own parts.
 
-- :mod:`tgr_hub.peers.purer`: PURER's learnable pixel memory (Hu et al., CVPR 2023): one tensor of
-  images per class, improved by one inversion step per meta-iteration instead of a generator.
+- :mod:`tgr_hub.peers.purer`: PURER (Hu et al., CVPR 2023): a learnable pixel memory instead of a
+  generator, one inversion step per meta-iteration, MAML on tasks drawn from it, and a curriculum
+  that makes those tasks harder.
 
-Each part is written from the papers and a reading of the public code; where tgr-hub departs from
-that code (a defect kept only as an option, a different parametrisation), the part's docstring says
-so. The methods are not yet in ``tgr-hub benchmark``.
+Each is written from its paper and a reading of the public code; where tgr-hub departs from that
+code (a defect kept only as an option, a different parametrisation, selection on meta-validation),
+its module says so. :func:`run_peer` is what ``tgr-hub benchmark`` calls for a ``peer`` method.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..metamodel import MetaModel
+
+__all__ = ["PEER_METHODS", "run_peer"]
+
+#: the peer methods ``tgr-hub benchmark`` can run (each has its own config section of the same name)
+PEER_METHODS = ("purer",)
+
+
+def run_peer(
+    name: str, repo_list: str | Path, run_dir: str | Path, cfg: RunConfig, *, seed: int, progress: bool = True
+) -> tuple[MetaModel, dict[str, Any]]:
+    """Meta-train peer method ``name`` on the pool ``repo_list`` with ``cfg`` (its own section, the
+    meta-model's ``train.arch`` and ``data.image_size``, the ``data`` section's meta-validation
+    split), checkpointing into ``run_dir`` and resuming from it.
+
+    Returns:
+        The meta-model in the state meta-validation chose (on the CPU), and that choice
+        (``best_step`` and the meta-val accuracy per shot).
+    """
+    from ..data import split_of
+    from ..pool import load_pool
+    from .purer import train_purer
+
+    if name not in PEER_METHODS:
+        raise ValueError(f"unknown peer method {name!r}; one of {', '.join(PEER_METHODS)}")
+    members = load_pool(repo_list)
+    result = train_purer(
+        members,
+        cfg.purer,
+        arch=cfg.train.arch,
+        image_size=cfg.data.image_size,
+        val_split=split_of(cfg.data, "val"),
+        seed=seed,
+        checkpoint_dir=Path(run_dir) / "checkpoints",
+        resume=True,
+        progress=progress,
+    )
+    return result.model.cpu(), result.val()

@@ -39,7 +39,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
+from ..config import PurerConfig, changed_settings
 from ..data import Episode, ImageSplit
 from ..distributed import (
     TRAINER_STATE,
@@ -71,9 +72,9 @@ from ..seeds import PEERS, numpy_rng, seed_sequence, torch_generator, torch_seed
 __all__ = [
     "PixelMemory",
     "PixelMemoryConfig",
-    "PurerConfig",
     "PurerResult",
     "curriculum_loss",
+    "memory_config",
     "total_variation",
     "train_purer",
 ]
@@ -310,44 +311,17 @@ def curriculum_loss(
 # --- meta-training -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PurerConfig:
-    """PURER's meta-training (the public code's values, the length aside).
-
-    Each outer step takes one data step on the memory, then MAML (second order) on
-    ``episode_batch`` tasks drawn from it, summed, and one Adam step. The curriculum adds its term
-    to the data step at outer step ``curriculum_start``, and again whenever the tasks' training
-    accuracy has not improved for ``curriculum_patience`` outer steps.
-    """
-
-    memory: PixelMemoryConfig = field(default_factory=PixelMemoryConfig)
-    iterations: int = 15000  # outer steps (the public code: 60000 tasks in batches of 4)
-    episode_batch: int = 4
-    way: int = 5
-    shot: int = 5
-    query: int = 15  # shot + query images of each class: every image the memory holds (20)
-    inner_steps: int = 5
-    inner_lr: float = 0.01
-    first_order: bool = False
-    outer_lr: float = 1e-3
-    curriculum_start: int = 1000  # 0: no curriculum
-    curriculum_scale: float = 1.0
-    curriculum_patience: int = 6
-    average_init: bool = True  # start from the teachers' average where their architecture is the meta-model's
-    eval_every: int = 500
-    val_episodes: int = 200
-    val_inner_steps: int = 10
-    checkpoint_every: int = 0  # outer steps between checkpoints (0: none)
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1 or self.episode_batch < 1 or self.eval_every < 1:
-            raise ConfigError("PURER needs iterations, episode_batch and eval_every of at least 1")
-        if self.shot + self.query > self.memory.per_class:
-            raise ConfigError(
-                f"PURER's tasks take shot + query = {self.shot + self.query} images per class, but the memory "
-                f"holds {self.memory.per_class}",
-                hint="raise memory.per_class or lower shot / query",
-            )
+def memory_config(cfg: PurerConfig) -> PixelMemoryConfig:
+    """The pixel memory's settings in the ``purer`` config section."""
+    return PixelMemoryConfig(
+        per_class=cfg.per_class,
+        lr=cfg.data_lr,
+        bn_weight=cfg.bn_weight,
+        tv_weight=cfg.tv_weight,
+        l2_weight=cfg.l2_weight,
+        jitter=cfg.jitter,
+        teacher_weights=cfg.teacher_weights,
+    )
 
 
 @dataclass
@@ -360,6 +334,13 @@ class PurerResult:
     history: dict[str, list[tuple[int, float]]]
     curriculum_steps: list[int]
     resumed_from: int
+
+    def val(self) -> dict[str, float | int]:
+        """The chosen step and its meta-validation accuracy per shot (as a TGR run records them)."""
+        chosen: dict[str, float | int] = {"best_step": self.best_step}
+        for key in ("1shot", "5shot"):
+            chosen[key] = dict(self.history[f"val_acc_{key}"])[self.best_step]
+        return chosen
 
 
 class _PurerTrainer:
@@ -382,7 +363,7 @@ class _PurerTrainer:
         model = _initial_model(members, arch, image_size, seed=seed, average=cfg.average_init)
         self.model = dist.accelerator.prepare_model(model, evaluation_mode=True)
         self.optimizer = dist.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.outer_lr))
-        self.memory = PixelMemory(members, image_size, cfg.memory, seed=seed, device=dist.device)
+        self.memory = PixelMemory(members, image_size, memory_config(cfg), seed=seed, device=dist.device)
         self.learner = MAML(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
         self.history: dict[str, list[tuple[int, float]]] = {
             "task_loss": [],
@@ -470,6 +451,8 @@ class _PurerTrainer:
         )
         accuracy = float(np.mean([metrics[k]["mean"] for k in ("1shot", "5shot")]))
         self.history["val_acc"].append((step, accuracy))
+        for key in ("1shot", "5shot"):
+            self.history.setdefault(f"val_acc_{key}", []).append((step, float(metrics[key]["mean"])))
         if accuracy > self.best_acc:
             self.best_acc, self.best_step = accuracy, step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -516,12 +499,7 @@ class _PurerTrainer:
         if found is None:
             return 0
         state = json.loads((found / _STATE).read_text())
-        settings = json.loads(json.dumps(asdict(self.cfg)))
-        changed = sorted(
-            k
-            for k in settings
-            if k not in ("iterations", "checkpoint_every") and state["settings"].get(k) != settings[k]
-        )
+        changed = changed_settings({"purer": state["settings"]}, {"purer": asdict(self.cfg)}, "checkpoint")
         if state.get("format") != _PURER_STATE or state["seed"] != self.seed or changed:
             raise ConfigError(
                 f"the checkpoint {found} was made with other settings ({', '.join(changed) or 'seed'})",
