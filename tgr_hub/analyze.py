@@ -1420,7 +1420,8 @@ def run_gain(
     # pool and settings trains only what is missing; other settings start the file afresh.
     scores_file = Path(out) / "gain-scores.json"
     pool_key = str(Path(pool_path).resolve())
-    settings_key = json.loads(json.dumps({"config": cfg.to_dict(), "method": method, "pool": pool_key}))
+    used = {section: value for section, value in cfg.to_dict().items() if section != "purer"}  # a peer's: unused
+    settings_key = json.loads(json.dumps({"config": used, "method": method, "pool": pool_key}))
     saved = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
     done: dict[str, dict[str, list[float]]] = saved.get("scores", {}) if saved.get("settings") == settings_key else {}
     if done:
