@@ -316,7 +316,7 @@ def _conflicting_probe(way: int = 5):
     from tgr_hub.analyze import GradientProbe
     from tgr_hub.metamodel import create_meta_model
     from tgr_hub.data import Episode
-    from tgr_hub.train import _make_head
+    from tgr_hub.train import make_task_head
 
     gen = torch.Generator().manual_seed(0)
     support_x, query_x = torch.rand(way, 3, 16, 16, generator=gen), torch.rand(2 * way, 3, 16, 16, generator=gen)
@@ -327,7 +327,7 @@ def _conflicting_probe(way: int = 5):
         uniform = torch.full((3 * way, way), 1 / way)  # teacher probabilities: unused without distillation
         tasks.append(Episode(support_x, order[support_y], query_x, order[query_y], list(range(way)), teacher_probs=uniform))
     model = create_meta_model("conv4", image_size=16, seed=0).train()
-    return model, GradientProbe([tasks], [[0, 1, 2, 3]], _make_head(model.feature_dim, way, 0))
+    return model, GradientProbe([tasks], [[0, 1, 2, 3]], make_task_head(model.feature_dim, way, 0))
 
 
 def test_igr_steps_lower_p_more_than_erm_steps() -> None:

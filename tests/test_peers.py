@@ -195,7 +195,7 @@ def test_purer_trains_from_the_teachers_average_with_its_curriculum(teachers, va
     assert result.best_step in (0, 3, 6) and result.best_val_accuracy == max(v for _, v in result.history["val_acc"])
     # due after outer step 2 (curriculum_start), so the data step of step index 2 carries it; with a
     # patience of 1 a later one follows each batch that does not beat the best since the last
-    assert result.curriculum_steps[0] == 2 and all(s > 2 for s in result.curriculum_steps[1:])
+    assert result.extra["curriculum_steps"][0] == 2 and all(s > 2 for s in result.extra["curriculum_steps"][1:])
     # the start is the teachers' average (all conv4 at 32 px here)
     average = average_baseline(teachers).state_dict()
     start = purer_module._initial_model(teachers, "conv4", 32, seed=0, average=True).state_dict()
@@ -218,7 +218,7 @@ def test_purer_resumes_exactly(teachers, val_split, tmp_path: Path) -> None:
     resumed = train_purer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
                           checkpoint_dir=tmp_path / "cut", resume=True)
     assert resumed.resumed_from == 3
-    assert resumed.history == whole.history and resumed.curriculum_steps == whole.curriculum_steps
+    assert resumed.history == whole.history and resumed.extra == whole.extra
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["step-000003", "step-000006"]
@@ -232,7 +232,7 @@ def test_purer_settings_are_checked() -> None:
 
 
 @pytest.mark.slow
-def test_purer_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> None:
+def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> None:
     from tgr_hub import benchmark as bm
     from tgr_hub.errors import BenchmarkError
 
@@ -240,24 +240,189 @@ def test_purer_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> None
     scenario = bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg)
     out = tmp_path / "bench"
     finished: list = []
-    report = bm.run_benchmark(bm.BenchmarkSpec(cfg, (scenario,), (0,), ("erm", "purer")), out, progress=False,
+    report = bm.run_benchmark(bm.BenchmarkSpec(cfg, (scenario,), (0,), ("erm", "purer", "free")), out, progress=False,
                               on_cell=lambda cell, record: finished.append(record))
-    erm, purer = sorted(finished, key=lambda r: r["method"])
-    for shot in ("1shot", "5shot"):  # scored on the very episodes ERM was scored on
-        assert purer["episodes"][shot]["seen"] == erm["episodes"][shot]["seen"]
-        assert len(purer["accuracies"][shot]) == cfg.eval.episodes
-    assert purer["val"]["best_step"] in (0, 2, 4) and 0 <= purer["val"]["1shot"] <= 1
-    assert "method_settings_digest" in purer and "method_settings_digest" not in erm
-    assert (out / purer["run_folder"] / "checkpoints").is_dir()
-    assert "PURER" in json.dumps(report)
-    # PURER's own settings bind its cells only: a folder of ERM cells stays valid under other PURER
+    erm, free, purer = sorted(finished, key=lambda r: r["method"])
+    for peer in (purer, free):
+        for shot in ("1shot", "5shot"):  # scored on the very episodes ERM was scored on
+            assert peer["episodes"][shot]["seen"] == erm["episodes"][shot]["seen"]
+            assert len(peer["accuracies"][shot]) == cfg.eval.episodes
+        assert peer["val"]["best_step"] in (0, 2, 4) and 0 <= peer["val"]["1shot"] <= 1
+        assert "method_settings_digest" in peer
+        assert (out / peer["run_folder"] / "checkpoints").is_dir()
+    assert "method_settings_digest" not in erm and free["method_settings_digest"] != purer["method_settings_digest"]
+    assert "PURER" in json.dumps(report) and "FREE" in json.dumps(report)
+    # a peer's own settings bind its cells only: a folder of ERM cells stays valid under other PURER
     # settings (nothing retrains)...
     other = load_config("smoke", overrides=["purer.outer_lr=0.01"])
     erm_only = tmp_path / "erm-only"
     shutil.copytree(out, erm_only)
-    (erm_only / "cells" / "config" / "seed-0" / "purer.json").unlink()
+    for peer in ("purer", "free"):
+        (erm_only / "cells" / "config" / "seed-0" / f"{peer}.json").unlink()
     again = bm.run_benchmark(bm.BenchmarkSpec(other, (scenario,), (0,), ("erm",)), erm_only, progress=False)
+    assert again["missing_cells"] == []
+    # ...and so does a folder of ERM and FREE cells (PURER's settings do not bind FREE's)...
+    erm_free = tmp_path / "erm-free"
+    shutil.copytree(out, erm_free)
+    (erm_free / "cells" / "config" / "seed-0" / "purer.json").unlink()
+    again = bm.run_benchmark(bm.BenchmarkSpec(other, (scenario,), (0,), ("erm", "free")), erm_free, progress=False)
     assert again["missing_cells"] == []
     # ...but a folder whose PURER cells were made with other PURER settings is refused
     with pytest.raises(BenchmarkError, match="made with other settings"):
         bm.run_benchmark(bm.BenchmarkSpec(other, (scenario,), (0,), ("erm", "purer")), out, progress=False)
+
+
+# --- FREE: the losses by hand, the meta-generator, the run ---------------------------------------
+
+from tgr_hub.config import FreeConfig  # noqa: E402
+from tgr_hub.peers.free import MetaGenerator, adversarial_loss, distill_loss, train_free  # noqa: E402
+from tgr_hub.recover import frozen, recovery_quality  # noqa: E402
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_distill_loss_by_hand() -> None:
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    for temperature in (1.0, 4.0):
+        p_t, p_s = _softmax(t / temperature), _softmax(s / temperature)
+        expected = temperature**2 * (p_t * (np.log(p_t) - np.log(p_s))).sum(1).mean()
+        got = distill_loss(torch.tensor(s), torch.tensor(t), temperature=temperature)
+        assert float(got) == pytest.approx(expected, rel=1e-6)
+    # the public code's kl_div(softmax(s), softmax(t)): mean over entries of p_t (log p_t - p_s)
+    p_t, p_s = _softmax(t), _softmax(s)
+    expected = (p_t * (np.log(p_t) - p_s)).mean()
+    assert float(distill_loss(torch.tensor(s), torch.tensor(t), on_probabilities=True)) == pytest.approx(expected, rel=1e-6)
+    assert float(distill_loss(torch.tensor(t), torch.tensor(t))) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_adversarial_loss_by_hand_counts_only_where_teacher_and_student_agree() -> None:
+    t = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.5]], dtype=torch.float64)
+    s = torch.tensor([[1.0, 0.5, 0.0], [2.0, 0.0, 0.0], [2.0, 1.0, 0.0]], dtype=torch.float64)  # agree on rows 0, 2
+    p_t, p_s = _softmax(t.numpy()), _softmax(s.numpy())
+    kl = (p_t * (np.log(p_t) - np.log(p_s))).sum(1)
+    assert float(adversarial_loss(t, s)) == pytest.approx(-(kl[0] + kl[2]) / 3, rel=1e-6)
+    defect = (p_s * (np.log(p_s) - p_t)).sum(1)
+    assert float(adversarial_loss(t, s, on_probabilities=True)) == pytest.approx(-(defect[0] + defect[2]) / 3, rel=1e-6)
+    # its gradient reaches the teacher only, and a step against it widens the agreeing rows' divergence
+    t.requires_grad_(True)
+    adversarial_loss(t, s).backward()
+    assert t.grad is not None and torch.all(t.grad[1] == 0)
+    moved = (t - 0.5 * t.grad).detach()
+    assert float(adversarial_loss(moved, s)) < float(adversarial_loss(t.detach(), s))
+
+
+def test_the_meta_gradient_is_the_sum_of_the_copies_last_step_gradients(teachers) -> None:
+    def meta_generator() -> MetaGenerator:
+        return MetaGenerator([(32, 32)], latent_dim=16, width=8, seed=0)
+
+    both = meta_generator()
+    alone = []
+    for i, member in enumerate(teachers[:2]):
+        single = meta_generator()
+        single.adapt(member, [0, 1, 2], steps=2, images_per_class=2, seed=i)
+        alone.append([p.grad.clone() for p in single.generators[(32, 32)].parameters()])
+        both.adapt(member, [0, 1, 2], steps=2, images_per_class=2, seed=i)
+    meta = both.generators[(32, 32)]
+    for p, a, b in zip(meta.parameters(), *alone):
+        assert torch.allclose(p.grad, a + b, rtol=1e-5, atol=1e-7)
+    start = [p.detach().clone() for p in meta.parameters()]
+    both.meta_step()
+    assert all(p.grad is None for p in meta.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(meta.parameters(), start))  # it moved
+    # its state resumes bitwise
+    again = meta_generator()
+    again.load_state_tensors(both.state_tensors())
+    for mg in (both, again):
+        mg.adapt(teachers[2], [0, 1], steps=2, images_per_class=2, seed=9)
+        mg.meta_step()
+    for p, q in zip(meta.parameters(), again.generators[(32, 32)].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_adversarial_term_raises_the_student_teacher_divergence_it_targets(teachers) -> None:
+    member = teachers[0]
+    classes = [0, 1, 2, 3, 4]
+    bias = torch.tensor([0.5, -0.5, 0.0, 0.25, -0.25])
+
+    def student(images: torch.Tensor) -> torch.Tensor:
+        """A student that mostly agrees with the teacher: its logits, flattened and shifted."""
+        with frozen(member.model):
+            return 0.5 * member.model(member.normalize(images))[:, classes] + bias
+
+    def disagreement(weight: float) -> float:
+        """How often the two pick different classes on the recovered images."""
+        mg = MetaGenerator([(32, 32)], latent_dim=32, width=16, seed=1)
+        task = mg.adapt(member, classes, steps=5, images_per_class=6, seed=3, lr=0.01, student=student,
+                        adversarial_weight=weight, meta_gradient=False)
+        with torch.no_grad(), frozen(member.model):
+            t = member.model(member.normalize(task.images))[:, classes]
+            s = student(task.images)
+        return float((t.argmax(1) != s.argmax(1)).float().mean())
+
+    plain, pushed = disagreement(0.0), disagreement(5.0)  # the same codes, seeds and steps; only the term differs
+    assert pushed > plain + 0.3, (plain, pushed)
+
+
+@pytest.mark.slow
+def test_an_adapted_meta_generator_beats_a_fresh_generator_in_five_steps(teachers) -> None:
+    """FREE's claim: after meta-training across teachers, 5 adaptation steps reach a higher teacher
+    agreement than 5 steps from a fresh generator (here, over every teacher, one of them never seen)."""
+    def agreement(mg: MetaGenerator, seed: int) -> float:
+        scores = []
+        for i, member in enumerate(teachers):
+            task = mg.adapt(member, [0, 1, 2, 3, 4], steps=5, images_per_class=8, seed=1000 + 10 * seed + i,
+                            meta_gradient=False)
+            scores.append(recovery_quality(member, task)["agreement"])
+        return float(np.mean(scores))
+
+    meta, fresh = (MetaGenerator([(32, 32)], latent_dim=64, width=32, seed=0, meta_lr=1e-2) for _ in range(2))
+    for r in range(10):
+        for i, member in enumerate(teachers[:3]):  # the last teacher is never seen
+            meta.adapt(member, [0, 1, 2, 3, 4], steps=5, images_per_class=8, seed=10 * r + i)
+        meta.meta_step()
+    adapted = [agreement(meta, s) for s in range(2)]
+    cold = [agreement(fresh, s) for s in range(2)]
+    assert min(adapted) > max(cold) + 0.05, (adapted, cold)
+
+
+TINY_FREE = FreeConfig(iterations=4, warmup=1, teachers_per_step=2, images_per_class=4, adapt_steps=2, latent_dim=32,
+                       generator_width=16, shot=1, query=3, inner_steps=1, episode_batch=2, replay_patience=1,
+                       replay_max_batches=2, eval_every=2, val_episodes=4, val_inner_steps=2, checkpoint_every=0)
+
+
+@pytest.mark.slow
+def test_free_trains_and_banks_every_teacher_of_a_step(teachers, val_split) -> None:
+    result = train_free(teachers, TINY_FREE, arch="conv4", image_size=32, val_split=val_split, seed=0, progress=False)
+    assert [s for s, _ in result.history["recover_ce"]] == [1, 2, 3, 4]
+    assert [s for s, _ in result.history["distill_loss"]] == [2, 3, 4]  # after the warm-up of 1 step
+    assert all(v >= 1 for _, v in result.history["replay_batches"][1:])
+    assert [s for s, _ in result.history["val_acc"]] == [0, 2, 4]
+    assert result.best_val_accuracy == max(v for _, v in result.history["val_acc"])
+
+
+@pytest.mark.slow
+def test_free_resumes_exactly(teachers, val_split, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY_FREE, checkpoint_every=2)
+    whole = train_free(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                       checkpoint_dir=tmp_path / "whole")
+    train_free(teachers, dataclasses.replace(cfg, iterations=2), arch="conv4", image_size=32, val_split=val_split,
+               seed=1, progress=False, checkpoint_dir=tmp_path / "cut")
+    with pytest.raises(ConfigError, match="other settings"):
+        train_free(teachers, dataclasses.replace(cfg, distill_lr=0.1), arch="conv4", image_size=32,
+                   val_split=val_split, seed=1, progress=False, checkpoint_dir=tmp_path / "cut", resume=True)
+    resumed = train_free(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                         checkpoint_dir=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 2 and resumed.history == whole.history
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_free_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="more than the bank holds"):
+        FreeConfig(images_per_class=2, bank_size=2, shot=1, query=15)
+    with pytest.raises(ConfigError, match="free.teachers_per_step"):
+        load_config("smoke", overrides=["free.teachers_per_step=0"])

@@ -28,7 +28,7 @@ from tgr_hub.train import (
     HEAD_BIAS,
     HEAD_WEIGHT,
     _choose_teachers,
-    _make_head,
+    make_task_head,
     make_pseudo_task,
     pseudo_task_loss,
     step_rng,
@@ -51,7 +51,7 @@ def _task(seed: int = 0, temperature: float = 2.0) -> Episode:
 
 def _model_and_params():
     model = create_meta_model("conv4", image_size=16, seed=0).train()
-    head = _make_head(model.feature_dim, 5, seed=0)
+    head = make_task_head(model.feature_dim, 5, seed=0)
     params = {**dict(model.named_parameters()), HEAD_WEIGHT: head.weight, HEAD_BIAS: head.bias}
     return model, params
 

@@ -59,6 +59,7 @@ from torch import Tensor
 
 from .errors import AnalysisError
 from .io import write_json_atomic
+from .peers import PEER_METHODS
 from .probe import (
     GradientProbe,
     GradientStats,
@@ -1293,7 +1294,7 @@ def run_gradients(
         "tasks_per_group": cfg.train.teachers_per_step,
         "teachers": [[names[t] for t in row] for row in probe.teachers],
         "drawn_from": "spectral groups",
-        "head": "fixed: the shared head's initialisation (train._make_head, the training seed), not trained"
+        "head": "fixed: the shared head's initialisation (train.make_task_head, the training seed), not trained"
         if kind == "head"
         else None,
         "parameters": "the meta-model's (the head is not differentiated)",
@@ -1420,7 +1421,7 @@ def run_gain(
     # pool and settings trains only what is missing; other settings start the file afresh.
     scores_file = Path(out) / "gain-scores.json"
     pool_key = str(Path(pool_path).resolve())
-    used = {section: value for section, value in cfg.to_dict().items() if section != "purer"}  # a peer's: unused
+    used = {section: value for section, value in cfg.to_dict().items() if section not in PEER_METHODS}  # unused here
     settings_key = json.loads(json.dumps({"config": used, "method": method, "pool": pool_key}))
     saved = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
     done: dict[str, dict[str, list[float]]] = saved.get("scores", {}) if saved.get("settings") == settings_key else {}

@@ -292,6 +292,65 @@ class PurerConfig:
 
 
 @dataclass
+class FreeConfig:
+    """FREE, the ``free`` method of ``tgr-hub benchmark`` (:mod:`tgr_hub.peers.free`): a meta-generator
+    adapted to each teacher in a few steps, sequential distillation with a Reptile outer step, and
+    MAML replay. Defaults: the public code's values, the replay cap aside."""
+
+    iterations: int = 1000  # outer steps (the public code: 999)
+    warmup: int = 20  # the first outer steps train the meta-generator only
+    teachers_per_step: int = 4  # drawn with replacement
+    way: int = 5
+    images_per_class: int = 20  # recovered per class and task
+    adapt_steps: int = 5  # Adam steps adapting the meta-generator to one teacher
+    generator_lr: float = 1e-3  # Adam of the adaptation (generator copy and codes)
+    meta_generator_lr: float = 1e-3  # Adam of the meta-generator's first-order step
+    latent_dim: int = 256
+    generator_width: int = 128
+    bn_weight: float = 0.0  # the public code recovers with CE only
+    adversarial_weight: float = 1.0  # the boundary term, after the warm-up
+    distill_steps: int = 1  # Adam steps per teacher of the sequential distillation
+    distill_lr: float = 1e-3
+    temperature: float = 1.0
+    kl_on_probabilities: bool = False  # True: the public code's kl_div on probabilities (a defect)
+    bank_last_teacher_only: bool = False  # True: the public code's banking of the last teacher only (a defect)
+    bank_size: int = 20  # tasks' worth of images kept per class
+    outer_lr: float = 1e-3  # the meta-model's Adam (Reptile step and replay)
+    shot: int = 1  # replay episodes
+    query: int = 15
+    inner_steps: int = 5
+    inner_lr: float = 0.01
+    first_order: bool = False
+    episode_batch: int = 10  # replay episodes per Adam step
+    replay_patience: int = 10  # replay stops when this many batches in a row did not beat the best accuracy
+    replay_max_batches: int = 50  # and after this many batches at most (the public code has no cap)
+    eval_every: int = 100
+    val_episodes: int = 200
+    val_inner_steps: int = 10  # fine-tuning steps of meta-validation
+    checkpoint_every: int = 100  # outer steps between checkpoints (and at the end); 0: none
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 1 and self.warmup >= 0, "free.iterations must be >= 1 and free.warmup >= 0")
+        _check(
+            self.teachers_per_step >= 1 and self.adapt_steps >= 1 and self.distill_steps >= 1,
+            "free.teachers_per_step, adapt_steps and distill_steps must be >= 1",
+        )
+        _check(self.way >= 2 and self.shot >= 1 and self.query >= 1, "free.way >= 2, shot >= 1, query >= 1")
+        _check(
+            self.shot + self.query <= self.images_per_class * self.bank_size,
+            f"free.shot + free.query = {self.shot + self.query} images per class, more than the bank holds "
+            f"(images_per_class × bank_size = {self.images_per_class * self.bank_size})",
+        )
+        _check(
+            self.episode_batch >= 1 and self.replay_patience >= 1 and self.replay_max_batches >= 1,
+            "free.episode_batch, replay_patience and replay_max_batches must be >= 1",
+        )
+        _check(self.temperature > 0 and self.generator_lr > 0, "free.temperature and free.generator_lr must be > 0")
+        _check(self.eval_every >= 1 and self.val_episodes >= 1, "free.eval_every and val_episodes must be >= 1")
+        _check(self.checkpoint_every >= 0, "free.checkpoint_every must be >= 0")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``tgr_config.json`` beside the meta-model."""
 
@@ -306,6 +365,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     purer: PurerConfig = field(default_factory=PurerConfig)
+    free: FreeConfig = field(default_factory=FreeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -357,6 +417,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "val_episodes": 4,
             "val_inner_steps": 2,
         },
+        "free": {
+            "iterations": 4,
+            "warmup": 1,
+            "teachers_per_step": 2,
+            "images_per_class": 4,
+            "adapt_steps": 2,
+            "generator_width": 32,
+            "shot": 1,
+            "query": 3,
+            "inner_steps": 1,
+            "episode_batch": 2,
+            "replay_patience": 1,
+            "replay_max_batches": 2,
+            "eval_every": 2,
+            "val_episodes": 4,
+            "val_inner_steps": 2,
+        },
     },
     # minutes on a laptop CPU
     "quick": {
@@ -377,6 +454,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 200},
         "eval": {"episodes": 600},
         "purer": {"iterations": 300, "curriculum_start": 150, "eval_every": 100, "checkpoint_every": 100},
+        "free": {
+            "iterations": 300,
+            "warmup": 20,
+            "generator_width": 64,
+            "episode_batch": 4,
+            "replay_patience": 2,
+            "replay_max_batches": 5,
+            "eval_every": 100,
+            "checkpoint_every": 100,
+        },
     },
     # the reference settings of docs/method.md
     "paper": {
@@ -585,15 +672,17 @@ MAY_CHANGE: dict[str, frozenset[str]] = {
             "train.analysis_groups",
             "purer.iterations",
             "purer.checkpoint_every",
+            "free.iterations",
+            "free.checkpoint_every",
         }
     ),
-    # a TGR run folder's trained meta-model: only its evaluation may differ (and PURER's settings, unused)
-    "meta-model": frozenset({"eval", "purer"}),
-    # a TGR run folder's test metrics: nothing may differ (but PURER's settings, unused)
-    "evaluation": frozenset({"purer"}),
+    # a TGR run folder's trained meta-model: only its evaluation may differ (and the peers' settings, unused)
+    "meta-model": frozenset({"eval", "purer", "free"}),
+    # a TGR run folder's test metrics: nothing may differ (but the peers' settings, unused)
+    "evaluation": frozenset({"purer", "free"}),
     # a benchmark folder's cells: each cell runs with its own seed; measuring gradients changes no result;
     # the peers' sections matter to their own cells only (tgr_hub.benchmark.grid.method_settings)
-    "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups", "purer"}),
+    "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups", "purer", "free"}),
 }
 
 

@@ -23,7 +23,7 @@ from .learners import make_learner
 from .metamodel import MetaModel
 from .pool import PoolMember
 from .seeds import ANALYZE, numpy_rng, seed_sequence
-from .train import HEAD_BIAS, HEAD_WEIGHT, _choose_teachers, _make_head, make_pseudo_task, pseudo_task_loss
+from .train import HEAD_BIAS, HEAD_WEIGHT, _choose_teachers, make_pseudo_task, make_task_head, pseudo_task_loss
 
 __all__ = [
     "GRADIENT_HISTORY",
@@ -126,7 +126,7 @@ class GradientProbe:
     Attributes:
         tasks: ``K`` groups of ``m`` :class:`tgr_hub.data.Episode` pseudo-tasks (on the CPU).
         teachers: ``[K][m]`` the teacher index of each task.
-        head: the fixed shared N-way head of ``head`` losses (:func:`tgr_hub.train._make_head`),
+        head: the fixed shared N-way head of ``head`` losses (:func:`tgr_hub.train.make_task_head`),
             the same for every method measured: the head training starts from, never trained here.
     """
 
@@ -195,7 +195,7 @@ def make_gradient_probe(
             row.append(task.to(torch.device("cpu")))
         tasks.append(row)
         teachers.append(chosen)
-    head = _make_head(feature_dim, cfg.replay_way, seed if head_seed is None else head_seed)
+    head = make_task_head(feature_dim, cfg.replay_way, seed if head_seed is None else head_seed)
     return GradientProbe(tasks, teachers, head)
 
 

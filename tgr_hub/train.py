@@ -258,7 +258,7 @@ def _choose_teachers(groups: Sequence[Sequence[int]], m: int, rng: np.random.Gen
     return [int(i) for i in rng.choice(group, size=m, replace=True)]
 
 
-def _make_head(feature_dim: int, way: int, seed: int) -> nn.Linear:
+def make_task_head(feature_dim: int, way: int, seed: int) -> nn.Linear:
     """The shared ``way``-way head of ``head`` task losses, initialised as ``nn.Linear`` is, from its own stream."""
     head = nn.Linear(feature_dim, way)
     generator = seeds.torch_generator(seeds.torch_seed(seed, seeds.HEAD_INIT))
@@ -588,7 +588,7 @@ class _MetaTrainer:
         # gradients are combined explicitly (functional_call would bypass DDP's hooks anyway).
         self.model = self.accelerator.prepare_model(model, evaluation_mode=True)
         # `head` task losses train a shared N-way head beside the meta-model (not part of it)
-        self.head = _make_head(model.feature_dim, cfg.replay_way, seed) if cfg.igr_loss == "head" else None
+        self.head = make_task_head(model.feature_dim, cfg.replay_way, seed) if cfg.igr_loss == "head" else None
         trained = [*self.model.parameters()]
         if self.head is not None:
             self.head = self.accelerator.prepare_model(self.head, evaluation_mode=True)

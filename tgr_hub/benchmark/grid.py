@@ -207,6 +207,7 @@ METHODS: dict[str, Method] = {
         Method("igr-random-groups", "IGR, random groups", "trained", igr=True, groups="random"),
         Method("tgr-second-order", "TGR 2nd order", "trained", igr=True, groups="spectral", igr_order="second"),
         Method("purer", "PURER", "peer"),
+        Method("free", "FREE", "peer"),
     )
 }
 #: The quickstart's four methods.

@@ -3,6 +3,10 @@
 - :mod:`tgr_hub.peers.purer`: PURER (Hu et al., CVPR 2023): a learnable pixel memory instead of a
   generator, one inversion step per meta-iteration, MAML on tasks drawn from it, and a curriculum
   that makes those tasks harder.
+- :mod:`tgr_hub.peers.free`: FREE (Wei et al., CVPR 2024): a meta-generator adapted to each teacher
+  in a few steps, sequential distillation with a Reptile step, and MAML replay from a memory.
+
+:mod:`tgr_hub.peers.loop` holds what their runs share (meta-validation, checkpoints, the loop).
 
 Each is written from its paper and a reading of the public code; where tgr-hub departs from that
 code (a defect kept only as an option, a different parametrisation, selection on meta-validation),
@@ -15,13 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config import RunConfig
     from ..metamodel import MetaModel
+    from .loop import PeerResult
 
 __all__ = ["PEER_METHODS", "run_peer"]
 
 #: the peer methods ``tgr-hub benchmark`` can run (each has its own config section of the same name)
-PEER_METHODS = ("purer",)
+PEER_METHODS = ("purer", "free")
 
 
 def run_peer(
@@ -37,14 +44,16 @@ def run_peer(
     """
     from ..data import split_of
     from ..pool import load_pool
+    from .free import train_free
     from .purer import train_purer
 
-    if name not in PEER_METHODS:
+    trainers: dict[str, Callable[..., PeerResult]] = {"purer": train_purer, "free": train_free}
+    if name not in trainers:
         raise ValueError(f"unknown peer method {name!r}; one of {', '.join(PEER_METHODS)}")
     members = load_pool(repo_list)
-    result = train_purer(
+    result = trainers[name](
         members,
-        cfg.purer,
+        getattr(cfg, name),
         arch=cfg.train.arch,
         image_size=cfg.data.image_size,
         val_split=split_of(cfg.data, "val"),

@@ -35,44 +35,33 @@ normalised space is in pixels.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ..config import PurerConfig, changed_settings
+from ..config import PurerConfig
 from ..data import Episode, ImageSplit
-from ..distributed import (
-    TRAINER_STATE,
-    Distributed,
-    clean_checkpoint_leftovers,
-    latest_checkpoint,
-    load_checkpoint,
-    make_accelerator,
-    save_checkpoint,
-)
-from ..errors import ConfigError, RecoverError, RunFolderError
-from ..io import save_safetensors_atomic, write_json_atomic
+from ..distributed import Distributed, make_accelerator
+from ..errors import RecoverError
+from ..io import save_safetensors_atomic
 from ..learners import MAML, EpisodicLearner
 from ..metamodel import MetaModel
 from ..pool import PoolMember
-from ..progress import progress_bar
 from ..recover import _BNStatisticsLoss, frozen, load_optimizer_state_tensors, optimizer_state_tensors
-from ..seeds import PEERS, numpy_rng, seed_sequence, torch_generator, torch_seed, val_seed
+from ..seeds import PEERS, numpy_rng, seed_sequence, torch_generator, torch_seed
+from .loop import PeerResult, PeerTrainer, run_peer_loop
 
 __all__ = [
     "PixelMemory",
     "PixelMemoryConfig",
-    "PurerResult",
     "curriculum_loss",
     "memory_config",
     "total_variation",
@@ -324,27 +313,10 @@ def memory_config(cfg: PurerConfig) -> PixelMemoryConfig:
     )
 
 
-@dataclass
-class PurerResult:
-    """A PURER run: the meta-model in its best state (on meta-validation) and what happened."""
+class _PurerTrainer(PeerTrainer):
+    """A PURER run's state beyond the meta-model: its Adam, the pixel memory and the curriculum's counters."""
 
-    model: MetaModel
-    best_step: int
-    best_val_accuracy: float
-    history: dict[str, list[tuple[int, float]]]
-    curriculum_steps: list[int]
-    resumed_from: int
-
-    def val(self) -> dict[str, float | int]:
-        """The chosen step and its meta-validation accuracy per shot (as a TGR run records them)."""
-        chosen: dict[str, float | int] = {"best_step": self.best_step}
-        for key in ("1shot", "5shot"):
-            chosen[key] = dict(self.history[f"val_acc_{key}"])[self.best_step]
-        return chosen
-
-
-class _PurerTrainer:
-    """The state of a PURER run: meta-model, its Adam, the pixel memory and the curriculum's counters."""
+    name, section = "PURER", "purer"
 
     def __init__(
         self,
@@ -357,22 +329,13 @@ class _PurerTrainer:
         seed: int,
         dist: Distributed,
     ) -> None:
-        self.cfg, self.val_split, self.seed, self.dist = cfg, val_split, int(seed), dist
         for member in members:
             member.to(dist.device)
         model = _initial_model(members, arch, image_size, seed=seed, average=cfg.average_init)
-        self.model = dist.accelerator.prepare_model(model, evaluation_mode=True)
+        super().__init__(model, cfg, val_split=val_split, seed=seed, dist=dist)
         self.optimizer = dist.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.outer_lr))
         self.memory = PixelMemory(members, image_size, memory_config(cfg), seed=seed, device=dist.device)
         self.learner = MAML(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
-        self.history: dict[str, list[tuple[int, float]]] = {
-            "task_loss": [],
-            "task_acc": [],
-            "data_loss": [],
-            "val_acc": [],
-        }
-        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.best_step, self.best_acc = 0, -math.inf
         # the curriculum: due at the next data step; the best batch accuracy since the last one, and
         # how many outer steps have not beaten it
         self.curriculum_due, self.best_batch_acc, self.stalls = False, -math.inf, 0
@@ -430,100 +393,31 @@ class _PurerTrainer:
                 if self.stalls == cfg.curriculum_patience:
                     self.curriculum_due = True
 
-    def validate(self, step: int) -> None:
-        """Meta-validation (real images, fine-tuning adaptation); the best state is kept."""
-        from ..evaluate import evaluate_model
+    def extra(self) -> dict[str, Any]:
+        return {"curriculum_steps": self.curriculum_steps}
 
-        cfg = self.cfg
-        metrics = evaluate_model(
-            self.model,
-            self.val_split,
-            way=cfg.way,
-            shots=[1, 5],
-            query=15,
-            episodes=cfg.val_episodes,
-            learner="finetune",
-            inner_steps=cfg.val_inner_steps,
-            inner_lr=cfg.inner_lr,
-            seed=val_seed(self.seed),
-            dist=self.dist,
-            progress=False,
-        )
-        accuracy = float(np.mean([metrics[k]["mean"] for k in ("1shot", "5shot")]))
-        self.history["val_acc"].append((step, accuracy))
-        for key in ("1shot", "5shot"):
-            self.history.setdefault(f"val_acc_{key}", []).append((step, float(metrics[key]["mean"])))
-        if accuracy > self.best_acc:
-            self.best_acc, self.best_step = accuracy, step
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        logger.info(
-            "PURER step %d: meta-val accuracy %.2f%% (best %.2f%% at step %d)",
-            step,
-            100 * accuracy,
-            100 * self.best_acc,
-            self.best_step,
-        )
+    def save_files(self, folder: Path) -> None:
+        save_safetensors_atomic(folder / _MEMORY, self.memory.state_tensors())
 
-    # --- checkpoints: the meta-model and its Adam through Accelerate, the rest beside them ---
+    def state(self) -> dict[str, Any]:
+        return {
+            "due": self.curriculum_due,
+            "best_batch_acc": self.best_batch_acc,
+            "stalls": self.stalls,
+            "steps": self.curriculum_steps,
+        }
 
-    def checkpoint(self, folder: Path, step: int) -> None:
-        def write(tmp: Path) -> None:
-            save_safetensors_atomic(tmp / _MEMORY, self.memory.state_tensors())
-            save_safetensors_atomic(tmp / _BEST, self.best_state)
-            state = {
-                "format": _PURER_STATE,
-                "version": 1,
-                "step": step,
-                "seed": self.seed,
-                "settings": json.loads(json.dumps(asdict(self.cfg))),
-                "best_step": self.best_step,
-                "best_val_accuracy": self.best_acc,
-                "history": self.history,
-                "curriculum": {
-                    "due": self.curriculum_due,
-                    "best_batch_acc": self.best_batch_acc,
-                    "stalls": self.stalls,
-                    "steps": self.curriculum_steps,
-                },
-            }
-            write_json_atomic(tmp / _STATE, state)
-
-        save_checkpoint(self.dist, folder, step, write, keep=2)
-
-    def restore(self, folder: Path) -> int:
-        """Continue from the newest checkpoint in ``folder``, if any; returns the outer step to start at."""
-        if self.dist.is_main:
-            clean_checkpoint_leftovers(folder)
-        self.dist.barrier()
-        found = latest_checkpoint(folder)
-        if found is None:
-            return 0
-        state = json.loads((found / _STATE).read_text())
-        changed = changed_settings({"purer": state["settings"]}, {"purer": asdict(self.cfg)}, "checkpoint")
-        if state.get("format") != _PURER_STATE or state["seed"] != self.seed or changed:
-            raise ConfigError(
-                f"the checkpoint {found} was made with other settings ({', '.join(changed) or 'seed'})",
-                hint="resume with the settings it was made with, or delete the folder to start over",
-            )
-        load_checkpoint(self.dist, found)
-        self.memory.load_state_tensors(load_file(str(found / _MEMORY), device=str(self.dist.device)))
-        self.best_state = load_file(str(found / _BEST), device=str(self.dist.device))
-        self.best_step, self.best_acc = int(state["best_step"]), float(state["best_val_accuracy"])
-        self.history = {k: [(int(s), float(v)) for s, v in values] for k, values in state["history"].items()}
-        c = state["curriculum"]
+    def load_state(self, folder: Path, state: dict[str, Any]) -> None:
+        self.memory.load_state_tensors(load_file(str(folder / _MEMORY), device=str(self.dist.device)))
         self.curriculum_due, self.best_batch_acc, self.stalls = (
-            bool(c["due"]),
-            float(c["best_batch_acc"]),
-            int(c["stalls"]),
+            bool(state["due"]),
+            float(state["best_batch_acc"]),
+            int(state["stalls"]),
         )
-        self.curriculum_steps = [int(s) for s in c["steps"]]
-        logger.info("resuming PURER from %s (outer step %d of %d)", found.name, state["step"], self.cfg.iterations)
-        return int(state["step"])
+        self.curriculum_steps = [int(s) for s in state["steps"]]
 
 
-_PURER_STATE = "tgr-hub-purer-state"
-# a checkpoint is complete when its state file (distributed.TRAINER_STATE) is in
-_STATE, _MEMORY, _BEST = TRAINER_STATE, "pixel_memory.safetensors", "best_model.safetensors"
+_MEMORY = "pixel_memory.safetensors"
 
 
 def _initial_model(members: Sequence[PoolMember], arch: str, image_size: int, *, seed: int, average: bool) -> MetaModel:
@@ -555,7 +449,7 @@ def train_purer(
     resume: bool = False,
     progress: bool = True,
     dist: Distributed | None = None,
-) -> PurerResult:
+) -> PeerResult:
     """Meta-train a meta-model with PURER on ``members`` (no data: the pixel memory is all it sees).
 
     Args:
@@ -572,48 +466,5 @@ def train_purer(
         RunFolderError: checkpoints exist and ``resume`` is False.
     """
     dist = dist or Distributed(make_accelerator("no"))
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if cfg.checkpoint_every > 0 and folder is None:
-        raise ConfigError("PURER's checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
     trainer = _PurerTrainer(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
-    start = 0
-    if folder is not None:
-        if not resume and latest_checkpoint(folder) is not None:
-            raise RunFolderError(
-                f"{folder} holds checkpoints of an earlier PURER run",
-                hint="pass resume=True to continue it, or delete that folder to start over",
-            )
-        start = trainer.restore(folder) if resume else 0
-    if start == 0:
-        trainer.validate(0)
-    bar = progress_bar(
-        range(start, cfg.iterations),
-        desc="PURER",
-        disable=not (progress and dist.is_main),
-        initial=start,
-        total=cfg.iterations,
-    )
-    for step in bar:
-        done = step + 1
-        values = trainer.outer_step(step)
-        for key, value in values.items():
-            trainer.history[key].append((done, value))
-        bar.set_postfix(task_loss=f"{values['task_loss']:.3f}", best_val=f"{100 * max(trainer.best_acc, 0):.1f}%")
-        if done % cfg.eval_every == 0 or done == cfg.iterations:
-            trainer.validate(done)
-        if (
-            folder is not None
-            and cfg.checkpoint_every > 0
-            and (done % cfg.checkpoint_every == 0 or done == cfg.iterations)
-        ):
-            trainer.checkpoint(folder, done)
-    bar.close()
-    trainer.model.load_state_dict(trainer.best_state)
-    return PurerResult(
-        trainer.model,
-        trainer.best_step,
-        trainer.best_acc,
-        trainer.history,
-        trainer.curriculum_steps,
-        resumed_from=start,
-    )
+    return run_peer_loop(trainer, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)

@@ -1,0 +1,493 @@
+"""FREE (Wei et al., CVPR 2024): a meta-generator that recovers a task in a few steps, a meta-learner
+that distils the step's teachers one after the other, and replay from a memory.
+
+One outer step:
+
+1. **Fast recovery.** Draw ``teachers_per_step`` teachers (with replacement). For each, copy the
+   meta-generator ``G_φ`` and adapt the copy for ``adapt_steps`` Adam steps, with fresh codes ``z``,
+   on  CE(T(aug(G(z))), y) + bn · BN_T + adv · L_adv  (``L_adv``: :func:`adversarial_loss`
+   against the meta-learner, after the warm-up). The images of the last step are the teacher's task.
+   The meta-generator moves first-order across teachers: the gradients of each copy's last step,
+   summed over the step's teachers, go to ``G_φ``'s own Adam (MAML over teachers).
+2. **Sequential distillation** (after ``warmup`` outer steps). A copy ``θ'`` of the meta-model and
+   its shared N-way head takes ``distill_steps`` Adam steps on each task in turn, lowering
+   :func:`distill_loss` against that task's teacher; the meta-model's Adam then steps along the
+   pseudo-gradient ``θ − θ'`` (Reptile).
+3. **Replay.** The tasks go into a :class:`~tgr_hub.bank.MemoryBank`. Batches of ``episode_batch``
+   episodes that mix classes of every teacher seen so far train the meta-model with MAML (the
+   query cross-entropy, summed over the batch), until the batch accuracy has not improved for
+   ``replay_patience`` batches (at most ``replay_max_batches``).
+
+Where tgr-hub differs from the public code, and why:
+
+- The KL terms take log-probabilities (a proper KL). The public code passes probabilities to
+  ``kl_div``; ``kl_on_probabilities=True`` reproduces that.
+- Every teacher's task is banked. The public code banks only the last teacher's of each step;
+  ``bank_last_teacher_only=True`` reproduces that.
+- The meta-generator's Adam keeps its state across steps (the public code makes a new one per
+  step, so its steps are about ``lr`` per parameter). The meta-learner's Adam, which Reptile and
+  replay share as in the public code, sees ``θ − θ'`` (the public code scales it by 67; Adam does
+  not see the scale but through its ε).
+- A heterogeneous pool: one meta-generator per teacher input size, and the meta-learner sees each
+  task resized to its own input size. The adversarial term compares the teacher with the
+  meta-learner's shared head (the public code uses the model left by the last replay task).
+- The replay loop has a cap (``replay_max_batches``), so a step's cost is bounded.
+- The best state is chosen on meta-validation (the public code chose on meta-test).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor
+
+from ..bank import MemoryBank, RecoveredTask
+from ..config import FreeConfig
+from ..data import ImageSplit
+from ..distributed import Distributed, make_accelerator
+from ..errors import RecoverError
+from ..io import save_safetensors_atomic
+from ..learners import MAML, _features_eval
+from ..metamodel import create_meta_model
+from ..models.generator import Generator
+from ..pool import PoolMember
+from ..recover import (
+    _BNStatisticsLoss,
+    crop_padding_for,
+    frozen,
+    load_optimizer_state_tensors,
+    optimizer_state_tensors,
+    random_crop_flip,
+    sample_task_classes,
+)
+from ..seeds import PEERS, numpy_rng, recovery_seeds, seed_int, seed_sequence, torch_generator, torch_seed
+from ..train import make_task_head
+from .loop import PeerResult, PeerTrainer, run_peer_loop
+
+__all__ = ["MetaGenerator", "adversarial_loss", "distill_loss", "train_free"]
+
+#: the kinds of draw of a FREE run in the ``PEERS`` stream (PURER's are 0 to 2): [seed, PEERS, kind, ...]
+FREE_GENERATOR, FREE_TEACHERS, FREE_RECOVER, FREE_DISTILL, FREE_REPLAY, FREE_HEAD = 10, 11, 12, 13, 14, 15
+
+_BETAS = (0.5, 0.999)  # the generators' Adam, as in recovery
+
+
+def adversarial_loss(teacher_logits: Tensor, student_logits: Tensor, *, on_probabilities: bool = False) -> Tensor:
+    """Minus the teacher–student divergence, averaged over all images but counted only on those
+    where both predict the same class: lowering it moves those images to where the two disagree
+    (BiDf-MKD's and FREE's boundary term). The student is a constant (gradients reach the images
+    through the teacher only).
+
+    Args:
+        teacher_logits, student_logits: ``[B, N]`` over the same N classes.
+        on_probabilities: the public code's ``kl_div(softmax(t), softmax(s))`` per image, i.e.
+            ``Σ p_s · (log p_s − p_t)``, instead of ``KL(p_t ‖ p_s)``.
+
+    Returns:
+        A scalar.
+    """
+    student = student_logits.detach().float()
+    teacher = teacher_logits.float()
+    agree = (teacher.argmax(1) == student.argmax(1)).float()
+    if on_probabilities:
+        p_s = student.softmax(1)
+        divergence = (p_s * (p_s.clamp_min(1e-12).log() - teacher.softmax(1))).sum(1)
+    else:
+        log_t = teacher.log_softmax(1)
+        divergence = (log_t.exp() * (log_t - student.log_softmax(1))).sum(1)
+    return -(divergence * agree).mean()
+
+
+def distill_loss(
+    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0, on_probabilities: bool = False
+) -> Tensor:
+    """Knowledge distillation of a teacher into the student on the same images.
+
+    ``T² · KL(p_teacher,T ‖ p_student,T)``, averaged over the images; ``on_probabilities``: the
+    public code's ``kl_div(softmax(s), softmax(t))`` (mean over every entry), whose gradient only
+    raises ``Σ p_t · p_s``.
+
+    Args:
+        student_logits, teacher_logits: ``[B, N]``.
+    """
+    teacher = teacher_logits.detach().float()
+    student = student_logits.float()
+    if on_probabilities:
+        p_t = teacher.softmax(1)
+        return (p_t * (p_t.clamp_min(1e-12).log() - student.softmax(1))).mean()
+    log_s, log_t = (student / temperature).log_softmax(1), (teacher / temperature).log_softmax(1)
+    return temperature**2 * F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+
+
+class MetaGenerator:
+    """FREE's meta-generator: one :class:`~tgr_hub.models.generator.Generator` per teacher input
+    size, each with its own Adam (the meta-optimiser, ``lr = meta_lr``), adapted to one teacher at
+    a time by :meth:`adapt` and moved first-order by :meth:`meta_step`.
+
+    Args:
+        sizes: the teachers' input sizes ``(H, W)``.
+        latent_dim, width: the generators' settings.
+        seed: initialises generator ``k`` (of the sorted sizes) from ``[seed, PEERS, FREE_GENERATOR, k]``.
+        meta_lr: Adam's learning rate on the meta-generators.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[tuple[int, int]],
+        *,
+        latent_dim: int = 256,
+        width: int = 128,
+        seed: int = 0,
+        meta_lr: float = 1e-3,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.sizes = sorted({(int(h), int(w)) for h, w in sizes})
+        if not self.sizes:
+            raise RecoverError("a meta-generator needs at least one teacher input size")
+        self.generators = {
+            size: Generator(latent_dim, size, width=width, seed=torch_seed(seed, PEERS, FREE_GENERATOR, k)).to(device)
+            for k, size in enumerate(self.sizes)
+        }
+        self.optimizers = {
+            size: torch.optim.Adam(g.parameters(), lr=meta_lr, betas=_BETAS) for size, g in self.generators.items()
+        }
+
+    def adapt(
+        self,
+        member: PoolMember,
+        classes: Sequence[int],
+        *,
+        steps: int,
+        images_per_class: int,
+        seed: int,
+        lr: float = 1e-3,
+        bn_weight: float = 0.0,
+        student: Callable[[Tensor], Tensor] | None = None,
+        adversarial_weight: float = 0.0,
+        kl_on_probabilities: bool = False,
+        meta_gradient: bool = True,
+    ) -> RecoveredTask:
+        """Adapt a copy of the meta-generator to ``member`` for ``steps`` Adam steps and return the task.
+
+        The loss is ``CE + bn_weight · BN + adversarial_weight · adversarial_loss`` (the last with
+        ``student``, a function from the teacher's augmented images ``[B, 3, H, W]`` to student
+        logits over ``classes``). With ``meta_gradient``, the copy's gradients at its last step are
+        added to the meta-generator's ``.grad`` (:meth:`meta_step` applies them).
+
+        Returns:
+            The images of the last step (``[len(classes) * images_per_class, 3, H, W]``, class by
+            class, teacher label ids), as a :class:`~tgr_hub.bank.RecoveredTask`.
+        """
+        if steps < 1:
+            raise RecoverError(f"a meta-generator adapts for at least one step, got {steps}")
+        _, height, width = (int(v) for v in member.input_size)
+        meta = self.generators[(height, width)]
+        fast = copy.deepcopy(meta).train()
+        _, z_seed, aug_seed = recovery_seeds(seed)
+        n = len(classes) * images_per_class
+        device = next(meta.parameters()).device
+        z = torch.randn(n, meta.latent_dim, generator=torch_generator(z_seed)).to(device).requires_grad_(True)
+        optimizer = torch.optim.Adam([*fast.parameters(), z], lr=lr, betas=_BETAS)
+        aug_rng = torch_generator(aug_seed)
+        labels = torch.tensor([int(c) for c in classes]).repeat_interleave(images_per_class)
+        target, columns = labels.to(device), torch.tensor([int(c) for c in classes], device=device)
+        pad = crop_padding_for(min(height, width))
+        ce_history, bn_history = [], []
+        bn_hooks = _BNStatisticsLoss(member.model)
+        with frozen(member.model), bn_hooks:
+            for step in range(steps):
+                images = fast(z)
+                augmented = random_crop_flip(images, pad, aug_rng)
+                logits = member.model(member.normalize(augmented))
+                ce = F.cross_entropy(logits, target)
+                bn = bn_hooks.pop(ce)
+                loss = ce + bn_weight * bn
+                if student is not None and adversarial_weight > 0:
+                    with torch.no_grad():
+                        student_logits = student(augmented)
+                    adversarial = adversarial_loss(
+                        logits[:, columns], student_logits, on_probabilities=kl_on_probabilities
+                    )
+                    loss = loss + adversarial_weight * adversarial
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if meta_gradient and step == steps - 1:
+                    for p, q in zip(meta.parameters(), fast.parameters()):
+                        if q.grad is not None:
+                            p.grad = q.grad.detach().clone() if p.grad is None else p.grad + q.grad.detach()
+                optimizer.step()
+                ce_history.append(float(ce.detach()))
+                bn_history.append(float(bn.detach()))
+        names = list(getattr(member, "label_names", None) or [])
+        return RecoveredTask(
+            images=images.detach().float().cpu(),
+            labels=labels,
+            teacher=member.name,
+            loss=float(loss.detach()),
+            ce_history=ce_history,
+            bn_history=bn_history,
+            classes=[int(c) for c in classes],
+            class_names=[str(names[c]) if c < len(names) else "" for c in classes],
+            best_step=steps - 1,
+        )
+
+    def meta_step(self) -> None:
+        """Apply the meta-gradients :meth:`adapt` gathered (to every size that has some) and clear them."""
+        for size, generator in self.generators.items():
+            if any(p.grad is not None for p in generator.parameters()):
+                self.optimizers[size].step()
+            self.optimizers[size].zero_grad(set_to_none=True)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The meta-generators and their Adam states, as named CPU tensors (bitwise resume)."""
+        tensors: dict[str, Tensor] = {}
+        for k, size in enumerate(self.sizes):
+            for name, value in self.generators[size].state_dict().items():
+                tensors[f"g{k}.generator.{name}"] = value.detach().cpu().clone()
+            for name, value in optimizer_state_tensors(self.optimizers[size]).items():
+                tensors[f"g{k}.{name}"] = value
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (in place)."""
+        for k, size in enumerate(self.sizes):
+            prefix = f"g{k}."
+            own = {name.removeprefix(prefix): v for name, v in tensors.items() if name.startswith(prefix)}
+            if not own:
+                raise RecoverError(f"the saved meta-generator has no generator for {size} images (another pool?)")
+            generator = {name.removeprefix("generator."): v for name, v in own.items() if name.startswith("generator.")}
+            self.generators[size].load_state_dict(generator)
+            load_optimizer_state_tensors(self.optimizers[size], own)
+
+
+def meta_generator_for(members: Sequence[PoolMember], cfg: FreeConfig, *, seed: int, device: Any) -> MetaGenerator:
+    """The meta-generator of a FREE run on ``members`` with ``cfg``'s settings."""
+    sizes = [(int(m.input_size[1]), int(m.input_size[2])) for m in members]
+    return MetaGenerator(
+        sizes,
+        latent_dim=cfg.latent_dim,
+        width=cfg.generator_width,
+        seed=seed,
+        meta_lr=cfg.meta_generator_lr,
+        device=device,
+    )
+
+
+def _resized(images: Tensor, size: int) -> Tensor:
+    """``images`` at ``size`` × ``size`` (the meta-model's input), differentiably."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class _FreeTrainer(PeerTrainer):
+    """A FREE run's state beyond the meta-model: its shared head and Adam, the meta-generator and the bank."""
+
+    name, section = "FREE", "free"
+
+    def __init__(
+        self,
+        members: Sequence[PoolMember],
+        cfg: FreeConfig,
+        *,
+        arch: str,
+        image_size: int,
+        val_split: ImageSplit,
+        seed: int,
+        dist: Distributed,
+    ) -> None:
+        self.members = list(members)
+        if not self.members:
+            raise RecoverError("FREE needs at least one teacher")
+        for member in self.members:
+            member.to(dist.device)
+        super().__init__(create_meta_model(arch, image_size, seed=seed), cfg, val_split=val_split, seed=seed, dist=dist)
+        self.image_size = int(image_size)
+        head = make_task_head(self.model.feature_dim, cfg.way, torch_seed(seed, PEERS, FREE_HEAD))
+        self.head = dist.accelerator.prepare_model(head.to(dist.device), evaluation_mode=True)
+        self.trained = [*self.model.parameters(), *self.head.parameters()]
+        self.optimizer = dist.accelerator.prepare_optimizer(torch.optim.Adam(self.trained, lr=cfg.outer_lr))
+        self.meta_generator = meta_generator_for(self.members, cfg, seed=seed, device=dist.device)
+        self.bank = MemoryBank(cfg.bank_size)
+        self.learner = MAML(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+
+    # --- one outer step ---
+
+    def outer_step(self, step: int) -> dict[str, float]:
+        """FREE's iteration: fast recovery from the step's teachers, then (after the warm-up)
+        sequential distillation and replay."""
+        cfg = self.cfg
+        learning = step >= cfg.warmup
+        tasks = self.recover(step, adversarial=learning)
+        values = {"recover_ce": float(np.mean([t.ce_history[-1] for t in tasks]))}
+        if not learning:
+            return values
+        for task in tasks[-1:] if cfg.bank_last_teacher_only else tasks:
+            self.bank.add(task)
+        values["distill_loss"] = self.distill(step, tasks)
+        values.update(self.replay(step))
+        return values
+
+    def recover(self, step: int, *, adversarial: bool) -> list[RecoveredTask]:
+        """One task from each of the step's teachers, by adapting the meta-generator; then its meta-step."""
+        cfg = self.cfg
+        rng = numpy_rng(seed_sequence(self.seed, PEERS, FREE_TEACHERS, step))
+        chosen = [int(t) for t in rng.integers(len(self.members), size=cfg.teachers_per_step)]
+        tasks = []
+        for k, t in enumerate(chosen):
+            member = self.members[t]
+            classes = sample_task_classes(member, cfg.way, rng)
+            tasks.append(
+                self.meta_generator.adapt(
+                    member,
+                    classes,
+                    steps=cfg.adapt_steps,
+                    images_per_class=cfg.images_per_class,
+                    seed=seed_int(seed_sequence(self.seed, PEERS, FREE_RECOVER, step, k)),
+                    lr=cfg.generator_lr,
+                    bn_weight=cfg.bn_weight,
+                    student=self.student(len(classes)) if adversarial else None,
+                    adversarial_weight=cfg.adversarial_weight,
+                    kl_on_probabilities=cfg.kl_on_probabilities,
+                )
+            )
+        self.meta_generator.meta_step()
+        return tasks
+
+    def student(self, way: int) -> Callable[[Tensor], Tensor]:
+        """The meta-learner as the adversarial term sees it: the meta-model and its shared head,
+        BatchNorm on the batch's statistics (its running ones untouched)."""
+
+        def logits(images: Tensor) -> Tensor:
+            feats = _features_eval(self.model, _resized(images, self.image_size), None, "batch")
+            return self.head(feats)[:, :way]
+
+        return logits
+
+    def distill(self, step: int, tasks: Sequence[RecoveredTask]) -> float:
+        """Reptile over the step's teachers: a copy distils each task in turn, then the meta-model's
+        Adam steps along ``θ − θ'``. Returns the mean distillation loss."""
+        cfg = self.cfg
+        fast_model, fast_head = copy.deepcopy(self.model).train(), copy.deepcopy(self.head)
+        fast = [*fast_model.parameters(), *fast_head.parameters()]
+        optimizer = torch.optim.Adam(fast, lr=cfg.distill_lr)
+        aug_rng = torch_generator(torch_seed(self.seed, PEERS, FREE_DISTILL, step))
+        by_name = {m.name: m for m in self.members}
+        losses = []
+        for task in tasks:
+            member = by_name[task.teacher]
+            images = task.images.to(self.dist.device)
+            columns = torch.tensor(task.classes, device=images.device)
+            pad = crop_padding_for(min(images.shape[-2:]))
+            for _ in range(cfg.distill_steps):
+                augmented = random_crop_flip(images, pad, aug_rng)
+                with torch.no_grad(), frozen(member.model):
+                    teacher = member.model(member.normalize(augmented))[:, columns]
+                student = fast_head(fast_model(_resized(augmented, self.image_size)))[:, : len(task.classes)]
+                loss = distill_loss(
+                    student, teacher, temperature=cfg.temperature, on_probabilities=cfg.kl_on_probabilities
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, q in zip(self.trained, fast):
+                p.grad = p.detach() - q.detach()
+        self.optimizer.step()
+        return float(np.mean(losses))
+
+    def replay(self, step: int) -> dict[str, float]:
+        """MAML on episodes from the bank, a batch at a time, until the batch accuracy stalls."""
+        cfg = self.cfg
+        if not self._bank_has_episodes():
+            return {"replay_batches": 0.0}
+        rng = numpy_rng(seed_sequence(self.seed, PEERS, FREE_REPLAY, step))
+        self.model.train()
+        best, stalls, batches, accuracy, loss = -math.inf, 0, 0, 0.0, 0.0
+        while stalls < cfg.replay_patience and batches < cfg.replay_max_batches:
+            losses, correct = [], []
+            for _ in range(cfg.episode_batch):
+                task = self.bank.sample_episode(cfg.way, cfg.shot, cfg.query, rng, self.image_size)
+                task = task.to(self.dist.device)
+                logits = self.learner.logits(self.model, task.support_x, task.support_y, task.query_x)
+                losses.append(F.cross_entropy(logits, task.query_y))
+                correct.append((logits.argmax(1) == task.query_y).float().mean())
+            total = torch.stack(losses).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            batches += 1
+            accuracy, loss = float(torch.stack(correct).mean()), float(total.detach()) / cfg.episode_batch
+            if accuracy > best:
+                best, stalls = accuracy, 0
+            else:
+                stalls += 1
+        return {"task_loss": loss, "task_acc": accuracy, "replay_batches": float(batches)}
+
+    def _bank_has_episodes(self) -> bool:
+        """Whether the bank holds ``way`` differently named classes with ``shot + query`` images each."""
+        need = self.cfg.shot + self.cfg.query
+        held = self.bank.keys()  # (teacher, class) keys
+        names = {self.bank.class_name(*key) or str(key) for key in held if self.bank.images_of(*key).shape[0] >= need}
+        return len(names) >= self.cfg.way
+
+    # --- checkpoint hooks ---
+
+    def save_files(self, folder: Path) -> None:
+        save_safetensors_atomic(folder / _META_GENERATOR, self.meta_generator.state_tensors())
+        if len(self.bank):
+            self.bank.save(folder / _BANK)
+
+    def load_state(self, folder: Path, state: dict[str, Any]) -> None:
+        self.meta_generator.load_state_tensors(load_file(str(folder / _META_GENERATOR), device=str(self.dist.device)))
+        self.bank = (
+            MemoryBank.load(folder / _BANK, bank_size=self.cfg.bank_size)
+            if (folder / _BANK).is_file()
+            else MemoryBank(self.cfg.bank_size)
+        )
+
+
+_META_GENERATOR, _BANK = "meta_generator.safetensors", "bank.safetensors"
+
+
+def train_free(
+    members: Sequence[PoolMember],
+    cfg: FreeConfig,
+    *,
+    arch: str,
+    image_size: int,
+    val_split: ImageSplit,
+    seed: int,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    dist: Distributed | None = None,
+) -> PeerResult:
+    """Meta-train a meta-model with FREE on ``members`` (no data: the meta-generator's tasks are all it sees).
+
+    Args:
+        members: the teachers (any architectures and input sizes).
+        cfg: FREE's settings.
+        arch, image_size: the meta-model.
+        val_split: real meta-validation images; the best state on them is returned.
+        seed: every draw of the run (teachers, classes, codes, augmentations, episodes) and the
+            meta-model's, head's and meta-generator's starts.
+        checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go; ``resume`` continues the newest.
+
+    Raises:
+        ConfigError: checkpoints without a folder, or a checkpoint made with other settings.
+        RunFolderError: checkpoints exist and ``resume`` is False.
+    """
+    dist = dist or Distributed(make_accelerator("no"))
+    trainer = _FreeTrainer(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
+    return run_peer_loop(trainer, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)

@@ -1,0 +1,247 @@
+"""What every peer method's run shares: the meta-model, meta-validation, checkpoints and the loop.
+
+A peer's trainer subclasses :class:`PeerTrainer` and writes :meth:`PeerTrainer.outer_step` (its
+method) and, for what it keeps beside the meta-model (a pixel memory, a meta-generator, a bank),
+the three checkpoint hooks. :func:`run_peer_loop` drives it: outer steps, meta-validation every
+``eval_every`` steps (the best state is kept), checkpoints every ``checkpoint_every`` steps, and an
+exact resume from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file
+
+from ..config import changed_settings
+from ..data import ImageSplit
+from ..distributed import (
+    TRAINER_STATE,
+    Distributed,
+    clean_checkpoint_leftovers,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ..errors import ConfigError, RunFolderError
+from ..io import save_safetensors_atomic, write_json_atomic
+from ..metamodel import MetaModel
+from ..progress import progress_bar
+from ..seeds import val_seed
+
+__all__ = ["PeerResult", "PeerTrainer", "run_peer_loop"]
+
+logger = logging.getLogger(__name__)
+
+_STATE, _BEST = TRAINER_STATE, "best_model.safetensors"  # a checkpoint is complete once its state file is in
+
+
+@dataclass
+class PeerResult:
+    """A peer's run: the meta-model in its best state (on meta-validation) and what happened.
+
+    ``extra`` holds the method's own record (PURER: the curriculum's steps)."""
+
+    model: MetaModel
+    best_step: int
+    best_val_accuracy: float
+    history: dict[str, list[tuple[int, float]]]
+    resumed_from: int
+    extra: dict[str, Any]
+
+    def val(self) -> dict[str, float | int]:
+        """The chosen step and its meta-validation accuracy per shot (as a TGR run records them)."""
+        chosen: dict[str, float | int] = {"best_step": self.best_step}
+        for key in ("1shot", "5shot"):
+            chosen[key] = dict(self.history[f"val_acc_{key}"])[self.best_step]
+        return chosen
+
+
+class PeerTrainer:
+    """The state every peer's run has: the meta-model (prepared by Accelerate), its best state on
+    meta-validation and the history.
+
+    Subclasses set ``name`` (for logs and errors) and ``section`` (their config section, whose
+    settings a checkpoint records), build their optimisers, and write :meth:`outer_step`.
+    ``cfg`` must have ``way``, ``inner_lr``, ``val_episodes``, ``val_inner_steps``, ``iterations``,
+    ``eval_every`` and ``checkpoint_every``.
+    """
+
+    name = "peer"
+    section = "peer"
+
+    def __init__(self, model: MetaModel, cfg: Any, *, val_split: ImageSplit, seed: int, dist: Distributed) -> None:
+        self.cfg, self.val_split, self.seed, self.dist = cfg, val_split, int(seed), dist
+        self.model = dist.accelerator.prepare_model(model, evaluation_mode=True)
+        self.history: dict[str, list[tuple[int, float]]] = {"val_acc": []}
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_step, self.best_acc = 0, -math.inf
+
+    # --- the method ---
+
+    def outer_step(self, step: int) -> dict[str, float]:
+        """One outer step (0-based); returns the values to record in the history at ``step + 1``."""
+        raise NotImplementedError
+
+    def extra(self) -> dict[str, Any]:
+        """The method's own record for :attr:`PeerResult.extra`."""
+        return {}
+
+    # --- checkpoint hooks: what the method keeps beside the meta-model ---
+
+    def save_files(self, folder: Path) -> None:
+        """Write what the method keeps beside the meta-model into ``folder`` (safetensors, no pickle)."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able counters to save."""
+        return {}
+
+    def load_state(self, folder: Path, state: dict[str, Any]) -> None:
+        """Restore what :meth:`save_files` wrote into ``folder`` and :meth:`state` returned."""
+
+    # --- shared ---
+
+    def validate(self, step: int) -> None:
+        """Meta-validation (real images, fine-tuning adaptation); the best state is kept."""
+        from ..evaluate import evaluate_model
+
+        cfg = self.cfg
+        metrics = evaluate_model(
+            self.model,
+            self.val_split,
+            way=cfg.way,
+            shots=[1, 5],
+            query=15,
+            episodes=cfg.val_episodes,
+            learner="finetune",
+            inner_steps=cfg.val_inner_steps,
+            inner_lr=cfg.inner_lr,
+            seed=val_seed(self.seed),
+            dist=self.dist,
+            progress=False,
+        )
+        accuracy = float(np.mean([metrics[k]["mean"] for k in ("1shot", "5shot")]))
+        self.history["val_acc"].append((step, accuracy))
+        for key in ("1shot", "5shot"):
+            self.history.setdefault(f"val_acc_{key}", []).append((step, float(metrics[key]["mean"])))
+        if accuracy > self.best_acc:
+            self.best_acc, self.best_step = accuracy, step
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        logger.info(
+            "%s step %d: meta-val accuracy %.2f%% (best %.2f%% at step %d)",
+            self.name,
+            step,
+            100 * accuracy,
+            100 * self.best_acc,
+            self.best_step,
+        )
+
+    def checkpoint(self, folder: Path, step: int) -> None:
+        """The models and optimisers through Accelerate; the method's files, the best state and the
+        counters beside them."""
+
+        def write(tmp: Path) -> None:
+            self.save_files(tmp)
+            save_safetensors_atomic(tmp / _BEST, self.best_state)
+            record = {
+                "format": f"tgr-hub-{self.section}-state",
+                "version": 1,
+                "step": step,
+                "seed": self.seed,
+                "settings": json.loads(json.dumps(asdict(self.cfg))),
+                "best_step": self.best_step,
+                "best_val_accuracy": self.best_acc,
+                "history": self.history,
+                "method": self.state(),
+            }
+            write_json_atomic(tmp / _STATE, record)
+
+        save_checkpoint(self.dist, folder, step, write, keep=2)
+
+    def restore(self, folder: Path) -> int:
+        """Continue from the newest checkpoint in ``folder``, if any; returns the outer step to start at."""
+        if self.dist.is_main:
+            clean_checkpoint_leftovers(folder)
+        self.dist.barrier()
+        found = latest_checkpoint(folder)
+        if found is None:
+            return 0
+        record = json.loads((found / _STATE).read_text())
+        changed = changed_settings(
+            {self.section: record.get("settings", {})}, {self.section: asdict(self.cfg)}, "checkpoint"
+        )
+        if record.get("format") != f"tgr-hub-{self.section}-state" or record.get("seed") != self.seed or changed:
+            raise ConfigError(
+                f"the checkpoint {found} was made with other settings ({', '.join(changed) or 'method or seed'})",
+                hint="resume with the settings it was made with, or delete the folder to start over",
+            )
+        load_checkpoint(self.dist, found)
+        self.load_state(found, record["method"])
+        self.best_state = load_file(str(found / _BEST), device=str(self.dist.device))
+        self.best_step, self.best_acc = int(record["best_step"]), float(record["best_val_accuracy"])
+        self.history = {k: [(int(s), float(v)) for s, v in values] for k, values in record["history"].items()}
+        logger.info(
+            "resuming %s from %s (outer step %d of %d)", self.name, found.name, record["step"], self.cfg.iterations
+        )
+        return int(record["step"])
+
+
+def run_peer_loop(
+    trainer: PeerTrainer, *, checkpoint_dir: str | Path | None, resume: bool, progress: bool
+) -> PeerResult:
+    """Run ``trainer`` for ``cfg.iterations`` outer steps (continuing a checkpoint when ``resume``) and
+    return the meta-model in the state meta-validation chose.
+
+    Raises:
+        ConfigError: checkpoints without a folder, or a checkpoint made with other settings.
+        RunFolderError: checkpoints exist and ``resume`` is False.
+    """
+    cfg, dist = trainer.cfg, trainer.dist
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if cfg.checkpoint_every > 0 and folder is None:
+        raise ConfigError(f"{trainer.name}'s checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
+    start = 0
+    if folder is not None:
+        if not resume and latest_checkpoint(folder) is not None:
+            raise RunFolderError(
+                f"{folder} holds checkpoints of an earlier {trainer.name} run",
+                hint="pass resume=True to continue it, or delete that folder to start over",
+            )
+        start = trainer.restore(folder) if resume else 0
+    if start == 0:
+        trainer.validate(0)
+    bar = progress_bar(
+        range(start, cfg.iterations),
+        desc=trainer.name,
+        disable=not (progress and dist.is_main),
+        initial=start,
+        total=cfg.iterations,
+    )
+    for step in bar:
+        done = step + 1
+        values = trainer.outer_step(step)
+        for key, value in values.items():
+            trainer.history.setdefault(key, []).append((done, value))
+        bar.set_postfix(
+            {k: f"{v:.3f}" for k, v in list(values.items())[:2]}
+            | {"best_val": f"{100 * max(trainer.best_acc, 0):.1f}%"}
+        )
+        if done % cfg.eval_every == 0 or done == cfg.iterations:
+            trainer.validate(done)
+        if (
+            folder is not None
+            and cfg.checkpoint_every > 0
+            and (done % cfg.checkpoint_every == 0 or done == cfg.iterations)
+        ):
+            trainer.checkpoint(folder, done)
+    bar.close()
+    trainer.model.load_state_dict(trainer.best_state)
+    return PeerResult(
+        trainer.model, trainer.best_step, trainer.best_acc, trainer.history, resumed_from=start, extra=trainer.extra()
+    )
