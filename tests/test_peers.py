@@ -275,7 +275,8 @@ def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> 
 # --- FREE: the losses by hand, the meta-generator, the run ---------------------------------------
 
 from tgr_hub.config import FreeConfig  # noqa: E402
-from tgr_hub.peers.free import MetaGenerator, adversarial_loss, distill_loss, train_free  # noqa: E402
+from tgr_hub.peers.free import MetaGenerator, train_free  # noqa: E402
+from tgr_hub.peers.inversion import adversarial_loss, distill_loss  # noqa: E402
 from tgr_hub.recover import frozen, recovery_quality  # noqa: E402
 
 

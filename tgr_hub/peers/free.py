@@ -60,7 +60,6 @@ from ..metamodel import create_meta_model
 from ..models.generator import Generator
 from ..pool import PoolMember
 from ..recover import (
-    _BNStatisticsLoss,
     crop_padding_for,
     frozen,
     load_optimizer_state_tensors,
@@ -68,63 +67,15 @@ from ..recover import (
     random_crop_flip,
     sample_task_classes,
 )
-from ..seeds import PEERS, numpy_rng, recovery_seeds, seed_int, seed_sequence, torch_generator, torch_seed
+from ..seeds import PEERS, numpy_rng, seed_int, seed_sequence, torch_generator, torch_seed
 from ..train import make_task_head
+from .inversion import GENERATOR_BETAS, distill_loss, invert, resized
 from .loop import PeerResult, PeerTrainer, run_peer_loop
 
-__all__ = ["MetaGenerator", "adversarial_loss", "distill_loss", "train_free"]
+__all__ = ["MetaGenerator", "meta_generator_for", "train_free"]
 
 #: the kinds of draw of a FREE run in the ``PEERS`` stream (PURER's are 0 to 2): [seed, PEERS, kind, ...]
 FREE_GENERATOR, FREE_TEACHERS, FREE_RECOVER, FREE_DISTILL, FREE_REPLAY, FREE_HEAD = 10, 11, 12, 13, 14, 15
-
-_BETAS = (0.5, 0.999)  # the generators' Adam, as in recovery
-
-
-def adversarial_loss(teacher_logits: Tensor, student_logits: Tensor, *, on_probabilities: bool = False) -> Tensor:
-    """Minus the teacher–student divergence, averaged over all images but counted only on those
-    where both predict the same class: lowering it moves those images to where the two disagree
-    (BiDf-MKD's and FREE's boundary term). The student is a constant (gradients reach the images
-    through the teacher only).
-
-    Args:
-        teacher_logits, student_logits: ``[B, N]`` over the same N classes.
-        on_probabilities: the public code's ``kl_div(softmax(t), softmax(s))`` per image, i.e.
-            ``Σ p_s · (log p_s − p_t)``, instead of ``KL(p_t ‖ p_s)``.
-
-    Returns:
-        A scalar.
-    """
-    student = student_logits.detach().float()
-    teacher = teacher_logits.float()
-    agree = (teacher.argmax(1) == student.argmax(1)).float()
-    if on_probabilities:
-        p_s = student.softmax(1)
-        divergence = (p_s * (p_s.clamp_min(1e-12).log() - teacher.softmax(1))).sum(1)
-    else:
-        log_t = teacher.log_softmax(1)
-        divergence = (log_t.exp() * (log_t - student.log_softmax(1))).sum(1)
-    return -(divergence * agree).mean()
-
-
-def distill_loss(
-    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0, on_probabilities: bool = False
-) -> Tensor:
-    """Knowledge distillation of a teacher into the student on the same images.
-
-    ``T² · KL(p_teacher,T ‖ p_student,T)``, averaged over the images; ``on_probabilities``: the
-    public code's ``kl_div(softmax(s), softmax(t))`` (mean over every entry), whose gradient only
-    raises ``Σ p_t · p_s``.
-
-    Args:
-        student_logits, teacher_logits: ``[B, N]``.
-    """
-    teacher = teacher_logits.detach().float()
-    student = student_logits.float()
-    if on_probabilities:
-        p_t = teacher.softmax(1)
-        return (p_t * (p_t.clamp_min(1e-12).log() - student.softmax(1))).mean()
-    log_s, log_t = (student / temperature).log_softmax(1), (teacher / temperature).log_softmax(1)
-    return temperature**2 * F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
 
 
 class MetaGenerator:
@@ -157,7 +108,8 @@ class MetaGenerator:
             for k, size in enumerate(self.sizes)
         }
         self.optimizers = {
-            size: torch.optim.Adam(g.parameters(), lr=meta_lr, betas=_BETAS) for size, g in self.generators.items()
+            size: torch.optim.Adam(g.parameters(), lr=meta_lr, betas=GENERATOR_BETAS)
+            for size, g in self.generators.items()
         }
 
     def adapt(
@@ -168,75 +120,31 @@ class MetaGenerator:
         steps: int,
         images_per_class: int,
         seed: int,
-        lr: float = 1e-3,
-        bn_weight: float = 0.0,
-        student: Callable[[Tensor], Tensor] | None = None,
-        adversarial_weight: float = 0.0,
-        kl_on_probabilities: bool = False,
         meta_gradient: bool = True,
+        **inversion: Any,
     ) -> RecoveredTask:
-        """Adapt a copy of the meta-generator to ``member`` for ``steps`` Adam steps and return the task.
-
-        The loss is ``CE + bn_weight · BN + adversarial_weight · adversarial_loss`` (the last with
-        ``student``, a function from the teacher's augmented images ``[B, 3, H, W]`` to student
-        logits over ``classes``). With ``meta_gradient``, the copy's gradients at its last step are
-        added to the meta-generator's ``.grad`` (:meth:`meta_step` applies them).
-
-        Returns:
-            The images of the last step (``[len(classes) * images_per_class, 3, H, W]``, class by
-            class, teacher label ids), as a :class:`~tgr_hub.bank.RecoveredTask`.
-        """
-        if steps < 1:
-            raise RecoverError(f"a meta-generator adapts for at least one step, got {steps}")
+        """Adapt a copy of the meta-generator to ``member`` by :func:`~tgr_hub.peers.inversion.invert`
+        (``inversion``: its loss settings) and return the task. With ``meta_gradient``, the copy's
+        gradients at its last step are added to the meta-generator's ``.grad`` (:meth:`meta_step`
+        applies them)."""
         _, height, width = (int(v) for v in member.input_size)
         meta = self.generators[(height, width)]
-        fast = copy.deepcopy(meta).train()
-        _, z_seed, aug_seed = recovery_seeds(seed)
-        n = len(classes) * images_per_class
-        device = next(meta.parameters()).device
-        z = torch.randn(n, meta.latent_dim, generator=torch_generator(z_seed)).to(device).requires_grad_(True)
-        optimizer = torch.optim.Adam([*fast.parameters(), z], lr=lr, betas=_BETAS)
-        aug_rng = torch_generator(aug_seed)
-        labels = torch.tensor([int(c) for c in classes]).repeat_interleave(images_per_class)
-        target, columns = labels.to(device), torch.tensor([int(c) for c in classes], device=device)
-        pad = crop_padding_for(min(height, width))
-        ce_history, bn_history = [], []
-        bn_hooks = _BNStatisticsLoss(member.model)
-        with frozen(member.model), bn_hooks:
-            for step in range(steps):
-                images = fast(z)
-                augmented = random_crop_flip(images, pad, aug_rng)
-                logits = member.model(member.normalize(augmented))
-                ce = F.cross_entropy(logits, target)
-                bn = bn_hooks.pop(ce)
-                loss = ce + bn_weight * bn
-                if student is not None and adversarial_weight > 0:
-                    with torch.no_grad():
-                        student_logits = student(augmented)
-                    adversarial = adversarial_loss(
-                        logits[:, columns], student_logits, on_probabilities=kl_on_probabilities
-                    )
-                    loss = loss + adversarial_weight * adversarial
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if meta_gradient and step == steps - 1:
-                    for p, q in zip(meta.parameters(), fast.parameters()):
-                        if q.grad is not None:
-                            p.grad = q.grad.detach().clone() if p.grad is None else p.grad + q.grad.detach()
-                optimizer.step()
-                ce_history.append(float(ce.detach()))
-                bn_history.append(float(bn.detach()))
-        names = list(getattr(member, "label_names", None) or [])
-        return RecoveredTask(
-            images=images.detach().float().cpu(),
-            labels=labels,
-            teacher=member.name,
-            loss=float(loss.detach()),
-            ce_history=ce_history,
-            bn_history=bn_history,
-            classes=[int(c) for c in classes],
-            class_names=[str(names[c]) if c < len(names) else "" for c in classes],
-            best_step=steps - 1,
+        fast = copy.deepcopy(meta)
+
+        def gather() -> None:
+            for p, q in zip(meta.parameters(), fast.parameters()):
+                if q.grad is not None:
+                    p.grad = q.grad.detach().clone() if p.grad is None else p.grad + q.grad.detach()
+
+        return invert(
+            fast,
+            member,
+            classes,
+            steps=steps,
+            images_per_class=images_per_class,
+            seed=seed,
+            on_last_backward=gather if meta_gradient else None,
+            **inversion,
         )
 
     def meta_step(self) -> None:
@@ -279,13 +187,6 @@ def meta_generator_for(members: Sequence[PoolMember], cfg: FreeConfig, *, seed: 
         meta_lr=cfg.meta_generator_lr,
         device=device,
     )
-
-
-def _resized(images: Tensor, size: int) -> Tensor:
-    """``images`` at ``size`` × ``size`` (the meta-model's input), differentiably."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 class _FreeTrainer(PeerTrainer):
@@ -367,7 +268,7 @@ class _FreeTrainer(PeerTrainer):
         BatchNorm on the batch's statistics (its running ones untouched)."""
 
         def logits(images: Tensor) -> Tensor:
-            feats = _features_eval(self.model, _resized(images, self.image_size), None, "batch")
+            feats = _features_eval(self.model, resized(images, self.image_size), None, "batch")
             return self.head(feats)[:, :way]
 
         return logits
@@ -391,7 +292,7 @@ class _FreeTrainer(PeerTrainer):
                 augmented = random_crop_flip(images, pad, aug_rng)
                 with torch.no_grad(), frozen(member.model):
                     teacher = member.model(member.normalize(augmented))[:, columns]
-                student = fast_head(fast_model(_resized(augmented, self.image_size)))[:, : len(task.classes)]
+                student = fast_head(fast_model(resized(augmented, self.image_size)))[:, : len(task.classes)]
                 loss = distill_loss(
                     student, teacher, temperature=cfg.temperature, on_probabilities=cfg.kl_on_probabilities
                 )
