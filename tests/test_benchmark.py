@@ -208,7 +208,7 @@ def test_the_standard_scenario_is_scored_on_its_domain_and_the_others_are_unchan
     assert settings["config"]["data"]["domains"] == ["cyrillic"] and settings["scenario"]["eval_domains"] == ["cyrillic"]
     config = json.loads(json.dumps(cfg.to_dict()))  # as JSON (tuples are lists), without what cells may change:
     config.pop("seed")  # each cell's seed
-    for peer in ("purer", "free"):  # a peer's own section: only its cells carry it (grid.method_settings)
+    for peer in ("purer", "free", "bidf_mkd"):  # a peer's own section: only its cells carry it (grid.method_settings)
         config.pop(peer)
     for key in ("analysis_every", "analysis_groups"):  # and whether it measured the gradients
         config["train"].pop(key)

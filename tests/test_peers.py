@@ -240,10 +240,11 @@ def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> 
     scenario = bm.scenario_from_name(bm.CONFIG_SCENARIO, cfg)
     out = tmp_path / "bench"
     finished: list = []
-    report = bm.run_benchmark(bm.BenchmarkSpec(cfg, (scenario,), (0,), ("erm", "purer", "free")), out, progress=False,
+    report = bm.run_benchmark(bm.BenchmarkSpec(cfg, (scenario,), (0,), ("erm", "purer", "free", "bidf-mkd")), out,
+                              progress=False,
                               on_cell=lambda cell, record: finished.append(record))
-    erm, free, purer = sorted(finished, key=lambda r: r["method"])
-    for peer in (purer, free):
+    bidf, erm, free, purer = sorted(finished, key=lambda r: r["method"])
+    for peer in (purer, free, bidf):
         for shot in ("1shot", "5shot"):  # scored on the very episodes ERM was scored on
             assert peer["episodes"][shot]["seen"] == erm["episodes"][shot]["seen"]
             assert len(peer["accuracies"][shot]) == cfg.eval.episodes
@@ -251,20 +252,21 @@ def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> 
         assert "method_settings_digest" in peer
         assert (out / peer["run_folder"] / "checkpoints").is_dir()
     assert "method_settings_digest" not in erm and free["method_settings_digest"] != purer["method_settings_digest"]
-    assert "PURER" in json.dumps(report) and "FREE" in json.dumps(report)
+    assert all(label in json.dumps(report) for label in ("PURER", "FREE", "BiDf-MKD"))
     # a peer's own settings bind its cells only: a folder of ERM cells stays valid under other PURER
     # settings (nothing retrains)...
     other = load_config("smoke", overrides=["purer.outer_lr=0.01"])
     erm_only = tmp_path / "erm-only"
     shutil.copytree(out, erm_only)
-    for peer in ("purer", "free"):
+    for peer in ("purer", "free", "bidf-mkd"):
         (erm_only / "cells" / "config" / "seed-0" / f"{peer}.json").unlink()
     again = bm.run_benchmark(bm.BenchmarkSpec(other, (scenario,), (0,), ("erm",)), erm_only, progress=False)
     assert again["missing_cells"] == []
     # ...and so does a folder of ERM and FREE cells (PURER's settings do not bind FREE's)...
     erm_free = tmp_path / "erm-free"
     shutil.copytree(out, erm_free)
-    (erm_free / "cells" / "config" / "seed-0" / "purer.json").unlink()
+    for peer in ("purer", "bidf-mkd"):
+        (erm_free / "cells" / "config" / "seed-0" / f"{peer}.json").unlink()
     again = bm.run_benchmark(bm.BenchmarkSpec(other, (scenario,), (0,), ("erm", "free")), erm_free, progress=False)
     assert again["missing_cells"] == []
     # ...but a folder whose PURER cells were made with other PURER settings is refused
@@ -427,3 +429,89 @@ def test_free_settings_are_checked() -> None:
         FreeConfig(images_per_class=2, bank_size=2, shot=1, query=15)
     with pytest.raises(ConfigError, match="free.teachers_per_step"):
         load_config("smoke", overrides=["free.teachers_per_step=0"])
+
+
+# --- BiDf-MKD ------------------------------------------------------------------------------------
+
+from tgr_hub.config import BidfMkdConfig  # noqa: E402
+from tgr_hub.distributed import Distributed, make_accelerator  # noqa: E402
+from tgr_hub.peers import bidf as bidf_module  # noqa: E402
+from tgr_hub.peers.bidf import train_bidf_mkd  # noqa: E402
+
+TINY_BIDF = BidfMkdConfig(iterations=4, episode_batch=2, recover_steps=2, images_per_class=4, latent_dim=32,
+                          generator_width=16, kd_inner_steps=1, recover_patience=1, shot=1, query=3, inner_steps=1,
+                          eval_every=2, val_episodes=4, val_inner_steps=2, checkpoint_every=0)
+
+
+def _bidf_trainer(teachers, val_split, cfg: BidfMkdConfig = TINY_BIDF):
+    return bidf_module._BidfTrainer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=0,
+                                    dist=Distributed(make_accelerator("no")))
+
+
+def test_bidf_recovers_when_the_batch_accuracy_stalls_for_the_patience(teachers, val_split) -> None:
+    trainer = _bidf_trainer(teachers, val_split, dataclasses.replace(TINY_BIDF, recover_patience=2))
+    assert trainer.recover_due  # the first step recovers
+    due = []
+    for accuracy, recovered in [(0.5, True), (0.6, False), (0.6, False), (0.55, False), (0.9, True), (0.8, False),
+                                (0.95, False), (0.95, False), (0.9, False)]:
+        trainer.recover_due = recovered
+        trainer.update_trigger(accuracy, recovered=recovered)
+        due.append(trainer.recover_due)
+    # after a recovery at 0.5: 0.6 beats it, 0.6 and 0.55 do not (2 = patience: due); after the one
+    # at 0.9: 0.8 does not, 0.95 does (the count restarts), 0.95 and 0.9 do not (due)
+    assert due == [False, False, False, True, False, False, False, False, True]
+
+
+def test_bidf_query_set_is_pushed_to_the_adapted_students_boundary(teachers, val_split) -> None:
+    cfg = dataclasses.replace(TINY_BIDF, recover_steps=5, generator_lr=0.01, adversarial_weight=5.0)
+    trainer = _bidf_trainer(teachers, val_split, cfg)
+    member, classes = teachers[0], [0, 1, 2, 3, 4]
+    bias = torch.tensor([0.5, -0.5, 0.0, 0.25, -0.25])
+
+    def student(images: torch.Tensor) -> torch.Tensor:  # a student that mostly agrees with the teacher
+        with frozen(member.model):
+            return 0.5 * member.model(member.normalize(images))[:, classes] + bias
+
+    def disagreement(task) -> float:
+        with torch.no_grad(), frozen(member.model):
+            t = member.model(member.normalize(task.images))[:, classes]
+            return float((t.argmax(1) != student(task.images).argmax(1)).float().mean())
+
+    plain = disagreement(trainer.recover(member, classes, seed=3))
+    pushed = disagreement(trainer.recover(member, classes, seed=3, student=student))
+    assert pushed > plain + 0.3, (plain, pushed)
+    # the student the query recovery sees is the adapted fast weights, as logits over the task's classes
+    fast = trainer.kd_learner.clone(trainer.model, 5)
+    view = trainer.student(fast)(torch.rand(6, 3, 32, 32))
+    assert view.shape == (6, 5) and not view.requires_grad
+
+
+@pytest.mark.slow
+def test_bidf_trains_distilling_in_both_loops_and_replays(teachers, val_split) -> None:
+    result = train_bidf_mkd(teachers, TINY_BIDF, arch="conv4", image_size=32, val_split=val_split, seed=0,
+                            progress=False)
+    assert [s for s, _ in result.history["task_loss"]] == [1, 2, 3, 4]
+    recoveries = result.extra["recoveries"]
+    assert recoveries[0] == 0 and [s for s, _ in result.history["kd_loss"]] == [s + 1 for s in recoveries]
+    assert [s for s, _ in result.history["val_acc"]] == [0, 2, 4]
+
+
+@pytest.mark.slow
+def test_bidf_resumes_exactly(teachers, val_split, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY_BIDF, checkpoint_every=2)
+    whole = train_bidf_mkd(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                           checkpoint_dir=tmp_path / "whole")
+    train_bidf_mkd(teachers, dataclasses.replace(cfg, iterations=2), arch="conv4", image_size=32,
+                   val_split=val_split, seed=1, progress=False, checkpoint_dir=tmp_path / "cut")
+    resumed = train_bidf_mkd(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                             checkpoint_dir=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 2 and resumed.history == whole.history and resumed.extra == whole.extra
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_bidf_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="more than the bank holds"):
+        BidfMkdConfig(images_per_class=1, bank_size=2, shot=1, query=15)
+    with pytest.raises(ConfigError, match="bidf_mkd.recover_steps"):
+        load_config("smoke", overrides=["bidf_mkd.recover_steps=0"])

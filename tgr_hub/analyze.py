@@ -59,7 +59,7 @@ from torch import Tensor
 
 from .errors import AnalysisError
 from .io import write_json_atomic
-from .peers import PEER_METHODS
+from .peers import PEER_SECTIONS
 from .probe import (
     GradientProbe,
     GradientStats,
@@ -1421,7 +1421,8 @@ def run_gain(
     # pool and settings trains only what is missing; other settings start the file afresh.
     scores_file = Path(out) / "gain-scores.json"
     pool_key = str(Path(pool_path).resolve())
-    used = {section: value for section, value in cfg.to_dict().items() if section not in PEER_METHODS}  # unused here
+    peers = set(PEER_SECTIONS.values())  # the peers' own sections: gain does not use them
+    used = {section: value for section, value in cfg.to_dict().items() if section not in peers}
     settings_key = json.loads(json.dumps({"config": used, "method": method, "pool": pool_key}))
     saved = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
     done: dict[str, dict[str, list[float]]] = saved.get("scores", {}) if saved.get("settings") == settings_key else {}

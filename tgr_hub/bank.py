@@ -269,6 +269,12 @@ class MemoryBank:
             raise MemoryBankError(f"no classes asked for from teacher {teacher!r}")
         return _to_float(torch.cat(xs)), torch.cat(ys)
 
+    def episode_classes(self, need: int) -> int:
+        """How many classes an episode could draw that need ``need`` images each: keys holding that
+        many, counted once per label name (as :meth:`sample_episode` counts them)."""
+        held = [k for k, slots in self._slots.items() if sum(s.shape[0] for s in slots) >= need]
+        return len({self._names.get(k) or str(k) for k in held})
+
     def sample_episode(
         self,
         way: int,

@@ -351,6 +351,57 @@ class FreeConfig:
 
 
 @dataclass
+class BidfMkdConfig:
+    """BiDf-MKD (white-box), the ``bidf-mkd`` method of ``tgr-hub benchmark`` (:mod:`tgr_hub.peers.bidf`):
+    support and query sets recovered by fresh generators, MAML with distillation in both loops, a
+    boundary term on the query set, and replay. Defaults: the public code's values, the length aside."""
+
+    iterations: int = 15000  # outer steps (the public code: 240,000 tasks in batches of 4)
+    episode_batch: int = 4  # tasks per outer step: a distillation task when a recovery is due, then replay
+    way: int = 5
+    recover_steps: int = 200  # Adam steps of each set's fresh generator
+    images_per_class: int = 30  # of the support set and of the query set
+    generator_lr: float = 1e-3
+    latent_dim: int = 256
+    generator_width: int = 128
+    bn_weight: float = 0.0  # the public code recovers with CE only
+    adversarial_weight: float = 1.0  # the query set's boundary term
+    adversarial_start: int = 0  # the outer step from which the term joins (the public code: from the start)
+    kd_inner_steps: int = 10  # MAML inner steps distilling the support set
+    temperature: float = 1.0
+    kl_on_probabilities: bool = False  # True: the public code's kl_div on probabilities (a defect)
+    recover_patience: int = 200  # a recovery is due after this many outer steps without a better batch accuracy
+    bank_size: int = 20  # sets' worth of images kept per class
+    shot: int = 1  # replay episodes
+    query: int = 15
+    inner_steps: int = 5  # replay's MAML inner steps
+    inner_lr: float = 0.01
+    first_order: bool = False
+    outer_lr: float = 1e-3
+    eval_every: int = 500
+    val_episodes: int = 200
+    val_inner_steps: int = 10  # fine-tuning steps of meta-validation
+    checkpoint_every: int = 500  # outer steps between checkpoints (and at the end); 0: none
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 1 and self.episode_batch >= 1, "bidf_mkd.iterations and episode_batch must be >= 1")
+        _check(
+            self.recover_steps >= 1 and self.images_per_class >= 1 and self.kd_inner_steps >= 1,
+            "bidf_mkd.recover_steps, images_per_class and kd_inner_steps must be >= 1",
+        )
+        _check(self.way >= 2 and self.shot >= 1 and self.query >= 1, "bidf_mkd.way >= 2, shot >= 1, query >= 1")
+        _check(
+            self.shot + self.query <= 2 * self.images_per_class * self.bank_size,
+            f"bidf_mkd.shot + bidf_mkd.query = {self.shot + self.query} images per class, more than the bank holds "
+            f"(2 sets × images_per_class × bank_size = {2 * self.images_per_class * self.bank_size})",
+        )
+        _check(self.recover_patience >= 1 and self.adversarial_start >= 0, "bidf_mkd.recover_patience must be >= 1")
+        _check(self.temperature > 0 and self.generator_lr > 0, "bidf_mkd.temperature and generator_lr must be > 0")
+        _check(self.eval_every >= 1 and self.val_episodes >= 1, "bidf_mkd.eval_every and val_episodes must be >= 1")
+        _check(self.checkpoint_every >= 0, "bidf_mkd.checkpoint_every must be >= 0")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``tgr_config.json`` beside the meta-model."""
 
@@ -366,6 +417,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     purer: PurerConfig = field(default_factory=PurerConfig)
     free: FreeConfig = field(default_factory=FreeConfig)
+    bidf_mkd: BidfMkdConfig = field(default_factory=BidfMkdConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -434,6 +486,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "val_episodes": 4,
             "val_inner_steps": 2,
         },
+        "bidf_mkd": {
+            "iterations": 4,
+            "episode_batch": 2,
+            "recover_steps": 2,
+            "images_per_class": 4,
+            "latent_dim": 32,
+            "generator_width": 16,
+            "kd_inner_steps": 1,
+            "recover_patience": 1,
+            "shot": 1,
+            "query": 3,
+            "inner_steps": 1,
+            "eval_every": 2,
+            "val_episodes": 4,
+            "val_inner_steps": 2,
+        },
     },
     # minutes on a laptop CPU
     "quick": {
@@ -461,6 +529,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "episode_batch": 4,
             "replay_patience": 2,
             "replay_max_batches": 5,
+            "eval_every": 100,
+            "checkpoint_every": 100,
+        },
+        "bidf_mkd": {
+            "iterations": 300,
+            "recover_steps": 40,
+            "images_per_class": 10,
+            "generator_width": 64,
+            "kd_inner_steps": 5,
+            "recover_patience": 10,
             "eval_every": 100,
             "checkpoint_every": 100,
         },
@@ -674,15 +752,17 @@ MAY_CHANGE: dict[str, frozenset[str]] = {
             "purer.checkpoint_every",
             "free.iterations",
             "free.checkpoint_every",
+            "bidf_mkd.iterations",
+            "bidf_mkd.checkpoint_every",
         }
     ),
     # a TGR run folder's trained meta-model: only its evaluation may differ (and the peers' settings, unused)
-    "meta-model": frozenset({"eval", "purer", "free"}),
+    "meta-model": frozenset({"eval", "purer", "free", "bidf_mkd"}),
     # a TGR run folder's test metrics: nothing may differ (but the peers' settings, unused)
-    "evaluation": frozenset({"purer", "free"}),
+    "evaluation": frozenset({"purer", "free", "bidf_mkd"}),
     # a benchmark folder's cells: each cell runs with its own seed; measuring gradients changes no result;
     # the peers' sections matter to their own cells only (tgr_hub.benchmark.grid.method_settings)
-    "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups", "purer", "free"}),
+    "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups", "purer", "free", "bidf_mkd"}),
 }
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -385,15 +385,29 @@ class MAML(EpisodicLearner):
         return self.head_logits(features(model, x, body), fast)
 
     def adapt_step(
-        self, model: nn.Module, fast: dict[str, Tensor], x: Tensor, y: Tensor, create_graph: bool
+        self,
+        model: nn.Module,
+        fast: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor | None,
+        create_graph: bool,
+        loss_of: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """One inner SGD step on ``(x, y)``: ``w <- w - inner_lr * grad CE``.
 
         Only tensors that require grad are updated (frozen ones stay as they are).
         With ``create_graph=False`` the gradients are detached constants (first order).
+        ``loss_of``: another inner loss, of the logits ``[B, way]`` (BiDf-MKD distils there), instead
+        of the cross-entropy with ``y``.
         """
         names = [k for k, v in fast.items() if v.requires_grad]
-        loss = F.cross_entropy(self.fast_logits(model, fast, x), y)
+        logits = self.fast_logits(model, fast, x)
+        if loss_of is not None:
+            loss = loss_of(logits)
+        elif y is not None:
+            loss = F.cross_entropy(logits, y)
+        else:
+            raise ValueError("an inner step needs the labels y or a loss_of")
         grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=create_graph, allow_unused=True)
         new = dict(fast)
         for k, g in zip(names, grads):
@@ -402,11 +416,17 @@ class MAML(EpisodicLearner):
         return new
 
     def adapt_fast(
-        self, model: nn.Module, fast: dict[str, Tensor], support_x: Tensor, support_y: Tensor, create_graph: bool
+        self,
+        model: nn.Module,
+        fast: dict[str, Tensor],
+        support_x: Tensor,
+        support_y: Tensor | None,
+        create_graph: bool,
+        loss_of: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """Run ``inner_steps`` inner steps from ``fast`` (current module modes)."""
+        """Run ``inner_steps`` inner steps from ``fast`` (current module modes; ``loss_of``: see :meth:`adapt_step`)."""
         for _ in range(self.inner_steps):
-            fast = self.adapt_step(model, fast, support_x, support_y, create_graph)
+            fast = self.adapt_step(model, fast, support_x, support_y, create_graph, loss_of)
         return fast
 
     # --- public API ---

@@ -208,6 +208,7 @@ METHODS: dict[str, Method] = {
         Method("tgr-second-order", "TGR 2nd order", "trained", igr=True, groups="spectral", igr_order="second"),
         Method("purer", "PURER", "peer"),
         Method("free", "FREE", "peer"),
+        Method("bidf-mkd", "BiDf-MKD", "peer"),
     )
 }
 #: The quickstart's four methods.
@@ -322,7 +323,10 @@ def method_settings(cfg: RunConfig, method: Method) -> dict[str, Any] | None:
     the others."""
     if method.kind != "peer":
         return None
-    return {method.name: json.loads(json.dumps(dataclasses.asdict(getattr(cfg, method.name))))}
+    from ..peers import PEER_SECTIONS
+
+    section = PEER_SECTIONS[method.name]
+    return {section: json.loads(json.dumps(dataclasses.asdict(getattr(cfg, section))))}
 
 
 def json_digest(data: Any) -> str:

@@ -3,6 +3,9 @@
 - :mod:`tgr_hub.peers.purer`: PURER (Hu et al., CVPR 2023): a learnable pixel memory instead of a
   generator, one inversion step per meta-iteration, MAML on tasks drawn from it, and a curriculum
   that makes those tasks harder.
+- :mod:`tgr_hub.peers.bidf`: BiDf-MKD (Hu et al., ICML 2023), white-box: support and query sets from
+  fresh generators, MAML with distillation in both loops, the query set pushed to the adapted
+  student's boundary, and replay.
 - :mod:`tgr_hub.peers.free`: FREE (Wei et al., CVPR 2024): a meta-generator adapted to each teacher
   in a few steps, sequential distillation with a Reptile step, and MAML replay from a memory.
 
@@ -25,10 +28,11 @@ if TYPE_CHECKING:
     from ..metamodel import MetaModel
     from .loop import PeerResult
 
-__all__ = ["PEER_METHODS", "run_peer"]
+__all__ = ["PEER_METHODS", "PEER_SECTIONS", "run_peer"]
 
-#: the peer methods ``tgr-hub benchmark`` can run (each has its own config section of the same name)
-PEER_METHODS = ("purer", "free")
+#: the peer methods ``tgr-hub benchmark`` can run, each with its own config section
+PEER_SECTIONS = {"purer": "purer", "free": "free", "bidf-mkd": "bidf_mkd"}
+PEER_METHODS = tuple(PEER_SECTIONS)
 
 
 def run_peer(
@@ -44,16 +48,21 @@ def run_peer(
     """
     from ..data import split_of
     from ..pool import load_pool
+    from .bidf import train_bidf_mkd
     from .free import train_free
     from .purer import train_purer
 
-    trainers: dict[str, Callable[..., PeerResult]] = {"purer": train_purer, "free": train_free}
+    trainers: dict[str, Callable[..., PeerResult]] = {
+        "purer": train_purer,
+        "free": train_free,
+        "bidf-mkd": train_bidf_mkd,
+    }
     if name not in trainers:
         raise ValueError(f"unknown peer method {name!r}; one of {', '.join(PEER_METHODS)}")
     members = load_pool(repo_list)
     result = trainers[name](
         members,
-        getattr(cfg, name),
+        getattr(cfg, PEER_SECTIONS[name]),
         arch=cfg.train.arch,
         image_size=cfg.data.image_size,
         val_split=split_of(cfg.data, "val"),

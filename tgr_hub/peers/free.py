@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -70,7 +69,7 @@ from ..recover import (
 from ..seeds import PEERS, numpy_rng, seed_int, seed_sequence, torch_generator, torch_seed
 from ..train import make_task_head
 from .inversion import GENERATOR_BETAS, distill_loss, invert, resized
-from .loop import PeerResult, PeerTrainer, run_peer_loop
+from .loop import PeerResult, PeerTrainer, replay_episode, run_peer_loop
 
 __all__ = ["MetaGenerator", "meta_generator_for", "train_free"]
 
@@ -310,37 +309,37 @@ class _FreeTrainer(PeerTrainer):
     def replay(self, step: int) -> dict[str, float]:
         """MAML on episodes from the bank, a batch at a time, until the batch accuracy stalls."""
         cfg = self.cfg
-        if not self._bank_has_episodes():
+        if self.bank.episode_classes(cfg.shot + cfg.query) < cfg.way:
             return {"replay_batches": 0.0}
         rng = numpy_rng(seed_sequence(self.seed, PEERS, FREE_REPLAY, step))
         self.model.train()
         best, stalls, batches, accuracy, loss = -math.inf, 0, 0, 0.0, 0.0
         while stalls < cfg.replay_patience and batches < cfg.replay_max_batches:
-            losses, correct = [], []
-            for _ in range(cfg.episode_batch):
-                task = self.bank.sample_episode(cfg.way, cfg.shot, cfg.query, rng, self.image_size)
-                task = task.to(self.dist.device)
-                logits = self.learner.logits(self.model, task.support_x, task.support_y, task.query_x)
-                losses.append(F.cross_entropy(logits, task.query_y))
-                correct.append((logits.argmax(1) == task.query_y).float().mean())
-            total = torch.stack(losses).sum()
+            tasks = [
+                replay_episode(
+                    self.learner,
+                    self.model,
+                    self.bank,
+                    way=cfg.way,
+                    shot=cfg.shot,
+                    query=cfg.query,
+                    rng=rng,
+                    image_size=self.image_size,
+                    device=self.dist.device,
+                )
+                for _ in range(cfg.episode_batch)
+            ]
+            total = torch.stack([task_loss for task_loss, _ in tasks]).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
             batches += 1
-            accuracy, loss = float(torch.stack(correct).mean()), float(total.detach()) / cfg.episode_batch
+            accuracy, loss = float(np.mean([a for _, a in tasks])), float(total.detach()) / cfg.episode_batch
             if accuracy > best:
                 best, stalls = accuracy, 0
             else:
                 stalls += 1
         return {"task_loss": loss, "task_acc": accuracy, "replay_batches": float(batches)}
-
-    def _bank_has_episodes(self) -> bool:
-        """Whether the bank holds ``way`` differently named classes with ``shot + query`` images each."""
-        need = self.cfg.shot + self.cfg.query
-        held = self.bank.keys()  # (teacher, class) keys
-        names = {self.bank.class_name(*key) or str(key) for key in held if self.bank.images_of(*key).shape[0] >= need}
-        return len(names) >= self.cfg.way
 
     # --- checkpoint hooks ---
 

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from ..bank import MemoryBank
 from ..config import changed_settings
 from ..data import ImageSplit
 from ..distributed import (
@@ -31,11 +34,12 @@ from ..distributed import (
 )
 from ..errors import ConfigError, RunFolderError
 from ..io import save_safetensors_atomic, write_json_atomic
+from ..learners import MAML
 from ..metamodel import MetaModel
 from ..progress import progress_bar
 from ..seeds import val_seed
 
-__all__ = ["PeerResult", "PeerTrainer", "run_peer_loop"]
+__all__ = ["PeerResult", "PeerTrainer", "replay_episode", "run_peer_loop"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +194,25 @@ class PeerTrainer:
             "resuming %s from %s (outer step %d of %d)", self.name, found.name, record["step"], self.cfg.iterations
         )
         return int(record["step"])
+
+
+def replay_episode(
+    learner: MAML,
+    model: MetaModel,
+    bank: MemoryBank,
+    *,
+    way: int,
+    shot: int,
+    query: int,
+    rng: np.random.Generator,
+    image_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, float]:
+    """One replay task (FREE, BiDf-MKD): an episode drawn from ``bank`` (classes of any teacher), and
+    the learner's query cross-entropy on it, differentiable into ``model``, with its query accuracy."""
+    task = bank.sample_episode(way, shot, query, rng, image_size).to(device)
+    logits = learner.logits(model, task.support_x, task.support_y, task.query_x)
+    return F.cross_entropy(logits, task.query_y), float((logits.argmax(1) == task.query_y).float().mean())
 
 
 def run_peer_loop(
