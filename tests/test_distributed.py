@@ -145,6 +145,30 @@ def test_per_step_gradients_are_identical_across_ranks(pool: Path, one_process_r
 
 
 @pytest.mark.slow
+def test_the_peers_give_the_one_process_result_with_two_processes(pool: Path, tmp_path: Path) -> None:
+    """Each peer process runs the whole outer step (the peers do not shard their work), so two
+    processes must reach the one-process meta-model bitwise, and with it the same validation."""
+    worker = Path(__file__).resolve().parent / "peers_worker.py"
+    out = tmp_path / "peers"
+    single = subprocess.run([sys.executable, str(worker), str(pool), str(out)], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {**_env(), "ACCELERATE_USE_CPU": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(worker), str(pool), str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    for peer in ("purer", "free", "bidf-mkd"):
+        alone, rank0, rank1 = (json.loads((out / peer / name).read_text())
+                               for name in ("rank0-of-1.json", "rank0-of-2.json", "rank1-of-2.json"))
+        assert rank0 == rank1 == alone, f"{peer}: 2 processes differ from 1"
+        assert len(alone["history"]["val_acc"]) == 3  # steps 0, 2 and 4 of the smoke preset
+        assert (out / peer / "checkpoints-2" / "step-000004").is_dir()
+
+
+@pytest.mark.slow
 def test_ranks_detect_that_they_have_diverged(pool: Path, one_process_run: Path) -> None:
     """sync_check_every=1 and rank 1 nudges one weight by one ulp after step 1: both ranks stop at step 2."""
     worker = Path(__file__).resolve().parent / "diverge_worker.py"
