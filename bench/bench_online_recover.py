@@ -10,6 +10,10 @@ one conv4 and one resnet10t teacher), each recovering all of the teacher's class
   recoveries of k steps each continue that generator *and its Adam state*
   (:class:`tgr_hub.recover.WarmGenerator`), each with fresh latent codes; every k starts from
   the same burnt-in state.
+- meta k (k in ``--ks``): online recovery's ``meta`` start (:class:`tgr_hub.recover.MetaStart`):
+  one meta-generator per input size, shared by the teachers, first trained at the burn-in's cost
+  (``--cold-steps // k`` rounds, each a k-step recovery of every teacher from a copy, then the
+  Reptile step), then ``--warm-reps`` k-step recoveries per teacher from copies of it.
 
 Reported per row: seconds per recovery (median), the teacher's agreement with the intended
 labels on the kept images (mean over recoveries), the BN loss and the feature diversity (mean
@@ -38,7 +42,7 @@ import torch
 
 from tgr_hub.config import RecoverConfig, load_config
 from tgr_hub.pool import PoolMember, load_pool
-from tgr_hub.recover import WarmGenerator, recover_task, recovery_quality
+from tgr_hub.recover import MetaStart, WarmGenerator, recover_task, recovery_quality
 from tgr_hub.seeds import RECOVER_ONLINE, seed_sequence
 
 
@@ -60,6 +64,17 @@ def one(member: PoolMember, cfg: RecoverConfig, seed: int, steps: int, warm: War
     task = recover_task(member, classes, cfg, seed=seed, warm=warm, steps=steps)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, **recovery_quality(member, task)}
+
+
+def from_meta(
+    meta: MetaStart, member: PoolMember, cfg: RecoverConfig, seed: int, steps: int
+) -> tuple[dict, torch.Tensor]:
+    """A k-step recovery from a copy of the meta-generator; its row and the copy's displacement."""
+    adapted = meta.copy_for(member)
+    start = time.perf_counter()
+    task = recover_task(member, list(range(member.num_classes)), cfg, seed=seed, generator=adapted, steps=steps)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, **recovery_quality(member, task)}, meta.displacement(member, adapted)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -109,6 +124,21 @@ def main() -> None:
         for row in results:
             if row["teacher"] == member.name:
                 row["speedup_vs_cold"] = cold["seconds"] / row["seconds"]
+
+    cold_seconds = {r["teacher"]: r["seconds"] for r in results if r["mode"] == "cold"}
+    for k in args.ks:
+        meta = MetaStart(members, cfg, seed=0)
+        for r in range(max(1, args.cold_steps // k)):  # the burn-in's cost: cold_steps steps per teacher
+            moves = []
+            for t, member in enumerate(members):
+                seed = int(seed_sequence(0, RECOVER_ONLINE, t, 3, k, r).generate_state(1)[0])
+                moves.append((MetaStart.size_of(member), from_meta(meta, member, cfg, seed, k)[1]))
+            meta.step(moves)
+        for t, member in enumerate(members):
+            rows = [from_meta(meta, member, cfg, int(seed_sequence(0, RECOVER_ONLINE, t, 4, k, r).generate_state(1)[0]),
+                              k)[0] for r in range(args.warm_reps)]
+            row = {"teacher": member.name, "arch": member.architecture, "mode": "meta", "steps": k, **summarise(rows)}
+            results.append({**row, "speedup_vs_cold": cold_seconds[member.name] / row["seconds"]})
 
     print(f"images per class {cfg.images_per_class}, generator width {cfg.generator_width}, "
           f"bn_weight {cfg.bn_weight}, {args.threads} thread(s)")

@@ -34,6 +34,7 @@ VARIANTS = {
     "igr": [],
     "offline": ["recover.online_every=0"],
     "online-cold": ["recover.online_start=cold", "recover.online_every=2"],
+    "online-meta": ["recover.online_start=meta", "recover.online_every=2"],
     "erm": ["train.beta=0"],
     "maml": ["train.learner=maml", "train.beta=0.01"],
     "second-order": ["train.igr_order=second", "train.beta=0.01", "train.replay=false"],

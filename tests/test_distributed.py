@@ -119,7 +119,7 @@ def test_per_step_gradients_are_identical_across_ranks(pool: Path, one_process_r
          str(worker), str(pool), str(one_process_run), str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    for variant in ("igr", "offline", "online-cold", "erm", "maml", "second-order"):
+    for variant in ("igr", "offline", "online-cold", "online-meta", "erm", "maml", "second-order"):
         rank0 = json.loads((out / variant / "rank0-of-2.json").read_text())
         rank1 = json.loads((out / variant / "rank1-of-2.json").read_text())
         alone = json.loads((out / variant / "rank0-of-1.json").read_text())

@@ -135,3 +135,37 @@ def test_warm_online_recovery_continues_each_teachers_generator(prepared) -> Non
         assert len(newest) == min(2, 1 + len(online[t]))
         for slot, image in zip(newest[len(newest) - min(2, len(expected)):], expected[-2:]):
             assert torch.equal(slot, image)
+
+
+def test_meta_online_recovery_adapts_copies_of_a_shared_generator_moved_by_reptile(prepared) -> None:
+    """``online_start = meta``: each recovery adapts a copy of the meta-generator; after each step the
+    meta-generator's Adam follows the sum of θ − θ' over the step's recoveries, in task order. A
+    direct replay with :class:`MetaStart` gives the bank's newest images bitwise."""
+    from tgr_hub.recover import MetaStart
+    from tgr_hub.train import _CHOICE, _choose_teachers, step_rng
+
+    steps, m = 3, 4
+    cfg, result = _train(prepared, ["recover.online_start=meta", "recover.bank_size=2", f"train.iterations={steps}",
+                                    f"train.teachers_per_step={m}", "recover.online_meta_lr=0.01"])
+    members = prepared.members
+    meta = MetaStart(members, cfg.recover, 0)
+    start = meta.state_tensors()
+    newest: dict[int, list[torch.Tensor]] = {t: [] for t in range(len(members))}
+    for step in range(steps):
+        chosen = _choose_teachers([list(range(len(members)))], m, step_rng(0, step, _CHOICE))
+        moves = []
+        for i, t in enumerate(chosen):
+            sequence = seed_sequence(0, RECOVER_ONLINE, step, t, chosen[:i].count(t))
+            classes = sample_task_classes(members[t], cfg.recover.max_way, np.random.default_rng(sequence.spawn(1)[0]))
+            adapted = meta.copy_for(members[t])
+            task = recover_task(members[t], classes, cfg.recover, seed=int(sequence.generate_state(1)[0]),
+                                generator=adapted, steps=cfg.recover.online_steps)
+            moves.append((MetaStart.size_of(members[t]), meta.displacement(members[t], adapted)))
+            newest[t].append(to_uint8(task.images[task.labels == 0]))
+        meta.step(moves)
+    for t, member in enumerate(members):
+        slots = result.bank._chronological((member.name, 0))
+        for slot, image in zip(slots[len(slots) - min(2, len(newest[t])):], newest[t][-2:]):
+            assert torch.equal(slot, image)
+    # the meta-generator moved (a control: without the step, the copies would all start from the same state)
+    assert any(not torch.equal(v, meta.state_tensors()[k]) for k, v in start.items() if ".generator." in k)

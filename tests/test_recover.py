@@ -661,3 +661,37 @@ def test_bank_episodes_follow_their_random_stream() -> None:
     whole = {seed: {k: torch.cat([e.support_x[e.support_y == i], e.query_x[e.query_y == i]])
                     for e in draw(seed, 8)[:1] for i, k in enumerate(e.classes)} for seed in (0, 1)}
     assert set(whole[0]) == set(whole[1]) and any(not torch.equal(whole[0][k], whole[1][k]) for k in whole[0])
+
+
+def test_the_meta_start_takes_adams_step_along_the_summed_displacements(tiny_pool) -> None:
+    """:class:`MetaStart`: θ − θ' of each adapted copy, summed in order, is the gradient of one Adam
+    step (its first: θ ← θ − lr · g / (|g| + ε))."""
+    from tgr_hub.config import RecoverConfig
+    from tgr_hub.pool import load_pool
+    from tgr_hub.recover import MetaStart
+
+    members = load_pool(tiny_pool)[:2]
+    cfg = RecoverConfig(latent_dim=8, generator_width=8, online_meta_lr=0.01)
+    meta = MetaStart(members, cfg, seed=0)
+    assert meta.sizes == [(32, 32)]
+    generator = meta.generators[(32, 32)]
+    before = torch.cat([p.detach().reshape(-1).clone() for p in generator.parameters()])
+    copies = [meta.copy_for(m) for m in members]
+    for k, copy in enumerate(copies):  # two different adaptations
+        with torch.no_grad():
+            for p in copy.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(k)) * 0.1)
+    moves = [(MetaStart.size_of(m), meta.displacement(m, c)) for m, c in zip(members, copies)]
+    assert torch.allclose(moves[0][1], before - torch.cat([p.detach().reshape(-1) for p in copies[0].parameters()]))
+    meta.step(moves)
+    g = moves[0][1] + moves[1][1]
+    expected = before - 0.01 * g / (g.abs() + 1e-8)
+    after = torch.cat([p.detach().reshape(-1) for p in generator.parameters()])
+    assert torch.allclose(after, expected, atol=1e-6)
+    # its state resumes bitwise
+    again = MetaStart(members, cfg, seed=0)
+    again.load_state_tensors(meta.state_tensors())
+    for state in (meta, again):
+        state.step(moves)
+    for p, q in zip(generator.parameters(), again.generators[(32, 32)].parameters()):
+        assert torch.equal(p, q)

@@ -82,8 +82,11 @@ class RecoverConfig:
     # online recovery inside meta-training (docs/method.md, stage 3): every `online_every` steps each
     # chosen teacher's pseudo-task is recovered afresh, used for that step's IGR and added to the bank
     online_every: int = 1  # 1: every step (reference); 0: only the up-front bank
-    online_start: Literal["warm", "cold"] = "cold"  # cold: a new generator per recovery (reference)
+    # cold: a new generator per recovery (reference); warm: each teacher's own generator continues;
+    # meta: a copy of a meta-generator shared by the teachers, moved by Reptile (FREE's fast recovery)
+    online_start: Literal["warm", "cold", "meta"] = "cold"
     online_steps: int = 200  # steps of an online recovery (a warm teacher's first one runs `steps`)
+    online_meta_lr: float = 1e-3  # Adam of the meta-generators' Reptile step (online_start = "meta")
     # generate ceil(oversample × images_per_class) images per class and keep the images_per_class the
     # teacher gives the highest probability of their own class (1: keep all, the reference)
     oversample: float = 1.0
@@ -92,8 +95,8 @@ class RecoverConfig:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         _check(self.online_every >= 0, "recover.online_every must be >= 0 (0: no recovery during meta-training)")
         _check(
-            self.online_start in ("warm", "cold"),
-            f"recover.online_start must be warm or cold, got {self.online_start!r}",
+            self.online_start in ("warm", "cold", "meta"),
+            f"recover.online_start must be warm, cold or meta, got {self.online_start!r}",
         )
         _check(self.online_steps >= 1, "recover.online_steps must be >= 1")
         _check(self.steps >= 1, "recover.steps must be >= 1")

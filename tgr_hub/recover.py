@@ -24,6 +24,7 @@ exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -41,7 +42,7 @@ from .config import RecoverConfig
 from .errors import RecoverError
 from .models.generator import Generator
 from .progress import progress_bar
-from .seeds import GENERATOR_INIT, RECOVER, seed_sequence
+from .seeds import GENERATOR_INIT, META_START, RECOVER, seed_sequence, torch_seed
 
 if TYPE_CHECKING:  # only for annotations: recover works with anything shaped like a PoolMember
     from .pool import PoolMember
@@ -49,6 +50,8 @@ if TYPE_CHECKING:  # only for annotations: recover works with anything shaped li
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "GeneratorsBySize",
+    "MetaStart",
     "RecoverError",
     "WarmGenerator",
     "bn_layers",
@@ -107,6 +110,113 @@ class WarmGenerator:
         self.generator.load_state_dict(generator_state)
         load_optimizer_state_tensors(self.optimizer, tensors)
         self.recoveries = int(tensors["recoveries"])
+
+
+class GeneratorsBySize:
+    """One generator per teacher input size, each with its own Adam: the meta-generators of FREE
+    (:class:`tgr_hub.peers.free.MetaGenerator`) and of online recovery's ``meta`` start (:class:`MetaStart`).
+
+    Args:
+        sizes: the teachers' input sizes ``(H, W)`` (repeats are fine).
+        latent_dim, width: the generators' settings.
+        seeds: generator ``k`` of the sorted sizes is initialised from ``seeds(k)``.
+        lr, betas: their Adam's.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[tuple[int, int]],
+        *,
+        latent_dim: int,
+        width: int,
+        seeds: Callable[[int], int],
+        lr: float,
+        betas: tuple[float, float],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.sizes = sorted({(int(h), int(w)) for h, w in sizes})
+        if not self.sizes:
+            raise RecoverError("meta-generators need at least one teacher input size")
+        self.generators = {
+            size: Generator(latent_dim, size, channels=3, width=width, seed=seeds(k)).to(device)
+            for k, size in enumerate(self.sizes)
+        }
+        self.optimizers = {
+            size: torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
+            for size, generator in self.generators.items()
+        }
+
+    @staticmethod
+    def size_of(member: PoolMember) -> tuple[int, int]:
+        """A teacher's input size ``(H, W)``."""
+        return int(member.input_size[1]), int(member.input_size[2])
+
+    def copy_for(self, member: PoolMember) -> Generator:
+        """A copy of the generator of ``member``'s input size, to adapt to it."""
+        return copy.deepcopy(self.generators[self.size_of(member)])
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The generators and their Adam states, as named CPU tensors (bitwise resume)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for k, size in enumerate(self.sizes):
+            for name, value in self.generators[size].state_dict().items():
+                tensors[f"g{k}.generator.{name}"] = value.detach().cpu().clone()
+            tensors.update({f"g{k}.{n}": v for n, v in optimizer_state_tensors(self.optimizers[size]).items()})
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (in place)."""
+        for k, size in enumerate(self.sizes):
+            own = {n.removeprefix(f"g{k}."): v for n, v in tensors.items() if n.startswith(f"g{k}.")}
+            if not own:
+                raise RecoverError(f"the saved meta-generators have none for {size} images (another pool?)")
+            state = {n.removeprefix("generator."): v for n, v in own.items() if n.startswith("generator.")}
+            self.generators[size].load_state_dict(state)
+            load_optimizer_state_tensors(self.optimizers[size], own)
+
+
+class MetaStart(GeneratorsBySize):
+    """Online recovery's ``meta`` start (FREE's fast recovery, offered to TGR): a meta-generator per
+    teacher input size, shared by the teachers of that size.
+
+    Each online recovery continues a copy (:meth:`copy_for`, then :func:`recover_task` with
+    ``generator=``); after the step's recoveries, each meta-generator takes a Reptile step: its
+    Adam (``cfg.online_meta_lr``, ``cfg.betas``) follows ``θ − θ'``, summed over that step's copies
+    of its size in task order (:meth:`step`). Every process holds the same meta-generators and
+    applies the same sum, so a run's recoveries do not depend on the number of processes.
+    """
+
+    def __init__(self, members: Sequence[PoolMember], cfg: RecoverConfig, seed: int) -> None:
+        super().__init__(
+            [self.size_of(m) for m in members],
+            latent_dim=cfg.latent_dim,
+            width=cfg.generator_width,
+            seeds=lambda k: torch_seed(seed, META_START, k),
+            lr=cfg.online_meta_lr,
+            betas=cfg.betas,
+            device=_device_of(members[0].model) if members else "cpu",
+        )
+
+    def displacement(self, member: PoolMember, adapted: Generator) -> torch.Tensor:
+        """``θ − θ'``: the meta-generator's parameters minus ``adapted``'s, flattened (float32, CPU)."""
+        pairs = zip(self.generators[self.size_of(member)].parameters(), adapted.parameters())
+        return torch.cat([(p.detach() - q.detach()).float().reshape(-1).cpu() for p, q in pairs])
+
+    def step(self, moves: Sequence[tuple[tuple[int, int], torch.Tensor]]) -> None:
+        """One Reptile step per size: Adam on the sum of that size's displacements, in the order given."""
+        for size, generator in self.generators.items():
+            own = [move for s, move in moves if s == size]
+            if not own:
+                continue
+            total = own[0].clone()
+            for move in own[1:]:
+                total += move
+            offset = 0
+            for p in generator.parameters():
+                p.grad = total[offset : offset + p.numel()].view_as(p).to(p.device, p.dtype)
+                offset += p.numel()
+            self.optimizers[size].step()
+            self.optimizers[size].zero_grad(set_to_none=True)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ __all__ = [
     "GENERATOR_INIT",
     "HEAD_INIT",
     "PEERS",
+    "META_START",
     "RECOVER",
     "RECOVER_ONLINE",
     "TRAIN",
@@ -66,6 +67,7 @@ GENERATOR_INIT = 5  # a teacher's online generator at its first recovery: [seed,
 HEAD_INIT = 6  # the shared N-way head of `head` task losses: [seed, HEAD_INIT]
 ANALYZE = 7  # tgr-hub analyze: ladder plans and probe images, [seed, ANALYZE, kind, ...]
 PEERS = 8  # the peer methods (tgr_hub.peers): [seed, PEERS, kind, ...], the kinds named by each method
+META_START = 9  # online recovery's meta-generators (recover.online_start = "meta"): [seed, META_START, size index]
 
 
 def seed_sequence(seed: int, stream: int, *key: int) -> np.random.SeedSequence:

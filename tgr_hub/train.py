@@ -93,6 +93,7 @@ from .metamodel import MetaModel
 from .pool import PoolMember
 from .progress import progress_bar
 from .recover import (
+    MetaStart,
     WarmGenerator,
     recover_task,
     recovery_quality,
@@ -116,6 +117,7 @@ _STATE_FORMAT = "tgr-hub-trainer-state"
 BEST_MODEL = "best_model.safetensors"
 BANK_FOLDER = "bank"  # inside a checkpoint: the memory bank as online recovery left it
 GENERATORS_FOLDER = "generators"  # inside a checkpoint: t00003.safetensors per warm-started teacher
+META_START_FILE = "meta_generators.safetensors"  # inside a checkpoint: the meta start's generators and Adam
 QUALITY = ("agreement", "bn_loss", "ce", "diversity")  # logged per online recovery (recovery_quality)
 
 
@@ -596,6 +598,12 @@ class _MetaTrainer:
         self.optimizer = self.accelerator.prepare_optimizer(torch.optim.Adam(trained, lr=cfg.lr))
         for member in members:
             member.to(dist.device)
+        # the meta start: every process holds the same meta-generators (seeded; moved by the same sums)
+        self.meta_start = (
+            MetaStart(members, self.online, seed)
+            if self.online is not None and self.online.online_start == "meta"
+            else None
+        )
         if self.online is not None and self.online.online_start == "warm":
             # the generators the up-front recovery left, if any (on the teachers' device)
             for t in self._owned_teachers():
@@ -657,6 +665,8 @@ class _MetaTrainer:
     def _restore_online(self, found: Path, state: dict[str, Any]) -> None:
         """The bank, the per-teacher recovery counts and this process's warm generators of a checkpoint."""
         self.bank = MemoryBank.load(found / BANK_FOLDER)
+        if self.meta_start is not None:
+            self.meta_start.load_state_tensors(load_file(str(found / META_START_FILE), device=str(self.dist.device)))
         self.recoveries = [int(r) for r in state["online"]["recoveries"]]
         self.warm = {}
         for t in self._owned_teachers():
@@ -702,6 +712,8 @@ class _MetaTrainer:
         if self.online is not None:
             self.bank.save(folder / BANK_FOLDER)
             state["online"] = {"recoveries": self.recoveries}
+        if self.meta_start is not None:
+            save_safetensors_atomic(folder / META_START_FILE, self.meta_start.state_tensors())
         write_json_atomic(folder / TRAINER_STATE, state)  # inside the temp folder
 
     # --- one step --------------------------------------------------------------------------------
@@ -815,7 +827,7 @@ class _MetaTrainer:
             for t, classes, _ in plans
         ]
         size = max(math.prod(shape) for shape in shapes)
-        rows, quality_rows = {}, {}
+        rows, quality_rows, moves = {}, {}, {}
         for i, (t, classes, task_seed) in enumerate(plans):
             if t % dist.world != dist.rank:
                 continue
@@ -826,6 +838,10 @@ class _MetaTrainer:
                     warm = self.warm[t] = self._fresh_warm(t)
                 steps = cfg.steps if warm.recoveries == 0 else cfg.online_steps  # a new generator starts cold
                 task = recover_task(member, classes, cfg, seed=task_seed, warm=warm, steps=steps)
+            elif self.meta_start is not None:
+                adapted = self.meta_start.copy_for(member)
+                task = recover_task(member, classes, cfg, seed=task_seed, generator=adapted, steps=cfg.online_steps)
+                moves[i] = self.meta_start.displacement(member, adapted)
             else:
                 task = recover_task(member, classes, cfg, seed=task_seed, steps=cfg.online_steps)
             quality = recovery_quality(member, task)
@@ -834,6 +850,13 @@ class _MetaTrainer:
             quality_rows[i] = torch.tensor([quality[k] for k in QUALITY], dtype=torch.float64)
         images = dist.gather_rows(rows, len(plans), size, torch.uint8).cpu()
         qualities = dist.gather_rows(quality_rows, len(plans), len(QUALITY), torch.float64).cpu()
+        if self.meta_start is not None:  # every process sums the same displacements, in task order
+            sizes = [MetaStart.size_of(self.members[t]) for t, _, _ in plans]
+            lengths = {size: sum(p.numel() for p in self.meta_start.generators[size].parameters()) for size in sizes}
+            width = max(lengths.values())
+            padded = {i: torch.cat([m, m.new_zeros(width - m.numel())]) for i, m in moves.items()}
+            gathered = dist.gather_rows(padded, len(plans), width, torch.float32).cpu()
+            self.meta_start.step([(size, gathered[i, : lengths[size]]) for i, size in enumerate(sizes)])
         tasks = []
         for i, ((t, classes, _), shape) in enumerate(zip(plans, shapes)):
             member = self.members[t]

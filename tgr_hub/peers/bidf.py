@@ -44,17 +44,13 @@ from torch import Tensor
 
 from ..bank import MemoryBank, RecoveredTask
 from ..config import BidfMkdConfig
-from ..data import ImageSplit
-from ..distributed import Distributed, make_accelerator
-from ..errors import RecoverError
 from ..learners import MAML, _features_eval
-from ..metamodel import create_meta_model
 from ..models.generator import Generator
 from ..pool import PoolMember
 from ..recover import crop_padding_for, frozen, random_crop_flip, sample_task_classes
 from ..seeds import PEERS, numpy_rng, seed_int, seed_sequence, torch_generator, torch_seed
 from .inversion import distill_loss, invert, resized
-from .loop import PeerResult, PeerTrainer, replay_episode, run_peer_loop
+from .loop import PeerResult, PeerTrainer, replay_episode, train_peer
 
 __all__ = ["train_bidf_mkd"]
 
@@ -67,24 +63,8 @@ class _BidfTrainer(PeerTrainer):
 
     name, section = "BiDf-MKD", "bidf_mkd"
 
-    def __init__(
-        self,
-        members: Sequence[PoolMember],
-        cfg: BidfMkdConfig,
-        *,
-        arch: str,
-        image_size: int,
-        val_split: ImageSplit,
-        seed: int,
-        dist: Distributed,
-    ) -> None:
-        self.members = list(members)
-        if not self.members:
-            raise RecoverError("BiDf-MKD needs at least one teacher")
-        for member in self.members:
-            member.to(dist.device)
-        super().__init__(create_meta_model(arch, image_size, seed=seed), cfg, val_split=val_split, seed=seed, dist=dist)
-        self.image_size = int(image_size)
+    def setup(self) -> None:
+        cfg, dist = self.cfg, self.dist
         self.optimizer = dist.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.outer_lr))
         self.bank = MemoryBank(cfg.bank_size)
         self.learner = MAML(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
@@ -265,34 +245,7 @@ class _BidfTrainer(PeerTrainer):
 _BANK = "bank.safetensors"
 
 
-def train_bidf_mkd(
-    members: Sequence[PoolMember],
-    cfg: BidfMkdConfig,
-    *,
-    arch: str,
-    image_size: int,
-    val_split: ImageSplit,
-    seed: int,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    dist: Distributed | None = None,
-) -> PeerResult:
-    """Meta-train a meta-model with BiDf-MKD (white-box) on ``members``.
-
-    Args:
-        members: the teachers (any architectures and input sizes).
-        cfg: BiDf-MKD's settings.
-        arch, image_size: the meta-model.
-        val_split: real meta-validation images; the best state on them is returned.
-        seed: every draw of the run (teachers, classes, generators, codes, augmentations, episodes)
-            and the meta-model's start.
-        checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go; ``resume`` continues the newest.
-
-    Raises:
-        ConfigError: checkpoints without a folder, or a checkpoint made with other settings.
-        RunFolderError: checkpoints exist and ``resume`` is False.
-    """
-    dist = dist or Distributed(make_accelerator("no"))
-    trainer = _BidfTrainer(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
-    return run_peer_loop(trainer, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+def train_bidf_mkd(members: Sequence[PoolMember], cfg: BidfMkdConfig, **run: Any) -> PeerResult:
+    """Meta-train a meta-model with BiDf-MKD (white-box) on ``members``; ``run``: the meta-model,
+    validation, seed and checkpoints, as :func:`~tgr_hub.peers.loop.train_peer` takes them."""
+    return train_peer(_BidfTrainer, members, cfg, **run)

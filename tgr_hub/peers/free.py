@@ -50,26 +50,20 @@ from torch import Tensor
 
 from ..bank import MemoryBank, RecoveredTask
 from ..config import FreeConfig
-from ..data import ImageSplit
-from ..distributed import Distributed, make_accelerator
-from ..errors import RecoverError
 from ..io import save_safetensors_atomic
 from ..learners import MAML, _features_eval
-from ..metamodel import create_meta_model
-from ..models.generator import Generator
 from ..pool import PoolMember
 from ..recover import (
+    GeneratorsBySize,
     crop_padding_for,
     frozen,
-    load_optimizer_state_tensors,
-    optimizer_state_tensors,
     random_crop_flip,
     sample_task_classes,
 )
 from ..seeds import PEERS, numpy_rng, seed_int, seed_sequence, torch_generator, torch_seed
 from ..train import make_task_head
 from .inversion import GENERATOR_BETAS, distill_loss, invert, resized
-from .loop import PeerResult, PeerTrainer, replay_episode, run_peer_loop
+from .loop import PeerResult, PeerTrainer, replay_episode, train_peer
 
 __all__ = ["MetaGenerator", "meta_generator_for", "train_free"]
 
@@ -77,7 +71,7 @@ __all__ = ["MetaGenerator", "meta_generator_for", "train_free"]
 FREE_GENERATOR, FREE_TEACHERS, FREE_RECOVER, FREE_DISTILL, FREE_REPLAY, FREE_HEAD = 10, 11, 12, 13, 14, 15
 
 
-class MetaGenerator:
+class MetaGenerator(GeneratorsBySize):
     """FREE's meta-generator: one :class:`~tgr_hub.models.generator.Generator` per teacher input
     size, each with its own Adam (the meta-optimiser, ``lr = meta_lr``), adapted to one teacher at
     a time by :meth:`adapt` and moved first-order by :meth:`meta_step`.
@@ -99,17 +93,15 @@ class MetaGenerator:
         meta_lr: float = 1e-3,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.sizes = sorted({(int(h), int(w)) for h, w in sizes})
-        if not self.sizes:
-            raise RecoverError("a meta-generator needs at least one teacher input size")
-        self.generators = {
-            size: Generator(latent_dim, size, width=width, seed=torch_seed(seed, PEERS, FREE_GENERATOR, k)).to(device)
-            for k, size in enumerate(self.sizes)
-        }
-        self.optimizers = {
-            size: torch.optim.Adam(g.parameters(), lr=meta_lr, betas=GENERATOR_BETAS)
-            for size, g in self.generators.items()
-        }
+        super().__init__(
+            sizes,
+            latent_dim=latent_dim,
+            width=width,
+            seeds=lambda k: torch_seed(seed, PEERS, FREE_GENERATOR, k),
+            lr=meta_lr,
+            betas=GENERATOR_BETAS,
+            device=device,
+        )
 
     def adapt(
         self,
@@ -126,9 +118,8 @@ class MetaGenerator:
         (``inversion``: its loss settings) and return the task. With ``meta_gradient``, the copy's
         gradients at its last step are added to the meta-generator's ``.grad`` (:meth:`meta_step`
         applies them)."""
-        _, height, width = (int(v) for v in member.input_size)
-        meta = self.generators[(height, width)]
-        fast = copy.deepcopy(meta)
+        meta = self.generators[self.size_of(member)]
+        fast = self.copy_for(member)
 
         def gather() -> None:
             for p, q in zip(meta.parameters(), fast.parameters()):
@@ -153,27 +144,6 @@ class MetaGenerator:
                 self.optimizers[size].step()
             self.optimizers[size].zero_grad(set_to_none=True)
 
-    def state_tensors(self) -> dict[str, Tensor]:
-        """The meta-generators and their Adam states, as named CPU tensors (bitwise resume)."""
-        tensors: dict[str, Tensor] = {}
-        for k, size in enumerate(self.sizes):
-            for name, value in self.generators[size].state_dict().items():
-                tensors[f"g{k}.generator.{name}"] = value.detach().cpu().clone()
-            for name, value in optimizer_state_tensors(self.optimizers[size]).items():
-                tensors[f"g{k}.{name}"] = value
-        return tensors
-
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Restore what :meth:`state_tensors` returned (in place)."""
-        for k, size in enumerate(self.sizes):
-            prefix = f"g{k}."
-            own = {name.removeprefix(prefix): v for name, v in tensors.items() if name.startswith(prefix)}
-            if not own:
-                raise RecoverError(f"the saved meta-generator has no generator for {size} images (another pool?)")
-            generator = {name.removeprefix("generator."): v for name, v in own.items() if name.startswith("generator.")}
-            self.generators[size].load_state_dict(generator)
-            load_optimizer_state_tensors(self.optimizers[size], own)
-
 
 def meta_generator_for(members: Sequence[PoolMember], cfg: FreeConfig, *, seed: int, device: Any) -> MetaGenerator:
     """The meta-generator of a FREE run on ``members`` with ``cfg``'s settings."""
@@ -193,29 +163,13 @@ class _FreeTrainer(PeerTrainer):
 
     name, section = "FREE", "free"
 
-    def __init__(
-        self,
-        members: Sequence[PoolMember],
-        cfg: FreeConfig,
-        *,
-        arch: str,
-        image_size: int,
-        val_split: ImageSplit,
-        seed: int,
-        dist: Distributed,
-    ) -> None:
-        self.members = list(members)
-        if not self.members:
-            raise RecoverError("FREE needs at least one teacher")
-        for member in self.members:
-            member.to(dist.device)
-        super().__init__(create_meta_model(arch, image_size, seed=seed), cfg, val_split=val_split, seed=seed, dist=dist)
-        self.image_size = int(image_size)
-        head = make_task_head(self.model.feature_dim, cfg.way, torch_seed(seed, PEERS, FREE_HEAD))
+    def setup(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        head = make_task_head(self.model.feature_dim, cfg.way, torch_seed(self.seed, PEERS, FREE_HEAD))
         self.head = dist.accelerator.prepare_model(head.to(dist.device), evaluation_mode=True)
         self.trained = [*self.model.parameters(), *self.head.parameters()]
         self.optimizer = dist.accelerator.prepare_optimizer(torch.optim.Adam(self.trained, lr=cfg.outer_lr))
-        self.meta_generator = meta_generator_for(self.members, cfg, seed=seed, device=dist.device)
+        self.meta_generator = meta_generator_for(self.members, cfg, seed=self.seed, device=dist.device)
         self.bank = MemoryBank(cfg.bank_size)
         self.learner = MAML(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
 
@@ -360,34 +314,8 @@ class _FreeTrainer(PeerTrainer):
 _META_GENERATOR, _BANK = "meta_generator.safetensors", "bank.safetensors"
 
 
-def train_free(
-    members: Sequence[PoolMember],
-    cfg: FreeConfig,
-    *,
-    arch: str,
-    image_size: int,
-    val_split: ImageSplit,
-    seed: int,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    dist: Distributed | None = None,
-) -> PeerResult:
-    """Meta-train a meta-model with FREE on ``members`` (no data: the meta-generator's tasks are all it sees).
-
-    Args:
-        members: the teachers (any architectures and input sizes).
-        cfg: FREE's settings.
-        arch, image_size: the meta-model.
-        val_split: real meta-validation images; the best state on them is returned.
-        seed: every draw of the run (teachers, classes, codes, augmentations, episodes) and the
-            meta-model's, head's and meta-generator's starts.
-        checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go; ``resume`` continues the newest.
-
-    Raises:
-        ConfigError: checkpoints without a folder, or a checkpoint made with other settings.
-        RunFolderError: checkpoints exist and ``resume`` is False.
-    """
-    dist = dist or Distributed(make_accelerator("no"))
-    trainer = _FreeTrainer(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
-    return run_peer_loop(trainer, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+def train_free(members: Sequence[PoolMember], cfg: FreeConfig, **run: Any) -> PeerResult:
+    """Meta-train a meta-model with FREE on ``members`` (no data: the meta-generator's tasks are all it
+    sees); ``run``: the meta-model, validation, seed and checkpoints, as
+    :func:`~tgr_hub.peers.loop.train_peer` takes them."""
+    return train_peer(_FreeTrainer, members, cfg, **run)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,18 @@ from ..distributed import (
     clean_checkpoint_leftovers,
     latest_checkpoint,
     load_checkpoint,
+    make_accelerator,
     save_checkpoint,
 )
-from ..errors import ConfigError, RunFolderError
+from ..errors import ConfigError, RecoverError, RunFolderError
 from ..io import save_safetensors_atomic, write_json_atomic
 from ..learners import MAML
-from ..metamodel import MetaModel
+from ..metamodel import MetaModel, create_meta_model
+from ..pool import PoolMember
 from ..progress import progress_bar
 from ..seeds import val_seed
 
-__all__ = ["PeerResult", "PeerTrainer", "replay_episode", "run_peer_loop"]
+__all__ = ["PeerResult", "PeerTrainer", "replay_episode", "train_peer"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,24 +71,49 @@ class PeerResult:
 
 
 class PeerTrainer:
-    """The state every peer's run has: the meta-model (prepared by Accelerate), its best state on
-    meta-validation and the history.
+    """The state every peer's run has: the teachers, the meta-model (prepared by Accelerate), its best
+    state on meta-validation and the history.
 
     Subclasses set ``name`` (for logs and errors) and ``section`` (their config section, whose
-    settings a checkpoint records), build their optimisers, and write :meth:`outer_step`.
-    ``cfg`` must have ``way``, ``inner_lr``, ``val_episodes``, ``val_inner_steps``, ``iterations``,
-    ``eval_every`` and ``checkpoint_every``.
+    settings a checkpoint records), build their own parts in :meth:`setup`, and write
+    :meth:`outer_step`. ``cfg`` must have ``way``, ``inner_lr``, ``val_episodes``,
+    ``val_inner_steps``, ``iterations``, ``eval_every`` and ``checkpoint_every``.
     """
 
     name = "peer"
     section = "peer"
 
-    def __init__(self, model: MetaModel, cfg: Any, *, val_split: ImageSplit, seed: int, dist: Distributed) -> None:
+    def __init__(
+        self,
+        members: Sequence[PoolMember],
+        cfg: Any,
+        *,
+        arch: str,
+        image_size: int,
+        val_split: ImageSplit,
+        seed: int,
+        dist: Distributed,
+    ) -> None:
+        self.members = list(members)
+        if not self.members:
+            raise RecoverError(f"{self.name} needs at least one teacher")
+        for member in self.members:
+            member.to(dist.device)
         self.cfg, self.val_split, self.seed, self.dist = cfg, val_split, int(seed), dist
+        self.image_size = int(image_size)
+        model = self.initial_model(arch, self.image_size)
         self.model = dist.accelerator.prepare_model(model, evaluation_mode=True)
         self.history: dict[str, list[tuple[int, float]]] = {"val_acc": []}
         self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.best_step, self.best_acc = 0, -math.inf
+        self.setup()
+
+    def initial_model(self, arch: str, image_size: int) -> MetaModel:
+        """The meta-model's start: a fresh one from the run's seed."""
+        return create_meta_model(arch, image_size, seed=self.seed)
+
+    def setup(self) -> None:
+        """Build the method's own parts (optimisers, memory, generators) once the model is prepared."""
 
     # --- the method ---
 
@@ -215,17 +243,38 @@ def replay_episode(
     return F.cross_entropy(logits, task.query_y), float((logits.argmax(1) == task.query_y).float().mean())
 
 
-def run_peer_loop(
-    trainer: PeerTrainer, *, checkpoint_dir: str | Path | None, resume: bool, progress: bool
+def train_peer(
+    trainer_class: type[PeerTrainer],
+    members: Sequence[PoolMember],
+    cfg: Any,
+    *,
+    arch: str,
+    image_size: int,
+    val_split: ImageSplit,
+    seed: int,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    dist: Distributed | None = None,
 ) -> PeerResult:
-    """Run ``trainer`` for ``cfg.iterations`` outer steps (continuing a checkpoint when ``resume``) and
-    return the meta-model in the state meta-validation chose.
+    """Meta-train a meta-model with the peer ``trainer_class`` on ``members`` for ``cfg.iterations``
+    outer steps and return it in the state meta-validation chose.
+
+    Args:
+        members: the teachers (any architectures and input sizes).
+        cfg: the method's settings (its config section).
+        arch, image_size: the meta-model.
+        val_split: real meta-validation images; the best state on them is returned.
+        seed: every draw of the run and the meta-model's start.
+        checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go; ``resume`` continues the newest.
+        dist: the processes (default: this one).
 
     Raises:
         ConfigError: checkpoints without a folder, or a checkpoint made with other settings.
         RunFolderError: checkpoints exist and ``resume`` is False.
     """
-    cfg, dist = trainer.cfg, trainer.dist
+    dist = dist or Distributed(make_accelerator("no"))
+    trainer = trainer_class(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if cfg.checkpoint_every > 0 and folder is None:
         raise ConfigError(f"{trainer.name}'s checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")

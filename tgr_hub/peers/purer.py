@@ -48,8 +48,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ..config import PurerConfig
-from ..data import Episode, ImageSplit
-from ..distributed import Distributed, make_accelerator
+from ..data import Episode
 from ..errors import RecoverError
 from ..io import save_safetensors_atomic
 from ..learners import MAML, EpisodicLearner
@@ -57,7 +56,7 @@ from ..metamodel import MetaModel
 from ..pool import PoolMember
 from ..recover import _BNStatisticsLoss, frozen, load_optimizer_state_tensors, optimizer_state_tensors
 from ..seeds import PEERS, numpy_rng, seed_sequence, torch_generator, torch_seed
-from .loop import PeerResult, PeerTrainer, run_peer_loop
+from .loop import PeerResult, PeerTrainer, train_peer
 
 __all__ = [
     "PixelMemory",
@@ -318,23 +317,13 @@ class _PurerTrainer(PeerTrainer):
 
     name, section = "PURER", "purer"
 
-    def __init__(
-        self,
-        members: Sequence[PoolMember],
-        cfg: PurerConfig,
-        *,
-        arch: str,
-        image_size: int,
-        val_split: ImageSplit,
-        seed: int,
-        dist: Distributed,
-    ) -> None:
-        for member in members:
-            member.to(dist.device)
-        model = _initial_model(members, arch, image_size, seed=seed, average=cfg.average_init)
-        super().__init__(model, cfg, val_split=val_split, seed=seed, dist=dist)
+    def initial_model(self, arch: str, image_size: int) -> MetaModel:
+        return _initial_model(self.members, arch, image_size, seed=self.seed, average=self.cfg.average_init)
+
+    def setup(self) -> None:
+        cfg, dist = self.cfg, self.dist
         self.optimizer = dist.accelerator.prepare_optimizer(torch.optim.Adam(self.model.parameters(), lr=cfg.outer_lr))
-        self.memory = PixelMemory(members, image_size, memory_config(cfg), seed=seed, device=dist.device)
+        self.memory = PixelMemory(self.members, self.image_size, memory_config(cfg), seed=self.seed, device=dist.device)
         self.learner = MAML(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
         # the curriculum: due at the next data step; the best batch accuracy since the last one, and
         # how many outer steps have not beaten it
@@ -437,34 +426,8 @@ def _initial_model(members: Sequence[PoolMember], arch: str, image_size: int, *,
     return fresh.train()
 
 
-def train_purer(
-    members: Sequence[PoolMember],
-    cfg: PurerConfig,
-    *,
-    arch: str,
-    image_size: int,
-    val_split: ImageSplit,
-    seed: int,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    dist: Distributed | None = None,
-) -> PeerResult:
-    """Meta-train a meta-model with PURER on ``members`` (no data: the pixel memory is all it sees).
-
-    Args:
-        members: the teachers; their classes are pooled by name into the memory.
-        cfg: PURER's settings.
-        arch, image_size: the meta-model.
-        val_split: real meta-validation images; the best state on them is returned (the public
-            code chose on the meta-test split).
-        seed: every draw of the run (memory start, rolls, tasks) and the meta-model's start.
-        checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go; ``resume`` continues the newest.
-
-    Raises:
-        ConfigError: checkpoints without a folder, or a checkpoint made with other settings.
-        RunFolderError: checkpoints exist and ``resume`` is False.
-    """
-    dist = dist or Distributed(make_accelerator("no"))
-    trainer = _PurerTrainer(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
-    return run_peer_loop(trainer, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+def train_purer(members: Sequence[PoolMember], cfg: PurerConfig, **run: Any) -> PeerResult:
+    """Meta-train a meta-model with PURER on ``members`` (no data: the pixel memory is all it sees; the
+    best state on meta-validation is returned, where the public code chose on meta-test); ``run``: the
+    meta-model, validation, seed and checkpoints, as :func:`~tgr_hub.peers.loop.train_peer` takes them."""
+    return train_peer(_PurerTrainer, members, cfg, **run)
