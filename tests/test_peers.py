@@ -277,6 +277,7 @@ def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> 
 # --- FREE: the losses by hand, the meta-generator, the run ---------------------------------------
 
 from tgr_hub.config import FreeConfig  # noqa: E402
+from tgr_hub.peers import free as free_module  # noqa: E402
 from tgr_hub.peers.free import MetaGenerator, train_free  # noqa: E402
 from tgr_hub.peers.inversion import adversarial_loss, distill_loss  # noqa: E402
 from tgr_hub.recover import frozen, recovery_quality  # noqa: E402
@@ -515,3 +516,33 @@ def test_bidf_settings_are_checked() -> None:
         BidfMkdConfig(images_per_class=1, bank_size=2, shot=1, query=15)
     with pytest.raises(ConfigError, match="bidf_mkd.recover_steps"):
         load_config("smoke", overrides=["bidf_mkd.recover_steps=0"])
+
+
+class _AtLargerSize(torch.nn.Module):
+    """A teacher that takes 40-px images (it resizes them for the 32-px model inside)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))
+
+
+def test_the_generator_peers_take_teachers_of_another_input_size(teachers, val_split) -> None:
+    """A mixed pool (32-px and 40-px teachers): FREE keeps one meta-generator per size and BiDf-MKD
+    recovers at each teacher's size; the meta-model (32 px) sees every task resized."""
+    big = dataclasses.replace(teachers[1], name="big", model=_AtLargerSize(teachers[1].model), input_size=(3, 40, 40))
+    mixed = [teachers[0], big]
+    dist = Distributed(make_accelerator("no"))
+    free = free_module._FreeTrainer(mixed, dataclasses.replace(TINY_FREE, warmup=0, teachers_per_step=4), arch="conv4",
+                                    image_size=32, val_split=val_split, seed=0, dist=dist)
+    assert free.meta_generator.sizes == [(32, 32), (40, 40)]
+    values = free.outer_step(0)
+    assert values["replay_batches"] >= 1 and np.isfinite(values["distill_loss"])
+    shapes = {tuple(free.bank.images_of(*key).shape[-2:]) for key in free.bank.keys()}
+    assert (40, 40) in shapes  # the bank keeps each teacher's own size; episodes resize
+    bidf = bidf_module._BidfTrainer([big], TINY_BIDF, arch="conv4", image_size=32, val_split=val_split, seed=0,
+                                    dist=dist)
+    assert np.isfinite(bidf.outer_step(0)["kd_loss"])
+    assert {tuple(bidf.bank.images_of(*key).shape[-2:]) for key in bidf.bank.keys()} == {(40, 40)}
