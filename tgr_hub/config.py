@@ -530,8 +530,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "warmup": 20,
             "generator_width": 64,
             "episode_batch": 4,
-            "replay_patience": 2,
-            "replay_max_batches": 5,
+            "replay_max_batches": 1,  # one MAML batch per step, as PURER's quick: a step then costs about PURER's
             "eval_every": 100,
             "checkpoint_every": 100,
         },
