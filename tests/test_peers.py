@@ -532,7 +532,8 @@ class _AtLargerSize(torch.nn.Module):
 def test_the_generator_peers_take_teachers_of_another_input_size(teachers, val_split) -> None:
     """A mixed pool (32-px and 40-px teachers): FREE keeps one meta-generator per size and BiDf-MKD
     recovers at each teacher's size; the meta-model (32 px) sees every task resized."""
-    big = dataclasses.replace(teachers[1], name="big", model=_AtLargerSize(teachers[1].model), input_size=(3, 40, 40))
+    wrapped = _AtLargerSize(teachers[1].model).eval().requires_grad_(False)  # as a pool member's model is
+    big = dataclasses.replace(teachers[1], name="big", model=wrapped, input_size=(3, 40, 40))
     mixed = [teachers[0], big]
     dist = Distributed(make_accelerator("no"))
     free = free_module._FreeTrainer(mixed, dataclasses.replace(TINY_FREE, warmup=0, teachers_per_step=4), arch="conv4",
