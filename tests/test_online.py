@@ -146,7 +146,7 @@ def test_meta_online_recovery_adapts_copies_of_a_shared_generator_moved_by_repti
 
     steps, m = 3, 4
     cfg, result = _train(prepared, ["recover.online_start=meta", "recover.bank_size=2", f"train.iterations={steps}",
-                                    f"train.teachers_per_step={m}", "recover.online_meta_lr=0.01"])
+                                    f"train.teachers_per_step={m}"])
     members = prepared.members
     meta = MetaStart(members, cfg.recover, 0)
     start = meta.state_tensors()

@@ -671,7 +671,7 @@ def test_the_meta_start_takes_adams_step_along_the_summed_displacements(tiny_poo
     from tgr_hub.recover import MetaStart
 
     members = load_pool(tiny_pool)[:2]
-    cfg = RecoverConfig(latent_dim=8, generator_width=8, online_meta_lr=0.01)
+    cfg = RecoverConfig(latent_dim=8, generator_width=8, lr=0.01)
     meta = MetaStart(members, cfg, seed=0)
     assert meta.sizes == [(32, 32)]
     generator = meta.generators[(32, 32)]

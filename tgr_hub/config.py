@@ -86,7 +86,6 @@ class RecoverConfig:
     # meta: a copy of a meta-generator shared by the teachers, moved by Reptile (FREE's fast recovery)
     online_start: Literal["warm", "cold", "meta"] = "cold"
     online_steps: int = 200  # steps of an online recovery (a warm teacher's first one runs `steps`)
-    online_meta_lr: float = 1e-3  # Adam of the meta-generators' Reptile step (online_start = "meta")
     # generate ceil(oversample × images_per_class) images per class and keep the images_per_class the
     # teacher gives the highest probability of their own class (1: keep all, the reference)
     oversample: float = 1.0

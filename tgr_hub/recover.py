@@ -181,7 +181,7 @@ class MetaStart(GeneratorsBySize):
 
     Each online recovery continues a copy (:meth:`copy_for`, then :func:`recover_task` with
     ``generator=``); after the step's recoveries, each meta-generator takes a Reptile step: its
-    Adam (``cfg.online_meta_lr``, ``cfg.betas``) follows ``θ − θ'``, summed over that step's copies
+    Adam (the recovery's ``cfg.lr`` and ``cfg.betas``) follows ``θ − θ'``, summed over that step's copies
     of its size in task order (:meth:`step`). Every process holds the same meta-generators and
     applies the same sum, so a run's recoveries do not depend on the number of processes.
     """
@@ -192,7 +192,7 @@ class MetaStart(GeneratorsBySize):
             latent_dim=cfg.latent_dim,
             width=cfg.generator_width,
             seeds=lambda k: torch_seed(seed, META_START, k),
-            lr=cfg.online_meta_lr,
+            lr=cfg.lr,
             betas=cfg.betas,
             device=_device_of(members[0].model) if members else "cpu",
         )
