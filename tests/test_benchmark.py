@@ -843,3 +843,17 @@ def test_the_repository_documents_match_their_reports(capsys):
     documents = [repo / "README.md", repo / "docs" / "results.md"]
     assert all("<!-- tgr-hub docs:" in path.read_text() for path in documents)  # they do name reports
     assert main(["docs", "--check", *map(str, documents)]) == 0, capsys.readouterr().out
+
+
+def test_the_quick_presets_settings_digest_is_pinned() -> None:
+    """Every finished cell records this digest, and a folder whose cells carry another is refused. A new
+    setting whose default changes nothing (or a new peer's section) must leave it alone, so existing
+    benchmark folders stay valid; a change here must be a deliberate change of numbers, and stated.
+    (The standard value is that of the cells in docs/benchmark/faithful, made on 2026-12-04 and -05.)"""
+    cfg = load_config("quick")
+    digests = {name: bm.grid.json_digest(bm.grid.settings_of(cfg, bm.scenario_from_name(name, cfg)))
+               for name in ("standard", "multi-domain")}
+    assert digests == {
+        "standard": "d279abe137e0ea7eab2c872d0d0dd7780d6f70c0db99f4afe249322e191e2131",
+        "multi-domain": "b4c1a8421cf850af988e5fec5f2defaa8917a629605aebe5b8712d29fa31dfb1",
+    }
