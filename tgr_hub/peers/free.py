@@ -147,9 +147,8 @@ class MetaGenerator(GeneratorsBySize):
 
 def meta_generator_for(members: Sequence[PoolMember], cfg: FreeConfig, *, seed: int, device: Any) -> MetaGenerator:
     """The meta-generator of a FREE run on ``members`` with ``cfg``'s settings."""
-    sizes = [(int(m.input_size[1]), int(m.input_size[2])) for m in members]
     return MetaGenerator(
-        sizes,
+        [GeneratorsBySize.size_of(m) for m in members],
         latent_dim=cfg.latent_dim,
         width=cfg.generator_width,
         seed=seed,
