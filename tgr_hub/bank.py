@@ -272,8 +272,11 @@ class MemoryBank:
     def episode_classes(self, need: int) -> int:
         """How many classes an episode could draw that need ``need`` images each: keys holding that
         many, counted once per label name (as :meth:`sample_episode` counts them)."""
-        held = [k for k, slots in self._slots.items() if sum(s.shape[0] for s in slots) >= need]
-        return len({self._names.get(k) or str(k) for k in held})
+        return len({self._names.get(k) or str(k) for k in self._keys_holding(need)})
+
+    def _keys_holding(self, need: int) -> list[tuple[str, int]]:
+        """The keys holding at least ``need`` images, in insertion order."""
+        return [k for k, slots in self._slots.items() if sum(s.shape[0] for s in slots) >= need]
 
     def sample_episode(
         self,
@@ -304,7 +307,7 @@ class MemoryBank:
         if way < 1 or shot < 1 or query < 0:
             raise EpisodeError(f"way and shot must be >= 1 and query >= 0, got way={way}, shot={shot}, query={query}")
         need = shot + query
-        candidates = [k for k, slots in self._slots.items() if sum(s.shape[0] for s in slots) >= need]
+        candidates = self._keys_holding(need)
         chosen: list[tuple[str, int]] = []
         seen: set[str] = set()
         for index in rng.permutation(len(candidates)):
