@@ -17,9 +17,11 @@ from tgr_hub.data.episodes import ImageSplit
 from tgr_hub.errors import EmptyPoolError, RunFolderError
 from tgr_hub.evaluate import (
     EvaluationError,
+    ValSettings,
     average_baseline,
     confidence_interval,
     evaluate_model,
+    meta_validate,
     random_baseline,
     resolve_learner,
 )
@@ -230,6 +232,24 @@ def test_evaluation_is_deterministic_and_above_chance():
     finetune = evaluate_model(model, split, learner="finetune", inner_steps=3, **{**kwargs, "shots": [1]})
     assert finetune == evaluate_model(model, split, learner="finetune", inner_steps=3, **{**kwargs, "shots": [1]})
     assert finetune["1shot"]["method"] == "finetune"
+
+
+def test_meta_validation_is_the_mean_over_shots_with_its_standard_error_from_the_episodes():
+    split = synthetic_split()
+    model = create_meta_model("conv4", image_size=16, seed=0).eval()
+    settings = ValSettings(way=3, shots=(1, 3), query=4, episodes=12, learner="protonet")
+    score = meta_validate(model, split, settings, seed=7)
+    episodes = evaluate_model(model, split, way=3, shots=[1, 3], query=4, episodes=12, seed=7, learner="protonet",
+                              progress=False, keep_accuracies=True)
+    one, three = (np.array(episodes[k]["accuracies"]) for k in ("1shot", "3shot"))
+    assert score.per_shot == {1: pytest.approx(one.mean()), 3: pytest.approx(three.mean())}
+    assert score.accuracy == pytest.approx((one.mean() + three.mean()) / 2)
+    # the mean of two independent means over 12 episodes each: sqrt(s1² / 12 + s3² / 12) / 2 (population std)
+    assert score.std_error == pytest.approx(math.sqrt(one.var() / 12 + three.var() / 12) / 2)
+    # fine-tuning is its own adaptation: another learner, another score
+    finetune = meta_validate(model, split, ValSettings(way=3, shots=(1,), query=4, episodes=12, learner="finetune",
+                                                       inner_steps=3), seed=7)
+    assert finetune.per_shot[1] != score.per_shot[1]
 
 
 def test_auto_method_follows_the_meta_learner():

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tgr_hub.errors import ConfigError, RecoverError, RunFolderError
+from tgr_hub.evaluate import ValSettings
 from tgr_hub.learners import MAML
 from tgr_hub.metamodel import create_meta_model
 from tgr_hub.peers import purer as purer_module
@@ -215,6 +216,9 @@ def test_purer_resumes_exactly(teachers, val_split, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="other settings"):
         train_purer(teachers, dataclasses.replace(cfg, outer_lr=0.1), arch="conv4", image_size=32,
                     val_split=val_split, seed=1, progress=False, checkpoint_dir=tmp_path / "cut", resume=True)
+    with pytest.raises(ConfigError, match="other settings \\(meta-validation\\)"):  # its history validated otherwise
+        train_purer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
+                    checkpoint_dir=tmp_path / "cut", resume=True, validation=ValSettings(episodes=4))
     resumed = train_purer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=1, progress=False,
                           checkpoint_dir=tmp_path / "cut", resume=True)
     assert resumed.resumed_from == 3
@@ -252,6 +256,17 @@ def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> 
         assert "method_settings_digest" in peer
         assert (out / peer["run_folder"] / "checkpoints").is_dir()
     assert "method_settings_digest" not in erm and free["method_settings_digest"] != purer["method_settings_digest"]
+    # every method chooses its checkpoint the same way: the peers validate as a TGR cell does
+    # (train.val_*, train.learner) on the same episodes, so FREE's and BiDf-MKD's untrained start (the
+    # run seed's fresh meta-model, as ERM's) scores at step 0 exactly what ERM's did
+    from tgr_hub.run_record import RunRecord
+
+    erm_history = RunRecord.read(out / erm["run_folder"] / "tgr_config.json").history
+    for peer in (free, bidf):
+        state = json.loads(next((out / peer["run_folder"] / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+        assert state["validation"] == json.loads(json.dumps(dataclasses.asdict(ValSettings.of(cfg.train))))
+        assert state["history"]["val_acc"][0] == pytest.approx(list(erm_history["val_acc"][0]), abs=1e-12)
+        assert peer["val"]["selection_noise"] > 0
     assert all(label in json.dumps(report) for label in ("PURER", "FREE", "BiDf-MKD"))
     # a peer's own settings bind its cells only: a folder of ERM cells stays valid under other PURER
     # settings (nothing retrains)...

@@ -26,13 +26,14 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import EvalConfig
+from .config import EvalConfig, TrainConfig
 from .data.episodes import Episode, EpisodeSampler, ImageSplit
 from .distributed import Distributed
 from .errors import ConfigError, EmptyPoolError, EvaluationError
@@ -46,8 +47,11 @@ __all__ = [
     "EvaluationError",
     "average_baseline",
     "confidence_interval",
+    "ValScore",
+    "ValSettings",
     "eval_settings",
     "evaluate_model",
+    "meta_validate",
     "random_baseline",
     "resolve_learner",
 ]
@@ -259,6 +263,73 @@ def evaluate_model(
     finally:
         bar.close()
     return results
+
+
+# --- meta-validation: how every method chooses its checkpoint -----------------------------------
+
+
+@dataclass(frozen=True)
+class ValSettings:
+    """How meta-validation scores a state of the meta-model: ``episodes`` real episodes of each of
+    ``shots`` (``way`` classes, ``query`` queries per class), adapted to with ``learner`` (and the
+    fine-tuning schedule ``inner_steps`` / ``inner_lr``); a state is chosen on the mean over shots."""
+
+    way: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    query: int = 15
+    episodes: int = 200
+    learner: str = "protonet"
+    inner_steps: int = 10
+    inner_lr: float = 0.01
+
+    @classmethod
+    def of(cls, train: TrainConfig) -> ValSettings:
+        """A TGR run's meta-validation (``train.val_*`` and its learner); the benchmark gives every
+        method this one, so all choose their checkpoint on the same episodes, the same way."""
+        return cls(train.val_way, tuple(train.val_shots), train.val_query, train.val_episodes, train.learner)
+
+
+@dataclass(frozen=True)
+class ValScore:
+    """One meta-validation: ``accuracy`` (the mean over shots, a fraction), each shot's mean, and the
+    standard error over episodes of ``accuracy``: how far selection noise can move a choice."""
+
+    accuracy: float
+    per_shot: dict[int, float]
+    std_error: float
+
+
+def meta_validate(
+    model: MetaModel | nn.Module,
+    split: ImageSplit,
+    settings: ValSettings,
+    *,
+    seed: int,
+    dist: Distributed | None = None,
+) -> ValScore:
+    """Score ``model`` on the meta-validation ``split`` as ``settings`` say (episodes from ``seed``)."""
+    metrics = evaluate_model(
+        model,
+        split,
+        way=settings.way,
+        shots=list(settings.shots),
+        query=settings.query,
+        episodes=settings.episodes,
+        learner=settings.learner,
+        inner_steps=settings.inner_steps,
+        inner_lr=settings.inner_lr,
+        seed=seed,
+        dist=dist,
+        progress=False,
+    )
+    per_shot = [metrics[f"{shot}shot"] for shot in settings.shots]
+    # the shots' episodes are independent: the variance of their mean is the mean of the variances / shots
+    std_error = float(np.sqrt(np.sum([(m["ci95"] / 1.96) ** 2 for m in per_shot])) / len(per_shot))
+    return ValScore(
+        accuracy=float(np.mean([m["mean"] for m in per_shot])),
+        per_shot={shot: float(m["mean"]) for shot, m in zip(settings.shots, per_shot)},
+        std_error=std_error,
+    )
 
 
 # --- baselines -----------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ from .distributed import (
     unflatten,
 )
 from .errors import ConfigError, RunFolderError
-from .evaluate import evaluate_model
+from .evaluate import ValSettings, meta_validate
 from .igr import Gather, igr_direction, mean_gradient
 from .io import save_safetensors_atomic, write_json_atomic
 from .learners import MAML, ProtoNet, features, make_learner
@@ -722,25 +722,11 @@ class _MetaTrainer:
         """Meta-validation on real episodes with its own settings (``val_way``, each of ``val_shots``,
         ``val_query``); the checkpoint is chosen on the mean accuracy over the shots."""
         cfg = self.cfg
-        metrics = evaluate_model(
-            self.model,
-            self.val_split,
-            way=cfg.val_way,
-            shots=list(cfg.val_shots),
-            query=cfg.val_query,
-            episodes=cfg.val_episodes,
-            learner=cfg.learner,
-            seed=self.val_seed,
-            dist=self.dist,
-            progress=False,
-        )
-        per_shot = [metrics[f"{shot}shot"] for shot in cfg.val_shots]
-        accuracy = float(np.mean([m["mean"] for m in per_shot]))
-        # the standard error of that mean over episodes: how far selection noise can move a checkpoint
-        self.val_std_error = float(np.sqrt(np.sum([(m["ci95"] / 1.96) ** 2 for m in per_shot])) / len(per_shot))
+        score = meta_validate(self.model, self.val_split, ValSettings.of(cfg), seed=self.val_seed, dist=self.dist)
+        accuracy, self.val_std_error = score.accuracy, score.std_error
         self.history["val_acc"].append((step, accuracy))
-        for shot, m in zip(cfg.val_shots, per_shot):
-            self.history.setdefault(f"val_acc_{shot}shot", []).append((step, float(m["mean"])))
+        for shot, shot_accuracy in score.per_shot.items():
+            self.history.setdefault(f"val_acc_{shot}shot", []).append((step, shot_accuracy))
         if accuracy > self.best_acc:
             self.best_acc, self.best_step = accuracy, step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -40,13 +40,15 @@ def run_peer(
 ) -> tuple[MetaModel, dict[str, Any]]:
     """Meta-train peer method ``name`` on the pool ``repo_list`` with ``cfg`` (its own section, the
     meta-model's ``train.arch`` and ``data.image_size``, the ``data`` section's meta-validation
-    split), checkpointing into ``run_dir`` and resuming from it.
+    split), checkpointing into ``run_dir`` and resuming from it. Meta-validation is a TGR run's
+    (``train.val_*`` and ``train.learner``), so the peers choose their checkpoint as TGR does.
 
     Returns:
         The meta-model in the state meta-validation chose (on the CPU), and that choice
-        (``best_step`` and the meta-val accuracy per shot).
+        (``best_step``, the meta-val accuracy overall and per shot, the selection noise).
     """
     from ..data import split_of
+    from ..evaluate import ValSettings
     from ..pool import load_pool
     from .bidf import train_bidf_mkd
     from .free import train_free
@@ -70,5 +72,6 @@ def run_peer(
         checkpoint_dir=Path(run_dir) / "checkpoints",
         resume=True,
         progress=progress,
+        validation=ValSettings.of(cfg.train),  # a TGR cell's: every method selects the same way
     )
     return result.model.cpu(), result.val()

@@ -2,9 +2,11 @@
 
 A peer's trainer subclasses :class:`PeerTrainer` and writes :meth:`PeerTrainer.outer_step` (its
 method) and, for what it keeps beside the meta-model (a pixel memory, a meta-generator, a bank),
-the three checkpoint hooks. :func:`run_peer_loop` drives it: outer steps, meta-validation every
+the three checkpoint hooks. :func:`train_peer` drives it: outer steps, meta-validation every
 ``eval_every`` steps (the best state is kept), checkpoints every ``checkpoint_every`` steps, and an
-exact resume from the newest checkpoint.
+exact resume from the newest checkpoint. Meta-validation is :func:`tgr_hub.evaluate.meta_validate`,
+as in a TGR run; the benchmark gives the peers a TGR cell's settings, so every method chooses its
+checkpoint on the same episodes, adapted to the same way as at meta-test.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..distributed import (
     save_checkpoint,
 )
 from ..errors import ConfigError, RecoverError, RunFolderError
+from ..evaluate import ValSettings, meta_validate
 from ..io import save_safetensors_atomic, write_json_atomic
 from ..learners import MAML
 from ..metamodel import MetaModel, create_meta_model
@@ -42,7 +45,7 @@ from ..pool import PoolMember
 from ..progress import progress_bar
 from ..seeds import val_seed
 
-__all__ = ["PeerResult", "PeerTrainer", "replay_episode", "train_peer"]
+__all__ = ["PeerResult", "PeerTrainer", "default_validation", "replay_episode", "train_peer"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ _STATE, _BEST = TRAINER_STATE, "best_model.safetensors"  # a checkpoint is compl
 class PeerResult:
     """A peer's run: the meta-model in its best state (on meta-validation) and what happened.
 
-    ``extra`` holds the method's own record (PURER: the curriculum's steps)."""
+    ``extra`` holds the method's own record (PURER: the curriculum's steps); ``selection_noise``
+    the standard error over episodes of the last meta-validation's accuracy."""
 
     model: MetaModel
     best_step: int
@@ -61,12 +65,16 @@ class PeerResult:
     history: dict[str, list[tuple[int, float]]]
     resumed_from: int
     extra: dict[str, Any]
+    selection_noise: float = float("nan")
 
     def val(self) -> dict[str, float | int]:
-        """The chosen step and its meta-validation accuracy per shot (as a TGR run records them)."""
-        chosen: dict[str, float | int] = {"best_step": self.best_step}
-        for key in ("1shot", "5shot"):
-            chosen[key] = dict(self.history[f"val_acc_{key}"])[self.best_step]
+        """The chosen step, its meta-validation accuracy (the mean it was chosen on, and each shot's)
+        and the selection noise, as a TGR run records them."""
+        chosen: dict[str, float | int] = {"best_step": self.best_step, "accuracy": self.best_val_accuracy}
+        for key, values in self.history.items():
+            if key.startswith("val_acc_") and key.endswith("shot"):
+                chosen[key.removeprefix("val_acc_")] = dict(values)[self.best_step]
+        chosen["selection_noise"] = self.selection_noise
         return chosen
 
 
@@ -77,7 +85,8 @@ class PeerTrainer:
     Subclasses set ``name`` (for logs and errors) and ``section`` (their config section, whose
     settings a checkpoint records), build their own parts in :meth:`setup`, and write
     :meth:`outer_step`. ``cfg`` must have ``way``, ``inner_lr``, ``val_episodes``,
-    ``val_inner_steps``, ``iterations``, ``eval_every`` and ``checkpoint_every``.
+    ``val_inner_steps``, ``iterations``, ``eval_every`` and ``checkpoint_every``; ``validation``
+    (default: :func:`default_validation` of ``cfg``) is how meta-validation scores a state.
     """
 
     name = "peer"
@@ -93,6 +102,7 @@ class PeerTrainer:
         val_split: ImageSplit,
         seed: int,
         dist: Distributed,
+        validation: ValSettings | None = None,
     ) -> None:
         self.members = list(members)
         if not self.members:
@@ -100,6 +110,8 @@ class PeerTrainer:
         for member in self.members:
             member.to(dist.device)
         self.cfg, self.val_split, self.seed, self.dist = cfg, val_split, int(seed), dist
+        self.validation = validation or default_validation(cfg)
+        self.val_std_error = float("nan")
         self.image_size = int(image_size)
         model = self.initial_model(arch, self.image_size)
         self.model = dist.accelerator.prepare_model(model, evaluation_mode=True)
@@ -140,36 +152,21 @@ class PeerTrainer:
     # --- shared ---
 
     def validate(self, step: int) -> None:
-        """Meta-validation (real images, fine-tuning adaptation); the best state is kept."""
-        from ..evaluate import evaluate_model
-
-        cfg = self.cfg
-        metrics = evaluate_model(
-            self.model,
-            self.val_split,
-            way=cfg.way,
-            shots=[1, 5],
-            query=15,
-            episodes=cfg.val_episodes,
-            learner="finetune",
-            inner_steps=cfg.val_inner_steps,
-            inner_lr=cfg.inner_lr,
-            seed=val_seed(self.seed),
-            dist=self.dist,
-            progress=False,
-        )
-        accuracy = float(np.mean([metrics[k]["mean"] for k in ("1shot", "5shot")]))
+        """Meta-validation on real images (:attr:`validation`); the best state is kept."""
+        score = meta_validate(self.model, self.val_split, self.validation, seed=val_seed(self.seed), dist=self.dist)
+        accuracy, self.val_std_error = score.accuracy, score.std_error
         self.history["val_acc"].append((step, accuracy))
-        for key in ("1shot", "5shot"):
-            self.history.setdefault(f"val_acc_{key}", []).append((step, float(metrics[key]["mean"])))
+        for shot, shot_accuracy in score.per_shot.items():
+            self.history.setdefault(f"val_acc_{shot}shot", []).append((step, shot_accuracy))
         if accuracy > self.best_acc:
             self.best_acc, self.best_step = accuracy, step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         logger.info(
-            "%s step %d: meta-val accuracy %.2f%% (best %.2f%% at step %d)",
+            "%s step %d: meta-val accuracy %.2f%% ± %.2f (best %.2f%% at step %d)",
             self.name,
             step,
             100 * accuracy,
+            100 * self.val_std_error,
             100 * self.best_acc,
             self.best_step,
         )
@@ -187,8 +184,10 @@ class PeerTrainer:
                 "step": step,
                 "seed": self.seed,
                 "settings": json.loads(json.dumps(asdict(self.cfg))),
+                "validation": _as_json(self.validation),
                 "best_step": self.best_step,
                 "best_val_accuracy": self.best_acc,
+                "val_std_error": self.val_std_error,
                 "history": self.history,
                 "method": self.state(),
             }
@@ -208,6 +207,8 @@ class PeerTrainer:
         changed = changed_settings(
             {self.section: record.get("settings", {})}, {self.section: asdict(self.cfg)}, "checkpoint"
         )
+        if record.get("validation") != _as_json(self.validation):  # a history compares like with like only
+            changed["meta-validation"] = (record.get("validation"), _as_json(self.validation))
         if record.get("format") != f"tgr-hub-{self.section}-state" or record.get("seed") != self.seed or changed:
             raise ConfigError(
                 f"the checkpoint {found} was made with other settings ({', '.join(changed) or 'method or seed'})",
@@ -218,10 +219,30 @@ class PeerTrainer:
         self.best_state = load_file(str(found / _BEST), device=str(self.dist.device))
         self.best_step, self.best_acc = int(record["best_step"]), float(record["best_val_accuracy"])
         self.history = {k: [(int(s), float(v)) for s, v in values] for k, values in record["history"].items()}
+        self.val_std_error = float(record.get("val_std_error", math.nan))
         logger.info(
             "resuming %s from %s (outer step %d of %d)", self.name, found.name, record["step"], self.cfg.iterations
         )
         return int(record["step"])
+
+
+def default_validation(cfg: Any) -> ValSettings:
+    """A peer's own meta-validation when it runs outside the benchmark: ``cfg.val_episodes`` 5-way
+    episodes of 1 and 5 shots, 15 queries, adapted to by fine-tuning (``cfg.val_inner_steps`` steps
+    at ``cfg.inner_lr``), as the peers' public code validates."""
+    return ValSettings(
+        way=cfg.way,
+        shots=(1, 5),
+        query=15,
+        episodes=cfg.val_episodes,
+        learner="finetune",
+        inner_steps=cfg.val_inner_steps,
+        inner_lr=cfg.inner_lr,
+    )
+
+
+def _as_json(settings: ValSettings) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(settings)))
 
 
 def replay_episode(
@@ -256,6 +277,7 @@ def train_peer(
     resume: bool = False,
     progress: bool = True,
     dist: Distributed | None = None,
+    validation: ValSettings | None = None,
 ) -> PeerResult:
     """Meta-train a meta-model with the peer ``trainer_class`` on ``members`` for ``cfg.iterations``
     outer steps and return it in the state meta-validation chose.
@@ -265,6 +287,7 @@ def train_peer(
         cfg: the method's settings (its config section).
         arch, image_size: the meta-model.
         val_split: real meta-validation images; the best state on them is returned.
+        validation: how meta-validation scores a state (default: :func:`default_validation`).
         seed: every draw of the run and the meta-model's start.
         checkpoint_dir: where ``cfg.checkpoint_every`` checkpoints go; ``resume`` continues the newest.
         dist: the processes (default: this one).
@@ -274,7 +297,9 @@ def train_peer(
         RunFolderError: checkpoints exist and ``resume`` is False.
     """
     dist = dist or Distributed(make_accelerator("no"))
-    trainer = trainer_class(members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist)
+    trainer = trainer_class(
+        members, cfg, arch=arch, image_size=image_size, val_split=val_split, seed=seed, dist=dist, validation=validation
+    )
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if cfg.checkpoint_every > 0 and folder is None:
         raise ConfigError(f"{trainer.name}'s checkpoint_every needs a checkpoint folder", hint="pass checkpoint_dir")
@@ -315,5 +340,11 @@ def train_peer(
     bar.close()
     trainer.model.load_state_dict(trainer.best_state)
     return PeerResult(
-        trainer.model, trainer.best_step, trainer.best_acc, trainer.history, resumed_from=start, extra=trainer.extra()
+        trainer.model,
+        trainer.best_step,
+        trainer.best_acc,
+        trainer.history,
+        resumed_from=start,
+        extra=trainer.extra(),
+        selection_noise=trainer.val_std_error,
     )
