@@ -50,7 +50,7 @@ from ..pool import PoolMember
 from ..recover import crop_padding_for, frozen, random_crop_flip, sample_task_classes
 from ..seeds import PEERS, numpy_rng, seed_int, seed_sequence, torch_generator, torch_seed
 from .inversion import distill_loss, invert, resized
-from .loop import PeerResult, PeerTrainer, replay_episode, train_peer
+from .loop import PeerResult, PeerTrainer, train_peer
 
 __all__ = ["train_bidf_mkd"]
 
@@ -90,17 +90,7 @@ class _BidfTrainer(PeerTrainer):
         if self.bank.episode_classes(cfg.shot + cfg.query) >= cfg.way:
             rng = numpy_rng(seed_sequence(self.seed, PEERS, BIDF_REPLAY, step))
             while len(losses) < cfg.episode_batch:
-                loss, accuracy = replay_episode(
-                    self.learner,
-                    self.model,
-                    self.bank,
-                    way=cfg.way,
-                    shot=cfg.shot,
-                    query=cfg.query,
-                    rng=rng,
-                    image_size=self.image_size,
-                    device=self.dist.device,
-                )
+                loss, accuracy = self.replay_episode(rng)
                 losses.append(loss)
                 accuracies.append(accuracy)
         total = torch.stack(losses).sum()

@@ -63,7 +63,7 @@ from ..recover import (
 from ..seeds import PEERS, numpy_rng, seed_int, seed_sequence, torch_generator, torch_seed
 from ..train import make_task_head
 from .inversion import GENERATOR_BETAS, distill_loss, invert, resized
-from .loop import PeerResult, PeerTrainer, replay_episode, train_peer
+from .loop import PeerResult, PeerTrainer, train_peer
 
 __all__ = ["MetaGenerator", "meta_generator_for", "train_free"]
 
@@ -268,20 +268,7 @@ class _FreeTrainer(PeerTrainer):
         self.model.train()
         best, stalls, batches, accuracy, loss = -math.inf, 0, 0, 0.0, 0.0
         while stalls < cfg.replay_patience and batches < cfg.replay_max_batches:
-            tasks = [
-                replay_episode(
-                    self.learner,
-                    self.model,
-                    self.bank,
-                    way=cfg.way,
-                    shot=cfg.shot,
-                    query=cfg.query,
-                    rng=rng,
-                    image_size=self.image_size,
-                    device=self.dist.device,
-                )
-                for _ in range(cfg.episode_batch)
-            ]
+            tasks = [self.replay_episode(rng) for _ in range(cfg.episode_batch)]
             total = torch.stack([task_loss for task_loss, _ in tasks]).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -45,7 +45,7 @@ from ..pool import PoolMember
 from ..progress import progress_bar
 from ..seeds import val_seed
 
-__all__ = ["PeerResult", "PeerTrainer", "default_validation", "replay_episode", "train_peer"]
+__all__ = ["PeerResult", "PeerTrainer", "default_validation", "train_peer"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class PeerTrainer:
 
     name = "peer"
     section = "peer"
+    learner: MAML  # the replaying trainers' (FREE, BiDf-MKD), for :meth:`replay_episode`
+    bank: MemoryBank
 
     def __init__(
         self,
@@ -148,6 +150,15 @@ class PeerTrainer:
 
     def load_state(self, folder: Path, state: dict[str, Any]) -> None:
         """Restore what :meth:`save_files` wrote into ``folder`` and :meth:`state` returned."""
+
+    def replay_episode(self, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+        """One replay task (FREE, BiDf-MKD: trainers with a ``learner`` and a ``bank``): an episode of
+        ``cfg.way`` classes of any teacher drawn from the bank, and the learner's query cross-entropy
+        on it, differentiable into the meta-model, with its query accuracy."""
+        cfg = self.cfg
+        task = self.bank.sample_episode(cfg.way, cfg.shot, cfg.query, rng, self.image_size).to(self.dist.device)
+        logits = self.learner.logits(self.model, task.support_x, task.support_y, task.query_x)
+        return F.cross_entropy(logits, task.query_y), float((logits.argmax(1) == task.query_y).float().mean())
 
     # --- shared ---
 
@@ -243,25 +254,6 @@ def default_validation(cfg: Any) -> ValSettings:
 
 def _as_json(settings: ValSettings) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(settings)))
-
-
-def replay_episode(
-    learner: MAML,
-    model: MetaModel,
-    bank: MemoryBank,
-    *,
-    way: int,
-    shot: int,
-    query: int,
-    rng: np.random.Generator,
-    image_size: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, float]:
-    """One replay task (FREE, BiDf-MKD): an episode drawn from ``bank`` (classes of any teacher), and
-    the learner's query cross-entropy on it, differentiable into ``model``, with its query accuracy."""
-    task = bank.sample_episode(way, shot, query, rng, image_size).to(device)
-    logits = learner.logits(model, task.support_x, task.support_y, task.query_x)
-    return F.cross_entropy(logits, task.query_y), float((logits.argmax(1) == task.query_y).float().mean())
 
 
 def train_peer(
