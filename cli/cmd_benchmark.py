@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: --seed or 0)")
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated, from: {', '.join(METHODS)} (default: all). erm-replicate is ERM "
+        default=",".join(name for name, method in METHODS.items() if method.kind != "peer"),
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: all but the DFML peers purer, free and "
+        "bidf-mkd, whose steps cost 8 to 55 times an ERM step: name them to run them). erm-replicate is ERM "
         f"meta-trained with another seed (train.seed = seed + {REPLICATE_SEED_OFFSET}) on the same "
         "pool, tasks and episodes: with erm, the report shows this noise floor (ERM - ERM)",
     )

@@ -857,3 +857,16 @@ def test_the_quick_presets_settings_digest_is_pinned() -> None:
         "standard": "d279abe137e0ea7eab2c872d0d0dd7780d6f70c0db99f4afe249322e191e2131",
         "multi-domain": "b4c1a8421cf850af988e5fec5f2defaa8917a629605aebe5b8712d29fa31dfb1",
     }
+
+
+def test_the_default_methods_are_all_but_the_peers() -> None:
+    """A plain ``tgr-hub benchmark`` runs TGR's methods and baselines; the peers, whose steps cost 8 to
+    55 ERM steps, run only when named."""
+    from cli.cmd_benchmark import spec_from_args
+    from cli.main import build_parser
+
+    spec = spec_from_args(build_parser().parse_args(["benchmark", "--preset", "smoke"]))
+    assert set(spec.methods) == {name for name, method in bm.METHODS.items() if method.kind != "peer"}
+    assert {"erm", "erm-replicate", "tgr", "igr-no-groups", "groups-no-igr"} <= set(spec.methods)
+    named = spec_from_args(build_parser().parse_args(["benchmark", "--preset", "smoke", "--methods", "erm,free"]))
+    assert named.methods == ("erm", "free")
