@@ -336,6 +336,46 @@ def test_the_noise_floor_is_erm_replicate_minus_erm_across_seeds(tmp_path: Path)
     assert "Noise floor" not in bm.render_markdown(without)
 
 
+def test_tgr_is_taken_apart_into_one_switch_differences_beside_the_noise_floor(tmp_path: Path) -> None:
+    from scipy import stats as sps
+
+    cfg = load_config("smoke", overrides=["eval.shots=[1]"])
+    scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
+    methods = ("erm", "erm-replicate", "tgr", "igr-no-groups", "groups-no-igr")
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
+    rng = np.random.default_rng(3)
+    acc = {m: {s: list(np.round(rng.uniform(0.3, 0.7, 6) * 25) / 25) for s in (0, 1, 2)} for m in methods}
+    for method, per_seed in acc.items():
+        for seed, values in per_seed.items():
+            _fake_cell(tmp_path, "multi-domain", seed, method, values, digest)
+    report = bm.summarize(bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), methods), tmp_path)
+    parts = report["scenarios"]["multi-domain"]["decomposition"]
+    assert [(p["switch"], p["method"], p["versus"]) for p in parts] == [
+        ("IGR", "tgr", "groups-no-igr"),
+        ("IGR", "igr-no-groups", "erm"),
+        ("spectral grouping", "tgr", "igr-no-groups"),
+        ("spectral grouping", "groups-no-igr", "erm"),
+    ]
+    for part in parts:  # by hand: a t-interval over the seeds' mean paired differences
+        means = [np.mean(np.array(acc[part["method"]][s]) - np.array(acc[part["versus"]][s])) for s in (0, 1, 2)]
+        across = part["1shot"]["across_seeds"]
+        assert across["mean"] == pytest.approx(np.mean(means))
+        assert across["p"] == pytest.approx(sps.ttest_1samp(means, 0.0).pvalue)
+    md = bm.render_markdown(report)
+    table = md[md.index("TGR taken apart"):md.index("Per seed")]
+    assert "| IGR | without groups | IGR, no groups − ERM | " in table
+    assert "| noise floor | another training seed | ERM, another seed − ERM | " in table
+    # the IGR switch's two rows and the grouping switch's two add up to the same total, TGR − ERM
+    total = np.mean([np.mean(np.array(acc["tgr"][s]) - np.array(acc["erm"][s])) for s in (0, 1, 2)])
+    by = {(p["method"], p["versus"]): p["1shot"]["across_seeds"]["mean"] for p in parts}
+    assert by[("tgr", "groups-no-igr")] + by[("groups-no-igr", "erm")] == pytest.approx(total)
+    assert by[("tgr", "igr-no-groups")] + by[("igr-no-groups", "erm")] == pytest.approx(total)
+    # a grid without the ablations has no decomposition, and the report shows none
+    plain = bm.summarize(bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), ("erm", "tgr")), tmp_path)
+    assert plain["scenarios"]["multi-domain"]["decomposition"] == []
+    assert "TGR taken apart" not in bm.render_markdown(plain)
+
+
 def test_a_cell_records_the_mean_online_recovery_agreement_and_gradient_curves_of_its_run(tmp_path: Path) -> None:
     cfg = load_config("smoke")
     assert bm.run._from_history(tmp_path) == {"recover_agreement": None, "gradients": None}  # no run record

@@ -211,6 +211,14 @@ METHODS: dict[str, Method] = {
         Method("bidf-mkd", "BiDf-MKD", "peer"),
     )
 }
+#: TGR taken apart: (what changes, with what else, method, the method it differs from in that switch alone).
+ONE_SWITCH = (
+    ("IGR", "with spectral groups", "tgr", "groups-no-igr"),
+    ("IGR", "without groups", "igr-no-groups", "erm"),
+    ("spectral grouping", "with IGR", "tgr", "igr-no-groups"),
+    ("spectral grouping", "without IGR", "groups-no-igr", "erm"),
+)
+
 #: The quickstart's four methods.
 QUICKSTART_METHODS = ("random", "average", "erm", "tgr")
 

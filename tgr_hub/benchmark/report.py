@@ -18,6 +18,7 @@ from ..io import write_json_atomic, write_text_atomic
 from .grid import (
     METHODS,
     NOISE_FLOOR,
+    ONE_SWITCH,
     REPLICATE_SEED_OFFSET,
     RESULTS_FORMAT,
     BenchmarkSpec,
@@ -78,6 +79,8 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
     ``noise_floor`` (None unless both ``erm-replicate`` and ``erm`` have cells): ``erm-replicate −
     erm`` in the same form (``seeds``, then per shot ``per_seed`` and ``across_seeds``), the
     spread of ERM trained again with another training seed on the same pool, tasks and episodes.
+    ``decomposition``: the same for each pair of :data:`~tgr_hub.benchmark.grid.ONE_SWITCH` in the
+    grid (two methods that differ in IGR alone or in grouping alone), with its ``switch`` and ``context``.
     Per trained method, ``selection[seed]`` (the meta-validation result, group sizes and mean
     online-recovery agreement) and ``recover_agreement`` (its mean over the seeds; None: n/a).
 
@@ -158,6 +161,14 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                     paired[name] = diff
         replicate, original = NOISE_FLOOR
         noise_floor = _paired(records, replicate, original, spec.seeds, shots)
+        # TGR's parts: each pair of methods that differ in one switch, on the seeds that have both
+        decomposition = [
+            {"switch": switch, "context": context, "method": method, "versus": versus, **diff}
+            for switch, context, method, versus in ONE_SWITCH
+            if method in spec.methods
+            and versus in spec.methods
+            and (diff := _paired(records, method, versus, spec.seeds, shots)) is not None
+        ]
         prepare: dict[str, Any] = {}  # make-pool, then recovery / embedding / grouping, per seed
         for seed in spec.seeds:
             timings: dict[str, float] = {}
@@ -173,6 +184,7 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
             "methods": methods,
             "paired": paired,
             "noise_floor": noise_floor,
+            "decomposition": decomposition,
             "prepare": prepare,
         }
     report["data_sources"] = list(data_sources.values())
@@ -220,6 +232,35 @@ def _noise_floor_lines(sc: dict[str, Any], shots: Sequence[str]) -> list[str]:
         f"the same pool, recovered tasks and meta-test episodes ({over}). A difference between methods must "
         f"exceed this spread to mean anything: one inside it is what training ERM again with another seed "
         f"already gives.",
+        "",
+    ]
+
+
+def _decomposition_lines(report: dict[str, Any], name: str) -> list[str]:
+    """TGR taken apart: each switch's paired difference between two methods that differ in it alone,
+    beside the noise floor."""
+    sc = report["scenarios"][name]
+    parts = sc.get("decomposition") or []
+    if not parts:
+        return []
+    shots = _shots(report)
+
+    def row(switch: str, context: str, method: str, versus: str, pair: dict[str, Any]) -> str:
+        differences = " | ".join(_difference(_pair_interval(pair, shot)) for shot in shots)
+        label = f"{METHODS[method].label} − {METHODS[versus].label}"
+        return f"| {switch} | {context} | {label} | {differences} | {len(pair['seeds'])} |"
+
+    rows = [row(p["switch"], p["context"], p["method"], p["versus"], p) for p in parts]
+    if sc.get("noise_floor"):
+        rows.append(row("noise floor", "another training seed", *NOISE_FLOOR, sc["noise_floor"]))
+    return [
+        "TGR taken apart: each row compares two methods that differ in one switch only, paired on identical "
+        "episodes (points; 95% t-interval and p-value over the seeds' mean differences, or over one seed's "
+        "episodes with one seed):",
+        "",
+        "| switch | context | difference | " + " | ".join(f"{shot[:-4]}-shot" for shot in shots) + " | seeds |",
+        "|---|---|---|" + "---|" * len(shots) + "---|",
+        *rows,
         "",
     ]
 
@@ -418,11 +459,18 @@ def _gradient_lines(report: dict[str, Any], name: str) -> list[str]:
 # what each kind of generated block holds (results.md holds REPORT_SECTIONS, per scenario; `setup` is for documents)
 SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "accuracy": _accuracy_lines,
+    "decomposition": _decomposition_lines,
     "per-seed": _per_seed_lines,
     "selection": lambda report, name: _selection_and_cost_lines(report["scenarios"][name]),
     "gradients": _gradient_lines,
 }
-REPORT_SECTIONS = ("accuracy", "per-seed", "selection", "gradients")  # results.md's, in order; `setup` is the heading
+REPORT_SECTIONS = (
+    "accuracy",
+    "decomposition",
+    "per-seed",
+    "selection",
+    "gradients",
+)  # results.md's, in order; `setup` is the heading
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -495,7 +543,8 @@ def regenerate_blocks(text: str, base: Path) -> str:
 
     ``RESULTS_JSON`` is a ``results.json`` that ``tgr-hub benchmark`` wrote, relative to ``base``
     (the document's folder); ``SECTION`` is one of :data:`SECTIONS` (``setup``, ``accuracy``,
-    ``per-seed``, ``selection``, ``gradients``), rendered exactly as results.md renders it.
+    ``decomposition``, ``per-seed``, ``selection``, ``gradients``), rendered exactly as results.md
+    renders it.
 
     Raises:
         BenchmarkError: a block names a report that is missing or not a benchmark report, or a
