@@ -11,14 +11,21 @@ import numpy as np
 import pytest
 import torch
 
+from tgr_hub.config import BidfMkdConfig, FreeConfig, PurerConfig, load_config
+from tgr_hub.distributed import Distributed, make_accelerator
 from tgr_hub.errors import ConfigError, RecoverError, RunFolderError
 from tgr_hub.evaluate import ValSettings
 from tgr_hub.learners import MAML
 from tgr_hub.metamodel import create_meta_model
+from tgr_hub.peers import bidf as bidf_module
+from tgr_hub.peers import free as free_module
 from tgr_hub.peers import purer as purer_module
-from tgr_hub.config import PurerConfig, load_config
+from tgr_hub.peers.bidf import train_bidf_mkd
+from tgr_hub.peers.free import MetaGenerator, train_free
+from tgr_hub.peers.inversion import adversarial_loss, distill_loss
 from tgr_hub.peers.purer import PixelMemory, PixelMemoryConfig, curriculum_loss, total_variation, train_purer
 from tgr_hub.pool import load_pool
+from tgr_hub.recover import frozen, recovery_quality
 
 
 def _loss(memory: PixelMemory, shift: tuple[int, int] = (0, 0)) -> float:
@@ -291,11 +298,6 @@ def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> 
 
 # --- FREE: the losses by hand, the meta-generator, the run ---------------------------------------
 
-from tgr_hub.config import FreeConfig  # noqa: E402
-from tgr_hub.peers import free as free_module  # noqa: E402
-from tgr_hub.peers.free import MetaGenerator, train_free  # noqa: E402
-from tgr_hub.peers.inversion import adversarial_loss, distill_loss  # noqa: E402
-from tgr_hub.recover import frozen, recovery_quality  # noqa: E402
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -449,10 +451,6 @@ def test_free_settings_are_checked() -> None:
 
 # --- BiDf-MKD ------------------------------------------------------------------------------------
 
-from tgr_hub.config import BidfMkdConfig  # noqa: E402
-from tgr_hub.distributed import Distributed, make_accelerator  # noqa: E402
-from tgr_hub.peers import bidf as bidf_module  # noqa: E402
-from tgr_hub.peers.bidf import train_bidf_mkd  # noqa: E402
 
 TINY_BIDF = BidfMkdConfig(iterations=4, episode_batch=2, recover_steps=2, images_per_class=4, latent_dim=32,
                           generator_width=16, kd_inner_steps=1, recover_patience=1, shot=1, query=3, inner_steps=1,
