@@ -99,16 +99,13 @@ class WarmGenerator:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything that makes the next recovery what it will be, as named CPU tensors."""
-        tensors = {f"generator.{k}": v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
-        tensors.update(optimizer_state_tensors(self.optimizer))
+        tensors = generator_state_tensors(self.generator, self.optimizer)
         tensors["recoveries"] = torch.tensor(self.recoveries, dtype=torch.int64)
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_tensors` returned (in place)."""
-        generator_state = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
-        self.generator.load_state_dict(generator_state)
-        load_optimizer_state_tensors(self.optimizer, tensors)
+        load_generator_state_tensors(self.generator, self.optimizer, tensors)
         self.recoveries = int(tensors["recoveries"])
 
 
@@ -159,20 +156,15 @@ class GeneratorsBySize:
         """The generators and their Adam states, as named CPU tensors (bitwise resume)."""
         tensors: dict[str, torch.Tensor] = {}
         for k, size in enumerate(self.sizes):
-            for name, value in self.generators[size].state_dict().items():
-                tensors[f"g{k}.generator.{name}"] = value.detach().cpu().clone()
-            tensors.update({f"g{k}.{n}": v for n, v in optimizer_state_tensors(self.optimizers[size]).items()})
+            tensors.update(generator_state_tensors(self.generators[size], self.optimizers[size], prefix=f"g{k}."))
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_tensors` returned (in place)."""
         for k, size in enumerate(self.sizes):
-            own = {n.removeprefix(f"g{k}."): v for n, v in tensors.items() if n.startswith(f"g{k}.")}
-            if not own:
+            if not any(n.startswith(f"g{k}.") for n in tensors):
                 raise RecoverError(f"the saved meta-generators have none for {size} images (another pool?)")
-            state = {n.removeprefix("generator."): v for n, v in own.items() if n.startswith("generator.")}
-            self.generators[size].load_state_dict(state)
-            load_optimizer_state_tensors(self.optimizers[size], own)
+            load_generator_state_tensors(self.generators[size], self.optimizers[size], tensors, prefix=f"g{k}.")
 
 
 class MetaStart(GeneratorsBySize):
@@ -240,6 +232,25 @@ def load_optimizer_state_tensors(optimizer: torch.optim.Optimizer, tensors: dict
             state.setdefault(int(index), {})[key] = value.clone()
     saved["state"] = state
     optimizer.load_state_dict(saved)
+
+
+def generator_state_tensors(
+    generator: Generator, optimizer: torch.optim.Optimizer, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """A generator and its Adam as named CPU tensors, ``{prefix}generator.{name}`` and
+    ``{prefix}adam.{index}.{key}`` (:func:`optimizer_state_tensors`): what a warm or meta start keeps."""
+    tensors = {f"{prefix}generator.{k}": v.detach().cpu().clone() for k, v in generator.state_dict().items()}
+    tensors.update({f"{prefix}{k}": v for k, v in optimizer_state_tensors(optimizer).items()})
+    return tensors
+
+
+def load_generator_state_tensors(
+    generator: Generator, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str = ""
+) -> None:
+    """Restore (in place) what :func:`generator_state_tensors` returned with the same ``prefix``."""
+    own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    generator.load_state_dict({k.removeprefix("generator."): v for k, v in own.items() if k.startswith("generator.")})
+    load_optimizer_state_tensors(optimizer, own)
 
 
 class _Both:
