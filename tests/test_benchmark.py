@@ -910,3 +910,36 @@ def test_the_default_methods_are_all_but_the_peers() -> None:
     assert {"erm", "erm-replicate", "tgr", "igr-no-groups", "groups-no-igr"} <= set(spec.methods)
     named = spec_from_args(build_parser().parse_args(["benchmark", "--preset", "smoke", "--methods", "erm,free"]))
     assert named.methods == ("erm", "free")
+
+
+@pytest.mark.slow
+def test_the_val_sweep_trains_variants_on_a_benchmark_seed_and_reads_its_own_tgr_run(bench, tmp_path) -> None:
+    """bench/bench_val_sweep.py: a variant trains TGR from the seed's pool and recovery with its overrides
+    and reports meta-validation's choice; the variant without overrides is the benchmark's own cell."""
+    import importlib.util
+
+    from scipy import stats as sps
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_val_sweep.py"
+    loader = importlib.util.spec_from_file_location("bench_val_sweep", path)
+    sweep = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(sweep)
+
+    out = _copy(bench[0], tmp_path)
+    cell = json.loads((out / "cells" / "config" / "seed-0" / "tgr.json").read_text())
+    own = sweep.chosen_state(out, tmp_path / "sweep", "config", 0, "default", [])
+    assert own["trained_now"] is False and own["run_folder"].endswith("tgr")
+    assert (own["best_step"], own["accuracy"]) == (cell["val"]["best_step"], cell["val"]["accuracy"])
+    kd = sweep.chosen_state(out, tmp_path / "sweep", "config", 0, "kd", ["train.distill_weight=1"])
+    assert kd["trained_now"] is True and 0 <= kd["accuracy"] <= 1
+    record = RunRecord.read(Path(kd["run_folder"]) / "tgr_config.json")
+    assert record.config["train"]["distill_weight"] == 1 and record.config["seed"] == 0
+    assert set(record.metrics) == {"val"}  # meta-validation only: nothing scored on meta-test
+    assert (Path(kd["run_folder"]) / "recovered").is_dir()  # it started from the seed's recovered tasks
+    # the summary: the paired difference over seeds, by hand
+    rows = [{"variant": v, "seed": s, "accuracy": a} for v, s, a in
+            [("a", 0, 0.50), ("a", 1, 0.55), ("a", 2, 0.40), ("b", 0, 0.52), ("b", 1, 0.58), ("b", 2, 0.41)]]
+    line = next(line for line in sweep.summarize(rows, ["a", "b"]) if line.startswith("| b |"))
+    d = np.array([2.0, 3.0, 1.0])
+    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert f"+2.00 [{2 - half:+.2f}, {2 + half:+.2f}], p {sps.ttest_1samp(d, 0).pvalue:.3f}" in line
