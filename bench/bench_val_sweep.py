@@ -1,10 +1,12 @@
-"""Choose a TGR setting on meta-validation, across seeds, on a benchmark folder's pools.
+"""Choose a setting on meta-validation, across seeds, on a benchmark folder's pools.
 
 For each seed of a benchmark folder (its pool, and the pseudo-tasks recovered once for that seed)
-this trains TGR once per variant (a list of ``section.key=value`` overrides) and records the state
-meta-validation chose: its meta-val accuracy per shot and the selection noise. It never touches the
-meta-test split. The variant without overrides is the benchmark's own ``tgr`` cell: its run folder is
-read, not retrained (the script checks that it was trained with exactly these settings).
+this trains a method (``--method``, TGR by default) once per variant (a list of ``section.key=value``
+overrides) and records the state meta-validation chose: its step, its meta-val accuracy per shot
+and the selection noise, and the meta-val curve. It never touches the meta-test split. The variant
+without overrides is the benchmark's own cell of that method: its run folder is read, not retrained
+(the script checks that it was trained with exactly these settings). A variant with a longer
+``train.iterations`` shows where meta-validation peaks (does ``quick`` train to convergence?).
 
 The summary gives each variant's meta-val accuracy (mean over seeds) and its paired difference from
 the first variant, with a 95% t-interval over seeds (df = seeds − 1): the same reading as the
@@ -14,6 +16,8 @@ Run (one process per shard of the runs; prints a table, writes JSON):
     .venv/bin/python bench/bench_val_sweep.py --bench runs/bench-faithful --scenario standard \\
         --seeds 0,1,2 --variant head-ce= --variant head-kd1=train.distill_weight=1 \\
         --variant episodic-ce=train.igr_loss=episodic --out runs/val-sweep --json runs/val-sweep.json
+    .venv/bin/python bench/bench_val_sweep.py --bench runs/bench-faithful --method erm \
+        --variant quick= --variant long=train.iterations=900 --out runs/val-long --json runs/val-long.json
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import numpy as np
 from tgr_hub.benchmark.grid import METHODS, method_config, scenario_config, scenario_from_name, seed_dir
 from tgr_hub.config import RunConfig, load_config
 from tgr_hub.io import copy_atomic, write_json_atomic
+from tgr_hub.metamodel import TGR_CONFIG_NAME
 from tgr_hub.pipeline import run_tgr, training_done
+from tgr_hub.run_record import RunRecord
 from tgr_hub.stats import across_seeds
 
 
@@ -41,27 +47,30 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in overrides.split(",") if o]
 
 
-def variant_config(bench: Path, scenario_name: str, seed: int, overrides: list[str]) -> RunConfig:
-    """The run config of TGR at ``seed`` in the benchmark folder, with ``overrides`` on top."""
+def variant_config(bench: Path, scenario_name: str, seed: int, method: str, overrides: list[str]) -> RunConfig:
+    """The run config of ``method`` at ``seed`` in the benchmark folder, with ``overrides`` on top."""
     values = json.loads((bench / "bench.json").read_text())["config"]
     cfg = load_config(values=values, overrides=overrides)
     cfg = scenario_config(cfg, scenario_from_name(scenario_name, cfg))
-    return method_config(cfg, METHODS["tgr"], seed)
+    if METHODS[method].kind != "trained":
+        raise SystemExit(f"--method {method}: only the TGR family trains from a seed's recovery")
+    return method_config(cfg, METHODS[method], seed)
 
 
 def chosen_state(
-    bench: Path, out: Path, scenario_name: str, seed: int, name: str, overrides: list[str]
+    bench: Path, out: Path, scenario_name: str, seed: int, name: str, overrides: list[str], method: str = "tgr"
 ) -> dict[str, Any]:
     """Meta-validation's choice for one variant and seed: read from a finished run, else trained."""
-    cfg = variant_config(bench, scenario_name, seed, overrides)
+    cfg = variant_config(bench, scenario_name, seed, method, overrides)
     scenario = scenario_from_name(scenario_name, cfg)
     seed_folder = seed_dir(bench, scenario, seed)
-    own = seed_folder / "tgr"
+    own = seed_folder / method
     if not overrides and (record := training_done(own, cfg)) is not None:
         return {
             "run_folder": str(own),
             "trained_now": False,
             "train_s": record.timings_s.get("meta-train"),
+            "val_curve": record.history["val_acc"],
             **record.metrics["val"],
         }
     run_dir = seed_dir(out, scenario, seed) / name
@@ -75,6 +84,7 @@ def chosen_state(
         "run_folder": str(run_dir),
         "trained_now": True,
         "train_s": time.perf_counter() - start,
+        "val_curve": RunRecord.read(run_dir / TGR_CONFIG_NAME).history["val_acc"],
         **result.metrics["val"],
     }
 
@@ -87,8 +97,8 @@ def summarize(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
     lines = [
         f"meta-val accuracy (%, the mean over shots meta-validation chose on), seeds {complete}:",
         "",
-        "| variant | per seed | mean | − " + names[0] + " (95% t over seeds) |",
-        "|---|---|---|---|",
+        "| variant | per seed | mean | − " + names[0] + " (95% t over seeds) | steps chosen |",
+        "|---|---|---|---|---|",
     ]
     for name in names:
         values = np.array([100 * by[(name, s)]["accuracy"] for s in complete])
@@ -99,7 +109,8 @@ def summarize(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
             t = across_seeds(values - reference)
             versus = f"{t.mean:+.2f} [{t.low:+.2f}, {t.high:+.2f}], p {t.p:.3f}"
         per_seed = ", ".join(f"{v:.2f}" for v in values)
-        lines.append(f"| {name} | {per_seed} | {values.mean():.2f} | {versus} |")
+        steps = ", ".join(str(by[(name, s)].get("best_step", "?")) for s in complete)
+        lines.append(f"| {name} | {per_seed} | {values.mean():.2f} | {versus} | {steps} |")
     return lines
 
 
@@ -107,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", type=Path, required=True, help="a benchmark folder whose seeds are prepared")
     parser.add_argument("--scenario", default="standard")
+    parser.add_argument("--method", default="tgr", help="the trained method (tgr, erm, ...; default tgr)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variant", action="append", required=True, help="NAME=key=value,... (NAME=: the benchmark's)")
     parser.add_argument("--out", type=Path, required=True, help="where the variants' runs go")
@@ -123,7 +135,7 @@ def main() -> None:
         if position % count != index or (name, seed) in done:
             continue
         row = {"variant": name, "overrides": overrides, "seed": seed}
-        row |= chosen_state(args.bench, args.out, args.scenario, seed, name, overrides)
+        row |= chosen_state(args.bench, args.out, args.scenario, seed, name, overrides, method=args.method)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:  # after each run, so an interrupted sweep keeps what it finished

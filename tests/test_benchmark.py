@@ -928,7 +928,7 @@ def test_the_val_sweep_trains_variants_on_a_benchmark_seed_and_reads_its_own_tgr
     out = _copy(bench[0], tmp_path)
     cell = json.loads((out / "cells" / "config" / "seed-0" / "tgr.json").read_text())
     own = sweep.chosen_state(out, tmp_path / "sweep", "config", 0, "default", [])
-    assert own["trained_now"] is False and own["run_folder"].endswith("tgr")
+    assert own["trained_now"] is False and own["run_folder"].endswith("tgr") and own["val_curve"][0][0] == 0
     assert (own["best_step"], own["accuracy"]) == (cell["val"]["best_step"], cell["val"]["accuracy"])
     kd = sweep.chosen_state(out, tmp_path / "sweep", "config", 0, "kd", ["train.distill_weight=1"])
     assert kd["trained_now"] is True and 0 <= kd["accuracy"] <= 1
