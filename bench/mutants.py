@@ -271,6 +271,21 @@ MUTANTS: list[Mutant] = [
            '    sd = float(x.std(ddof=0))  # MUTANT: population sd\n',
            ('tests/test_benchmark.py', '-k', 'strongly_correlated or pairs_each_episode'),
            'the paired t uses the population standard deviation'),
+    Mutant('decomposition-reversed', 'tgr_hub/benchmark/report.py',
+           '            and (diff := _paired(records, method, versus, spec.seeds, shots)) is not None\n',
+           '            and (diff := _paired(records, versus, method, spec.seeds, shots)) is not None  # MUTANT\n',
+           ('tests/test_benchmark.py', '-k', 'taken_apart'),
+           "TGR's decomposition subtracts the wrong way round"),
+    Mutant('val-std-error-one-shot', 'tgr_hub/evaluate.py',
+           '    std_error = float(np.sqrt(np.sum([(m["ci95"] / 1.96) ** 2 for m in per_shot])) / len(per_shot))\n',
+           '    std_error = float(per_shot[0]["ci95"] / 1.96)  # MUTANT: the first shot\'s standard error only\n',
+           ('tests/test_evaluate.py', '-k', 'meta_validation'),
+           "the selection noise is one shot's standard error, not that of the mean over shots"),
+    Mutant('peers-validate-by-fine-tuning', 'tgr_hub/peers/__init__.py',
+           '        validation=ValSettings.of(cfg.train),  # a TGR cell\'s: every method selects the same way\n',
+           '        # MUTANT: the peers validate their own way\n',
+           ('tests/test_peers.py', '-k', 'in_the_benchmark'),
+           "the benchmark's peers choose their checkpoint by fine-tuning while TGR's cells use the benchmark's learner"),
 ]
 
 # Folders never copied (they are large or belong to the machine, not the code).
