@@ -298,6 +298,12 @@ class ValScore:
     per_shot: dict[int, float]
     std_error: float
 
+    def record(self, history: dict[str, list[tuple[int, float]]], step: int) -> None:
+        """Append this score at ``step`` to a run's ``history``: ``val_acc`` and ``val_acc_{shot}shot``."""
+        history.setdefault("val_acc", []).append((step, self.accuracy))
+        for shot, accuracy in self.per_shot.items():
+            history.setdefault(f"val_acc_{shot}shot", []).append((step, accuracy))
+
 
 def meta_validate(
     model: MetaModel | nn.Module,

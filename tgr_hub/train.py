@@ -724,9 +724,7 @@ class _MetaTrainer:
         cfg = self.cfg
         score = meta_validate(self.model, self.val_split, ValSettings.of(cfg), seed=self.val_seed, dist=self.dist)
         accuracy, self.val_std_error = score.accuracy, score.std_error
-        self.history["val_acc"].append((step, accuracy))
-        for shot, shot_accuracy in score.per_shot.items():
-            self.history.setdefault(f"val_acc_{shot}shot", []).append((step, shot_accuracy))
+        score.record(self.history, step)
         if accuracy > self.best_acc:
             self.best_acc, self.best_step = accuracy, step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
