@@ -58,7 +58,14 @@ def variant_config(bench: Path, scenario_name: str, seed: int, method: str, over
 
 
 def chosen_state(
-    bench: Path, out: Path, scenario_name: str, seed: int, name: str, overrides: list[str], method: str = "tgr"
+    bench: Path,
+    out: Path,
+    scenario_name: str,
+    seed: int,
+    name: str,
+    overrides: list[str],
+    method: str = "tgr",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Meta-validation's choice for one variant and seed: read from a finished run, else trained."""
     cfg = variant_config(bench, scenario_name, seed, method, overrides)
@@ -79,7 +86,9 @@ def chosen_state(
         if (seed_folder / "shared" / item).exists() and not (run_dir / item).exists():
             copy_atomic(seed_folder / "shared" / item, run_dir / item)
     start = time.perf_counter()
-    result = run_tgr(seed_folder / "pool" / "repo-list.txt", run_dir, cfg, evaluate_test=False, resume=True)
+    result = run_tgr(
+        seed_folder / "pool" / "repo-list.txt", run_dir, cfg, evaluate_test=False, resume=True, progress=progress
+    )
     return {
         "run_folder": str(run_dir),
         "trained_now": True,
@@ -123,6 +132,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True, help="NAME=key=value,... (NAME=: the benchmark's)")
     parser.add_argument("--out", type=Path, required=True, help="where the variants' runs go")
     parser.add_argument("--shard", default="0/1", help="i/n: run only the runs at positions i modulo n")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", type=Path, help="write the rows and summary here (rows of other shards are kept)")
     args = parser.parse_args()
     variants = [parse_variant(v) for v in args.variant]
@@ -135,7 +145,9 @@ def main() -> None:
         if position % count != index or (name, seed) in done:
             continue
         row = {"variant": name, "overrides": overrides, "seed": seed}
-        row |= chosen_state(args.bench, args.out, args.scenario, seed, name, overrides, method=args.method)
+        row |= chosen_state(
+            args.bench, args.out, args.scenario, seed, name, overrides, method=args.method, progress=not args.quiet
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:  # after each run, so an interrupted sweep keeps what it finished
