@@ -376,20 +376,20 @@ def test_a_singleton_group_still_gives_m_fresh_tasks_per_step(prepared) -> None:
 
 @pytest.mark.slow
 def test_validation_uses_its_own_way_shots_query_and_seed(prepared, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tgr_hub.train as train_module
+    import tgr_hub.evaluate as evaluate_module  # meta-validation's evaluate_model (tgr_hub.evaluate.meta_validate)
 
     _, pool, val = prepared
     train_cfg = load_config(preset="smoke", overrides=[
         "train.iterations=2", "train.val_episodes=3", "train.val_way=4", "train.val_shots=[1,3]",
         "train.val_query=2", "train.replay_shot=1", "train.replay_query=2"]).train
     calls = []
-    real = train_module.evaluate_model
+    real = evaluate_module.evaluate_model
 
     def recording(model, split, **kwargs):
         calls.append(kwargs)
         return real(model, split, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate_model", recording)
+    monkeypatch.setattr(evaluate_module, "evaluate_model", recording)
     result = meta_train(create_meta_model("conv4", 32, seed=0), pool.members, pool.bank, pool.groups, train_cfg,
                         val_split=val, seed=7, val_seed=11, progress=False, dist=Distributed(make_accelerator("no")))
     assert len(calls) == 2  # steps 0 and 2
