@@ -49,6 +49,7 @@ __all__ = [
     "confidence_interval",
     "ValScore",
     "ValSettings",
+    "chosen_validation",
     "eval_settings",
     "evaluate_model",
     "meta_validate",
@@ -303,6 +304,20 @@ class ValScore:
         history.setdefault("val_acc", []).append((step, self.accuracy))
         for shot, accuracy in self.per_shot.items():
             history.setdefault(f"val_acc_{shot}shot", []).append((step, accuracy))
+
+
+def chosen_validation(
+    history: dict[str, list[tuple[int, float]]], best_step: int, best_accuracy: float, selection_noise: float
+) -> dict[str, float | int]:
+    """What a run records of the state meta-validation chose: its step, the mean it was chosen on,
+    each shot's accuracy at that step (from ``history``, as :meth:`ValScore.record` wrote it) and the
+    selection noise."""
+    chosen: dict[str, float | int] = {"best_step": best_step, "accuracy": best_accuracy}
+    for key, values in history.items():
+        if key.startswith("val_acc_") and key.endswith("shot"):
+            chosen[key.removeprefix("val_acc_")] = dict(values)[best_step]
+    chosen["selection_noise"] = selection_noise
+    return chosen
 
 
 def meta_validate(

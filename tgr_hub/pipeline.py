@@ -53,7 +53,7 @@ from .data.episodes import ImageSplit
 from .distributed import Distributed, check_run_folder_shared, make_accelerator
 from .embed import dissimilarity_matrix, fisher_diagonal
 from .errors import MemoryBankError, RunFolderError
-from .evaluate import eval_settings, evaluate_model
+from .evaluate import chosen_validation, eval_settings, evaluate_model
 from .figures import plot_dissimilarity, plot_training_curves
 from .group import group_teachers
 from .io import save_safetensors_atomic, write_json_atomic
@@ -578,22 +578,10 @@ def run_tgr(
         model.load_state_dict(result.best_state)
         timings["meta-train"] = time.perf_counter() - start
         history = result.history
-        chosen = {
-            f"{shot}shot": value
-            for shot in cfg.train.val_shots
-            for step, value in history.get(f"val_acc_{shot}shot", [])
-            if step == result.best_step
-        }
         # meta-val at the chosen step: the mean over shots it was chosen on, each shot, and the
         # standard error over episodes of that mean (the selection noise)
-        metrics = {
-            "val": {
-                "best_step": result.best_step,
-                "accuracy": result.best_val_accuracy,
-                **chosen,
-                "selection_noise": result.val_std_error,
-            }
-        }
+        val = chosen_validation(history, result.best_step, result.best_val_accuracy, result.val_std_error)
+        metrics = {"val": val}
 
     evaluated = False
     if evaluate_test and done is not None and evaluation_done(done, cfg):

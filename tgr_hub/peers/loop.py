@@ -37,7 +37,7 @@ from ..distributed import (
     save_checkpoint,
 )
 from ..errors import ConfigError, RecoverError, RunFolderError
-from ..evaluate import ValSettings, meta_validate
+from ..evaluate import ValSettings, chosen_validation, meta_validate
 from ..io import save_safetensors_atomic, write_json_atomic
 from ..learners import MAML
 from ..metamodel import MetaModel, create_meta_model
@@ -70,12 +70,7 @@ class PeerResult:
     def val(self) -> dict[str, float | int]:
         """The chosen step, its meta-validation accuracy (the mean it was chosen on, and each shot's)
         and the selection noise, as a TGR run records them."""
-        chosen: dict[str, float | int] = {"best_step": self.best_step, "accuracy": self.best_val_accuracy}
-        for key, values in self.history.items():
-            if key.startswith("val_acc_") and key.endswith("shot"):
-                chosen[key.removeprefix("val_acc_")] = dict(values)[self.best_step]
-        chosen["selection_noise"] = self.selection_noise
-        return chosen
+        return chosen_validation(self.history, self.best_step, self.best_val_accuracy, self.selection_noise)
 
 
 class PeerTrainer:
