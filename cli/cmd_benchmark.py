@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--methods",
         default=",".join(name for name, method in METHODS.items() if method.kind != "peer"),
         help=f"comma-separated, from: {', '.join(METHODS)} (default: all but the DFML peers purer, free and "
-        "bidf-mkd, whose steps cost 8 to 55 times an ERM step: name them to run them). erm-replicate is ERM "
+        "bidf-mkd, whose steps cost 8 to 100 times an ERM step: name them to run them). erm-replicate is ERM "
         f"meta-trained with another seed (train.seed = seed + {REPLICATE_SEED_OFFSET}) on the same "
         "pool, tasks and episodes: with erm, the report shows this noise floor (ERM - ERM)",
     )

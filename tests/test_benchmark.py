@@ -901,7 +901,7 @@ def test_the_quick_presets_settings_digest_is_pinned() -> None:
 
 def test_the_default_methods_are_all_but_the_peers() -> None:
     """A plain ``tgr-hub benchmark`` runs TGR's methods and baselines; the peers, whose steps cost 8 to
-    55 ERM steps, run only when named."""
+    100 ERM steps, run only when named."""
     from cli.cmd_benchmark import spec_from_args
     from cli.main import build_parser
 
