@@ -281,6 +281,30 @@ def test_data_domains_restricts_the_meta_validation_and_meta_test_classes(tmp_pa
     assert asked == [("val", ["cyrillic"]), ("test", ["cyrillic"]), ("test", ["greek", "latin"])]
 
 
+def test_the_report_counts_the_cells_whose_checkpoint_is_before_the_last_step(tmp_path: Path) -> None:
+    """Issue 20's convergence check: a run still rising when it ends keeps its last step (train.iterations,
+    or a peer's own iterations), so the report counts per method the cells meta-val chose earlier."""
+    cfg = load_config("smoke", overrides=["eval.shots=[1]", "train.iterations=4", "free.iterations=6"])
+    scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
+    spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), ("random", "erm", "tgr", "free"), reference="random")
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
+    chosen = {"erm": [4, 2, 4], "tgr": [0, 4, 2], "free": [6, 4, 6]}  # ERM's last step is 4, FREE's 6
+    for seed in (0, 1, 2):
+        _fake_cell(tmp_path, "multi-domain", seed, "random", [0.2, 0.3], digest)
+        for method, steps in chosen.items():
+            _fake_cell(tmp_path, "multi-domain", seed, method, [0.4, 0.5], digest,
+                       val={"best_step": steps[seed], "1shot": 0.5}, groups=[[0, 1]])
+    sc = bm.summarize(spec, tmp_path)["scenarios"]["multi-domain"]
+    assert "chose_before_last" not in sc["methods"]["random"]  # nothing trained, nothing chosen
+    assert {m: sc["methods"][m]["chose_before_last"] for m in chosen} == {
+        "erm": {"cells": 1, "of": 3, "last_step": 4},
+        "tgr": {"cells": 2, "of": 3, "last_step": 4},
+        "free": {"cells": 1, "of": 3, "last_step": 6},  # step 4 is before FREE's last, not at TGR's
+    }
+    md = bm.render_markdown(bm.summarize(spec, tmp_path))
+    assert "Meta-validation chose a step before the last in 4 of 9 cells (ERM 1 of 3, TGR 2 of 3, FREE 1 of 3)." in md
+
+
 def test_the_noise_floor_is_erm_replicate_minus_erm_across_seeds(tmp_path: Path) -> None:
     from scipy import stats as sps
 

@@ -337,6 +337,16 @@ def method_settings(cfg: RunConfig, method: Method) -> dict[str, Any] | None:
     return {section: json.loads(json.dumps(dataclasses.asdict(getattr(cfg, section))))}
 
 
+def last_step(cfg: RunConfig, method: Method) -> int | None:
+    """The outer step a trained method's run ends at, where it is always meta-validated (TGR's and the
+    peers' loops check at every ``eval_every`` steps and at the last); None for untrained methods."""
+    if method.kind == "peer":
+        from ..peers import PEER_SECTIONS
+
+        return int(getattr(cfg, PEER_SECTIONS[method.name]).iterations)
+    return int(cfg.train.iterations) if method.kind == "trained" else None
+
+
 def json_digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

@@ -23,6 +23,7 @@ from .grid import (
     RESULTS_FORMAT,
     BenchmarkSpec,
     cell_path,
+    last_step,
     plan_cells,
     read_cell,
     seed_dir,
@@ -146,6 +147,15 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                 for s in seeds
                 if records[(s, name)].get("val") is not None
             }
+            # a run still improving when it ends keeps its last step: how often meta-val chose an earlier one
+            last = last_step(spec.cfg, METHODS[name])
+            chosen_steps = [c["val"].get("best_step") for c in entry["selection"].values()]
+            if last is not None and chosen_steps:
+                entry["chose_before_last"] = {
+                    "cells": sum(step is not None and step < last for step in chosen_steps),
+                    "of": len(chosen_steps),
+                    "last_step": last,
+                }
             agreements = [
                 c["recover_agreement"] for c in entry["selection"].values() if c["recover_agreement"] is not None
             ]
@@ -307,6 +317,18 @@ def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
         f"Mean online-recovery agreement over the seeds: {means}.",
         "",
     ]
+    counts = [
+        (entry["label"], entry["chose_before_last"]) for entry in sc["methods"].values() if "chose_before_last" in entry
+    ]
+    if counts:
+        before, total = sum(c["cells"] for _, c in counts), sum(c["of"] for _, c in counts)
+        lines += [
+            f"Meta-validation chose a step before the last in {before} of {total} cells ("
+            + ", ".join(f"{label} {c['cells']} of {c['of']}" for label, c in counts)
+            + "). A run still improving when it ends keeps its last step; an earlier step in most cells "
+            "is the sign that training went on past where meta-validation stops rising.",
+            "",
+        ]
     prepare = sc.get("prepare", {})
     if prepare:
         lines += [
