@@ -286,6 +286,16 @@ MUTANTS: list[Mutant] = [
            '        # MUTANT: the peers validate their own way\n',
            ('tests/test_peers.py', '-k', 'in_the_benchmark'),
            "the benchmark's peers choose their checkpoint by fine-tuning while TGR's cells use the benchmark's learner"),
+    Mutant('free-reptile-unscaled', 'tgr_hub/peers/free.py',
+           '                p.grad = self.cfg.reptile_scale * (p.detach() - q.detach())\n',
+           '                p.grad = p.detach() - q.detach()  # MUTANT: the public code\'s scale left out\n',
+           ('tests/test_peers.py', '-k', 'reptile_step'),
+           "FREE's Reptile step gives the Adam it shares with replay θ − θ' unscaled, so it mostly continues replay"),
+    Mutant('chose-before-last-at-last', 'tgr_hub/benchmark/report.py',
+           '                    "cells": sum(step is not None and step < last for step in chosen_steps),\n',
+           '                    "cells": sum(step is not None and step <= last for step in chosen_steps),  # MUTANT\n',
+           ('tests/test_benchmark.py', '-k', 'before_the_last'),
+           "the report counts a checkpoint at the last step as chosen before it"),
 ]
 
 # Folders never copied (they are large or belong to the machine, not the code).

@@ -442,6 +442,48 @@ def test_free_resumes_exactly(teachers, val_split, tmp_path: Path) -> None:
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
+def test_free_reptile_step_gives_the_shared_adam_the_scaled_distance_to_the_distilled_copy(teachers, val_split) -> None:
+    """The meta-model's Adam, shared with replay, gets ``reptile_scale · (θ − θ')``, θ' the copy after
+    distilling the step's tasks in turn; the scale is felt because replay's steps fill the same Adam state."""
+    from tgr_hub.bank import RecoveredTask
+
+    images = torch.rand(5 * 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tasks = [RecoveredTask(images=images, labels=torch.arange(5).repeat_interleave(4), teacher=m.name, loss=0.0,
+                           classes=[0, 1, 2, 3, 4]) for m in teachers[:2]]
+
+    def reptile(scale: float, replays: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        dist = Distributed(make_accelerator("no"))
+        cfg = dataclasses.replace(TINY_FREE, reptile_scale=scale)
+        trainer = free_module._FreeTrainer(teachers, cfg, arch="conv4", image_size=32, val_split=val_split, seed=0,
+                                           dist=dist)
+        for step in range(replays):  # replay first fills the shared Adam state, as in training
+            trainer.bank.add(tasks[step % 2])
+            trainer.replay(step)
+        before = [p.detach().clone() for p in trainer.trained]
+        fast, _ = trainer.distilled_copy(7, tasks)  # θ' (deterministic given the step)
+        seen: list[torch.Tensor] = []
+        step_of = trainer.optimizer.step
+        trainer.optimizer.step = lambda *a, **k: (seen.extend(p.grad.clone() for p in trainer.trained),
+                                                  step_of(*a, **k))[1]
+        trainer.distill(7, tasks)
+        moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(trainer.trained, before)])
+        return [b - q.detach() for b, q in zip(before, fast)], seen, moved
+
+    distance, grads, _ = reptile(67.0, replays=0)
+    assert any(float(d.abs().max()) > 0 for d in distance)
+    for d, g in zip(distance, grads):
+        torch.testing.assert_close(g, 67.0 * d)
+    # after replay steps, Adam's momentum holds replay's direction: the scale decides whether the Reptile
+    # step goes towards the distilled copy (θ' − θ) or mostly continues replay
+    def cosine(scale: float) -> float:
+        distance, _, moved = reptile(scale, replays=3)
+        towards = -torch.cat([d.flatten() for d in distance])
+        return float(torch.nn.functional.cosine_similarity(moved, towards, dim=0))
+
+    scaled, unscaled = cosine(67.0), cosine(1.0)
+    assert scaled > 0.5 and unscaled < scaled - 0.3, (scaled, unscaled)
+
+
 def test_free_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="more than the bank holds"):
         FreeConfig(images_per_class=2, bank_size=2, shot=1, query=15)

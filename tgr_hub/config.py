@@ -318,6 +318,9 @@ class FreeConfig:
     bank_last_teacher_only: bool = False  # True: the public code's banking of the last teacher only (a defect)
     bank_size: int = 20  # tasks' worth of images kept per class
     outer_lr: float = 1e-3  # the meta-model's Adam (Reptile step and replay)
+    # θ − θ' is scaled by this before the meta-model's Adam (the public code: 67). Replay feeds the same
+    # Adam state, so the scale sets how far a Reptile step moves against a replay step's
+    reptile_scale: float = 67.0
     shot: int = 1  # replay episodes
     query: int = 15
     inner_steps: int = 5
@@ -338,6 +341,7 @@ class FreeConfig:
             "free.teachers_per_step, adapt_steps and distill_steps must be >= 1",
         )
         _check(self.way >= 2 and self.shot >= 1 and self.query >= 1, "free.way >= 2, shot >= 1, query >= 1")
+        _check(self.reptile_scale > 0, "free.reptile_scale must be > 0")
         _check(
             self.shot + self.query <= self.images_per_class * self.bank_size,
             f"free.shot + free.query = {self.shot + self.query} images per class, more than the bank holds "

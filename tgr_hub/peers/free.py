@@ -25,9 +25,10 @@ Where tgr-hub differs from the public code, and why:
 - Every teacher's task is banked. The public code banks only the last teacher's of each step;
   ``bank_last_teacher_only=True`` reproduces that.
 - The meta-generator's Adam keeps its state across steps (the public code makes a new one per
-  step, so its steps are about ``lr`` per parameter). The meta-learner's Adam, which Reptile and
-  replay share as in the public code, sees ``θ − θ'`` (the public code scales it by 67; Adam does
-  not see the scale but through its ε).
+  step, so its steps are about ``lr`` per parameter). The meta-learner's Adam is shared by Reptile
+  and replay as in the public code, and sees ``reptile_scale · (θ − θ')`` (67, as there): the two
+  feed one second-moment estimate, so the scale sets how far the Reptile step moves against the
+  replay steps (unscaled, it was about 2% of a replay step's size).
 - A heterogeneous pool: one meta-generator per teacher input size, and the meta-learner sees each
   task resized to its own input size. The adversarial term compares the teacher with the
   meta-learner's shared head (the public code uses the model left by the last replay task).
@@ -226,8 +227,21 @@ class _FreeTrainer(PeerTrainer):
         return logits
 
     def distill(self, step: int, tasks: Sequence[RecoveredTask]) -> float:
-        """Reptile over the step's teachers: a copy distils each task in turn, then the meta-model's
-        Adam steps along ``θ − θ'``. Returns the mean distillation loss."""
+        """Reptile over the step's teachers: a copy distils each task in turn (:meth:`distilled_copy`),
+        then the meta-model's Adam steps along ``reptile_scale · (θ − θ')``. Returns the mean
+        distillation loss."""
+        fast, loss = self.distilled_copy(step, tasks)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, q in zip(self.trained, fast):
+                p.grad = self.cfg.reptile_scale * (p.detach() - q.detach())
+        self.optimizer.step()
+        return loss
+
+    def distilled_copy(self, step: int, tasks: Sequence[RecoveredTask]) -> tuple[Sequence[torch.Tensor], float]:
+        """θ': a copy of the meta-model and its head after distilling each task in turn (one fresh Adam
+        for the step, ``distill_steps`` steps per task), in the order of :attr:`trained`; and the mean
+        distillation loss. The meta-model is not touched."""
         cfg = self.cfg
         fast_model, fast_head = copy.deepcopy(self.model).train(), copy.deepcopy(self.head)
         fast = [*fast_model.parameters(), *fast_head.parameters()]
@@ -252,12 +266,7 @@ class _FreeTrainer(PeerTrainer):
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for p, q in zip(self.trained, fast):
-                p.grad = p.detach() - q.detach()
-        self.optimizer.step()
-        return float(np.mean(losses))
+        return fast, float(np.mean(losses))
 
     def replay(self, step: int) -> dict[str, float]:
         """MAML on episodes from the bank, a batch at a time, until the batch accuracy stalls."""
