@@ -71,6 +71,21 @@ def test_a_data_step_lowers_the_inversion_loss_and_leaves_the_teachers_alone(tea
     assert all(p.grad is None for m in teachers for p in m.model.parameters())  # gradients reach the images only
 
 
+def test_the_data_step_size_is_the_public_codes_in_normalised_units(teachers) -> None:
+    """The public code's pixel tensor lives in the teachers' normalised space; tgr-hub's lives in
+    [0, 1], so Adam's lr (its step per pixel) is data_lr × the teachers' std there."""
+    narrow = [dataclasses.replace(m, std=(0.2, 0.25, 0.3)) for m in teachers[:2]]
+    wide = [dataclasses.replace(m, std=(0.5, 0.5, 0.5)) for m in teachers[2:]]
+    memory = PixelMemory(narrow + wide, image_size=32, cfg=PixelMemoryConfig(per_class=2, lr=0.2), seed=0)
+    assert memory.pixel_lr == pytest.approx(0.2 * (0.25 + 0.25 + 0.5 + 0.5) / 4)
+    before = memory.images.detach().clone()
+    memory.step()
+    moved = (memory.images.detach() - before).abs()
+    inside = (before > 0.2) & (before < 0.8)  # away from the clamp
+    # Adam's first step is lr · sign(gradient) for every pixel the loss reaches
+    assert float(moved[inside].max()) == pytest.approx(memory.pixel_lr, rel=1e-3)
+
+
 def test_classes_are_pooled_by_name_and_each_teacher_reads_its_own_numbering(teachers) -> None:
     first = teachers[0]
     # a second teacher that knows the first one's class 2 as its class 0, and one class of its own
@@ -157,8 +172,9 @@ def test_episodes_from_the_memory_are_seeded_and_use_distinct_images(teachers) -
 
 
 def test_the_curriculum_makes_its_episode_harder_for_the_meta_learner(teachers) -> None:
-    # a small step (Adam's first step moves every pixel by about lr), so that the term's sign decides
-    cfg = PixelMemoryConfig(per_class=4, lr=0.01)
+    # a small step (Adam's first step moves every pixel by about lr × the teachers' std: 0.04 × 0.235), so
+    # that the term's sign decides
+    cfg = PixelMemoryConfig(per_class=4, lr=0.04)
     plain, harder, easier = (PixelMemory(teachers, image_size=32, cfg=cfg, seed=6) for _ in range(3))
     model = create_meta_model("conv4", image_size=32, seed=0).train()
     learner = MAML(inner_steps=1, inner_lr=0.1, first_order=False)
@@ -496,7 +512,7 @@ def test_free_settings_are_checked() -> None:
 
 TINY_BIDF = BidfMkdConfig(iterations=4, episode_batch=2, recover_steps=2, images_per_class=4, latent_dim=32,
                           generator_width=16, kd_inner_steps=1, recover_patience=1, shot=1, query=3, inner_steps=1,
-                          eval_every=2, val_episodes=4, val_inner_steps=2, checkpoint_every=0)
+                          eval_every=2, val_episodes=4, val_inner_steps=2, checkpoint_every=0, adversarial_start=1)
 
 
 def _bidf_trainer(teachers, val_split, cfg: BidfMkdConfig = TINY_BIDF):

@@ -244,7 +244,8 @@ class EvalConfig:
 class PurerConfig:
     """PURER, the ``purer`` method of ``tgr-hub benchmark`` (:mod:`tgr_hub.peers.purer`): a learnable
     pixel memory improved by one inversion step per outer step, and second-order MAML on tasks
-    drawn from it. Defaults: the public code's values, the length aside."""
+    drawn from it. Defaults: the public code's values (its argparse defaults, but the curriculum's
+    start and scale from its published scripts), the length aside."""
 
     iterations: int = 15000  # outer steps (the public code: 60,000 tasks in batches of 4)
     episode_batch: int = 4  # tasks per outer step (the memory takes one data step per outer step)
@@ -252,7 +253,7 @@ class PurerConfig:
     shot: int = 5
     query: int = 15  # shot + query of each class's per_class images: every one of them (20)
     per_class: int = 20  # learnable images per class
-    data_lr: float = 0.25  # Adam on the pixels
+    data_lr: float = 0.25  # Adam on the pixels, in the teachers' normalised units (× their std in pixels)
     bn_weight: float = 0.01
     tv_weight: float = 1e-4
     l2_weight: float = 1e-5
@@ -264,7 +265,7 @@ class PurerConfig:
     first_order: bool = False
     outer_lr: float = 1e-3
     curriculum_start: int = 1000  # the outer step after which the curriculum term first joins; 0: never
-    curriculum_scale: float = 1.0
+    curriculum_scale: float = 10.0  # the published scripts' --adv_scale (1.0 is only their argparse default)
     curriculum_patience: int = 6  # later: whenever the tasks' accuracy has not improved for this many steps
     average_init: bool = True  # start from the teachers' average where their architecture is the meta-model's
     eval_every: int = 500
@@ -372,7 +373,8 @@ class BidfMkdConfig:
     generator_width: int = 128
     bn_weight: float = 0.0  # the public code recovers with CE only
     adversarial_weight: float = 1.0  # the query set's boundary term
-    adversarial_start: int = 0  # the outer step from which the term joins (the public code: from the start)
+    # the outer step from which the term joins: the published scripts' 4,000 of 60,000 outer steps, scaled
+    adversarial_start: int = 1000
     kd_inner_steps: int = 10  # MAML inner steps distilling the support set
     temperature: float = 1.0
     kl_on_probabilities: bool = False  # True: the public code's kl_div on probabilities (a defect)
@@ -501,6 +503,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "generator_width": 16,
             "kd_inner_steps": 1,
             "recover_patience": 1,
+            "adversarial_start": 1,
             "shot": 1,
             "query": 3,
             "inner_steps": 1,
@@ -527,7 +530,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "group": {"num_groups": 3, "n_init": 10},
         "train": {"iterations": 300, "replay_query": 5, "replay_batch": 2, "eval_every": 100, "val_episodes": 200},
         "eval": {"episodes": 600},
-        "purer": {"iterations": 300, "curriculum_start": 150, "eval_every": 100, "checkpoint_every": 100},
+        # the peers' starts scale with the schedule: 1,000 of 15,000 outer steps is 20 of 300
+        "purer": {"iterations": 300, "curriculum_start": 20, "eval_every": 100, "checkpoint_every": 100},
         # FREE's step recovers from 4 teachers (5 adaptation steps each) and distils them: ~55 ERM steps
         # on this project's CPU (bench/bench_peers.py), so its quick run is shorter, to cost about what a
         # PURER or BiDf-MKD quick cell does (~30 core-minutes); the warm-up is shortened in proportion
@@ -547,6 +551,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "generator_width": 64,
             "kd_inner_steps": 5,
             "recover_patience": 10,
+            "adversarial_start": 20,
             "eval_every": 100,
             "checkpoint_every": 100,
         },

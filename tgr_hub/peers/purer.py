@@ -29,7 +29,8 @@ from the memory, so that episodes get harder (see :meth:`PixelMemory.step`).
 Where tgr-hub differs from the public code: the images are kept in [0, 1] (each teacher
 normalises them itself, since a heterogeneous pool has no one normalisation) and clamped there
 after every step; they start at ``0.5 + 0.25·N(0, 1)``, about what a standard normal draw in a
-normalised space is in pixels.
+normalised space is in pixels. The data step's learning rate is given in normalised units, as the
+public code's is, and the pixels' Adam takes it times the teachers' mean std.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class PixelMemoryConfig:
     """PURER's inversion settings (the public code's values)."""
 
     per_class: int = 20  # images per class (the public code: 16 or 20)
-    lr: float = 0.25  # Adam's learning rate on the pixels
+    lr: float = 0.25  # Adam's step in the teachers' normalised units (the public code's space; see PixelMemory)
     bn_weight: float = 0.01
     tv_weight: float = 1e-4
     l2_weight: float = 1e-5
@@ -139,7 +140,12 @@ class PixelMemory:
             len(self.labels), 3, image_size, image_size, generator=torch_generator(torch_seed(seed, PEERS, PURER_INIT))
         )
         self.images = (0.5 + 0.25 * start).clamp_(0.0, 1.0).to(device).requires_grad_(True)
-        self.optimizer = torch.optim.Adam([self.images], lr=self.cfg.lr)
+        # Adam moves a pixel by about its lr per step whatever the gradient's scale. The public code's
+        # tensor lives in the teachers' normalised space, so its lr is in normalised units: in pixels,
+        # that is lr × the teachers' std (0.25 normalised is 0.125 in pixels for a std of 0.5)
+        stds = [sum(m.std) / len(m.std) for m in self.members]
+        self.pixel_lr = self.cfg.lr * sum(stds) / len(stds)
+        self.optimizer = torch.optim.Adam([self.images], lr=self.pixel_lr)
         self.seed = int(seed)
         self.steps = 0
 
