@@ -406,8 +406,8 @@ def test_validation_uses_its_own_way_shots_query_and_seed(prepared, monkeypatch:
 # --- replay follows the run seed ---------------------------------------------------------------------
 
 
-def _replay_direction(seed: int, step: int = 0, round_step: int = 0) -> dict[str, torch.Tensor]:
-    """The replay gradient of one replay step of a fresh trainer (same model, same bank), seeded ``seed``."""
+def _replay_trainer(seed: int, **train: object):
+    """A fresh trainer (same model, same two-teacher bank) seeded ``seed``, smoke settings plus ``train``."""
     from tgr_hub.bank import MemoryBank, RecoveredTask
     from tgr_hub.train import _MetaTrainer
 
@@ -416,13 +416,54 @@ def _replay_direction(seed: int, step: int = 0, round_step: int = 0) -> dict[str
         images = torch.rand(4 * 6, 3, 16, 16, generator=torch.Generator().manual_seed(t))
         bank.add(RecoveredTask(images=images, labels=torch.arange(4).repeat_interleave(6), teacher=f"t{t}", loss=0.0,
                                classes=[0, 1, 2, 3]))
-    cfg = load_config(preset="smoke", values={"train": {"replay_way": 3, "replay_batch": 2, "igr_loss": "episodic"}}).train
-    trainer = _MetaTrainer(create_meta_model("conv4", 16, seed=0), [], bank, [[0, 1]], cfg,
-                           val_split=None, seed=seed, dist=Distributed(make_accelerator("no")),  # type: ignore[arg-type]
-                           checkpoint_dir=None)
-    replayed = trainer.replay_step(step, round_step)
+    values = {"replay_way": 3, "replay_batch": 2, "igr_loss": "episodic", **train}
+    cfg = load_config(preset="smoke", values={"train": values}).train
+    return _MetaTrainer(create_meta_model("conv4", 16, seed=0), [], bank, [[0, 1]], cfg,
+                        val_split=None, seed=seed, dist=Distributed(make_accelerator("no")),  # type: ignore[arg-type]
+                        checkpoint_dir=None)
+
+
+def _replay_direction(seed: int, step: int = 0, round_step: int = 0) -> dict[str, torch.Tensor]:
+    """The replay gradient of one replay step of a fresh trainer (same model, same bank), seeded ``seed``."""
+    replayed = _replay_trainer(seed).replay_step(step, round_step)
     assert replayed is not None
     return {k: v.detach().clone() for k, v in replayed.direction.items()}
+
+
+def test_the_replay_batch_takes_the_mean_or_the_references_sum_of_its_episodes(one_torch_thread) -> None:
+    """train.replay_reduction: the Adam the IGR step shares gets the episodes' mean gradient, or (the
+    reference's) their sum: replay_batch times it. "mean", the earlier behaviour, leaves saved work valid."""
+    from tgr_hub.config import comparable
+
+    def applied(reduction: str) -> dict[str, torch.Tensor]:
+        trainer = _replay_trainer(0, replay_batch=3, replay_reduction=reduction)
+        seen: dict[str, torch.Tensor] = {}
+        step_of = trainer.optimizer.step
+
+        def spy(*args, **kwargs):
+            seen.update({name: p.grad.clone() for name, p in trainer.params.items() if p.grad is not None})
+            return step_of(*args, **kwargs)
+
+        trainer.optimizer.step = spy
+        replayed = trainer.replay_step(0)
+        assert seen and replayed is not None
+        if reduction == "mean":  # bitwise the direction, as before the setting existed
+            assert all(torch.equal(seen[k], replayed.direction[k]) for k in seen)
+        return seen
+
+    mean, total = applied("mean"), applied("sum")
+    assert mean.keys() == total.keys()
+    for name in mean:
+        torch.testing.assert_close(total[name], 3 * mean[name])
+    # a config at the earlier behaviour compares equal to one saved before the setting existed
+    now = load_config(preset="smoke").to_dict()
+    before = json.loads(json.dumps(now, default=str))
+    del before["train"]["replay_reduction"]
+    assert comparable(now, "benchmark") == comparable(before, "benchmark")
+    summed = load_config(preset="smoke", overrides=["train.replay_reduction=sum"]).to_dict()
+    assert comparable(summed, "benchmark") != comparable(before, "benchmark")
+    with pytest.raises(ConfigError, match="replay_reduction must be"):
+        load_config(preset="smoke", overrides=["train.replay_reduction=max"])
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -163,6 +163,9 @@ class TrainConfig:
     replay_shot: int = 5
     replay_query: int = 15
     replay_batch: int = 16
+    # a replay batch's gradient over its episodes: "mean", or "sum" (the reference's). The IGR step
+    # and replay share one Adam, so this sets the replay's weight against the IGR step's mean over tasks
+    replay_reduction: Literal["mean", "sum"] = "mean"
     replay_steps: int = 1  # replay optimiser steps (batches of replay_batch episodes) after each IGR step
     # then, with patience > 0, more replay steps while the replay loss improved within the last
     # `replay_patience` batches, up to replay_max_steps (the reference loops until training stops improving)
@@ -191,6 +194,10 @@ class TrainConfig:
         _check(self.igr_loss in ("head", "episodic"), f"train.igr_loss must be head or episodic, got {self.igr_loss!r}")
         _check(self.distill_weight >= 0, "train.distill_weight must be >= 0 (0: CE only)")
         _check(self.distill_temperature > 0, "train.distill_temperature must be > 0")
+        _check(
+            self.replay_reduction in ("mean", "sum"),
+            f"train.replay_reduction must be mean or sum, got {self.replay_reduction!r}",
+        )
         _check(self.replay_steps >= 1, "train.replay_steps must be >= 1")
         _check(self.replay_patience >= 0, "train.replay_patience must be >= 0 (0: exactly replay_steps)")
         _check(self.replay_max_steps >= self.replay_steps, "train.replay_max_steps must be >= train.replay_steps")
@@ -560,13 +567,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "pool": {"teachers": 100, "epochs": 30},
         # the reference's schedule: ~1,200 rounds, each one IGR step on 4 freshly recovered tasks (a cold
-        # 200-step recovery each, the recover defaults) then a replay loop of 16-episode batches, at least
-        # 5, until the replay loss stops improving; a resumable checkpoint at every meta-validation
+        # 200-step recovery each, the recover defaults) then a replay loop of 16-episode batches (their
+        # losses summed, 1-shot as in its published scripts, second-order MAML), at least 5, until the
+        # replay loss has not improved for 4 batches; a resumable checkpoint at every meta-validation
         "train": {
             "learner": "maml",
+            "maml_first_order": False,
             "iterations": 1200,
+            "replay_shot": 1,
+            "replay_reduction": "sum",
             "replay_steps": 5,
-            "replay_patience": 1,
+            "replay_patience": 4,
             "replay_max_steps": 50,
             "eval_every": 100,
             "val_episodes": 600,
@@ -779,12 +790,20 @@ MAY_CHANGE: dict[str, frozenset[str]] = {
 }
 
 
+#: Settings added after saved work (run folders, checkpoints, benchmark cells) already existed, each
+#: with the value that computes what the code did before it: at that value a setting is left out of
+#: every comparison, so the saved work stays valid; at any other value it differs from that work.
+ADDED_LATER: dict[str, Any] = {"train.replay_reduction": "mean"}
+
+
 def comparable(config: dict[str, Any], reuse: str) -> dict[str, Any]:
-    """``config`` as JSON values, without what :data:`MAY_CHANGE` lets differ when ``reuse`` is reused."""
+    """``config`` as JSON values, without what :data:`MAY_CHANGE` lets differ when ``reuse`` is reused,
+    and without each :data:`ADDED_LATER` setting that holds its earlier behaviour's value."""
     if reuse not in MAY_CHANGE:
         raise ValueError(f"unknown kind of reuse {reuse!r}; one of {sorted(MAY_CHANGE)}")
     data = json.loads(json.dumps(config, default=str))
-    for dotted in MAY_CHANGE[reuse]:
+    added = {dotted for dotted, before in ADDED_LATER.items() if _lookup(data, dotted) == before}
+    for dotted in MAY_CHANGE[reuse] | added:
         *parents, key = dotted.split(".")
         node: Any = data
         for parent in parents:
@@ -792,6 +811,13 @@ def comparable(config: dict[str, Any], reuse: str) -> dict[str, Any]:
         if isinstance(node, dict):
             node.pop(key, None)
     return data
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], reuse: str) -> dict[str, tuple[Any, Any]]:

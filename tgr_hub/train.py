@@ -402,13 +402,15 @@ class _StepMechanics:
             return self._second_order(items, n, beta=beta, scale=self.loss_scale())
         return self.combine(items, n, beta=beta, scale=self.loss_scale())
 
-    def apply(self, combined: _Combined) -> None:
-        """An optimiser step along the direction; BatchNorm buffers to the items' mean."""
+    def apply(self, combined: _Combined, scale: float = 1) -> None:
+        """An optimiser step along ``scale`` × the direction (the items' sum for ``scale`` = n); BatchNorm
+        buffers to the items' mean."""
         assert self.optimizer is not None, "apply needs the optimiser"
         self.optimizer.zero_grad(set_to_none=True)  # a parameter without direction stays
         for name, parameter in self.params.items():
             if name in combined.direction:
-                parameter.grad = combined.direction[name].detach().clone()
+                direction = combined.direction[name].detach()
+                parameter.grad = direction.clone() if scale == 1 else scale * direction
         self.optimizer.step()
         with torch.no_grad():
             for name, value in combined.buffers.items():
@@ -880,7 +882,7 @@ class _MetaTrainer:
                 e,
             )
         replayed = self.replay.direction(episodes, cfg.replay_batch, beta=0.0)
-        self.replay.apply(replayed)
+        self.replay.apply(replayed, scale=cfg.replay_batch if cfg.replay_reduction == "sum" else 1)
         return replayed
 
     def replay_round(self, step: int) -> tuple[_Combined | None, list[float]]:
