@@ -212,6 +212,7 @@ def test_the_standard_scenario_is_scored_on_its_domain_and_the_others_are_unchan
         config.pop(peer)
     for key in ("analysis_every", "analysis_groups"):  # and whether it measured the gradients
         config["train"].pop(key)
+    config["train"].pop("replay_reduction")  # added later, at the value of the code before it (config.ADDED_LATER)
     assert bm.grid.settings_of(cfg, multi) == {"config": config, "scenario": {
         "name": "multi-domain", "domains": ["latin", "greek", "cyrillic", "symbols"], "archs": ["conv4"],
         "pool_list": None}}
