@@ -77,15 +77,16 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config(path=bad)
 
 
-def test_second_order_igr_with_second_order_maml_is_refused_in_one_line() -> None:
+def test_second_order_igr_through_second_order_maml_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(preset="smoke", overrides=["train.igr_order=second", "train.learner=maml",
-                                               "train.maml_first_order=false"])
+                                               "train.maml_first_order=false", "train.igr_loss=episodic"])
     message = str(caught.value)
     assert "\n" not in message and "train.igr_order=first" in message and "train.maml_first_order=true" in message
-    # each half alone is fine
-    load_config(preset="smoke", overrides=["train.igr_order=second", "train.learner=maml"])
+    # each half alone is fine, and so is the reference's combination: the head loss has no inner loop
+    load_config(preset="smoke", overrides=["train.igr_order=second", "train.learner=maml", "train.igr_loss=episodic"])
     load_config(preset="smoke", overrides=["train.learner=maml", "train.maml_first_order=false"])
+    load_config(preset="smoke", overrides=["train.igr_order=second", "train.learner=maml", "train.maml_first_order=false"])
 
 
 def test_online_recovery_settings_are_checked() -> None:

@@ -219,12 +219,18 @@ class TrainConfig:
         _check(self.sync_check_every >= 0, "train.sync_check_every must be >= 0 (0: never)")
         _check(self.analysis_every >= 0, "train.analysis_every must be >= 0 (0: never)")
         _check(self.analysis_groups >= 1, "train.analysis_groups must be >= 1")
-        # torch's batch_norm has no 3rd derivative: second-order IGR differentiates through
-        # second-order MAML's inner-loop gradients, which needs one
+        # torch's batch_norm has no 3rd derivative: second-order IGR on the episodic loss differentiates
+        # through second-order MAML's inner-loop gradients, which needs one (the head loss has no inner loop)
         _check(
-            not (self.igr_order == "second" and self.learner == "maml" and not self.maml_first_order),
-            "train.igr_order=second cannot be combined with second-order MAML (train.maml_first_order=false): "
-            "BatchNorm has no 3rd derivative; use train.igr_order=first or train.maml_first_order=true",
+            not (
+                self.igr_order == "second"
+                and self.igr_loss == "episodic"
+                and self.learner == "maml"
+                and not self.maml_first_order
+            ),
+            "train.igr_order=second with train.igr_loss=episodic cannot be combined with second-order MAML "
+            "(train.maml_first_order=false): BatchNorm has no 3rd derivative; use train.igr_order=first, "
+            "train.maml_first_order=true or train.igr_loss=head",
         )
 
 
