@@ -808,20 +808,19 @@ def comparable(config: dict[str, Any], reuse: str) -> dict[str, Any]:
     if reuse not in MAY_CHANGE:
         raise ValueError(f"unknown kind of reuse {reuse!r}; one of {sorted(MAY_CHANGE)}")
     data = json.loads(json.dumps(config, default=str))
-    added = {dotted for dotted, before in ADDED_LATER.items() if _lookup(data, dotted) == before}
+    added = {dotted for dotted, before in ADDED_LATER.items() if _walk(data, dotted.split(".")) == before}
     for dotted in MAY_CHANGE[reuse] | added:
         *parents, key = dotted.split(".")
-        node: Any = data
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
+        node = _walk(data, parents)
         if isinstance(node, dict):
             node.pop(key, None)
     return data
 
 
-def _lookup(data: dict[str, Any], dotted: str) -> Any:
+def _walk(data: dict[str, Any], keys: list[str]) -> Any:
+    """``data[k0][k1]...`` for ``keys``; None where a level is missing."""
     node: Any = data
-    for key in dotted.split("."):
+    for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
     return node
 

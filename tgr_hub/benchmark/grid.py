@@ -331,20 +331,24 @@ def method_settings(cfg: RunConfig, method: Method) -> dict[str, Any] | None:
     the others."""
     if method.kind != "peer":
         return None
-    from ..peers import PEER_SECTIONS
-
-    section = PEER_SECTIONS[method.name]
-    return {section: json.loads(json.dumps(dataclasses.asdict(getattr(cfg, section))))}
+    section, settings = _peer_section(cfg, method)
+    return {section: json.loads(json.dumps(dataclasses.asdict(settings)))}
 
 
 def last_step(cfg: RunConfig, method: Method) -> int | None:
     """The outer step a trained method's run ends at, where it is always meta-validated (TGR's and the
     peers' loops check at every ``eval_every`` steps and at the last); None for untrained methods."""
     if method.kind == "peer":
-        from ..peers import PEER_SECTIONS
-
-        return int(getattr(cfg, PEER_SECTIONS[method.name]).iterations)
+        return int(_peer_section(cfg, method)[1].iterations)
     return int(cfg.train.iterations) if method.kind == "trained" else None
+
+
+def _peer_section(cfg: RunConfig, method: Method) -> tuple[str, Any]:
+    """A peer method's config section: its name and its settings."""
+    from ..peers import PEER_SECTIONS
+
+    section = PEER_SECTIONS[method.name]
+    return section, getattr(cfg, section)
 
 
 def json_digest(data: Any) -> str:
