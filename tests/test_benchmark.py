@@ -556,6 +556,46 @@ def test_resume_skips_finished_cells_and_an_interruption_loses_only_the_cell_in_
 
 
 @pytest.mark.slow
+def test_a_trained_cell_killed_mid_run_resumes_from_its_checkpoint_to_the_same_result(bench, tmp_path, monkeypatch):
+    import tgr_hub.train as train_module
+    from tgr_hub.distributed import checkpoint_name
+
+    out = _copy(bench[0], tmp_path)
+    cell = bm.plan_cells(_spec())[3]  # seed 0, tgr
+    assert cell.method.name == "tgr" and cell.seed == 0
+    before = json.loads(bm.grid.cell_path(out, cell).read_text())
+    bm.grid.cell_path(out, cell).unlink()
+    shutil.rmtree(bm.grid.seed_dir(out, cell.scenario, 0) / "tgr")  # the run folder too: train again from step 0
+    cfg = _spec().cfg
+    assert cfg.train.checkpoint_every == 0 < cfg.train.eval_every < cfg.train.iterations  # the cell's own cadence
+    real_checkpoint = train_module._MetaTrainer.checkpoint
+
+    def killed_after_first_checkpoint(self, step):  # the machine goes down right after the mid-run checkpoint
+        real_checkpoint(self, step)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module._MetaTrainer, "checkpoint", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_benchmark(_spec(), out, progress=False)
+    folder = bm.grid.seed_dir(out, cell.scenario, 0) / "tgr" / "checkpoints"
+    assert [p.name for p in folder.iterdir()] == [checkpoint_name(cfg.train.eval_every)]
+
+    resumed_from: list[int] = []
+    real_restore = train_module._MetaTrainer.restore
+
+    def recording_restore(self, *args, **kwargs):
+        resumed_from.append(real_restore(self, *args, **kwargs))
+        return resumed_from[-1]
+
+    monkeypatch.setattr(train_module._MetaTrainer, "checkpoint", real_checkpoint)
+    monkeypatch.setattr(train_module._MetaTrainer, "restore", recording_restore)
+    bm.run_benchmark(_spec(), out, progress=False)
+    assert resumed_from == [cfg.train.eval_every]
+    after = json.loads(bm.grid.cell_path(out, cell).read_text())
+    assert after["accuracies"] == before["accuracies"] and after["val"] == before["val"]
+
+
+@pytest.mark.slow
 def test_shards_share_the_grid_and_the_report_merges_them(bench, tmp_path, monkeypatch):
     out = _copy(bench[0], tmp_path)
     cells = bm.plan_cells(_spec())

@@ -786,10 +786,11 @@ MAY_CHANGE: dict[str, frozenset[str]] = {
             "bidf_mkd.checkpoint_every",
         }
     ),
-    # a TGR run folder's trained meta-model: only its evaluation may differ (and the peers' settings, unused)
-    "meta-model": frozenset({"eval", "purer", "free", "bidf_mkd"}),
-    # a TGR run folder's test metrics: nothing may differ (but the peers' settings, unused)
-    "evaluation": frozenset({"purer", "free", "bidf_mkd"}),
+    # a TGR run folder's trained meta-model: only its evaluation may differ (and the peers' settings, unused;
+    # and how often it saved checkpoints, as resuming is exact)
+    "meta-model": frozenset({"eval", "purer", "free", "bidf_mkd", "train.checkpoint_every", "train.keep_checkpoints"}),
+    # a TGR run folder's test metrics: nothing may differ (but the peers' settings, unused, and the checkpoints)
+    "evaluation": frozenset({"purer", "free", "bidf_mkd", "train.checkpoint_every", "train.keep_checkpoints"}),
     # a benchmark folder's cells: each cell runs with its own seed; measuring gradients changes no result;
     # the peers' sections matter to their own cells only (tgr_hub.benchmark.grid.method_settings)
     "benchmark": frozenset({"seed", "train.analysis_every", "train.analysis_groups", "purer", "free", "bidf_mkd"}),

@@ -228,10 +228,18 @@ def method_config(cfg: RunConfig, method: Method, seed: int) -> RunConfig:
 
     The run seed is ``seed`` for every method; ``train.seed`` is ``seed + method.train_seed_offset``
     for a method with an offset (``erm-replicate``), else the config's.
+
+    A cell keeps a resumable checkpoint at every meta-validation (``train.eval_every``) unless the config
+    sets its own ``train.checkpoint_every``, so an interrupted grid loses at most that many steps of a
+    cell. Resuming is exact, so this changes no result (and is left out of every settings digest).
     """
     train_seed = cfg.train.seed if method.train_seed_offset is None else int(seed) + method.train_seed_offset
     train = dataclasses.replace(
-        cfg.train, beta=cfg.train.beta if method.igr else 0.0, igr_order=method.igr_order, seed=train_seed
+        cfg.train,
+        beta=cfg.train.beta if method.igr else 0.0,
+        igr_order=method.igr_order,
+        seed=train_seed,
+        checkpoint_every=cfg.train.checkpoint_every or cfg.train.eval_every,
     )
     group = dataclasses.replace(cfg.group, strategy=method.groups)
     return dataclasses.replace(cfg, seed=int(seed), train=train, group=group)
