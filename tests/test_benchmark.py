@@ -1001,6 +1001,17 @@ def test_the_val_sweep_trains_variants_on_a_benchmark_seed_and_reads_its_own_tgr
     assert record.config["train"]["distill_weight"] == 1 and record.config["seed"] == 0
     assert set(record.metrics) == {"val"}  # meta-validation only: nothing scored on meta-test
     assert (Path(kd["run_folder"]) / "recovered").is_dir()  # it started from the seed's recovered tasks
+    assert kd["continued_from"] is None  # another setting: trained from step 0
+    # a longer variant continues the cell's own run from its last checkpoint, to what training from step 0 gives
+    longer = sweep.chosen_state(out, tmp_path / "sweep", "config", 0, "long", ["train.iterations=6"])
+    assert longer["continued_from"] == 4 and [s for s, _ in longer["val_curve"]] == [0, 2, 4, 6]
+    assert longer["val_curve"][:3] == own["val_curve"]
+    no_checkpoints = out / "config" / "seed-0" / "tgr" / "checkpoints"
+    shutil.rmtree(no_checkpoints)
+    scratch = sweep.chosen_state(out, tmp_path / "sweep", "config", 0, "long-from-0", ["train.iterations=6"])
+    assert scratch["continued_from"] is None
+    assert (scratch["val_curve"], scratch["best_step"], scratch["accuracy"]) == (
+        longer["val_curve"], longer["best_step"], longer["accuracy"])
     # the summary: the paired difference over seeds, by hand
     rows = [{"variant": v, "seed": s, "accuracy": a} for v, s, a in
             [("a", 0, 0.50), ("a", 1, 0.55), ("a", 2, 0.40), ("b", 0, 0.52), ("b", 1, 0.58), ("b", 2, 0.41)]]
