@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -76,6 +77,51 @@ def _fake_cell(out: Path, scenario: str, seed: int, method: str, accuracies: lis
         "timings_s": {"train": 1.0, "evaluate": 1.0},
         **extra,
     }))
+
+
+def test_the_report_pools_each_comparison_over_every_scenario_and_seed_that_holds_it(tmp_path: Path) -> None:
+    from scipy import stats as sps
+
+    cfg = load_config("smoke", overrides=["eval.shots=[1]"])
+    scenarios = (bm.Scenario("multi-domain", ("latin",), ("conv4",)), bm.Scenario("multi-arch", ("latin",), ("conv4",)))
+    methods = ("erm", "erm-replicate", "tgr", "igr-no-groups")
+    spec = bm.BenchmarkSpec(cfg, scenarios, (0, 1), methods)
+    rng = np.random.default_rng(0)
+    accuracies = {}
+    for scenario in scenarios:
+        digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
+        for seed in (0, 1):
+            for method in methods:
+                if (scenario.name, seed, method) == ("multi-arch", 1, "igr-no-groups"):
+                    continue  # a missing cell: that pair is left out of its comparisons
+                values = [float(a) for a in rng.uniform(0.3, 0.9, size=4)]
+                accuracies[(scenario.name, seed, method)] = values
+                _fake_cell(tmp_path, scenario.name, seed, method, values, digest)
+    report = bm.summarize(spec, tmp_path)
+    rows = {(r["method"], r["versus"]): r for r in report["across_scenarios"]}
+    # every comparison once: the reference's (with the noise floor and the one-switch pair tgr − igr-no-groups)
+    assert set(rows) == {("erm-replicate", "erm"), ("tgr", "erm"), ("igr-no-groups", "erm"), ("tgr", "igr-no-groups")}
+    assert (rows[("erm-replicate", "erm")]["switch"], rows[("tgr", "erm")]["switch"]) == ("noise floor", None)
+    assert rows[("tgr", "igr-no-groups")]["switch"] == "spectral grouping"
+
+    def by_hand(method: str, versus: str) -> tuple[list, float, float, float]:
+        pairs = [(sc, seed) for sc in ("multi-domain", "multi-arch") for seed in (0, 1)
+                 if (sc, seed, method) in accuracies and (sc, seed, versus) in accuracies]
+        d = np.array([np.mean(accuracies[(*p, method)]) - np.mean(accuracies[(*p, versus)]) for p in pairs])
+        half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        return [list(p) for p in pairs], d.mean(), half, sps.ttest_1samp(d, 0).pvalue
+
+    for (method, versus), row in rows.items():
+        pairs, mean, half, p = by_hand(method, versus)
+        assert row["pairs"] == pairs
+        assert row["1shot"]["mean"] == pytest.approx(mean) and row["1shot"]["half"] == pytest.approx(half)
+        assert row["1shot"]["p"] == pytest.approx(p)
+    assert len(rows[("igr-no-groups", "erm")]["pairs"]) == 3  # the missing cell's pair is left out
+    markdown = bm.render_markdown(report)
+    assert "## Across scenarios" in markdown and "| TGR − IGR, no groups | spectral grouping, with IGR |" in markdown
+    # one scenario: nothing to pool
+    single = bm.summarize(dataclasses.replace(spec, scenarios=scenarios[:1]), tmp_path)
+    assert single["across_scenarios"] == [] and "Across scenarios" not in bm.render_markdown(single)
 
 
 def test_summarize_pairs_each_seed_and_takes_a_t_interval_over_seed_means(tmp_path: Path) -> None:
@@ -900,11 +946,16 @@ def test_generated_blocks_of_a_document_are_refilled_from_the_report_it_names(tm
     assert "| TGR | 48.33 ± " in accuracy and "+6.67" in accuracy
     assert "Noise floor" in accuracy and "preset smoke" in text
     assert main(["docs", "--check", str(doc)]) == 0  # refilled: idempotent
+    # one scenario: the across-scenarios block is empty rather than an error
+    assert bm.regenerate_blocks(f"<!-- tgr-hub docs: {source} across-scenarios all -->\nx\n<!-- end tgr-hub docs -->",
+                                doc.parent) == f"<!-- tgr-hub docs: {source} across-scenarios all -->\n\n<!-- end tgr-hub docs -->"
     capsys.readouterr()
     # a block naming a missing report, an unknown section or scenario is an error, not a silent skip
     for bad, message in (("missing.json accuracy multi-domain", "does not exist"),
                          (f"{source} nonsense multi-domain", "unknown section"),
-                         (f"{source} accuracy standard", "no scenario 'standard'")):
+                         (f"{source} accuracy standard", "no scenario 'standard'"),
+                         (f"{source} across-scenarios multi-domain", "takes the scenario 'all'"),
+                         (f"{source} accuracy all", "takes the scenario 'all'")):
         doc.write_text(f"<!-- tgr-hub docs: {bad} -->\n<!-- end tgr-hub docs -->\n")
         with pytest.raises(BenchmarkError, match=message):
             bm.regenerate_blocks(doc.read_text(), doc.parent)

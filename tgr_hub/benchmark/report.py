@@ -197,9 +197,48 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
             "decomposition": decomposition,
             "prepare": prepare,
         }
+    report["across_scenarios"] = _across_scenarios(report["scenarios"], spec.reference, shots)
     report["data_sources"] = list(data_sources.values())
     report["devices"] = sorted(devices)
     return report
+
+
+def _across_scenarios(scenarios: dict[str, Any], reference: str, shots: Sequence[str]) -> list[dict[str, Any]]:
+    """Each comparison that two or more scenarios hold (a method against the reference, the noise floor,
+    each one-switch pair), pooled: a t-interval over the mean paired differences of every (scenario,
+    seed) that has it. Empty with one scenario.
+
+    Returns:
+        ``[{"method", "versus", "switch", "context", "pairs": [[scenario, seed], ...], SHOT: t-interval}]``
+        (``switch`` / ``context``: None for a plain comparison with the reference).
+    """
+    pooled: dict[tuple[str, str], dict[str, Any]] = {}
+    for scenario, sc in scenarios.items():
+        held: list[tuple[str, str, str | None, str | None, dict[str, Any]]] = [
+            (name, reference, None, None, diff) for name, diff in sc["paired"].items()
+        ]
+        if sc["noise_floor"]:
+            held.append((*NOISE_FLOOR, "noise floor", "another training seed", sc["noise_floor"]))
+        held += [(d["method"], d["versus"], d["switch"], d["context"], d) for d in sc["decomposition"]]
+        for method, versus, switch, context, diff in held:
+            entry = pooled.setdefault(
+                (method, versus), {"method": method, "versus": versus, "switch": None, "context": None, "means": {}}
+            )
+            entry["switch"], entry["context"] = entry["switch"] or switch, entry["context"] or context
+            for seed in diff["seeds"]:  # the same pair twice in one scenario (paired and decomposition) counts once
+                entry["means"][(scenario, int(seed))] = {
+                    shot: diff[shot]["per_seed"][str(seed)]["mean"] for shot in shots
+                }
+    rows = []
+    for entry in pooled.values():
+        means = entry.pop("means")
+        if len({scenario for scenario, _ in means}) < 2:
+            continue
+        entry["pairs"] = [[scenario, seed] for scenario, seed in means]
+        for shot in shots:
+            entry[shot] = stats.across_seeds([m[shot] for m in means.values()]).to_dict()
+        rows.append(entry)
+    return rows
 
 
 def _pct(value: float | None, signed: bool = False) -> str:
@@ -478,13 +517,43 @@ def _gradient_lines(report: dict[str, Any], name: str) -> list[str]:
     ]
 
 
-# what each kind of generated block holds (results.md holds REPORT_SECTIONS, per scenario; `setup` is for documents)
+#: the scenario of a generated block that pools every scenario of a report (the ``across-scenarios`` section)
+ALL_SCENARIOS = "all"
+
+
+def _across_scenarios_lines(report: dict[str, Any], name: str = ALL_SCENARIOS) -> list[str]:
+    """Each comparison several scenarios hold, pooled over their (scenario, seed) pairs."""
+    rows = report.get("across_scenarios") or []
+    if not rows:
+        return []
+    shots = _shots(report)
+    lines = [
+        "Across scenarios: each comparison that two or more scenarios hold, pooled over every (scenario, seed) "
+        "pair (points; 95% t-interval and p-value over the pairs' mean paired differences, df = pairs − 1). "
+        "Each pair compares independently trained models, so the interval covers training noise as an "
+        "interval over seeds does. Pooling assumes one effect in every scenario: read it beside each "
+        "scenario's own, and correct for the number of rows read.",
+        "",
+        "| comparison | switch | " + " | ".join(f"{shot[:-4]}-shot" for shot in shots) + " | pairs |",
+        "|---|---|" + "---|" * len(shots) + "---|",
+    ]
+    for row in rows:
+        label = f"{METHODS[row['method']].label} − {METHODS[row['versus']].label}"
+        switch = f"{row['switch']}, {row['context']}" if row["switch"] else "against the reference"
+        differences = " | ".join(_difference(row[shot]) for shot in shots)
+        lines.append(f"| {label} | {switch} | {differences} | {len(row['pairs'])} |")
+    return [*lines, ""]
+
+
+# what each kind of generated block holds (results.md holds REPORT_SECTIONS, per scenario; `setup` is for documents;
+# `across-scenarios` pools the scenarios, in a block whose scenario is ALL_SCENARIOS)
 SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "accuracy": _accuracy_lines,
     "decomposition": _decomposition_lines,
     "per-seed": _per_seed_lines,
     "selection": lambda report, name: _selection_and_cost_lines(report["scenarios"][name]),
     "gradients": _gradient_lines,
+    "across-scenarios": _across_scenarios_lines,
 }
 REPORT_SECTIONS = (
     "accuracy",
@@ -506,6 +575,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {_scenario_heading(report, name)}", ""]
         for section in REPORT_SECTIONS:
             lines += SECTIONS[section](report, name)
+    if across := _across_scenarios_lines(report):
+        lines += ["## Across scenarios", "", *across]
     if report["missing_cells"]:
         lines += [f"Not finished yet ({len(report['missing_cells'])} cells): " + ", ".join(report["missing_cells"]), ""]
     return "\n".join(lines)
@@ -565,8 +636,8 @@ def regenerate_blocks(text: str, base: Path) -> str:
 
     ``RESULTS_JSON`` is a ``results.json`` that ``tgr-hub benchmark`` wrote, relative to ``base``
     (the document's folder); ``SECTION`` is one of :data:`SECTIONS` (``setup``, ``accuracy``,
-    ``decomposition``, ``per-seed``, ``selection``, ``gradients``), rendered exactly as results.md
-    renders it.
+    ``decomposition``, ``per-seed``, ``selection``, ``gradients``, and ``across-scenarios`` with the
+    scenario ``all``), rendered exactly as results.md renders it.
 
     Raises:
         BenchmarkError: a block names a report that is missing or not a benchmark report, or a
@@ -588,7 +659,12 @@ def regenerate_blocks(text: str, base: Path) -> str:
         report, section, scenario = reports[path], match["section"], match["scenario"]
         if section not in SECTIONS:
             raise BenchmarkError(f"unknown section {section!r} in a generated block", hint=f"one of {sorted(SECTIONS)}")
-        if scenario not in report["scenarios"]:
+        if (section == "across-scenarios") != (scenario == ALL_SCENARIOS):
+            raise BenchmarkError(
+                f"a generated block of section {section!r} names scenario {scenario!r}",
+                hint=f"the across-scenarios section, and only it, takes the scenario {ALL_SCENARIOS!r}",
+            )
+        if scenario != ALL_SCENARIOS and scenario not in report["scenarios"]:
             raise BenchmarkError(
                 f"{match['source']} has no scenario {scenario!r}", hint=f"it has {sorted(report['scenarios'])}"
             )
