@@ -300,3 +300,18 @@ def test_cli_evaluate_random_baseline_and_meta_model(tmp_path, monkeypatch, caps
     assert main(["evaluate", "--baseline", "average"]) == 2  # no --pool
     assert main(["evaluate", str(tmp_path / "nothing-here")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_chosen_state_carries_its_own_steps_selection_noise_not_the_last_checks():
+    from tgr_hub.evaluate import ValScore, chosen_validation
+
+    history: dict = {}
+    checks = [(0, ValScore(0.40, {1: 0.33, 5: 0.47}, 0.0040)), (20, ValScore(0.36, {1: 0.30, 5: 0.42}, 0.0034))]
+    for step, score in checks:
+        score.record(history, step)
+    assert history["val_std_error"] == [(0, 0.0040), (20, 0.0034)]
+    chosen = chosen_validation(history, best_step=0, best_accuracy=0.40, selection_noise=0.0034)
+    assert chosen == {"best_step": 0, "accuracy": 0.40, "1shot": 0.33, "5shot": 0.47, "selection_noise": 0.0040}
+    # a history from before the standard error was recorded: the value handed in
+    old = {k: v for k, v in history.items() if k != "val_std_error"}
+    assert chosen_validation(old, best_step=0, best_accuracy=0.40, selection_noise=0.0034)["selection_noise"] == 0.0034

@@ -300,8 +300,10 @@ class ValScore:
     std_error: float
 
     def record(self, history: dict[str, list[tuple[int, float]]], step: int) -> None:
-        """Append this score at ``step`` to a run's ``history``: ``val_acc`` and ``val_acc_{shot}shot``."""
+        """Append this score at ``step`` to a run's ``history``: ``val_acc``, ``val_acc_{shot}shot`` and
+        ``val_std_error`` (the mean's standard error over the validation episodes)."""
         history.setdefault("val_acc", []).append((step, self.accuracy))
+        history.setdefault("val_std_error", []).append((step, self.std_error))
         for shot, accuracy in self.per_shot.items():
             history.setdefault(f"val_acc_{shot}shot", []).append((step, accuracy))
 
@@ -311,12 +313,13 @@ def chosen_validation(
 ) -> dict[str, float | int]:
     """What a run records of the state meta-validation chose: its step, the mean it was chosen on,
     each shot's accuracy at that step (from ``history``, as :meth:`ValScore.record` wrote it) and the
-    selection noise."""
+    selection noise: that step's standard error from ``history``, or ``selection_noise`` where the
+    history lacks it (a run resumed from a checkpoint older than that record)."""
     chosen: dict[str, float | int] = {"best_step": best_step, "accuracy": best_accuracy}
     for key, values in history.items():
         if key.startswith("val_acc_") and key.endswith("shot"):
             chosen[key.removeprefix("val_acc_")] = dict(values)[best_step]
-    chosen["selection_noise"] = selection_noise
+    chosen["selection_noise"] = dict(history.get("val_std_error", [])).get(best_step, selection_noise)
     return chosen
 
 
