@@ -36,7 +36,7 @@ import numpy as np
 
 from tgr_hub.benchmark.grid import METHODS, method_config, scenario_config, scenario_from_name, seed_dir
 from tgr_hub.config import RunConfig, changed_settings, load_config
-from tgr_hub.distributed import latest_checkpoint
+from tgr_hub.distributed import list_checkpoints
 from tgr_hub.io import copy_atomic, write_json_atomic
 from tgr_hub.metamodel import TGR_CONFIG_NAME
 from tgr_hub.pipeline import CHECKPOINTS, run_tgr, training_done
@@ -111,10 +111,10 @@ def chosen_state(
 def continue_cell(cell_checkpoints: Path, run_checkpoints: Path, iterations: int) -> int | None:
     """Start a run from the cell's newest checkpoint (copied in), if the cell kept one at or before
     ``iterations`` and the run has none of its own; returns that checkpoint's step, else None."""
-    newest = latest_checkpoint(cell_checkpoints)
-    if latest_checkpoint(run_checkpoints) is not None or newest is None:
+    kept = list_checkpoints(cell_checkpoints)
+    if list_checkpoints(run_checkpoints) or not kept:
         return None
-    step = int(newest.name.rsplit("-", 1)[1])
+    step, newest = kept[-1]
     if step > iterations:
         return None
     shutil.copytree(newest, run_checkpoints / newest.name)

@@ -285,6 +285,12 @@ def _noise_floor_lines(sc: dict[str, Any], shots: Sequence[str]) -> list[str]:
     ]
 
 
+def _differences_head(columns: Sequence[str], shots: Sequence[str], count: str) -> list[str]:
+    """A table's head and rule: ``columns``, one difference column per shot, then ``count``."""
+    names = [*columns, *(f"{shot[:-4]}-shot" for shot in shots), count]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
 def _decomposition_lines(report: dict[str, Any], name: str) -> list[str]:
     """TGR taken apart: each switch's paired difference between two methods that differ in it alone,
     beside the noise floor."""
@@ -307,8 +313,7 @@ def _decomposition_lines(report: dict[str, Any], name: str) -> list[str]:
         "episodes (points; 95% t-interval and p-value over the seeds' mean differences, or over one seed's "
         "episodes with one seed):",
         "",
-        "| switch | context | difference | " + " | ".join(f"{shot[:-4]}-shot" for shot in shots) + " | seeds |",
-        "|---|---|---|" + "---|" * len(shots) + "---|",
+        *_differences_head(["switch", "context", "difference"], shots, "seeds"),
         *rows,
         "",
     ]
@@ -534,8 +539,7 @@ def _across_scenarios_lines(report: dict[str, Any], name: str = ALL_SCENARIOS) -
         "interval over seeds does. Pooling assumes one effect in every scenario: read it beside each "
         "scenario's own, and correct for the number of rows read.",
         "",
-        "| comparison | switch | " + " | ".join(f"{shot[:-4]}-shot" for shot in shots) + " | pairs |",
-        "|---|---|" + "---|" * len(shots) + "---|",
+        *_differences_head(["comparison", "switch"], shots, "pairs"),
     ]
     for row in rows:
         label = f"{METHODS[row['method']].label} − {METHODS[row['versus']].label}"
