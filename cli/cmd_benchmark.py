@@ -4,8 +4,9 @@ Every method of a seed is scored on the same meta-test episodes; the report give
 method's accuracy and its paired difference from the reference (ERM by default) with 95%
 intervals and p-values, per seed and across seeds. With ``erm-replicate`` (ERM again with
 another training seed) beside ``erm``, it also gives the noise floor (ERM − ERM) a method
-difference must exceed. Finished cells are kept: rerunning the same command resumes, and
-``--shard i/n`` shares the cells out over processes.
+difference must exceed. Finished cells are kept: rerunning the same command resumes. Copies of the
+same command share the cells (each skips the cells another one is running); ``--shard i/n``
+shares them out by grid position instead.
 
     tgr-hub benchmark --scenario standard --seeds 0,1,2 --methods random,average,erm,erm-replicate,tgr
 """
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shard",
         default="0/1",
         metavar="I/N",
-        help="run only the cells at grid positions I mod N (N processes share the grid)",
+        help="run only the cells at grid positions I mod N (without it, processes sharing --out still share the cells)",
     )
     parser.add_argument("--merge", action="store_true", help="run nothing: write the report from the finished cells")
     add_data_args(parser)

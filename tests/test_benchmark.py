@@ -7,6 +7,8 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -662,6 +664,52 @@ def test_shards_share_the_grid_and_the_report_merges_them(bench, tmp_path, monke
     monkeypatch.setenv("WORLD_SIZE", "2")  # under accelerate launch every process would run every cell
     with pytest.raises(ConfigError, match="accelerate launch"):
         bm.run_benchmark(_spec(), out, progress=False)
+
+
+@pytest.mark.slow
+def test_processes_sharing_a_folder_each_run_the_cells_no_other_one_holds(bench, tmp_path, monkeypatch):
+    out = _copy(bench[0], tmp_path)
+    cells = bm.plan_cells(_spec())
+    for cell in cells[:2]:  # seed 0: random and average
+        bm.grid.cell_path(out, cell).unlink()
+    ran: list[str] = []
+    real_run = bm.run._Runner.run
+    monkeypatch.setattr(bm.run._Runner, "run", lambda self, cell: (ran.append(cell.key), real_run(self, cell))[1])
+
+    # another process is running the first cell: it holds the cell's lock until it dies
+    lock = bm.grid.cell_path(out, cells[0]).with_suffix(".lock")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        partial = bm.run_benchmark(_spec(), out, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ran == [cells[1].key]
+    assert partial["missing_cells"] == [cells[0].key]
+
+    # its holder died, so the lock is free: the next run takes the cell
+    ran.clear()
+    assert bm.run_benchmark(_spec(), out, progress=False)["missing_cells"] == []
+    assert ran == [cells[0].key]
+
+    # a cell another process finishes after this one listed the work is not run twice
+    saved = bm.grid.cell_path(out, cells[1]).read_text()
+    for cell in cells[:2]:
+        bm.grid.cell_path(out, cell).unlink()
+    ran.clear()
+    finish_second = lambda cell, record: bm.grid.cell_path(out, cells[1]).write_text(saved)  # noqa: E731
+    bm.run_benchmark(_spec(), out, progress=False, on_cell=finish_second)
+    assert ran == [cells[0].key]
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 @pytest.mark.slow

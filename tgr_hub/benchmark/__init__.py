@@ -20,10 +20,12 @@ Run folder::
       results.json, results.md, results.png        the report (statistics: :mod:`tgr_hub.stats`)
 
 Long runs: a cell is written atomically when it is finished and skipped when the benchmark is
-run again, so an interruption loses at most the cell in flight. ``shard=(i, n)`` runs only the
-cells whose position in the grid is ``i`` modulo ``n``, so ``n`` processes (or machines sharing
-the folder) share the grid; preparing a (scenario, seed) is serialised by a file lock, and the
-report is written from whatever cells are finished (:func:`write_report`).
+run again, so an interruption loses at most the cell in flight. Processes (or machines) sharing the
+folder share the grid on their own: a cell is locked while it runs (``cells/.../METHOD.lock``,
+released when its process ends or dies), and a process skips the cells another one holds, so ``n``
+copies of the same command each take the next free cell. ``shard=(i, n)`` instead runs only the
+cells whose position in the grid is ``i`` modulo ``n``. Preparing a (scenario, seed) is serialised
+by a file lock, and the report is written from whatever cells are finished (:func:`write_report`).
 
 Scenarios (``SCENARIOS``, glyph benchmark): ``standard``, the paper's main setting: at least 24
 Conv4 teachers (``max(pool.teachers, 24)``), each on a random 5-class subset of the 55 meta-train

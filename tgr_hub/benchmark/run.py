@@ -49,15 +49,24 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes preparing the same (scenario, seed) (POSIX ``flock``)."""
+def _locked(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock between processes (POSIX ``flock``): preparing the same (scenario, seed),
+    or running the same cell. The system releases it when its holder dies, so no lock goes stale.
+
+    Yields whether this process holds the lock: always with ``wait``; without it, False at once
+    when another process holds it.
+    """
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -358,12 +367,17 @@ def run_benchmark(
     )
     try:
         for cell in todo:
-            bar.set_postfix_str(cell.key)
-            start = time.perf_counter()
-            record = runner.run(cell)
             path = cell_path(out, cell)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, record)
+            # processes sharing the folder (with or without --shard) each run the cells no other one holds
+            with _locked(path.with_suffix(".lock"), wait=False) as ours:
+                if not ours or path.exists():  # running elsewhere, or finished there since this run listed it
+                    why = "another process is running it" if not ours else "another process finished it"
+                    logger.info("cell %s: %s; skipped", cell.key, why)
+                    continue
+                bar.set_postfix_str(cell.key)
+                start = time.perf_counter()
+                record = runner.run(cell)
+                write_json_atomic(path, record)
             bar.update(1)
             done = bar.n
             logger.info(
