@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     say((out / "results.md").read_text())
     missing = report["missing_cells"]
     if missing:
-        say(f"{len(missing)} cells not finished; rerun the same command (or wait for the other shards, then --merge)")
+        say(
+            f"{len(missing)} cells not finished; rerun the same command "
+            "(or wait for the other processes or shards, then --merge)"
+        )
     say(f"report: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
     return 0
