@@ -449,17 +449,19 @@ def test_tgr_is_taken_apart_into_one_switch_differences_beside_the_noise_floor(t
     assert "TGR taken apart" not in bm.render_markdown(plain)
 
 
-def test_a_cell_records_the_mean_online_recovery_agreement_and_gradient_curves_of_its_run(tmp_path: Path) -> None:
+def test_a_cell_records_the_mean_online_recovery_agreement_gradient_and_val_curves_of_its_run(tmp_path: Path) -> None:
     cfg = load_config("smoke")
-    assert bm.run._from_history(tmp_path) == {"recover_agreement": None, "gradients": None}  # no run record
+    nothing = {"recover_agreement": None, "gradients": None, "val_curve": None}
+    assert bm.run._from_history(tmp_path) == nothing  # no run record
     RunRecord(config=cfg.to_dict(), history={"task_loss": [[1, 2.0]]}).write(tmp_path / "tgr_config.json")
-    assert bm.run._from_history(tmp_path) == {"recover_agreement": None, "gradients": None}  # neither recorded
+    assert bm.run._from_history(tmp_path) == nothing  # none recorded
     history = {"recover_agreement": [[1, 0.25], [2, 0.5], [3, 1.0]], "grad_P": [[0, 4.0], [2, 1.5]],
-               "grad_cosine": [[0, 0.1], [2, 0.3]]}
+               "grad_cosine": [[0, 0.1], [2, 0.3]], "val_acc": [[0, 0.4], [2, 0.55]]}
     RunRecord(config=cfg.to_dict(), history=history).write(tmp_path / "tgr_config.json")
     recorded = bm.run._from_history(tmp_path)
     assert recorded["recover_agreement"] == pytest.approx(1.75 / 3)
     assert recorded["gradients"] == {"grad_P": [[0, 4.0], [2, 1.5]], "grad_cosine": [[0, 0.1], [2, 0.3]]}
+    assert recorded["val_curve"] == [[0, 0.4], [2, 0.55]]
 
 
 # --- a real smoke benchmark ---------------------------------------------------------------------------

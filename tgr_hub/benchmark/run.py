@@ -297,6 +297,8 @@ def _from_history(run_dir: Path) -> dict[str, Any]:
     often the teacher predicted the label its recovered image was made for); None without online
     recovery. ``gradients``: the ``train.analysis_every`` curves ``{name: [[step, value], ...]}``
     (P, cosine and relative spread of the task gradients on the fixed probe); None without them.
+    ``val_curve``: meta-val accuracy (the mean over the validation shots) at each check, ``[[step, value], ...]``;
+    None without a run record.
     """
     from ..metamodel import TGR_CONFIG_NAME
     from ..probe import GRADIENT_HISTORY
@@ -306,9 +308,11 @@ def _from_history(run_dir: Path) -> dict[str, Any]:
     history = RunRecord.read(path).history if path.is_file() else {}
     agreement = [float(value) for _, value in history.get("recover_agreement") or []]
     curves = {name: [[int(s), float(v)] for s, v in history[name]] for name in GRADIENT_HISTORY if history.get(name)}
+    val_curve = [[int(s), float(v)] for s, v in history.get("val_acc") or []]
     return {
         "recover_agreement": float(np.mean(agreement)) if agreement else None,
         "gradients": curves or None,
+        "val_curve": val_curve or None,
     }
 
 
