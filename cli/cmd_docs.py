@@ -1,4 +1,4 @@
-"""``tgr-hub docs``: refill the generated tables of markdown documents from the benchmark reports they name."""
+"""``tgr-hub docs``: refill the generated tables of markdown documents from the JSON results they name."""
 
 from __future__ import annotations
 
@@ -11,11 +11,17 @@ from .common import say
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "docs",
-        help="refill the generated tables of markdown files from benchmark results.json files",
-        description="Refill every block '<!-- tgr-hub docs: RESULTS_JSON SECTION SCENARIO --> ... "
-        "<!-- end tgr-hub docs -->' of the given markdown files from the results.json it names (relative to the "
-        "file), so a rerun benchmark updates its documents without hand edits. Sections: setup, accuracy, "
-        "per-seed, selection, gradients.",
+        help="refill the generated tables of markdown files from the JSON results they name",
+        description="Refill every block '<!-- tgr-hub docs: SOURCE SECTION SCENARIO --> ... "
+        "<!-- end tgr-hub docs -->' of the given markdown files from the JSON it names (relative to the "
+        "file; several files joined by commas, no spaces, where a section combines them), so rerun results "
+        "update their documents without hand edits. The SECTION picks what the file must be. A benchmark "
+        "results.json (one file): setup, accuracy, decomposition, per-seed, selection, gradients (SCENARIO: "
+        "one of the report's scenarios) and across-scenarios (SCENARIO all). A sweep of "
+        "bench/bench_val_sweep.py --json: val-curve (each seed's meta-val curve, the variants joined by "
+        "step) and val-sweep (the accuracy meta-validation chose per method, variant and seed); SCENARIO: "
+        "the sweep's. bench/bench_task_conflict.py --json: task-conflict. tgr-hub analyze gain / "
+        "gradients: analysis-gain, analysis-gradients. These three take SCENARIO all.",
     )
     parser.add_argument("files", nargs="+", type=Path, help="markdown files, e.g. docs/results.md")
     parser.add_argument(
