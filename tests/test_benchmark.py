@@ -449,6 +449,45 @@ def test_tgr_is_taken_apart_into_one_switch_differences_beside_the_noise_floor(t
     assert "TGR taken apart" not in bm.render_markdown(plain)
 
 
+def test_the_report_reads_whether_runs_were_still_rising_over_their_last_interval(tmp_path: Path) -> None:
+    from scipy import stats as sps
+
+    cfg = load_config("smoke", overrides=["eval.shots=[1]"])
+    scenario = bm.Scenario("multi-domain", ("latin",), ("conv4",))
+    digest = bm.grid.json_digest(bm.grid.settings_of(cfg, scenario))
+
+    def report(curves: dict[tuple[int, str], list[list[float]]]) -> tuple[dict, str]:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        for (seed, method), curve in curves.items():
+            _fake_cell(folder, "multi-domain", seed, method, [0.5, 0.6], digest,
+                       val={"best_step": 200, "1shot": 0.5, "selection_noise": 0.004}, val_curve=curve)
+        spec = bm.BenchmarkSpec(cfg, (scenario,), (0, 1, 2), ("erm", "tgr"))
+        summary = bm.summarize(spec, folder)
+        return summary["scenarios"]["multi-domain"]["last_interval"], bm.render_markdown(summary)
+
+    # the last checks of six runs: each change is last - second-last, whatever came before
+    rising = {(0, "erm"): [[0, 0.3], [100, 0.50], [200, 0.55]], (1, "erm"): [[0, 0.3], [100, 0.52], [200, 0.56]],
+              (2, "erm"): [[0, 0.3], [100, 0.60], [200, 0.62]], (0, "tgr"): [[0, 0.3], [100, 0.40], [200, 0.47]],
+              (1, "tgr"): [[0, 0.3], [100, 0.45], [200, 0.48]], (2, "tgr"): [[0, 0.3], [100, 0.58], [200, 0.63]]}
+    changes = np.array([0.05, 0.04, 0.02, 0.07, 0.03, 0.05])
+    last, md = report(rising)
+    assert last["steps"] == [[100, 200]] and last["change"]["n"] == 6
+    assert last["change"]["mean"] == pytest.approx(changes.mean())
+    half = sps.t.ppf(0.975, 5) * changes.std(ddof=1) / math.sqrt(6)
+    assert last["change"]["low"] == pytest.approx(changes.mean() - half)
+    assert last["selection_noise"] == pytest.approx(0.004)
+    assert "still rising on average" in md and f"{100 * changes.mean():+.2f} points" in md
+    # level on average: the interval holds 0
+    level = {key: [[0, 0.3], [100, 0.5], [200, 0.5 + d]] for key, d in zip(rising, (0.03, -0.04, 0.01, -0.02, 0.02, -0.01))}
+    last, md = report(level)
+    assert last["change"]["low"] < 0 < last["change"]["high"] and "had stopped rising" in md
+    # past the peak, and no curves at all (older cells): no reading
+    falling = {key: [[0, 0.3], [100, 0.6], [200, 0.6 - d]] for key, d in zip(rising, changes)}
+    assert "past their peak" in report(falling)[1]
+    last, md = report({key: [[0, 0.3]] for key in rising})
+    assert last is None and "second-last" not in md
+
+
 def test_a_cell_records_the_mean_online_recovery_agreement_gradient_and_val_curves_of_its_run(tmp_path: Path) -> None:
     cfg = load_config("smoke")
     nothing = {"recover_agreement": None, "gradients": None, "val_curve": None}

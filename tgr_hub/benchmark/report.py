@@ -143,6 +143,7 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                     "val": records[(s, name)].get("val"),
                     "group_sizes": [len(g) for g in records[(s, name)].get("groups") or []],
                     "recover_agreement": records[(s, name)].get("recover_agreement"),
+                    "val_curve": records[(s, name)].get("val_curve"),
                 }
                 for s in seeds
                 if records[(s, name)].get("val") is not None
@@ -190,6 +191,7 @@ def summarize(spec: BenchmarkSpec, out: str | Path) -> dict[str, Any]:
                 prepare[str(seed)] = {"timings_s": timings}
         report["scenarios"][scenario.name] = {
             "scenario": scenario.describe(),
+            "last_interval": _last_interval(methods),
             "seeds": list(spec.seeds),
             "methods": methods,
             "paired": paired,
@@ -323,6 +325,60 @@ def _agreement(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _last_interval(methods: dict[str, Any]) -> dict[str, Any] | None:
+    """Was training still improving when it stopped? Over every cell with a meta-val curve of two
+    checks or more, the change from its second-last check to its last (in accuracy, not points): the
+    mean with a t-interval over cells, and the mean selection noise. None: no cell has such a curve."""
+    rises, noises, intervals = [], [], set()
+    for entry in methods.values():
+        for chosen in entry.get("selection", {}).values():
+            curve = chosen.get("val_curve") or []
+            if len(curve) >= 2:
+                (before, a), (last, b) = curve[-2], curve[-1]
+                rises.append(b - a)
+                intervals.add((int(before), int(last)))
+                if chosen["val"].get("selection_noise") is not None:
+                    noises.append(chosen["val"]["selection_noise"])
+    if not rises:
+        return None
+    return {
+        "steps": [list(steps) for steps in sorted(intervals)],
+        "change": stats.t_interval(rises).to_dict(),
+        "selection_noise": float(np.mean(noises)) if noises else None,
+    }
+
+
+def _last_interval_lines(sc: dict[str, Any]) -> list[str]:
+    """The reading of :func:`_last_interval`: still rising, falling, or level at the end."""
+    last = sc.get("last_interval")
+    if not last:
+        return []
+    change = last["change"]
+    steps = ", ".join(f"{a} to {b}" for a, b in last["steps"])
+    if change["n"] < 2 or change["low"] is None:
+        verdict = "one cell: no interval"
+    elif change["low"] > 0:
+        verdict = "above 0: the runs were still rising on average when they stopped"
+    elif change["high"] < 0:
+        verdict = "below 0: the runs were past their peak on average"
+    else:
+        verdict = (
+            "it holds 0: on average the runs had stopped rising, and which of the last checks "
+            "meta-validation chooses depends on the swings between checks"
+        )
+    noise = (
+        f"; one check's selection noise is about {_pct(last['selection_noise'])} points"
+        if last["selection_noise"]
+        else ""
+    )
+    return [
+        f"From each run's second-last meta-validation to its last (steps {steps}), meta-val accuracy moved by "
+        f"{_pct(change['mean'], True)} points on average over {change['n']} cells (95% t-interval over cells "
+        f"[{_pct(change['low'], True)}, {_pct(change['high'], True)}]{noise}): {verdict}.",
+        "",
+    ]
+
+
 def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
     """Per trained method and seed: the step meta-validation chose, its meta-val accuracy, the group
     sizes, the mean online-recovery agreement and the cell's times; then each seed's shared preparation times."""
@@ -373,6 +429,7 @@ def _selection_and_cost_lines(sc: dict[str, Any]) -> list[str]:
             "is the sign that training went on past where meta-validation stops rising.",
             "",
         ]
+    lines += _last_interval_lines(sc)
     prepare = sc.get("prepare", {})
     if prepare:
         lines += [
