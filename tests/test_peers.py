@@ -290,6 +290,10 @@ def test_the_peers_in_the_benchmark_on_the_episodes_erm_sees(tmp_path: Path) -> 
         assert state["validation"] == json.loads(json.dumps(dataclasses.asdict(ValSettings.of(cfg.train))))
         assert state["history"]["val_acc"][0] == pytest.approx(list(erm_history["val_acc"][0]), abs=1e-12)
         assert peer["val"]["selection_noise"] > 0
+    for peer in (purer, free, bidf):  # each cell keeps its meta-val curve, as a trained cell does
+        assert [step for step, _ in peer["val_curve"]] == [0, 2, 4]
+        assert dict(peer["val_curve"])[peer["val"]["best_step"]] == pytest.approx(peer["val"]["accuracy"])
+    assert [step for step, _ in erm["val_curve"]] == [s for s, _ in erm_history["val_acc"]]
     assert all(label in json.dumps(report) for label in ("PURER", "FREE", "BiDf-MKD"))
     # a peer's own settings bind its cells only: a folder of ERM cells stays valid under other PURER
     # settings (nothing retrains)...

@@ -214,8 +214,13 @@ class _Runner:
             from ..peers import run_peer
 
             run_dir = seed_dir(self.out, cell.scenario, seed) / method.name
-            model, val = run_peer(method.name, repo_list, run_dir, cfg, seed=seed, progress=self.progress)
-            extra = {"val": val, "run_folder": str(run_dir.relative_to(self.out))}
+            peer = run_peer(method.name, repo_list, run_dir, cfg, seed=seed, progress=self.progress)
+            model = peer.model
+            extra = {
+                "val": peer.val(),
+                "val_curve": [[int(s), float(v)] for s, v in peer.history.get("val_acc", [])] or None,
+                "run_folder": str(run_dir.relative_to(self.out)),
+            }
         else:
             from ..pipeline import run_tgr
 

@@ -19,13 +19,12 @@ its module says so. :func:`run_peer` is what ``tgr-hub benchmark`` calls for a `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config import RunConfig
-    from ..metamodel import MetaModel
     from .loop import PeerResult
 
 __all__ = ["PEER_METHODS", "PEER_SECTIONS", "run_peer"]
@@ -37,15 +36,15 @@ PEER_METHODS = tuple(PEER_SECTIONS)
 
 def run_peer(
     name: str, repo_list: str | Path, run_dir: str | Path, cfg: RunConfig, *, seed: int, progress: bool = True
-) -> tuple[MetaModel, dict[str, Any]]:
+) -> PeerResult:
     """Meta-train peer method ``name`` on the pool ``repo_list`` with ``cfg`` (its own section, the
     meta-model's ``train.arch`` and ``data.image_size``, the ``data`` section's meta-validation
     split), checkpointing into ``run_dir`` and resuming from it. Meta-validation is a TGR run's
     (``train.val_*`` and ``train.learner``), so the peers choose their checkpoint as TGR does.
 
     Returns:
-        The meta-model in the state meta-validation chose (on the CPU), and that choice
-        (``best_step``, the meta-val accuracy overall and per shot, the selection noise).
+        The run: its meta-model in the state meta-validation chose (on the CPU), that choice
+        (:meth:`PeerResult.val`) and the history (``val_acc``: the meta-val curve).
     """
     from ..data import split_of
     from ..evaluate import ValSettings
@@ -74,4 +73,5 @@ def run_peer(
         progress=progress,
         validation=ValSettings.of(cfg.train),  # a TGR cell's: every method selects the same way
     )
-    return result.model.cpu(), result.val()
+    result.model = result.model.cpu()
+    return result
