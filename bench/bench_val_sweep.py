@@ -85,7 +85,7 @@ def chosen_state(
             "val_curve": record.history["val_acc"],
             **record.metrics["val"],
         }
-    run_dir = seed_dir(out, scenario, seed) / name
+    run_dir = seed_dir(out, scenario, seed) / method / name  # one --out may hold several methods' variants
     run_dir.mkdir(parents=True, exist_ok=True)
     for item in ("recovered", "embeddings.safetensors"):  # the seed's recovery, as the benchmark's cells start
         if (seed_folder / "shared" / item).exists() and not (run_dir / item).exists():

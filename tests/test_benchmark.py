@@ -1142,6 +1142,7 @@ def test_the_val_sweep_trains_variants_on_a_benchmark_seed_and_reads_its_own_tgr
     assert set(record.metrics) == {"val"}  # meta-validation only: nothing scored on meta-test
     assert (Path(kd["run_folder"]) / "recovered").is_dir()  # it started from the seed's recovered tasks
     assert kd["continued_from"] is None  # another setting: trained from step 0
+    assert Path(kd["run_folder"]).parent.name == "tgr"  # each method's variants in their own folder
     # a longer variant continues the cell's own run from its last checkpoint, to what training from step 0 gives
     longer = sweep.chosen_state(out, tmp_path / "sweep", "config", 0, "long", ["train.iterations=6"])
     assert longer["continued_from"] == 4 and [s for s, _ in longer["val_curve"]] == [0, 2, 4, 6]
