@@ -480,7 +480,7 @@ def test_the_report_reads_whether_runs_were_still_rising_over_their_last_interva
     # level on average: the interval holds 0
     level = {key: [[0, 0.3], [100, 0.5], [200, 0.5 + d]] for key, d in zip(rising, (0.03, -0.04, 0.01, -0.02, 0.02, -0.01))}
     last, md = report(level)
-    assert last["change"]["low"] < 0 < last["change"]["high"] and "had stopped rising" in md
+    assert last["change"]["low"] < 0 < last["change"]["high"] and "not told apart from the swings" in md
     # past the peak, and no curves at all (older cells): no reading
     falling = {key: [[0, 0.3], [100, 0.6], [200, 0.6 - d]] for key, d in zip(rising, changes)}
     assert "past their peak" in report(falling)[1]

@@ -363,8 +363,8 @@ def _last_interval_lines(sc: dict[str, Any]) -> list[str]:
         verdict = "below 0: the runs were past their peak on average"
     else:
         verdict = (
-            "it holds 0: on average the runs had stopped rising, and which of the last checks "
-            "meta-validation chooses depends on the swings between checks"
+            "it holds 0: the runs' rise at the end, if any, is not told apart from the swings between "
+            "checks, so which of the last checks meta-validation chooses is largely chance"
         )
     noise = (
         f"; one check's selection noise is about {_pct(last['selection_noise'])} points"
