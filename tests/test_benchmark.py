@@ -476,6 +476,8 @@ def test_the_report_reads_whether_runs_were_still_rising_over_their_last_interva
     half = sps.t.ppf(0.975, 5) * changes.std(ddof=1) / math.sqrt(6)
     assert last["change"]["low"] == pytest.approx(changes.mean() - half)
     assert last["selection_noise"] == pytest.approx(0.004)
+    assert last["by_method"] == {"ERM": pytest.approx(changes[:3].mean()), "TGR": pytest.approx(changes[3:].mean())}
+    assert f"mean by method: ERM {100 * changes[:3].mean():+.2f}, TGR {100 * changes[3:].mean():+.2f}" in md
     assert "still rising on average" in md and f"{100 * changes.mean():+.2f} points" in md
     # level on average: the interval holds 0
     level = {key: [[0, 0.3], [100, 0.5], [200, 0.5 + d]] for key, d in zip(rising, (0.03, -0.04, 0.01, -0.02, 0.02, -0.01))}

@@ -328,14 +328,16 @@ def _agreement(value: float | None) -> str:
 def _last_interval(methods: dict[str, Any]) -> dict[str, Any] | None:
     """Was training still improving when it stopped? Over every cell with a meta-val curve of two
     checks or more, the change from its second-last check to its last (in accuracy, not points): the
-    mean with a t-interval over cells, and the mean selection noise. None: no cell has such a curve."""
-    rises, noises, intervals = [], [], set()
+    mean with a t-interval over cells, each method's mean, and the mean selection noise. None: no
+    cell has such a curve."""
+    rises: dict[str, list[float]] = {}  # method label -> one change per cell
+    noises, intervals = [], set()
     for entry in methods.values():
         for chosen in entry.get("selection", {}).values():
             curve = chosen.get("val_curve") or []
             if len(curve) >= 2:
                 (before, a), (last, b) = curve[-2], curve[-1]
-                rises.append(b - a)
+                rises.setdefault(entry["label"], []).append(b - a)
                 intervals.add((int(before), int(last)))
                 if chosen["val"].get("selection_noise") is not None:
                     noises.append(chosen["val"]["selection_noise"])
@@ -343,7 +345,8 @@ def _last_interval(methods: dict[str, Any]) -> dict[str, Any] | None:
         return None
     return {
         "steps": [list(steps) for steps in sorted(intervals)],
-        "change": stats.t_interval(rises).to_dict(),
+        "change": stats.t_interval([r for per_method in rises.values() for r in per_method]).to_dict(),
+        "by_method": {label: float(np.mean(values)) for label, values in rises.items()},
         "selection_noise": float(np.mean(noises)) if noises else None,
     }
 
@@ -366,6 +369,7 @@ def _last_interval_lines(sc: dict[str, Any]) -> list[str]:
             "it holds 0: the runs' rise at the end, if any, is not told apart from the swings between "
             "checks, so which of the last checks meta-validation chooses is largely chance"
         )
+    by_method = ", ".join(f"{label} {_pct(mean, True)}" for label, mean in last["by_method"].items())
     noise = (
         f"; one check's selection noise is about {_pct(last['selection_noise'])} points"
         if last["selection_noise"]
@@ -374,7 +378,7 @@ def _last_interval_lines(sc: dict[str, Any]) -> list[str]:
     return [
         f"From each run's second-last meta-validation to its last (steps {steps}), meta-val accuracy moved by "
         f"{_pct(change['mean'], True)} points on average over {change['n']} cells (95% t-interval over cells "
-        f"[{_pct(change['low'], True)}, {_pct(change['high'], True)}]{noise}): {verdict}.",
+        f"[{_pct(change['low'], True)}, {_pct(change['high'], True)}]{noise}; mean by method: {by_method}): {verdict}.",
         "",
     ]
 
