@@ -369,7 +369,9 @@ def _last_interval_lines(sc: dict[str, Any]) -> list[str]:
             "it holds 0: the runs' rise at the end, if any, is not told apart from the swings between "
             "checks, so which of the last checks meta-validation chooses is largely chance"
         )
-    by_method = ", ".join(f"{label} {_pct(mean, True)}" for label, mean in last["by_method"].items())
+    # a report written before the per-method means has none to show
+    means = [f"{label} {_pct(mean, True)}" for label, mean in last.get("by_method", {}).items()]
+    by_method = f"; mean by method: {', '.join(means)}" if means else ""
     noise = (
         f"; one check's selection noise is about {_pct(last['selection_noise'])} points"
         if last["selection_noise"]
@@ -378,7 +380,7 @@ def _last_interval_lines(sc: dict[str, Any]) -> list[str]:
     return [
         f"From each run's second-last meta-validation to its last (steps {steps}), meta-val accuracy moved by "
         f"{_pct(change['mean'], True)} points on average over {change['n']} cells (95% t-interval over cells "
-        f"[{_pct(change['low'], True)}, {_pct(change['high'], True)}]{noise}; mean by method: {by_method}): {verdict}.",
+        f"[{_pct(change['low'], True)}, {_pct(change['high'], True)}]{noise}{by_method}): {verdict}.",
         "",
     ]
 
