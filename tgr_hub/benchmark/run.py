@@ -218,7 +218,7 @@ class _Runner:
             model = peer.model
             extra = {
                 "val": peer.val(),
-                "val_curve": [[int(s), float(v)] for s, v in peer.history.get("val_acc", [])] or None,
+                "val_curve": _as_curve(peer.history.get("val_acc")),
                 "run_folder": str(run_dir.relative_to(self.out)),
             }
         else:
@@ -312,13 +312,17 @@ def _from_history(run_dir: Path) -> dict[str, Any]:
     path = run_dir / TGR_CONFIG_NAME
     history = RunRecord.read(path).history if path.is_file() else {}
     agreement = [float(value) for _, value in history.get("recover_agreement") or []]
-    curves = {name: [[int(s), float(v)] for s, v in history[name]] for name in GRADIENT_HISTORY if history.get(name)}
-    val_curve = [[int(s), float(v)] for s, v in history.get("val_acc") or []]
+    curves = {name: _as_curve(history[name]) for name in GRADIENT_HISTORY if history.get(name)}
     return {
         "recover_agreement": float(np.mean(agreement)) if agreement else None,
         "gradients": curves or None,
-        "val_curve": val_curve or None,
+        "val_curve": _as_curve(history.get("val_acc")),
     }
+
+
+def _as_curve(history: list[tuple[int, float]] | None) -> list[list[int | float]] | None:
+    """A run history's ``[(step, value), ...]`` as JSON ``[[step, value], ...]``; None when empty."""
+    return [[int(step), float(value)] for step, value in history] if history else None
 
 
 def run_benchmark(
