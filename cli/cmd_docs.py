@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tgr_hub.benchmark import regenerate_blocks
+    from tgr_hub.docs_blocks import regenerate_blocks
     from tgr_hub.errors import ConfigError
     from tgr_hub.io import write_text_atomic
 

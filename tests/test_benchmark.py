@@ -18,6 +18,7 @@ from tgr_hub import benchmark as bm
 from tgr_hub import stats
 from tgr_hub.config import load_config
 from tgr_hub.data import load_split
+from tgr_hub.docs_blocks import regenerate_blocks
 from tgr_hub.errors import BenchmarkError, ConfigError, DatasetError
 from tgr_hub.evaluate import evaluate_model, random_baseline
 from tgr_hub.run_record import RunRecord
@@ -803,10 +804,14 @@ def test_the_report_shows_the_checkpoint_meta_validation_chose_and_the_groups(be
             assert chosen is None  # nothing was selected for the baselines
             continue
         assert chosen == {"val": record["val"], "group_sizes": [len(g) for g in record["groups"]],
-                          "recover_agreement": record["recover_agreement"]}
+                          "recover_agreement": record["recover_agreement"], "val_curve": record["val_curve"]}
         # smoke recovers online every step: the record holds the mean of the run's recover_agreement history
-        history = RunRecord.read(out / record["run_folder"] / "tgr_config.json").history["recover_agreement"]
+        run_history = RunRecord.read(out / record["run_folder"] / "tgr_config.json").history
+        history = run_history["recover_agreement"]
         assert history and record["recover_agreement"] == pytest.approx(np.mean([v for _, v in history]))
+        # and the run's meta-val curve, whose chosen step scores what meta-validation chose
+        assert record["val_curve"] == [[s, v] for s, v in run_history["val_acc"]]
+        assert dict(record["val_curve"])[record["val"]["best_step"]] == record["val"]["accuracy"]
         label = bm.METHODS[record["method"]].label
         assert f"| {label} | {record['seed']} | {record['val']['best_step']} | " in markdown
         assert f"| {100 * record['recover_agreement']:.1f}% |" in markdown
@@ -1038,8 +1043,8 @@ def test_generated_blocks_of_a_document_are_refilled_from_the_report_it_names(tm
     assert "Noise floor" in accuracy and "preset smoke" in text
     assert main(["docs", "--check", str(doc)]) == 0  # refilled: idempotent
     # one scenario: the across-scenarios block is empty rather than an error
-    assert bm.regenerate_blocks(f"<!-- tgr-hub docs: {source} across-scenarios all -->\nx\n<!-- end tgr-hub docs -->",
-                                doc.parent) == f"<!-- tgr-hub docs: {source} across-scenarios all -->\n\n<!-- end tgr-hub docs -->"
+    assert regenerate_blocks(f"<!-- tgr-hub docs: {source} across-scenarios all -->\nx\n<!-- end tgr-hub docs -->",
+                             doc.parent) == f"<!-- tgr-hub docs: {source} across-scenarios all -->\n\n<!-- end tgr-hub docs -->"
     capsys.readouterr()
     # a block naming a missing report, an unknown section or scenario is an error, not a silent skip
     for bad, message in (("missing.json accuracy multi-domain", "does not exist"),
@@ -1049,7 +1054,7 @@ def test_generated_blocks_of_a_document_are_refilled_from_the_report_it_names(tm
                          (f"{source} accuracy all", "takes the scenario 'all'")):
         doc.write_text(f"<!-- tgr-hub docs: {bad} -->\n<!-- end tgr-hub docs -->\n")
         with pytest.raises(BenchmarkError, match=message):
-            bm.regenerate_blocks(doc.read_text(), doc.parent)
+            regenerate_blocks(doc.read_text(), doc.parent)
     assert main(["docs", str(tmp_path / "nope.md")]) == 2
     assert "no such markdown file" in capsys.readouterr().err
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tgr_hub.benchmark import regenerate_blocks
+from tgr_hub.docs_blocks import regenerate_blocks
 from tgr_hub.errors import BenchmarkError
 
 

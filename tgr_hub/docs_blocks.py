@@ -1,6 +1,6 @@
 """Generated blocks from the project's JSON files that are not benchmark reports.
 
-``tgr-hub docs`` (:func:`tgr_hub.benchmark.report.regenerate_blocks`) refills every generated block
+``tgr-hub docs`` (:func:`regenerate_blocks`) refills every generated block
 of a markdown document from the JSON its opening comment names. A benchmark report's sections are
 :data:`tgr_hub.benchmark.report.SECTIONS`; this module holds the others, :data:`DOCUMENT_SECTIONS`,
 one per kind of JSON file the project keeps in ``docs/``:
@@ -24,16 +24,18 @@ here reads one file or several (``SOURCE`` a comma-separated list), in the order
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .benchmark.grid import METHODS
-from .benchmark.report import ALL_SCENARIOS, _pct
+from .benchmark.grid import METHODS, RESULTS_FORMAT
+from .benchmark.report import ALL_SCENARIOS, SECTIONS, _pct
 from .errors import BenchmarkError
 
 #: a JSON file a block names: (the name the block gives it, its content)
@@ -340,3 +342,94 @@ def render_document_block(section: str, sources: list[Source], scenario: str) ->
             hint=f"the section {section!r} takes the scenario {ALL_SCENARIOS!r}",
         )
     return spec.render(sources)
+
+
+# --- filling the blocks of a document ---------------------------------------------------------------
+
+_BLOCK = re.compile(
+    r"(?P<open><!-- tgr-hub docs: (?P<source>\S+) (?P<section>[\w-]+) (?P<scenario>[\w-]+) -->\n)"
+    r"(?P<body>.*?)"
+    r"(?P<close><!-- end tgr-hub docs -->)",
+    re.S,
+)
+
+
+def regenerate_blocks(text: str, base: Path) -> str:
+    """``text`` (markdown) with every generated block refilled from the JSON files it names.
+
+    A block is two HTML comments, invisible when rendered::
+
+        <!-- tgr-hub docs: SOURCE SECTION SCENARIO -->
+        ... (replaced) ...
+        <!-- end tgr-hub docs -->
+
+    ``SOURCE`` is a JSON file relative to ``base`` (the document's folder), or several joined by commas
+    (no spaces) for a section that combines files. ``SECTION`` picks the renderer, and the kind of file
+    it reads:
+
+    - one of :data:`tgr_hub.benchmark.report.SECTIONS`: a ``results.json`` that ``tgr-hub benchmark``
+      wrote (one file), rendered exactly as results.md renders it (``setup``, ``accuracy``,
+      ``decomposition``, ``per-seed``, ``selection``, ``gradients`` for one of its scenarios;
+      ``across-scenarios`` with the scenario ``all``);
+    - one of :data:`DOCUMENT_SECTIONS`: ``val-curve`` and ``val-sweep`` (sweeps that
+      ``bench/bench_val_sweep.py`` wrote; the scenario is the sweep's), ``task-conflict``
+      (``bench/bench_task_conflict.py``), ``analysis-gain`` and ``analysis-gradients`` (``tgr-hub analyze
+      gain`` / ``gradients``); these three take the scenario ``all``.
+
+    Raises:
+        BenchmarkError: a block names a file that is missing or not JSON, or not of the kind its section
+            reads, an unknown section, or a scenario the file lacks.
+    """
+    files: dict[Path, Any] = {}
+
+    def read(name: str) -> Any:
+        path = (base / name).resolve()
+        if path not in files:
+            if not path.is_file():
+                raise BenchmarkError(
+                    f"generated block names {name}, which does not exist (looked for {path})",
+                    hint="run the benchmark, sweep or analysis that writes it, or fix the path",
+                )
+            try:
+                files[path] = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise BenchmarkError(f"{path} is not JSON ({error})") from None
+        return files[path]
+
+    def fill(match: re.Match[str]) -> str:
+        names, section, scenario = match["source"].split(","), match["section"], match["scenario"]
+        if section in SECTIONS:
+            if len(names) != 1:
+                raise BenchmarkError(
+                    f"a generated block of section {section!r} names {len(names)} files",
+                    hint="a benchmark report's section reads one results.json",
+                )
+            lines = _report_block(read(names[0]), names[0], section, scenario)
+        elif section in DOCUMENT_SECTIONS:
+            lines = render_document_block(section, [(name, read(name)) for name in names], scenario)
+        else:
+            raise BenchmarkError(
+                f"unknown section {section!r} in a generated block",
+                hint=f"one of {sorted([*SECTIONS, *DOCUMENT_SECTIONS])}",
+            )
+        body = "\n".join(lines).strip("\n")
+        return f"{match['open']}{body}\n{match['close']}"
+
+    return _BLOCK.sub(fill, text)
+
+
+def _report_block(report: Any, name: str, section: str, scenario: str) -> list[str]:
+    """A benchmark report's ``section`` for ``scenario``, as results.md renders it."""
+    if not isinstance(report, dict) or report.get("format") != RESULTS_FORMAT:
+        raise BenchmarkError(
+            f"{name} is not a tgr-hub benchmark report (format {RESULTS_FORMAT!r}), which section {section!r} reads",
+            hint="name the results.json that tgr-hub benchmark wrote",
+        )
+    if (section == "across-scenarios") != (scenario == ALL_SCENARIOS):
+        raise BenchmarkError(
+            f"a generated block of section {section!r} names scenario {scenario!r}",
+            hint=f"the across-scenarios section, and only it, takes the scenario {ALL_SCENARIOS!r}",
+        )
+    if scenario != ALL_SCENARIOS and scenario not in report["scenarios"]:
+        raise BenchmarkError(f"{name} has no scenario {scenario!r}", hint=f"it has {sorted(report['scenarios'])}")
+    return SECTIONS[section](report, scenario)

@@ -72,7 +72,7 @@ from .grid import (
     scenario_from_pool,
     scenario_pool,
 )
-from .report import regenerate_blocks, render_markdown, summarize, write_report
+from .report import render_markdown, summarize, write_report
 from .run import run_benchmark
 
 __all__ = [
@@ -93,7 +93,6 @@ __all__ = [
     "REPLICATE_SEED_OFFSET",
     "method_config",
     "plan_cells",
-    "regenerate_blocks",
     "render_markdown",
     "run_benchmark",
     "scenario_config",
