@@ -12,6 +12,7 @@ import gc
 import importlib
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    previous = signal.getsignal(signal.SIGINT)
+    interrupted = _note_interrupts()
     try:
         result = args.func(args)
     except TgrHubError as error:
@@ -85,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tgr-hub: error: {error}", file=sys.stderr)
         return 2
+    except Exception:
+        # a Ctrl-C that lands inside a native extension (safetensors' load_file) can come out of it as
+        # another error: after a SIGINT, any error is the interrupt
+        if not interrupted or debug:
+            raise
+        return _interrupted(args.command, None)
     except KeyboardInterrupt as interrupt:
         hint = RESUME_HINTS.get(args.command)
         # Release what the interrupted frames still hold (progress bars, ...) now, while the
@@ -93,10 +102,31 @@ def main(argv: list[str] | None = None) -> int:
         # Before the hint: a closing bar clears its line, which would otherwise land after the hint.
         traceback.clear_frames(interrupt.__traceback__)
         del interrupt
-        gc.collect()
-        print(f"tgr-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
-        return 130
+        return _interrupted(args.command, hint)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return int(result or 0)
+
+
+def _note_interrupts() -> list[int]:
+    """Where Python's own SIGINT handler is installed, one that also records each SIGINT in the list
+    returned, then raises KeyboardInterrupt as before. An ignored SIGINT (a background job) stays ignored."""
+    seen: list[int] = []
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+
+        def handler(signum: int, frame: object) -> None:
+            seen.append(signum)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, handler)
+    return seen
+
+
+def _interrupted(command: str, hint: str | None) -> int:
+    hint = hint if hint is not None else RESUME_HINTS.get(command)
+    gc.collect()
+    print(f"tgr-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

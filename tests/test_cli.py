@@ -29,6 +29,29 @@ def test_ctrl_c_exits_130_with_the_commands_resume_hint(monkeypatch, capsys, mod
     assert err.startswith("tgr-hub: interrupted; ") and hint in err and "\n" not in err
 
 
+def test_an_error_raised_while_a_ctrl_c_is_handled_counts_as_the_interrupt(monkeypatch, capsys) -> None:
+    import os
+    import signal
+
+    def swallowed(args) -> None:  # a native extension that turns the KeyboardInterrupt into its own error
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+
+    monkeypatch.setattr(cmd_train, "run", swallowed)
+    assert main(["train", "--pool", "p.txt", "--out", "runs/x"]) == 130
+    assert capsys.readouterr().err.strip().startswith("tgr-hub: interrupted; ")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored once main returns
+
+    def fails(args) -> None:  # without a Ctrl-C, an error stays an error
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cmd_train, "run", fails)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["train", "--pool", "p.txt", "--out", "runs/x"])
+
+
 @pytest.mark.parametrize("command", [
     ["train", "--pool", "p.txt", "--out", "runs/x"], ["make-pool", "--out", "pool"], ["evaluate", "runs/x"],
     ["benchmark"],
