@@ -93,16 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         # another error: after a SIGINT, any error is the interrupt
         if not interrupted or debug:
             raise
-        return _interrupted(args.command, None)
+        return _interrupted(args.command)
     except KeyboardInterrupt as interrupt:
-        hint = RESUME_HINTS.get(args.command)
         # Release what the interrupted frames still hold (progress bars, ...) now, while the
         # interpreter is whole: collected at exit instead, their destructors can fail and print an
         # "Exception ignored ... tqdm.__del__" traceback under the hint (seen once in the Ctrl-C tests).
         # Before the hint: a closing bar clears its line, which would otherwise land after the hint.
         traceback.clear_frames(interrupt.__traceback__)
         del interrupt
-        return _interrupted(args.command, hint)
+        return _interrupted(args.command)
     finally:
         signal.signal(signal.SIGINT, previous)
     return int(result or 0)
@@ -122,8 +121,9 @@ def _note_interrupts() -> list[int]:
     return seen
 
 
-def _interrupted(command: str, hint: str | None) -> int:
-    hint = hint if hint is not None else RESUME_HINTS.get(command)
+def _interrupted(command: str) -> int:
+    """Exit code 130, after the message and the command's resume hint."""
+    hint = RESUME_HINTS.get(command)
     gc.collect()
     print(f"tgr-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
     return 130
